@@ -1,0 +1,57 @@
+"""The error classes of syncd.
+
+Every failure is raised as one of these and caught once, at the per-item boundary
+(delivery.py) or at the command boundary (cli.py). The class decides what happens:
+
+- ``ConfigError``: the configuration is wrong; the command exits 2 before doing anything.
+- ``ItemError``: this item's local files are bad (undecodable image, bad sidecar, mask of the
+  wrong size). The item is failed until its files change or ``syncd retry``.
+- ``TransientError``: try again later (network, timeout, 408/425/429/5xx). ``retry_after``
+  is the server's hint in seconds, if it gave one.
+- ``PermanentError``: the platform refused this item (4xx for that item, per-item error in a
+  200 body). The item is failed until its files change or ``syncd retry``.
+- ``FatalTargetError``: the whole target cannot work (401/403, unknown dataset). The target
+  is paused with a loud error; other targets go on.
+- ``LocalError``: the machine is in the way (disk full, unreadable state dir); the message
+  says how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class SyncdError(Exception):
+    """Base class: ``str(error)`` is a complete, user-facing sentence."""
+
+
+class ConfigError(SyncdError):
+    """The configuration file or environment is invalid."""
+
+
+class ItemError(SyncdError):
+    """The item's own files are invalid; fixing or replacing them retries the item."""
+
+
+class TransientError(SyncdError):
+    """A failure that may go away by itself; retried with backoff.
+
+    ``outcome_unknown`` is True when the request may have reached the platform (timeout,
+    connection reset after sending, 5xx): before re-sending, create-only targets look the
+    item up remotely.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, outcome_unknown: bool = True):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
+
+
+class PermanentError(SyncdError):
+    """The platform rejected this item; not retried until the item changes."""
+
+
+class FatalTargetError(SyncdError):
+    """The target as a whole cannot work (bad credentials, unknown dataset)."""
+
+
+class LocalError(SyncdError):
+    """A local resource problem (disk full, permissions); the message names the fix."""

@@ -1,0 +1,347 @@
+"""A small stateful HTTP emulator framework with fault injection.
+
+Each platform emulator subclasses ``Emulator``, registers routes with ``@route`` and keeps
+its state (datasets, items, jobs) in plain dicts guarded by ``self.lock``. The server is a
+real ``ThreadingHTTPServer`` on 127.0.0.1 with keep-alive, so clients talk real HTTP.
+
+Faults are injected per request by ``self.faults``:
+
+- ``"500"``, ``"502"``, ``"503"``: answer that status before touching state;
+- ``"429"``: answer 429 with ``Retry-After`` (``faults.retry_after`` seconds);
+- ``"reset"``: drop the connection (TCP RST) before touching state;
+- ``"slow"``: wait ``faults.slow_seconds`` and then answer normally;
+- ``"lost_reply"``: run the handler (state is committed) and then drop the connection
+  without answering: the case that makes naive uploaders duplicate data.
+
+Use ``faults.next(kind, ...)`` to queue faults for the next matching requests, or
+``faults.set_rate(rate, kinds)`` to inject them at random (seeded) on a fraction of
+requests. ``faults.outage(True)`` refuses every request (network gone).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+FAULT_KINDS = ("500", "502", "503", "429", "reset", "slow", "lost_reply")
+
+
+@dataclass
+class Part:
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    params: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def parts(self) -> list[Part]:
+        """The parts of a multipart/form-data body (raises ValueError when it is not one)."""
+        content_type = self.header("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise ValueError(f"expected multipart/form-data, got {content_type!r}")
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + self.body
+        )
+        parts = []
+        for part in message.iter_parts():
+            disposition = part.get("Content-Disposition", "")
+            name = part.get_param("name", header="content-disposition")
+            filename = part.get_param("filename", header="content-disposition")
+            if name is None:
+                raise ValueError(f"multipart part without a name: {disposition!r}")
+            parts.append(
+                Part(
+                    name=str(name),
+                    filename=None if filename is None else unquote(str(filename)),
+                    content_type=part.get("Content-Type"),
+                    data=part.get_payload(decode=True) or b"",
+                )
+            )
+        return parts
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes | str | dict | list | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> tuple[bytes, dict[str, str]]:
+        headers = dict(self.headers)
+        body = self.body
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif isinstance(body, str):
+            body = body.encode()
+            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+        elif body is None:
+            body = b""
+        return body, headers
+
+
+def json_response(data, status: int = 200, **headers: str) -> Response:
+    return Response(status=status, body=data, headers=headers)
+
+
+Handler = Callable[[Request], Response]
+
+
+def route(method: str, pattern: str):
+    """Mark an Emulator method as the handler of ``method`` on paths matching ``pattern``.
+
+    ``pattern`` is a regex over the URL path (without query); named groups become
+    ``request.params`` (URL-decoded).
+    """
+
+    def mark(fn):
+        fn._route = (method.upper(), re.compile(f"^{pattern}$"))
+        return fn
+
+    return mark
+
+
+class Faults:
+    """Decides, per request, which fault (if any) to inject. Thread-safe and seeded."""
+
+    def __init__(self, seed: int = 1234):
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._queued: list[tuple[str, re.Pattern | None, str | None]] = []
+        self.rate = 0.0
+        self.kinds: tuple[str, ...] = FAULT_KINDS
+        self.path_filter: re.Pattern | None = None
+        self.retry_after = 1
+        self.slow_seconds = 0.5
+        self.down = False
+        self.injected: list[tuple[str, str, str]] = []
+
+    def next(self, kind: str, *, path: str | None = None, method: str | None = None, times: int = 1) -> None:
+        """Queue ``kind`` for the next ``times`` requests whose path matches regex ``path``."""
+        assert kind in FAULT_KINDS, kind
+        with self._lock:
+            for _ in range(times):
+                self._queued.append((kind, re.compile(path) if path else None, method))
+
+    def set_rate(self, rate: float, kinds: tuple[str, ...] = FAULT_KINDS, *, path: str | None = None) -> None:
+        """Inject one of ``kinds`` at random on a fraction ``rate`` of matching requests."""
+        with self._lock:
+            self.rate = rate
+            self.kinds = kinds
+            self.path_filter = re.compile(path) if path else None
+
+    def outage(self, down: bool) -> None:
+        """While ``down``, every connection is reset (the network is gone)."""
+        self.down = down
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queued.clear()
+            self.rate = 0.0
+            self.down = False
+
+    def pick(self, method: str, path: str) -> str | None:
+        with self._lock:
+            if self.down:
+                return "reset"
+            for index, (kind, pattern, want_method) in enumerate(self._queued):
+                if (pattern is None or pattern.search(path)) and (want_method in (None, method)):
+                    del self._queued[index]
+                    self.injected.append((kind, method, path))
+                    return kind
+            if self.rate and (self.path_filter is None or self.path_filter.search(path)):
+                if self._rng.random() < self.rate:
+                    kind = self._rng.choice(self.kinds)
+                    self.injected.append((kind, method, path))
+                    return kind
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class Emulator:
+    """Base class: a real HTTP server on 127.0.0.1 dispatching to ``@route`` methods."""
+
+    name = "emulator"
+
+    def __init__(self, *, seed: int = 1234):
+        self.lock = threading.RLock()
+        self.faults = Faults(seed)
+        self.requests: list[tuple[str, str]] = []
+        self._routes: list[tuple[str, re.Pattern, Handler]] = []
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr, None)
+            spec = getattr(fn, "_route", None)
+            if spec:
+                self._routes.append((spec[0], spec[1], getattr(self, attr)))
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, port: int = 0) -> "Emulator":
+        emulator = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _read_body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    chunks = []
+                    while True:
+                        size_line = self.rfile.readline().split(b";")[0].strip()
+                        size = int(size_line or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            break
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    return b"".join(chunks)
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _handle(self):
+                body = self._read_body()
+                emulator._dispatch(self, body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self._server = _Server(("127.0.0.1", port), RequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"{self.name}-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "emulator not started"
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- dispatch --------------------------------------------------------------------------
+    def not_found(self, request: Request) -> Response:
+        return json_response({"error": f"no route for {request.method} {request.path}"}, 404)
+
+    def authorize(self, request: Request) -> Response | None:
+        """Return an error response when the request is not authorised (override)."""
+        return None
+
+    def _dispatch(self, http: BaseHTTPRequestHandler, body: bytes) -> None:
+        split = urlsplit(http.path)
+        request = Request(
+            method=http.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers={k.lower(): v for k, v in http.headers.items()},
+            body=body,
+        )
+        with self.lock:
+            self.requests.append((request.method, request.path))
+        fault = self.faults.pick(request.method, request.path)
+        if fault in ("reset",):
+            return self._reset(http)
+        if fault in ("500", "502", "503"):
+            return self._write(http, json_response({"error": f"injected {fault}"}, int(fault)))
+        if fault == "429":
+            return self._write(
+                http,
+                json_response({"error": "rate limited"}, 429, **{"Retry-After": str(self.faults.retry_after)}),
+            )
+        if fault == "slow":
+            time.sleep(self.faults.slow_seconds)
+        response = self._route(request)
+        if fault == "lost_reply":
+            return self._reset(http)
+        self._write(http, response)
+
+    def _route(self, request: Request) -> Response:
+        for method, pattern, handler in self._routes:
+            if method != request.method:
+                continue
+            match = pattern.match(request.path)
+            if match:
+                request.params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                denied = self.authorize(request)
+                if denied is not None:
+                    return denied
+                try:
+                    return handler(request)
+                except Exception as exc:  # an emulator bug must be visible, not a hang
+                    return json_response({"error": f"emulator error: {type(exc).__name__}: {exc}"}, 500)
+        return self.not_found(request)
+
+    @staticmethod
+    def _write(http: BaseHTTPRequestHandler, response: Response) -> None:
+        body, headers = response.encoded()
+        http.send_response(response.status)
+        for name, value in headers.items():
+            http.send_header(name, value)
+        http.send_header("Content-Length", str(len(body)))
+        http.end_headers()
+        if http.command != "HEAD":
+            http.wfile.write(body)
+        http.wfile.flush()
+
+    @staticmethod
+    def _reset(http: BaseHTTPRequestHandler) -> None:
+        """Abort the connection with a TCP RST and no reply."""
+        try:
+            http.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            http.connection.close()
+        except OSError:
+            pass
+        http.close_connection = True
