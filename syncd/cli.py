@@ -1,0 +1,180 @@
+"""Command line: run, once, status, check, retry, schema. Errors become exit codes here only.
+
+Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error;
+3 local problem (state directory locked or unwritable, disk full).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from syncd import __version__
+from syncd.config import Config, default_config_path, load_config
+from syncd.errors import ConfigError, LocalError, SyncdError
+
+log = logging.getLogger("syncd")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCAL = 0, 1, 2, 3
+
+
+def _config(args) -> Config:
+    return load_config(default_config_path(args.config))
+
+
+def cmd_run(args) -> int:
+    from syncd import logconfig
+    from syncd.service import run_service
+
+    config = _config(args)
+    logconfig.configure(config.daemon.log_level, config.daemon.log_format)
+    for warning in config.warnings:
+        log.warning(warning)
+    return run_service(config)
+
+
+def cmd_once(args) -> int:
+    from syncd import logconfig
+    from syncd.service import run_once
+
+    config = _config(args)
+    logconfig.configure(args.log_level or config.daemon.log_level, config.daemon.log_format)
+
+    def progress(daemon) -> None:
+        counts = daemon.store.counts()
+        print(f"... {counts.get('acked', 0)} delivered, {counts.get('pending', 0) + counts.get('in_flight', 0)} "
+              f"to go, {counts.get('settling', 0)} settling", file=sys.stderr)
+
+    result = run_once(config, max_wait=args.max_wait, progress=progress if sys.stderr.isatty() else None)
+    print(f"{result.delivered} delivered, {len(result.failed)} failed, {len(result.pending)} not delivered")
+    for key, target, reason in result.failed:
+        print(f"FAILED {key} -> {target}: {reason}")
+    for key, target, reason in result.pending:
+        print(f"PENDING {key} -> {target}: {reason}")
+    for target, reason in result.paused.items():
+        print(f"PAUSED target {target}: {reason}")
+    return result.exit_code
+
+
+def cmd_status(args) -> int:
+    from syncd import status
+
+    config = _config(args)
+    data = status.collect(config, failed_limit=10**9 if args.all else status.MAX_FAILED_LISTED)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(status.render(data))
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from syncd.daemon import build_targets
+
+    config = _config(args)
+    print(f"configuration {config.config_path}: ok")
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    ok = True
+    state_dir = config.daemon.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        print(f"state directory {state_dir}: writable")
+    except OSError as exc:
+        ok = False
+        print(f"state directory {state_dir}: NOT writable: {exc.strerror}; fix its permissions or set [daemon] state_dir")
+    for folder in config.folders:
+        if folder.path.is_dir():
+            print(f"folder {folder.path}: ok -> {', '.join(folder.targets)}")
+        elif folder.create:
+            print(f"folder {folder.path}: missing, created at start-up")
+        else:
+            ok = False
+            print(f"folder {folder.path}: MISSING (create it, or set create = true)")
+    for name, target in build_targets(config).items():
+        try:
+            warnings = target.check()
+            print(f"target {name} ({target.platform}): ok")
+            for warning in warnings:
+                print(f"  warning: {warning}")
+        except SyncdError as exc:
+            ok = False
+            print(f"target {name} ({target.platform}): FAILED: {exc}")
+        finally:
+            target.close()
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_retry(args) -> int:
+    from syncd.store import Store
+
+    config = _config(args)
+    if not args.keys and not args.failed:
+        raise ConfigError("say which items to retry: syncd retry KEY ... or syncd retry --failed")
+    store = Store.open(config.daemon.state_dir)
+    try:
+        changed = store.requeue(None if args.failed else args.keys, time.time())
+    finally:
+        store.close()
+    print(f"requeued {changed} failed deliveries/items; a running daemon picks them up within its next pass"
+          " (invalid items at its next rescan)")
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    from syncd.sidecar import sidecar_json_schema
+
+    print(json.dumps(sidecar_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syncd", description="Deliver drop-folder items exactly once to ML data platforms.")
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", "-c", help="configuration file (default: $SYNCD_CONFIG)")
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run, "run the daemon in the foreground (systemd runs it this way)")
+    once = add("once", cmd_once, "scan, deliver everything due, wait for the results, exit (0 ok, 1 failures)")
+    once.add_argument("--max-wait", type=float, default=600.0, help="seconds to keep retrying transient failures (600)")
+    once.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [daemon] log_level")
+    status = add("status", cmd_status, "delivered, pending and failed items per folder and target")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--all", action="store_true", help="list every failed item, not the first 50")
+    add("check", cmd_check, "validate the configuration and reach every target")
+    retry = add("retry", cmd_retry, "requeue failed items (by key, or all with --failed)")
+    retry.add_argument("keys", nargs="*", help="item keys, e.g. cam1/frame_0001")
+    retry.add_argument("--failed", action="store_true", help="requeue every failed item")
+    schema = sub.add_parser("schema", help="print the JSON Schema of the sidecar file")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"syncd: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LocalError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_LOCAL
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Configuration: a TOML file plus ``SYNCD_*`` environment overrides, validated at start-up.
+
+``load_config(path)`` returns a fully validated ``Config`` or raises ``ConfigError`` with one
+line per problem, each naming the key as it is spelt in the file (``folders[0].targets``).
+Environment variables override file values with ``__`` between levels, for example
+``SYNCD_DAEMON__STATE_DIR=/var/lib/syncd``. Relative paths resolve against the directory of
+the configuration file. Secrets are never read from the file: targets name the environment
+variable that holds their key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from syncd.errors import ConfigError
+from syncd.targets import target_class
+from syncd.targets.base import TargetSettings
+
+CONFIG_ENV = "SYNCD_CONFIG"
+
+
+class DaemonSettings(BaseModel):
+    """The ``[daemon]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: Path = Field(Path(".syncd"), description="directory of the SQLite journal and lock")
+    settle_seconds: float = Field(2.0, ge=0, description="quiet time before a file counts as complete")
+    max_settle_seconds: float = Field(300.0, gt=0, description="report a file still changing after this long")
+    rescan_seconds: float = Field(300.0, gt=0, description="periodic full rescan (jittered ±10 %)")
+    retry_base_seconds: float = Field(2.0, gt=0, description="first retry delay after a transient error")
+    retry_max_seconds: float = Field(600.0, gt=0, description="longest retry delay")
+    target_recheck_seconds: float = Field(60.0, gt=0, description="how often a paused target is re-checked")
+    shutdown_seconds: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight deliveries")
+    ignore: list[str] = Field(default_factory=list, description="extra ignore globs for every folder")
+    max_image_pixels: int = Field(200_000_000, gt=0, description="larger images are refused (decompression bombs)")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class FolderSettings(BaseModel):
+    """One ``[[folders]]`` entry: a watched directory and the targets it feeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="directory watched recursively")
+    targets: list[str] = Field(min_length=1, description="names of [targets.*] tables this folder feeds")
+    include: list[str] = Field(default_factory=list, description="only file names matching one of these globs")
+    exclude: list[str] = Field(default_factory=list, description="file names or relative paths to ignore")
+    key_prefix: str = Field("", description="prepended to every item key of this folder")
+    after_upload: Literal["keep", "delete"] = Field("keep", description="delete local files once every target acked")
+    poll: bool = Field(False, description="poll instead of inotify (network filesystems)")
+    poll_seconds: float = Field(2.0, gt=0, description="polling interval when polling")
+    create: bool = Field(True, description="create the folder at start-up when it is missing")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _clean_prefix(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("key_prefix must be a relative path without '..'")
+        return value
+
+
+class Config(BaseSettings):
+    """The whole configuration; build it with ``load_config``."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCD_", env_nested_delimiter="__", extra="forbid")
+
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    folders: list[FolderSettings] = Field(min_length=1)
+    targets: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    # Filled by load_config: validated target settings and the file they came from.
+    config_path: Path | None = None
+    target_settings: dict[str, TargetSettings] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (given as init kwargs).
+        return (env_settings, init_settings)
+
+    def folder_targets(self) -> set[str]:
+        return {name for folder in self.folders for name in folder.targets}
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _explain(error: dict) -> str:
+    kind = error.get("type")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling against config.example.toml)"
+    if kind == "missing":
+        return "required key is missing"
+    return error.get("msg", "invalid value")
+
+
+def _format_errors(prefix: str, exc: ValidationError, source: Path) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        where = _loc(error["loc"])
+        key = f"{prefix}.{where}" if prefix else where
+        lines.append(f"{source}: {key}: {_explain(error)}")
+    return lines
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def default_config_path(explicit: str | None) -> Path:
+    value = explicit or os.environ.get(CONFIG_ENV)
+    if not value:
+        raise ConfigError(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
+    return Path(value)
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and resolve the configuration at ``path`` (see the module docstring)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found (copy config.example.toml to start)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_format_errors("", exc, path))) from None
+
+    base = path.resolve().parent
+    problems: list[str] = []
+    config.config_path = path.resolve()
+    config.daemon.state_dir = _resolve(base, config.daemon.state_dir)
+    for folder in config.folders:
+        folder.path = _resolve(base, folder.path)
+
+    for name, table in config.targets.items():
+        if not isinstance(table, dict) or "platform" not in table:
+            problems.append(f"{path}: targets.{name}.platform: required key is missing (e.g. platform = \"local\")")
+            continue
+        try:
+            cls = target_class(str(table["platform"]))
+        except ConfigError as exc:
+            problems.append(f"{path}: targets.{name}.platform: {exc}")
+            continue
+        try:
+            settings = cls.Settings(**table)
+        except ValidationError as exc:
+            problems.extend(_format_errors(f"targets.{name}", exc, path))
+            continue
+        for field_name, value in settings:
+            if isinstance(value, Path):
+                setattr(settings, field_name, _resolve(base, value))
+        config.target_settings[name] = settings
+
+    seen_prefix: dict[tuple[str, str], int] = {}
+    for index, folder in enumerate(config.folders):
+        for target in folder.targets:
+            if target not in config.targets:
+                known = ", ".join(sorted(config.targets)) or "none"
+                problems.append(f"{path}: folders[{index}].targets: unknown target {target!r} (defined: {known})")
+            other = seen_prefix.setdefault((target, folder.key_prefix), index)
+            if other != index:
+                problems.append(
+                    f"{path}: folders[{index}].key_prefix: folders[{other}] and folders[{index}] both feed "
+                    f"target {target!r} with key_prefix {folder.key_prefix!r}; give one of them a distinct key_prefix"
+                )
+    for name in sorted(set(config.targets) - config.folder_targets()):
+        config.warnings.append(f"{path}: targets.{name}: defined but no folder uses it")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config

@@ -1,0 +1,462 @@
+"""The coordinator: wires watcher -> settle -> journal -> upload workers, one tick at a time.
+
+One coordinator thread owns settling and the SQLite journal; each target has a small pool
+of upload worker threads that run ``delivery.attempt`` and report ``Outcome``s back on a
+queue. ``tick(now)`` is one pass of the loop (time is a parameter), so tests and ``syncd
+once`` drive the daemon without sleeping for fixed times; ``run()`` is the service loop.
+
+Exactly-once per (item, target): the journal records the intent before a request and the
+receipt after; a row is in flight at most once, and a newer version waits behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from syncd import delivery
+from syncd.config import Config, FolderSettings
+from syncd.errors import ItemError, LocalError, SyncdError
+from syncd.items import IgnoreRules, ItemFiles, probe_item, read_item, role_of, stat_signature, walk
+from syncd.store import StateLock, Store
+from syncd.targets import Target, target_class
+from syncd.validation import read_options
+from syncd.watcher import FolderWatcher
+
+log = logging.getLogger("syncd.daemon")
+
+
+@dataclass
+class Folder:
+    settings: FolderSettings
+    root: Path
+    rules: IgnoreRules
+    targets: list[str]
+    missing: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(self.root)
+
+
+@dataclass
+class Settling:
+    folder: Folder
+    item_id: int
+    files: ItemFiles
+    sig: str
+    since: float
+    quiet: float
+    first: float
+    reported: bool = False
+
+
+def build_targets(config: Config) -> dict[str, Target]:
+    return {name: target_class(s.platform)(name, s) for name, s in config.target_settings.items()}
+
+
+class Daemon:
+    """See the module docstring. ``open`` -> ``tick``... -> ``close``; or ``run`` for the service."""
+
+    def __init__(self, config: Config, *, targets: dict[str, Target] | None = None, watch: bool = True, seed: int | None = None):
+        self.config = config
+        self.cfg = config.daemon
+        self.targets = targets if targets is not None else build_targets(config)
+        self.watch = watch
+        self.rng = random.Random(seed)
+        self.folders = [
+            Folder(f, f.path, IgnoreRules([*self.cfg.ignore, *f.exclude], f.include), list(f.targets)) for f in config.folders
+        ]
+        self.read_options = read_options(self.cfg.max_image_pixels)
+        self.store: Store | None = None
+        self.lock = StateLock(self.cfg.state_dir)
+        self.watcher = FolderWatcher([(f.root, f.settings.poll, f.settings.poll_seconds) for f in self.folders])
+        self.settling: dict[int, Settling] = {}
+        self.in_flight: dict[tuple[int, str], str] = {}  # (item, target) -> key
+        self.results: "queue.Queue[object]" = queue.Queue()
+        self.executors: dict[str, ThreadPoolExecutor] = {}
+        self.paused: dict[str, float] = {}  # target -> when to re-check it
+        self.checking: set[str] = set()
+        self.next_rescan = 0.0
+        self.next_due_check = 0.0
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def open(self, now: float) -> None:
+        """Lock the state dir, open the journal, recover, start workers and watches, scan."""
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        self.store = Store.open(self.cfg.state_dir)
+        recovered = self.store.recover(now)
+        if recovered:
+            log.info("recovering %d deliveries whose outcome is unknown after a restart", recovered)
+        for name, target in self.targets.items():
+            self.executors[name] = ThreadPoolExecutor(target.settings.workers, thread_name_prefix=f"upload-{name}")
+            self._start_check(name)
+        for folder in self.folders:
+            if not folder.root.exists() and folder.settings.create:
+                try:
+                    folder.root.mkdir(parents=True, exist_ok=True)
+                    log.info("created missing folder %s", folder.root)
+                except OSError as exc:
+                    log.error("cannot create folder %s: %s", folder.root, exc.strerror)
+        if self.watch:
+            self.watcher.start()
+        self.scan(now)
+
+    def close(self, *, wait_seconds: float | None = None) -> None:
+        """Stop watching, let in-flight deliveries finish (up to ``shutdown_seconds``), release."""
+        self.watcher.stop()
+        deadline = time.monotonic() + (self.cfg.shutdown_seconds if wait_seconds is None else wait_seconds)
+        while self.in_flight and time.monotonic() < deadline:
+            self._collect(time.time(), block=0.1)
+        if self.in_flight:
+            log.warning("%d deliveries still in flight at shutdown; they are re-checked at the next start", len(self.in_flight))
+        for executor in self.executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        for target in self.targets.values():
+            target.close()
+        if self.store:
+            self.store.close()
+        self.lock.release()
+
+    # -- one pass -------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """One pass: events, rescans, settling, results, dispatch, paused-target checks."""
+        self._check_folders(now)
+        for path in self.watcher.drain():
+            self._hint(Path(path), now)
+        if self.watch:
+            self.watcher.supervise()
+        if self.watcher.rescan_needed.is_set() or now >= self.next_rescan:
+            self.scan(now)
+        self._settle(now)
+        self._collect(now)
+        self._dispatch(now)
+
+    def busy(self) -> bool:
+        return bool(self.settling or self.in_flight)
+
+    # -- observing ------------------------------------------------------------------------
+    def _check_folders(self, now: float) -> None:
+        for folder in self.folders:
+            present = folder.root.is_dir()
+            if folder.missing and present:
+                log.info("folder %s is back; rescanning it", folder.root)
+                folder.missing = False
+                self.watcher.rescan_needed.set()
+            elif not present and not folder.missing:
+                # Unmounted or removed: pause it; never read this as "every item was deleted".
+                log.error("folder %s is missing (unmounted or removed?): paused until it comes back", folder.root)
+                folder.missing = True
+
+    def _folder_of(self, path: Path) -> Folder | None:
+        best = None
+        for folder in self.folders:
+            if path == folder.root or folder.root in path.parents:
+                if best is None or len(folder.name) > len(best.name):
+                    best = folder
+        return best
+
+    def scan(self, now: float) -> None:
+        """Full rescan of every folder: the truth behind the event hints."""
+        self.watcher.rescan_needed.clear()
+        jitter = self.rng.uniform(0.9, 1.1)
+        self.next_rescan = now + self.cfg.rescan_seconds * jitter
+        for folder in self.folders:
+            if folder.missing or not folder.root.is_dir():
+                continue
+            self._scan_tree(folder, folder.root, now, full=True)
+
+    def _scan_tree(self, folder: Folder, start: Path, now: float, *, full: bool) -> None:
+        assert self.store is not None
+        known = self.store.signatures(folder.name)
+        seen: set[str] = set()
+        for files in walk(folder.root, folder.rules, folder.settings.key_prefix, start=start):
+            seen.add(files.key)
+            self._observe(folder, files, now, known.get(files.key))
+        if not full:
+            return
+        for key, (item_id, _sig, state) in known.items():
+            if key not in seen and state not in ("gone", "deleted") and item_id not in self.settling:
+                self._vanished(folder, key, item_id, now)
+
+    def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
+        assert self.store is not None
+        rows = self.store.query("SELECT image FROM items WHERE id=?", (item_id,))
+        if rows and os.path.exists(rows[0]["image"]):
+            return  # unreadable directory or a race: not gone
+        log.info("item %s is gone from %s", key, folder.root)
+        self.store.gone(item_id, now)
+
+    def _hint(self, path: Path, now: float) -> None:
+        folder = self._folder_of(path)
+        if folder is None or folder.missing:
+            return
+        if path.is_dir():
+            self._scan_tree(folder, path, now, full=False)
+            return
+        if path.name == "class_map.json":
+            self._scan_tree(folder, path.parent, now, full=False)
+            return
+        if folder.rules.ignored(path.name):
+            return
+        found = role_of(path.name)
+        if found is None:
+            return
+        stem, _role = found
+        files = probe_item(folder.root, path.parent, stem, folder.rules, folder.settings.key_prefix)
+        assert self.store is not None
+        if files is None:
+            key = _key_for(folder, path.parent, stem)
+            item_id = self.store.item_id(folder.name, key)
+            if item_id is not None:
+                self.settling.pop(item_id, None)
+                self._vanished(folder, key, item_id, now)
+            return
+        row = self.store.query("SELECT id, stat_sig, state FROM items WHERE folder=? AND key=?", (folder.name, files.key))
+        known = (row[0]["id"], row[0]["stat_sig"], row[0]["state"]) if row else None
+        self._observe(folder, files, now, known)
+
+    def _observe(self, folder: Folder, files: ItemFiles, now: float, known: tuple[int, str | None, str] | None) -> None:
+        try:
+            sig, quiet = stat_signature(files)
+        except (OSError, ItemError):
+            return  # vanished or odd meanwhile; the next event or scan decides
+        if known is not None:
+            item_id, old_sig, state = known
+            current = self.settling.get(item_id)
+            if current is not None:
+                current.files = files
+                return  # already settling: the settle loop follows its changes
+            if old_sig == sig and state in ("ready", "invalid"):
+                return  # unchanged since it was settled: nothing to re-hash
+        assert self.store is not None
+        item_id = self.store.observe(
+            folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask), sig, now
+        )
+        self.settling[item_id] = Settling(folder, item_id, files, sig, now, quiet, now)
+
+    # -- settling -------------------------------------------------------------------------
+    def _settle(self, now: float) -> None:
+        assert self.store is not None
+        settle = self.cfg.settle_seconds
+        for item_id, entry in list(self.settling.items()):
+            if entry.folder.missing:
+                continue
+            try:
+                sig, quiet = stat_signature(entry.files)
+            except (OSError, ItemError):
+                fresh = probe_item(entry.folder.root, entry.files.image.parent, entry.files.image.stem,
+                                   entry.folder.rules, entry.folder.settings.key_prefix)
+                if fresh is None:
+                    del self.settling[item_id]
+                    self.store.gone(item_id, now)
+                else:
+                    entry.files = fresh
+                continue
+            if sig != entry.sig:
+                entry.sig, entry.since, entry.quiet = sig, now, quiet
+                continue
+            quiet_enough = now - entry.since >= settle or (quiet <= now and now - quiet >= settle)
+            if not quiet_enough:
+                if now - entry.first > self.cfg.max_settle_seconds and not entry.reported:
+                    message = (f"{entry.files.image}: still being written after {now - entry.first:.0f}s; "
+                               "it is delivered once it stops changing")
+                    log.warning(message)
+                    self.store.settling_error(item_id, message, now)
+                    entry.reported = True
+                continue
+            del self.settling[item_id]
+            try:
+                content = read_item(entry.files, **self.read_options)
+            except ItemError as exc:
+                log.warning("item %s is invalid: %s", entry.files.key, exc)
+                self.store.invalid(item_id, str(exc), entry.folder.targets, now)
+                self._record_sig(item_id, sig)
+                continue
+            self.store.settled(item_id, content.version, entry.folder.targets, now)
+            self._record_sig(item_id, sig)
+            log.debug("item %s settled at version %s", entry.files.key, content.version)
+            self.wake.set()
+
+    def _record_sig(self, item_id: int, sig: str) -> None:
+        assert self.store is not None
+        self.store._tx([("UPDATE items SET stat_sig=? WHERE id=?", (sig, item_id))])
+
+    # -- delivering -----------------------------------------------------------------------
+    def _dispatch(self, now: float) -> None:
+        assert self.store is not None
+        if self.stop_event.is_set():
+            return
+        for name, target in self.targets.items():
+            if name in self.paused:
+                if now >= self.paused[name] and name not in self.checking:
+                    self._start_check(name)
+                continue
+            free = target.settings.workers - sum(1 for (_, t) in self.in_flight if t == name)
+            if free <= 0:
+                continue
+            for due in self.store.due(name, now, free):
+                folder = next((f for f in self.folders if f.name == due.folder), None)
+                if folder is None or folder.missing:
+                    continue
+                files = self._files_for(folder, due.key)
+                if files is None:
+                    self.store.gone(due.item_id, now)
+                    continue
+                self.store.intend(due.item_id, name, due.version, now)
+                self.in_flight[(due.item_id, name)] = due.key
+                self.executors[name].submit(self._work, due, files, target)
+
+    def _files_for(self, folder: Folder, key: str) -> ItemFiles | None:
+        rel = key[len(folder.settings.key_prefix.rstrip("/")) + 1:] if folder.settings.key_prefix else key
+        directory, _, stem = rel.rpartition("/")
+        return probe_item(folder.root, folder.root / directory, stem, folder.rules, folder.settings.key_prefix)
+
+    def _work(self, due, files, target) -> None:
+        outcome = delivery.attempt(due, files, target, read_options=self.read_options)
+        self.results.put(outcome)
+        self.wake.set()
+
+    def _start_check(self, name: str) -> None:
+        self.checking.add(name)
+        target = self.targets[name]
+
+        def check() -> None:
+            try:
+                warnings = target.check()
+                self.results.put(("check", name, None, warnings))
+            except SyncdError as exc:
+                self.results.put(("check", name, exc, []))
+            except Exception as exc:  # pragma: no cover - adapter bug
+                self.results.put(("check", name, exc, []))
+            self.wake.set()
+
+        threading.Thread(target=check, name=f"check-{name}", daemon=True).start()
+
+    def _collect(self, now: float, block: float = 0.0) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                result = self.results.get(timeout=block) if block else self.results.get_nowait()
+            except queue.Empty:
+                return
+            block = 0.0
+            if isinstance(result, tuple):
+                self._checked(*result[1:], now=now)
+            else:
+                self._record(result, now)
+
+    def _checked(self, name: str, error: Exception | None, warnings: list[str], *, now: float) -> None:
+        assert self.store is not None
+        self.checking.discard(name)
+        if error is None:
+            for warning in warnings:
+                log.warning("target %s: %s", name, warning)
+            if name in self.paused:
+                log.info("target %s works again; resuming deliveries", name)
+            self.paused.pop(name, None)
+            self.store.set_paused(name, None, now)
+            return
+        from syncd.errors import TransientError
+
+        if isinstance(error, TransientError):
+            log.warning("target %s is not reachable yet: %s", name, error)
+            if name in self.paused:
+                self.paused[name] = now + self.cfg.target_recheck_seconds
+            return
+        self._pause(name, str(error), now)
+
+    def _pause(self, name: str, reason: str, now: float) -> None:
+        assert self.store is not None
+        log.error("target %s paused: %s (re-checked every %.0fs)", name, reason, self.cfg.target_recheck_seconds)
+        self.paused[name] = now + self.cfg.target_recheck_seconds
+        self.store.set_paused(name, reason, now)
+
+    def _record(self, outcome: delivery.Outcome, now: float) -> None:
+        assert self.store is not None
+        due = outcome.due
+        self.in_flight.pop((due.item_id, due.target), None)
+        kind = outcome.kind
+        if kind == delivery.ACKED:
+            assert outcome.receipt is not None
+            self.store.acked(due.item_id, due.target, outcome.receipt.to_json(), now)
+            how = "found already delivered on" if outcome.adopted else "delivered to"
+            log.info("%s %s %s as %s", due.key, how, due.target, outcome.receipt.remote_id)
+            self._after_upload(due, now)
+        elif kind == delivery.TRANSIENT:
+            delay = delivery.backoff_delay(
+                due.attempts + 1, outcome.retry_after, base=self.cfg.retry_base_seconds, cap=self.cfg.retry_max_seconds, rng=self.rng
+            )
+            log.warning("retrying %s on %s in %.1fs: %s", due.key, due.target, delay, outcome.message)
+            self.store.retry_later(due.item_id, due.target, outcome.message, now + delay, outcome.outcome_unknown, now)
+        elif kind in (delivery.PERMANENT, delivery.INVALID):
+            log.error("failed %s on %s: %s", due.key, due.target, outcome.message)
+            self.store.failed(due.item_id, due.target, outcome.message, now)
+        elif kind == delivery.STALE:
+            self.store.retry_later(due.item_id, due.target, None, 0, False, now, count=False)
+            self.store.resettle(due.item_id, now)
+            folder = next(f for f in self.folders if f.name == due.folder)
+            files = self._files_for(folder, due.key)
+            if files is not None:
+                self._observe(folder, files, now, None)
+        elif kind == delivery.FATAL:
+            self.store.retry_later(due.item_id, due.target, outcome.message, now, True, now, count=False)
+            if due.target not in self.paused:
+                self._pause(due.target, outcome.message, now)
+
+    def _after_upload(self, due, now: float) -> None:
+        folder = next((f for f in self.folders if f.name == due.folder), None)
+        if folder is None or folder.settings.after_upload != "delete":
+            return
+        assert self.store is not None
+        if not self.store.fully_acked(due.item_id, folder.targets):
+            return
+        row = self.store.query("SELECT image, sidecar, mask, stat_sig FROM items WHERE id=?", (due.item_id,))[0]
+        files = self._files_for(folder, due.key)
+        if files is None:
+            return
+        try:
+            sig, _ = stat_signature(files)
+        except (OSError, ItemError):
+            return
+        if sig != row["stat_sig"]:
+            return  # changed since the acked version: keep it, it will be delivered again
+        for path in files.paths():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("cannot delete %s after upload: %s", path, exc.strerror)
+                return
+        log.info("deleted local files of %s after every target acked it", due.key)
+        self.store.gone(due.item_id, now, state="deleted")
+
+    # -- service loop ---------------------------------------------------------------------
+    def pending_total(self) -> int:
+        assert self.store is not None
+        counts = self.store.counts()
+        return counts.get("pending", 0) + counts.get("in_flight", 0) + counts.get("settling", 0)
+
+
+def _opt(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _key_for(folder: Folder, directory: Path, stem: str) -> str:
+    from syncd.items import make_key
+
+    return make_key(folder.root, directory, stem, folder.settings.key_prefix)
+
+
+__all__ = ["Daemon", "LocalError"]

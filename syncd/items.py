@@ -1,0 +1,337 @@
+"""The drop-folder convention: which files form an item, its key, its version.
+
+An item is an image plus optional companions sharing its stem in one directory::
+
+    frame_0001.jpg        the image (.jpg .jpeg .png .tif .tiff .bmp .webp): makes the item exist
+    frame_0001.json       the sidecar (syncd.sidecar)
+    frame_0001.mask.png   the segmentation mask
+    class_map.json        in the item's directory or a parent up to the root
+
+The key is the path relative to the watched root without extension, plus the folder's
+``key_prefix``. The version is a SHA-256 over the image bytes, the canonical sidecar, the
+mask bytes and (for masked items) the class map, so a rename of whitespace in a sidecar is
+not a change but any content change is.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import io
+import os
+import stat as stat_module
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from syncd.errors import ItemError
+from syncd.sidecar import Sidecar, canonical, parse_sidecar
+from syncd.targets.base import Receipt, Upload
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+MASK_SUFFIX = ".mask.png"
+SIDECAR_SUFFIX = ".json"
+CLASS_MAP_NAME = "class_map.json"
+RESERVED_NAMES = frozenset({CLASS_MAP_NAME, "datapoint_map.json"})
+# Temporary and hidden files of editors, browsers, rsync and friends are never items.
+DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", ".goutputstream-*", "4913", "#*#")
+FORMAT_BY_SUFFIX = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP",
+}
+
+
+class IgnoreRules:
+    """Decides which names are never items: the defaults, the daemon's and the folder's globs."""
+
+    def __init__(self, extra: Iterable[str] = (), include: Iterable[str] = ()):
+        self.patterns = tuple(DEFAULT_IGNORES) + tuple(extra)
+        self.include = tuple(include)
+
+    def ignored(self, name: str, relpath: str = "") -> bool:
+        if any(fnmatch.fnmatchcase(name, p) for p in self.patterns):
+            return True
+        if relpath and any(fnmatch.fnmatchcase(relpath, p) for p in self.patterns if "/" in p):
+            return True
+        return False
+
+    def included(self, image_name: str) -> bool:
+        return not self.include or any(fnmatch.fnmatchcase(image_name, p) for p in self.include)
+
+
+def role_of(name: str) -> tuple[str, str] | None:
+    """``(stem, role)`` for a file name, role in image/sidecar/mask; None for anything else."""
+    lower = name.lower()
+    if lower.endswith(MASK_SUFFIX):
+        return name[: -len(MASK_SUFFIX)], "mask"
+    if name in RESERVED_NAMES:
+        return None
+    if lower.endswith(SIDECAR_SUFFIX):
+        return name[: -len(SIDECAR_SUFFIX)], "sidecar"
+    suffix = os.path.splitext(lower)[1]
+    if suffix in IMAGE_SUFFIXES:
+        return name[: -len(suffix)], "image"
+    return None
+
+
+@dataclass
+class ItemFiles:
+    """The files of one item as found on disk (absolute paths)."""
+
+    root: Path
+    key: str
+    image: Path
+    sidecar: Path | None = None
+    mask: Path | None = None
+    class_map: Path | None = None
+    extra_images: list[Path] = field(default_factory=list)
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.image, self.sidecar, self.mask) if p is not None]
+
+
+def make_key(root: Path, directory: Path, stem: str, prefix: str) -> str:
+    rel = directory.relative_to(root).as_posix()
+    key = stem if rel == "." else f"{rel}/{stem}"
+    return f"{prefix.rstrip('/')}/{key}" if prefix else key
+
+
+def find_class_map(directory: Path, root: Path) -> Path | None:
+    """The nearest ``class_map.json`` from ``directory`` up to ``root`` (inclusive)."""
+    current = directory
+    while True:
+        candidate = current / CLASS_MAP_NAME
+        if candidate.is_file():
+            return candidate
+        if current == root or root not in current.parents:
+            return None
+        current = current.parent
+
+
+def group_directory(root: Path, directory: Path, names: Iterable[str], rules: IgnoreRules, prefix: str) -> Iterator[ItemFiles]:
+    """Group the file names of one directory into items (images with their companions)."""
+    by_stem: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        if rules.ignored(name):
+            continue
+        found = role_of(name)
+        if found is None:
+            continue
+        stem, role = found
+        by_stem.setdefault(stem, {}).setdefault(role, []).append(name)
+    class_map: Path | None | bool = False  # False: not looked up yet
+    for stem, roles in sorted(by_stem.items()):
+        images = sorted(roles.get("image", []))
+        if not images or not rules.included(images[0]):
+            continue
+        files = ItemFiles(root=root, key=make_key(root, directory, stem, prefix), image=directory / images[0])
+        files.extra_images = [directory / n for n in images[1:]]
+        if "sidecar" in roles:
+            files.sidecar = directory / roles["sidecar"][0]
+        if "mask" in roles:
+            files.mask = directory / roles["mask"][0]
+            if class_map is False:
+                class_map = find_class_map(directory, root)
+            files.class_map = class_map or None
+        yield files
+
+
+def probe_item(root: Path, image_dir: Path, stem: str, rules: IgnoreRules, prefix: str) -> ItemFiles | None:
+    """Find the item with ``stem`` in ``image_dir`` by probing its possible names (no listing)."""
+    names = [stem + s for s in IMAGE_SUFFIXES] + [stem + s.upper() for s in IMAGE_SUFFIXES]
+    names += [stem + SIDECAR_SUFFIX, stem + MASK_SUFFIX]
+    present = [n for n in names if os.path.isfile(image_dir / n)]
+    for item in group_directory(root, image_dir, present, rules, prefix):
+        if item.key.rsplit("/", 1)[-1] == stem:
+            return item
+    return None
+
+
+def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = None, follow_symlinks: bool = False) -> Iterator[ItemFiles]:
+    """All items below ``start`` (default ``root``), keyed relative to ``root``.
+
+    Depth first; hidden and ignored directories are skipped; symlinked directories are not
+    followed (they could lead outside the watched folder or loop).
+    """
+    stack = [start or root]
+    while stack:
+        directory = stack.pop()
+        names: list[str] = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=follow_symlinks):
+                        if not rules.ignored(entry.name):
+                            stack.append(Path(entry.path))
+                    else:
+                        names.append(entry.name)
+        except OSError:
+            continue  # vanished or unreadable directory: the next scan sees it again
+        yield from group_directory(root, directory, names, rules, prefix)
+
+
+def _file_sig(path: Path | None) -> tuple[str, float]:
+    if path is None:
+        return "-", 0.0
+    st = os.stat(path)
+    if not stat_module.S_ISREG(st.st_mode):
+        raise ItemError(f"{path}: not a regular file")
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}", max(st.st_mtime, st.st_ctime)
+
+
+def stat_signature(files: ItemFiles) -> tuple[str, float]:
+    """``(signature, quiet_since)``: size, mtime_ns and inode of every file of the item.
+
+    ``quiet_since`` is the latest mtime/ctime among them (wall clock). Raises OSError when a
+    file vanished between listing and stat.
+    """
+    sigs, quiet = [], 0.0
+    for path in (files.image, files.sidecar, files.mask, files.class_map):
+        sig, since = _file_sig(path)
+        sigs.append(sig)
+        quiet = max(quiet, since)
+    return "|".join(sigs), quiet
+
+
+@dataclass
+class ItemContent:
+    """An item's bytes as read from disk, validated."""
+
+    image: bytes
+    image_format: str
+    width: int
+    height: int
+    sidecar: Sidecar
+    mask: bytes | None
+    class_map: dict | None
+    version: str
+    image_sha256: str
+
+
+def display_name(files: ItemFiles, path: Path) -> str:
+    try:
+        return f"{files.root.name}/{path.relative_to(files.root).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
+def _read(path: Path, files: ItemFiles) -> bytes:
+    if path.is_symlink() and not path.resolve().is_relative_to(files.root.resolve()):
+        raise ItemError(
+            f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: copy the file in instead"
+        )
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ItemError(f"{display_name(files, path)}: the file disappeared before it could be read") from None
+    except PermissionError:
+        raise ItemError(
+            f"{display_name(files, path)}: permission denied: make it readable by the syncd user (chmod/chown)"
+        ) from None
+    except IsADirectoryError:
+        raise ItemError(f"{display_name(files, path)}: is a directory, not a file") from None
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            raise ItemError(f"{display_name(files, path)}: I/O error reading the file (failing disk?)") from None
+        raise ItemError(f"{display_name(files, path)}: cannot read: {exc.strerror}") from None
+
+
+def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int) -> tuple[str, int, int]:
+    """Fully decode image bytes; return ``(format, width, height)`` or raise ItemError."""
+    if not data:
+        raise ItemError(f"{name}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ItemError(
+                        f"{name}: {width}x{height} pixels exceeds max_image_pixels={max_pixels} "
+                        "(a decompression bomb?): raise [daemon] max_image_pixels if it is genuine"
+                    )
+                fmt = image.format or "?"
+                image.load()
+    except ItemError:
+        raise
+    except UnidentifiedImageError:
+        raise ItemError(
+            f"{name}: not an image pillow can read (the content is not JPEG/PNG/TIFF/BMP/WebP): replace the file"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ItemError(f"{name}: refused as a possible decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ItemError(f"{name}: the image is truncated or corrupt: {exc}") from None
+    except Exception as exc:  # pillow raises odd things on hostile input
+        raise ItemError(f"{name}: the image cannot be decoded: {type(exc).__name__}: {exc}") from None
+    if fmt != expected_format and not (expected_format == "TIFF" and fmt == "TIFF"):
+        raise ItemError(
+            f"{name}: the file is a {fmt} image but its name says {expected_format}: rename it with the right extension"
+        )
+    return fmt, width, height
+
+
+def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, validate_mask=None) -> ItemContent:
+    """Read and validate every file of an item and compute its version.
+
+    ``validate_labels(labels, width, height, name)`` and ``validate_mask(mask, class_map_bytes,
+    width, height, name)`` hook the label and mask checks in; each raises ItemError.
+    """
+    if files.extra_images:
+        others = ", ".join(p.name for p in files.extra_images)
+        raise ItemError(
+            f"{display_name(files, files.image)}: other images share its stem ({others}): "
+            "one item has one image; rename one of them"
+        )
+    image_name = display_name(files, files.image)
+    image = _read(files.image, files)
+    suffix = files.image.suffix.lower()
+    fmt, width, height = decode_image(image, name=image_name, expected_format=FORMAT_BY_SUFFIX[suffix], max_pixels=max_pixels)
+    sidecar = Sidecar()
+    if files.sidecar is not None:
+        sidecar = parse_sidecar(_read(files.sidecar, files), name=display_name(files, files.sidecar))
+        if validate_labels is not None and sidecar.labels:
+            sidecar.labels = validate_labels(sidecar.labels, width, height, display_name(files, files.sidecar))
+    mask = _read(files.mask, files) if files.mask is not None else None
+    class_map_bytes = _read(files.class_map, files) if (mask is not None and files.class_map) else None
+    class_map = None
+    if mask is not None and validate_mask is not None:
+        class_map = validate_mask(mask, class_map_bytes, width, height, display_name(files, files.mask))
+    digest = hashlib.sha256()
+    image_sha = hashlib.sha256(image).hexdigest()
+    for part in (image_sha.encode(), canonical(sidecar), mask or b"", class_map_bytes or b""):
+        digest.update(hashlib.sha256(part).digest())
+    return ItemContent(
+        image=image,
+        image_format=fmt,
+        width=width,
+        height=height,
+        sidecar=sidecar,
+        mask=mask,
+        class_map=class_map,
+        version=digest.hexdigest()[:32],
+        image_sha256=image_sha,
+    )
+
+
+def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) -> Upload:
+    return Upload(
+        key=files.key,
+        version=content.version,
+        image_name=files.image.name,
+        image=content.image,
+        image_sha256=content.image_sha256,
+        image_format=content.image_format,
+        width=content.width,
+        height=content.height,
+        metadata=content.sidecar.metadata,
+        labels=list(content.sidecar.labels),
+        source_path=files.image,
+        mask=content.mask,
+        class_map=content.class_map,
+        previous=previous,
+    )

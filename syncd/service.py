@@ -1,0 +1,145 @@
+"""The two ways to drive the Daemon: the service loop (``syncd run``) and ``syncd once``.
+
+Signal handlers only set flags. SIGTERM/SIGINT: stop taking new work, let in-flight
+deliveries finish for up to ``shutdown_seconds`` (what is still in flight then is recovered
+at the next start), exit 0. READY=1 is sent to systemd only after the watches are
+installed and the first scan is done; WATCHDOG=1 only from a loop pass that completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+from syncd import sdnotify
+from syncd.config import Config
+from syncd.daemon import Daemon
+
+log = logging.getLogger("syncd")
+
+IDLE_WAIT = 1.0  # seconds between passes when nothing is settling or in flight
+BUSY_WAIT = 0.05
+
+
+def _install_signals(daemon: Daemon) -> None:
+    def stop(signum, _frame):
+        daemon.stop_event.set()
+        daemon.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def run_service(config: Config) -> int:
+    """``syncd run``: watch and deliver until SIGTERM. Returns the exit code."""
+    daemon = Daemon(config)
+    _install_signals(daemon)
+    daemon.open(time.time())
+    folders = ", ".join(str(f.root) for f in daemon.folders)
+    log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
+    sdnotify.notify("READY=1\nSTATUS=first scan done")
+    ping_every = sdnotify.watchdog_interval()
+    last_ping = last_status = 0.0
+    try:
+        while not daemon.stop_event.is_set():
+            now = time.time()
+            daemon.tick(now)
+            if ping_every and now - last_ping >= ping_every:
+                sdnotify.notify("WATCHDOG=1")
+                last_ping = now
+            if now - last_status >= 5:
+                sdnotify.notify(f"STATUS={daemon.pending_total()} queued, {len(daemon.in_flight)} in flight")
+                last_status = now
+            daemon.wake.wait(BUSY_WAIT if daemon.busy() else IDLE_WAIT)
+            daemon.wake.clear()
+    finally:
+        sdnotify.notify("STOPPING=1")
+        log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds, len(daemon.in_flight))
+        daemon.close()
+    log.info("stopped")
+    return 0
+
+
+@dataclass
+class OnceResult:
+    delivered: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, target, reason)
+    pending: list[tuple[str, str, str]] = field(default_factory=list)
+    paused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if not (self.failed or self.pending or self.paused) else 1
+
+
+def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceResult:
+    """``syncd once``: scan, wait for files to settle, deliver what is due, wait, report.
+
+    Transient failures are retried with their backoff until ``max_wait`` seconds have passed;
+    a paused target (bad credentials, unknown dataset) ends the wait at once.
+    """
+    daemon = Daemon(config, watch=False)
+    _install_signals(daemon)
+    start = time.time()
+    daemon.open(start)
+    last_progress = 0.0
+    try:
+        while not daemon.stop_event.is_set():
+            now = time.time()
+            daemon.tick(now)
+            if daemon.checking:
+                time.sleep(BUSY_WAIT)
+                continue
+            waiting = _waiting(daemon)
+            if not daemon.busy() and not waiting:
+                break
+            if now - start > max_wait:
+                log.warning("giving up waiting after %.0fs", max_wait)
+                break
+            if progress and now - last_progress >= 2:
+                progress(daemon)
+                last_progress = now
+            daemon.wake.wait(BUSY_WAIT if daemon.busy() else 0.2)
+            daemon.wake.clear()
+        return _once_result(daemon)
+    finally:
+        daemon.close(wait_seconds=0)
+
+
+def _waiting(daemon: Daemon) -> int:
+    """Deliveries still to do on targets that are not paused."""
+    assert daemon.store is not None
+    active = [name for name in daemon.targets if name not in daemon.paused]
+    if not active:
+        return 0
+    marks = ",".join("?" * len(active))
+    row = daemon.store.conn.execute(
+        f"SELECT count(*) FROM deliveries d JOIN items i ON i.id=d.item_id "
+        f"WHERE d.state IN ('pending','in_flight') AND i.state='ready' AND d.target IN ({marks})",
+        active,
+    ).fetchone()
+    return row[0]
+
+
+def _once_result(daemon: Daemon) -> OnceResult:
+    assert daemon.store is not None
+    result = OnceResult()
+    rows = daemon.store.query(
+        "SELECT i.key, d.target, d.state, d.error, i.state AS item_state, i.error AS item_error "
+        "FROM deliveries d JOIN items i ON i.id=d.item_id WHERE i.state NOT IN ('gone')"
+    )
+    for row in rows:
+        if row["state"] == "acked":
+            result.delivered += 1
+        elif row["state"] == "failed":
+            result.failed.append((row["key"], row["target"], row["error"] or row["item_error"] or "failed"))
+        elif row["item_state"] != "deleted":
+            reason = row["error"] or ("paused target" if row["target"] in daemon.paused else "not delivered yet")
+            result.pending.append((row["key"], row["target"], reason))
+    for row in daemon.store.query("SELECT key, error FROM items WHERE state='settling'"):
+        result.pending.append((row["key"], "-", row["error"] or "still being written"))
+    paused = daemon.store.query("SELECT name, paused_reason FROM targets WHERE paused_reason IS NOT NULL")
+    result.paused = {row["name"]: row["paused_reason"] for row in paused if row["name"] in daemon.targets}
+    return result

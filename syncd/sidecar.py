@@ -1,0 +1,82 @@
+"""The sidecar file ``<stem>.json``: one pydantic model, parsed with precise errors.
+
+Schema (see ``syncd schema`` for the JSON Schema)::
+
+    {"metadata": {...any JSON object...},   # optional, default {}
+     "labels": [ ...label objects... ]}      # optional, default [] (see syncd.labels)
+
+An unknown top-level key, a wrong type, broken JSON, non-UTF-8 bytes or absurd nesting is an
+``ItemError`` naming the file and the field; the item waits until the file is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from syncd.errors import ItemError
+
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
+
+
+class Sidecar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, Any] = Field(default_factory=dict, description="free-form item metadata (a JSON object)")
+    labels: list[Any] = Field(default_factory=list, description="annotations in pixel coordinates (see docs)")
+
+
+def _field(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_sidecar(data: bytes, *, name: str) -> Sidecar:
+    """Parse sidecar bytes; ``name`` (the file's path as the user knows it) prefixes every error."""
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise ItemError(f"{name}: sidecar is larger than {MAX_SIDECAR_BYTES // 2**20} MiB")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ItemError(f"{name}: not UTF-8 text (byte {exc.start}): save the sidecar as UTF-8 JSON") from None
+    if not text.strip():
+        raise ItemError(f"{name}: the sidecar is empty: write a JSON object like {{\"metadata\": {{}}}}")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ItemError(f"{name}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ItemError(f"{name}: JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. integers with more digits than Python allows
+        raise ItemError(f"{name}: invalid JSON value: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ItemError(f"{name}: the sidecar must be a JSON object with 'metadata' and/or 'labels', not {type(raw).__name__}")
+    try:
+        sidecar = Sidecar.model_validate(raw)
+        # Deeply nested metadata would break platforms and our own JSON round trips.
+        json.dumps(sidecar.metadata)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _field(first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ItemError(f"{name}: unknown key {where!r}: a sidecar has only 'metadata' and 'labels'") from None
+        raise ItemError(f"{name}: {where}: {first['msg']}") from None
+    except (RecursionError, ValueError) as exc:
+        raise ItemError(f"{name}: metadata cannot be serialised: {exc}") from None
+    return sidecar
+
+
+def canonical(sidecar: Sidecar) -> bytes:
+    """Stable bytes for versioning: formatting and key order in the file do not matter."""
+    return json.dumps(
+        {"metadata": sidecar.metadata, "labels": sidecar.labels}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def sidecar_json_schema() -> dict:
+    """The JSON Schema of the sidecar file (``syncd schema``)."""
+    return Sidecar.model_json_schema()

@@ -1,0 +1,433 @@
+"""The SQLite journal (WAL, via sqlite-utils): items, deliveries, targets.
+
+The coordinator thread owns the one read-write connection. Every state change of the
+exactly-once protocol is one transaction:
+
+- ``observe``/``settled``/``invalid``: what the item's files are and which version is due;
+- ``intend``: ``(item, target, version)`` goes ``in_flight`` before any request is made;
+- ``acked``/``failed``/``retry_later``: the outcome of one attempt.
+
+A row still ``in_flight`` when the store is opened had an unknown outcome (crash):
+``recover()`` turns it back to ``pending`` with ``outcome_unknown = 1``, so create-only
+targets look the item up before re-sending.
+
+Delivery states: ``waiting`` (item not ready), ``pending`` (due at ``next_attempt_at``),
+``in_flight``, ``acked`` (the wanted version is remote), ``failed`` (until the files change or
+``syncd retry``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from syncd.errors import LocalError
+
+DB_NAME = "syncd.db"
+LOCK_NAME = "syncd.lock"
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema
+    """
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        folder TEXT NOT NULL,
+        key TEXT NOT NULL,
+        image TEXT NOT NULL,
+        sidecar TEXT,
+        mask TEXT,
+        stat_sig TEXT,
+        version TEXT,
+        state TEXT NOT NULL DEFAULT 'settling',   -- settling | ready | invalid | gone | deleted
+        error TEXT,
+        first_seen REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (folder, key)
+    );
+    CREATE INDEX items_state ON items (state);
+    CREATE TABLE deliveries (
+        item_id INTEGER NOT NULL REFERENCES items (id),
+        target TEXT NOT NULL,
+        want_version TEXT,
+        acked_version TEXT,
+        inflight_version TEXT,
+        failed_version TEXT,
+        state TEXT NOT NULL,                      -- waiting | pending | in_flight | acked | failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        outcome_unknown INTEGER NOT NULL DEFAULT 0,
+        receipt TEXT,
+        error TEXT,
+        pending_since REAL,
+        updated_at REAL NOT NULL,
+        acked_at REAL,
+        PRIMARY KEY (item_id, target)
+    );
+    CREATE INDEX deliveries_due ON deliveries (target, state, next_attempt_at);
+    CREATE TABLE targets (
+        name TEXT PRIMARY KEY,
+        paused_reason TEXT,
+        last_success REAL,
+        last_error TEXT,
+        last_error_at REAL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    item_id: int
+    target: str
+    folder: str
+    key: str
+    version: str
+    outcome_unknown: bool
+    receipt: dict[str, Any] | None
+    attempts: int
+
+
+class StateLock:
+    """An exclusive ``flock`` on the state directory: one daemon per journal."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise LocalError(
+                    f"another syncd (pid {owner}) is already using the state directory {self.path.parent}: "
+                    "stop it first, or give this instance its own [daemon] state_dir"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def open_db(state_dir: Path, *, readonly: bool = False) -> sqlite_utils.Database:
+    """Open (and migrate, unless ``readonly``) the journal in ``state_dir``."""
+    path = state_dir / DB_NAME
+    if readonly:
+        if not path.exists():
+            raise LocalError(f"no journal at {path}: has syncd run with this configuration yet?")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        return sqlite_utils.Database(conn)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite_utils.Database(conn)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with conn:
+                conn.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+    except sqlite3.OperationalError as exc:
+        raise _local_error(exc, path) from None
+    except OSError as exc:
+        raise LocalError(f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
+    return db
+
+
+def _local_error(exc: sqlite3.Error, path: Path) -> LocalError:
+    text = str(exc)
+    if "full" in text:
+        return LocalError(f"the disk holding {path} is full: free some space (syncd resumes by itself)")
+    if "readonly" in text or "unable to open" in text:
+        return LocalError(f"cannot write the journal {path}: {text}; check permissions of the state directory")
+    return LocalError(f"journal error on {path}: {text}")
+
+
+class Store:
+    """The journal's queries and transactions (see the module docstring)."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path):
+        self.db = db
+        self.conn: sqlite3.Connection = db.conn
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> "Store":
+        return cls(open_db(state_dir), state_dir / DB_NAME)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _tx(self, statements: Iterable[tuple[str, tuple]]) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    self.conn.execute(sql, args)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise _local_error(exc, self.path) from None
+
+    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        cursor = self.conn.execute(sql, args)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    # -- start-up -------------------------------------------------------------------------
+    def recover(self, now: float) -> int:
+        """In-flight rows of a previous run had an unknown outcome: make them due again."""
+        count = self.conn.execute("SELECT count(*) FROM deliveries WHERE state='in_flight'").fetchone()[0]
+        self._tx(
+            [
+                (
+                    "UPDATE deliveries SET state='pending', outcome_unknown=1, next_attempt_at=0, "
+                    "inflight_version=NULL, updated_at=? WHERE state='in_flight'",
+                    (now,),
+                )
+            ]
+        )
+        return count
+
+    # -- items ----------------------------------------------------------------------------
+    def signatures(self, folder: str) -> dict[str, tuple[int, str | None, str]]:
+        """``key -> (id, stat_sig, state)`` for every item of ``folder`` (one query, for scans)."""
+        rows = self.conn.execute("SELECT key, id, stat_sig, state FROM items WHERE folder=?", (folder,))
+        return {key: (item_id, sig, state) for key, item_id, sig, state in rows}
+
+    def item_id(self, folder: str, key: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM items WHERE folder=? AND key=?", (folder, key)).fetchone()
+        return row[0] if row else None
+
+    def observe(self, folder: str, key: str, image: str, sidecar: str | None, mask: str | None, sig: str, now: float) -> int:
+        """Record that the item's files changed (new signature): it must settle again."""
+        self._tx(
+            [
+                (
+                    "INSERT INTO items (folder, key, image, sidecar, mask, stat_sig, state, first_seen, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'settling', ?, ?) "
+                    "ON CONFLICT (folder, key) DO UPDATE SET image=excluded.image, sidecar=excluded.sidecar, "
+                    "mask=excluded.mask, stat_sig=excluded.stat_sig, state='settling', error=NULL, updated_at=excluded.updated_at",
+                    (folder, key, image, sidecar, mask, sig, now, now),
+                )
+            ]
+        )
+        return self.item_id(folder, key)  # type: ignore[return-value]
+
+    def settled(self, item_id: int, version: str, targets: list[str], now: float) -> None:
+        """The item is complete and valid at ``version``: every target of its folder wants it."""
+        statements: list[tuple[str, tuple]] = [
+            ("UPDATE items SET version=?, state='ready', error=NULL, updated_at=? WHERE id=?", (version, now, item_id))
+        ]
+        for target in targets:
+            statements.append(
+                (
+                    "INSERT INTO deliveries (item_id, target, want_version, state, pending_since, updated_at) "
+                    "VALUES (?, ?, ?, 'pending', ?, ?) "
+                    "ON CONFLICT (item_id, target) DO UPDATE SET want_version=excluded.want_version, "
+                    "error=CASE WHEN deliveries.state='in_flight' THEN deliveries.error ELSE NULL END, "
+                    "state=CASE "
+                    "  WHEN deliveries.state='in_flight' THEN 'in_flight' "
+                    "  WHEN deliveries.acked_version=excluded.want_version THEN 'acked' "
+                    "  WHEN deliveries.state='failed' AND deliveries.failed_version=excluded.want_version THEN 'failed' "
+                    "  ELSE 'pending' END, "
+                    "attempts=CASE WHEN deliveries.state IN ('in_flight','pending') THEN deliveries.attempts ELSE 0 END, "
+                    "next_attempt_at=CASE WHEN deliveries.state='pending' THEN deliveries.next_attempt_at ELSE 0 END, "
+                    "pending_since=COALESCE(CASE WHEN deliveries.state IN ('pending','in_flight') "
+                    "  THEN deliveries.pending_since END, excluded.pending_since), "
+                    "updated_at=excluded.updated_at",
+                    (item_id, target, version, now, now),
+                )
+            )
+        self._tx(statements)
+
+    def invalid(self, item_id: int, error: str, targets: list[str], now: float) -> None:
+        """The item's files are bad: it is failed for every target until they change."""
+        statements: list[tuple[str, tuple]] = [
+            ("UPDATE items SET state='invalid', error=?, updated_at=? WHERE id=?", (error, now, item_id))
+        ]
+        for target in targets:
+            statements.append(
+                (
+                    "INSERT INTO deliveries (item_id, target, state, error, updated_at) VALUES (?, ?, 'failed', ?, ?) "
+                    "ON CONFLICT (item_id, target) DO UPDATE SET "
+                    "state=CASE WHEN deliveries.state='in_flight' THEN 'in_flight' ELSE 'failed' END, "
+                    "error=excluded.error, failed_version=NULL, updated_at=excluded.updated_at",
+                    (item_id, target, error, now),
+                )
+            )
+        self._tx(statements)
+
+    def settling_error(self, item_id: int, error: str, now: float) -> None:
+        self._tx([("UPDATE items SET error=?, updated_at=? WHERE id=?", (error, now, item_id))])
+
+    def gone(self, item_id: int, now: float, *, state: str = "gone") -> None:
+        """The item's image disappeared (or was deleted after upload): nothing more to send."""
+        self._tx(
+            [
+                ("UPDATE items SET state=?, stat_sig=NULL, updated_at=? WHERE id=?", (state, now, item_id)),
+                (
+                    "UPDATE deliveries SET state=CASE WHEN acked_version IS NOT NULL AND state!='in_flight' THEN 'acked' "
+                    "WHEN state='in_flight' THEN 'in_flight' ELSE 'waiting' END, updated_at=? "
+                    "WHERE item_id=? AND state!='acked'",
+                    (now, item_id),
+                ),
+            ]
+        )
+
+    def resettle(self, item_id: int, now: float) -> None:
+        """The files changed under a delivery: settle again before anything is sent."""
+        self._tx([("UPDATE items SET state='settling', stat_sig=NULL, updated_at=? WHERE id=?", (now, item_id))])
+
+    # -- deliveries -----------------------------------------------------------------------
+    def due(self, target: str, now: float, limit: int) -> list[DueDelivery]:
+        rows = self.conn.execute(
+            "SELECT d.item_id, d.target, i.folder, i.key, d.want_version, d.outcome_unknown, d.receipt, d.attempts "
+            "FROM deliveries d JOIN items i ON i.id = d.item_id "
+            "WHERE d.target=? AND d.state='pending' AND d.next_attempt_at<=? AND i.state='ready' "
+            "ORDER BY d.next_attempt_at, d.item_id LIMIT ?",
+            (target, now, limit),
+        ).fetchall()
+        return [
+            DueDelivery(r[0], r[1], r[2], r[3], r[4], bool(r[5]), json.loads(r[6]) if r[6] else None, r[7]) for r in rows
+        ]
+
+    def intend(self, item_id: int, target: str, version: str, now: float) -> None:
+        """Record the intent before any request: this (item, target, version) is in flight."""
+        self._tx(
+            [
+                (
+                    "UPDATE deliveries SET state='in_flight', inflight_version=?, attempts=attempts+1, updated_at=? "
+                    "WHERE item_id=? AND target=?",
+                    (version, now, item_id, target),
+                )
+            ]
+        )
+
+    def acked(self, item_id: int, target: str, receipt: dict[str, Any], now: float) -> None:
+        self._tx(
+            [
+                (
+                    "UPDATE deliveries SET acked_version=inflight_version, inflight_version=NULL, receipt=?, "
+                    "state=CASE WHEN want_version=inflight_version THEN 'acked' ELSE 'pending' END, "
+                    "pending_since=CASE WHEN want_version=inflight_version THEN NULL ELSE pending_since END, "
+                    "attempts=0, next_attempt_at=0, outcome_unknown=0, error=NULL, acked_at=?, updated_at=? "
+                    "WHERE item_id=? AND target=?",
+                    (json.dumps(receipt), now, now, item_id, target),
+                ),
+                (
+                    "INSERT INTO targets (name, last_success) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET last_success=excluded.last_success",
+                    (target, now),
+                ),
+            ]
+        )
+
+    def failed(self, item_id: int, target: str, error: str, now: float) -> None:
+        """A permanent failure of the in-flight version (a newer wanted version still goes)."""
+        self._tx(
+            [
+                (
+                    "UPDATE deliveries SET failed_version=inflight_version, "
+                    "state=CASE WHEN want_version=inflight_version THEN 'failed' ELSE 'pending' END, "
+                    "inflight_version=NULL, outcome_unknown=0, error=?, next_attempt_at=0, updated_at=? "
+                    "WHERE item_id=? AND target=?",
+                    (error, now, item_id, target),
+                ),
+                self._target_error(target, error, now),
+            ]
+        )
+
+    def retry_later(self, item_id: int, target: str, error: str | None, at: float, outcome_unknown: bool, now: float, *, count: bool = True) -> None:
+        """A transient failure (or a paused target): due again at ``at``."""
+        statements = [
+            (
+                "UPDATE deliveries SET state='pending', inflight_version=NULL, next_attempt_at=?, "
+                "outcome_unknown=MAX(outcome_unknown, ?), error=COALESCE(?, error), "
+                "attempts=CASE WHEN ? THEN attempts ELSE MAX(attempts-1, 0) END, updated_at=? "
+                "WHERE item_id=? AND target=?",
+                (at, int(outcome_unknown), error, int(count), now, item_id, target),
+            )
+        ]
+        if error:
+            statements.append(self._target_error(target, error, now))
+        self._tx(statements)
+
+    @staticmethod
+    def _target_error(target: str, error: str, now: float) -> tuple[str, tuple]:
+        return (
+            "INSERT INTO targets (name, last_error, last_error_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET last_error=excluded.last_error, last_error_at=excluded.last_error_at",
+            (target, error, now),
+        )
+
+    def set_paused(self, target: str, reason: str | None, now: float) -> None:
+        statements = [
+            (
+                "INSERT INTO targets (name, paused_reason) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET paused_reason=excluded.paused_reason",
+                (target, reason),
+            )
+        ]
+        if reason:
+            statements.append(self._target_error(target, reason, now))
+        self._tx(statements)
+
+    def fully_acked(self, item_id: int, targets: list[str]) -> bool:
+        """True when every target acked exactly the item's current version."""
+        row = self.conn.execute(
+            "SELECT i.version, count(d.target) FROM items i JOIN deliveries d ON d.item_id=i.id "
+            f"WHERE i.id=? AND d.state='acked' AND d.acked_version=i.version AND d.target IN ({','.join('?' * len(targets))})",
+            (item_id, *targets),
+        ).fetchone()
+        return bool(row and row[0] and row[1] == len(targets))
+
+    def counts(self) -> dict[str, int]:
+        """Totals for progress lines: deliveries by state, items settling."""
+        out = {state: n for state, n in self.conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state")}
+        out["settling"] = self.conn.execute("SELECT count(*) FROM items WHERE state='settling'").fetchone()[0]
+        return out
+
+    # -- operator commands ----------------------------------------------------------------
+    def requeue(self, keys: list[str] | None, now: float) -> int:
+        """``syncd retry``: make failed deliveries (of ``keys``, or all) due now; re-validate invalid items."""
+        where, args = "", ()
+        if keys:
+            where = f" AND item_id IN (SELECT id FROM items WHERE key IN ({','.join('?' * len(keys))}))"
+            args = tuple(keys)
+        before = self.conn.total_changes
+        self._tx(
+            [
+                (
+                    "UPDATE deliveries SET state='pending', failed_version=NULL, attempts=0, next_attempt_at=0, "
+                    f"pending_since=?, updated_at=? WHERE state='failed'{where}",
+                    (now, now, *args),
+                ),
+                (
+                    "UPDATE items SET stat_sig=NULL, state='settling', updated_at=? WHERE state='invalid'"
+                    + (f" AND key IN ({','.join('?' * len(keys))})" if keys else ""),
+                    (now, *args),
+                ),
+            ]
+        )
+        return self.conn.total_changes - before

@@ -1,0 +1,393 @@
+"""The Dataloop target: items uploaded to one dataset, keyed by their remote path.
+
+Wire protocol (see the platform reference, Part 2 §1): ``authorization: Bearer <API key>``
+where the API key is a JWT; items are uploaded as multipart to
+``POST /datasets/{id}/items?mode=skip|overwrite`` and their ``metadata.user`` is changed
+with ``PATCH /items/{id}`` carrying a diff (``null`` deletes a key).
+
+Idempotency and the version marker:
+- The remote path is ``remote_root + item key + image suffix`` (``/cam1/frame_0001.png``).
+  Dataloop has one item per path in a dataset, so ``mode=skip`` never creates a second
+  item: a re-send after a lost reply gets the existing item back.
+- ``metadata.user.syncd`` = ``{"key", "version", "image_sha256"}`` is written with every
+  delivery (in the upload request itself and by the PATCH that follows). It tells, for an
+  existing item, which image it holds, so a re-send can decide between "just fix the
+  metadata" and "overwrite the binary". The key ``syncd`` is therefore reserved in the
+  sidecar metadata.
+- ``metadata.system.size`` is compared with the bytes sent. A new item with the wrong
+  size is deleted (as the official SDK does) and the attempt is transient; an overwritten
+  item is not deleted (annotators' work may hang on it) but is overwritten again next time.
+
+Everything else in ``upload.metadata`` goes to ``metadata.user`` unchanged (any JSON);
+keys whose value is ``null`` are dropped, because ``null`` means "delete" in a PATCH.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import posixpath
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import Field, field_validator, model_validator
+
+from syncd.errors import FatalTargetError, PermanentError, TransientError
+from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
+from syncd.targets.http import SessionPool, json_body, raise_for_status, send
+
+MARKER = "syncd"  # reserved key in metadata.user (see the module docstring)
+EXPIRY_MARGIN = 60.0  # seconds; the official SDK refuses a token this close to its expiry
+EXPIRY_WARNING_DAYS = 30
+
+
+class DataloopSettings(TargetSettings):
+    platform: str = "dataloop"
+    api_key_env: str = Field("DATALOOP_API_KEY", description="environment variable holding the Dataloop API key (a JWT)")
+    dataset_id: str | None = Field(None, description="id of the dataset; or give project and dataset names")
+    project: str | None = Field(None, description="project name (with dataset), instead of dataset_id")
+    dataset: str | None = Field(None, description="dataset name inside project, instead of dataset_id")
+    remote_root: str = Field("/", description="folder in the dataset under which item keys are placed")
+    base_url: str = Field("https://gate.dataloop.ai/api/v1", description="Dataloop API base URL")
+
+    @field_validator("remote_root")
+    @classmethod
+    def _normalise_root(cls, value: str) -> str:
+        parts = [p for p in value.replace("\\", "/").split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise ValueError(f"remote_root {value!r} must not contain '.' or '..' segments")
+        return "/" + "".join(p + "/" for p in parts)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_dataset_reference(self) -> "DataloopSettings":
+        by_names = self.project is not None or self.dataset is not None
+        if self.dataset_id and by_names:
+            raise ValueError("give either dataset_id or project + dataset, not both")
+        if not self.dataset_id and not (self.project and self.dataset):
+            raise ValueError("give dataset_id, or both project and dataset (names)")
+        return self
+
+
+def _b64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim (seconds since the epoch) of a JWT, read without checking the
+    signature; None when ``token`` is not a JWT with a numeric ``exp``."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(_b64url(parts[1]))
+    except (ValueError, binascii.Error):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+def drop_nulls(value: Any) -> Any:
+    """``value`` with every dict key whose value is None removed (recursively in dicts)."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    # JSON-typed equality: 1 != 1.0 != True, as the platform stores them.
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def metadata_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The PATCH diff that turns ``old`` into ``new`` under deep-merge with null = delete
+    (the official SDK's DictDiffer format): changed keys nested, removed keys as None.
+    Lists and other non-dict values are sent whole."""
+    diff: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        if key not in old:
+            diff[key] = value
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            sub = metadata_diff(old[key], value)
+            if sub:
+                diff[key] = sub
+        elif not _same(old[key], value):
+            diff[key] = value
+    return diff
+
+
+def _user_metadata(item: dict[str, Any]) -> dict[str, Any]:
+    user = (item.get("metadata") or {}).get("user")
+    return user if isinstance(user, dict) else {}
+
+
+def _size(item: dict[str, Any]) -> Any:
+    return ((item.get("metadata") or {}).get("system") or {}).get("size")
+
+
+class DataloopTarget(Target):
+    """Delivers items to one Dataloop dataset; see the module docstring."""
+
+    platform = "dataloop"
+    Settings = DataloopSettings
+    # lookup() is one exact query by path: after an unknown outcome it saves re-uploading
+    # the binary. Re-sends are safe without it too (mode=skip + metadata PATCH).
+    create_only = True
+
+    def __init__(self, name: str, settings: DataloopSettings, **kwargs):
+        super().__init__(name, settings, **kwargs)
+        self.settings: DataloopSettings = settings
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._key_exp: float | None = None
+        self._pool: SessionPool | None = None
+        self._dataset_id: str | None = None
+
+    # -- credentials and plumbing ------------------------------------------------------------
+    def _api_key(self) -> str:
+        """The API key, checked locally before any request: it must be a JWT whose ``exp``
+        is more than a minute away (otherwise Dataloop refuses it; fail loudly instead)."""
+        with self._lock:
+            if self._key is None:
+                key = read_secret(self.settings.api_key_env, target=self.name, env=self.env)
+                exp = jwt_expiry(key)
+                if exp is None:
+                    raise FatalTargetError(
+                        f"target {self.name!r}: the value of {self.settings.api_key_env} is not a Dataloop API key "
+                        "(expected a JWT with an 'exp' claim); create one in the Dataloop console"
+                    )
+                self._key, self._key_exp = key, exp
+                self._pool = SessionPool(headers={"authorization": f"Bearer {key}"})
+        if self._key_exp - time.time() <= EXPIRY_MARGIN:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self._key_exp))
+            raise FatalTargetError(
+                f"target {self.name!r}: the Dataloop API key in {self.settings.api_key_env} expired "
+                f"(or expires within a minute) at {when}; create a new API key and restart"
+            )
+        return self._key
+
+    def _request(self, method: str, path: str, *, context: str, check: bool = True, **kwargs):
+        key = self._api_key()
+        assert self._pool is not None
+        return send(
+            self._pool.get(),
+            method,
+            self.settings.base_url + path,
+            context=f"{self.name}: {context}",
+            timeout=self.settings.timeout,
+            secrets=(key,),
+            check=check,
+            **kwargs,
+        )
+
+    def _json(self, response, context: str):
+        return json_body(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    # -- check and dataset --------------------------------------------------------------------
+    def check(self) -> list[str]:
+        self._api_key()
+        self._request("GET", "/users/me", context="checking the API key (GET /users/me)")
+        with self._lock:
+            self._dataset_id = None  # re-resolve: check() is the moment to notice a renamed dataset
+        self.dataset_id()
+        warnings = []
+        days = (self._key_exp - time.time()) / 86400
+        if days < EXPIRY_WARNING_DAYS:
+            warnings.append(f"target {self.name!r}: the Dataloop API key expires in {days:.0f} days; create a new one")
+        return warnings
+
+    def dataset_id(self) -> str:
+        """The dataset id, resolved once (by id, or project name + dataset name) and cached."""
+        if self._dataset_id is not None:
+            return self._dataset_id
+        s = self.settings
+        if s.dataset_id:
+            response = self._request("GET", f"/datasets/{quote(s.dataset_id, safe='')}", context="reading the dataset",
+                                     check=False)
+            if response.status_code == 404:
+                raise FatalTargetError(f"target {self.name!r}: no Dataloop dataset with id {s.dataset_id!r}")
+            raise_for_status(response, context=f"{self.name}: reading the dataset", secrets=(self._key or "",))
+            found = self._json(response, "reading the dataset")["id"]
+        else:
+            found = self._dataset_by_names(s.project, s.dataset)
+        self._dataset_id = str(found)
+        return self._dataset_id
+
+    def _dataset_by_names(self, project: str, dataset: str) -> str:
+        context = f"finding project {project!r}"
+        response = self._request("GET", f"/projects/{quote(project, safe='')}/name", context=context, check=False)
+        # The gate answers a missing project with an arbitrary 4xx (the SDK maps all to 404).
+        if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 425, 429):
+            raise FatalTargetError(f"target {self.name!r}: no Dataloop project named {project!r} is visible to this API key")
+        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+        projects = self._json(response, context)
+        projects = projects if isinstance(projects, list) else [projects]
+        if len(projects) != 1:
+            raise FatalTargetError(
+                f"target {self.name!r}: {len(projects)} Dataloop projects are named {project!r}; set dataset_id instead"
+            )
+        body = {"filter": {"$and": [{"name": dataset}]}, "page": 0, "pageSize": 1000, "resource": "datasets",
+                "context": {"projects": [projects[0]["id"]]}}
+        context = f"finding dataset {dataset!r} in project {project!r}"
+        response = self._request("POST", "/datasets/query", context=context, json=body, headers={"user_query": "true"})
+        found = [d for d in self._json(response, context).get("items", []) if d.get("name") == dataset]
+        if len(found) != 1:
+            what = "no dataset" if not found else f"{len(found)} datasets"
+            raise FatalTargetError(
+                f"target {self.name!r}: {what} named {dataset!r} in Dataloop project {project!r}; "
+                "create it in the Dataloop console or set dataset_id"
+            )
+        return found[0]["id"]
+
+    # -- paths and metadata -------------------------------------------------------------------
+    def remote_path(self, upload: Upload) -> str:
+        """``remote_root + key + suffix``; keys with '.'/'..' segments are refused."""
+        parts = [p for p in upload.key.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise PermanentError(f"item key {upload.key!r} cannot be a Dataloop path ('.'/'..' segments or empty)")
+        return self.settings.remote_root + "/".join(parts) + upload.image_suffix
+
+    def desired_user_metadata(self, upload: Upload) -> dict[str, Any]:
+        if MARKER in upload.metadata:
+            raise PermanentError(
+                f"item {upload.key!r}: the sidecar metadata key {MARKER!r} is reserved by syncd on Dataloop; rename it"
+            )
+        marker = {"key": upload.key, "version": upload.version, "image_sha256": upload.image_sha256}
+        return {**drop_nulls(upload.metadata), MARKER: marker}
+
+    @staticmethod
+    def holds_image(item: dict[str, Any], upload: Upload) -> bool:
+        """Whether the remote item holds this upload's image (marker hash and byte size)."""
+        marker = _user_metadata(item).get(MARKER)
+        same_hash = isinstance(marker, dict) and marker.get("image_sha256") == upload.image_sha256
+        return same_hash and _size(item) == len(upload.image)
+
+    # -- deliver ------------------------------------------------------------------------------
+    def deliver(self, upload: Upload) -> Receipt:
+        dataset_id = self.dataset_id()
+        path = self.remote_path(upload)
+        desired = self.desired_user_metadata(upload)
+        previous = upload.previous
+        item = None
+        if previous is not None and previous.extra.get("path") == path and (
+            previous.extra.get("image_sha256") == upload.image_sha256
+        ):
+            item = self._get_item(previous.remote_id)  # metadata-only change: no binary re-sent
+            if item is not None and item.get("filename") != path:
+                item = None  # moved away in the console: treat as gone
+        if item is None or not self.holds_image(item, upload):
+            # A first delivery uses skip: a re-send after a lost reply gets the same item back.
+            # An image change (previous set) overwrites the binary at the same path.
+            mode = "overwrite" if previous is not None else "skip"
+            item = self._upload(dataset_id, path, upload, desired, mode)
+            if mode == "skip" and not self.holds_image(item, upload):
+                marker = _user_metadata(item).get(MARKER)
+                if isinstance(marker, dict) and marker.get("image_sha256") == upload.image_sha256:
+                    self._delete_corrupted(item, upload)  # our new item, stored at the wrong size
+                # An existing item with another image (or not made by syncd) is at our path.
+                item = self._upload(dataset_id, path, upload, desired, "overwrite")
+            if _size(item) != len(upload.image):
+                raise TransientError(
+                    f"{self.name}: item {upload.key!r}: Dataloop stored {_size(item)} bytes of {len(upload.image)} sent "
+                    "(corrupted upload); it is overwritten on the next attempt",
+                    outcome_unknown=False,
+                )
+        item = self._patch_user_metadata(item, desired, upload)
+        self._sync_annotations(item, upload)
+        if previous is not None and previous.remote_id != item["id"] and previous.extra.get("path") not in (None, path):
+            # The image changed format (suffix), so the item moved to a new path: remove the
+            # superseded one so the key keeps exactly one remote item.
+            self._request("DELETE", f"/items/{quote(previous.remote_id, safe='')}", context="deleting the superseded item",
+                          check=False)
+        return self._receipt(item, upload, path, version=upload.version)
+
+    def _receipt(self, item: dict[str, Any], upload: Upload, path: str, *, version: str | None) -> Receipt:
+        marker = _user_metadata(item).get(MARKER)
+        sha = marker.get("image_sha256") if isinstance(marker, dict) and _size(item) == len(upload.image) else None
+        extra = {"version": version, "image_sha256": sha, "path": path, "dataset_id": self._dataset_id}
+        return Receipt(remote_id=str(item["id"]), extra=extra)
+
+    def _upload(self, dataset_id: str, path: str, upload: Upload, desired: dict, mode: str) -> dict[str, Any]:
+        context = f"uploading {upload.key!r} to {path} (mode={mode})"
+        fields = [
+            ("type", (None, "file")),
+            ("path", (None, path)),
+            ("metadata", (None, json.dumps({"user": desired}))),
+            ("file", (posixpath.basename(path), upload.image, upload.mime_type)),
+        ]
+        response = self._request("POST", f"/datasets/{quote(dataset_id, safe='')}/items", params={"mode": mode},
+                                 files=fields, context=context, check=False)
+        if response.status_code == 404:
+            raise FatalTargetError(f"target {self.name!r}: Dataloop dataset {dataset_id!r} no longer exists")
+        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+        item = self._json(response, context)
+        if not isinstance(item, dict) or "id" not in item:
+            raise TransientError(f"{self.name}: {context}: the reply has no item id")
+        return item
+
+    def _delete_corrupted(self, item: dict[str, Any], upload: Upload) -> None:
+        """Delete a new item stored at the wrong size and raise TransientError (what the
+        official SDK does; the next attempt uploads it again)."""
+        self._request("DELETE", f"/items/{quote(str(item['id']), safe='')}", context="deleting a corrupted item",
+                      check=False)
+        raise TransientError(
+            f"{self.name}: item {upload.key!r}: Dataloop stored {_size(item)} bytes of {len(upload.image)} sent; "
+            "the corrupted item was deleted and is uploaded again on the next attempt",
+            outcome_unknown=False,
+        )
+
+    def _get_item(self, item_id: str) -> dict[str, Any] | None:
+        response = self._request("GET", f"/items/{quote(item_id, safe='')}", context=f"reading item {item_id}",
+                                 check=False)
+        if response.status_code == 404:
+            return None
+        raise_for_status(response, context=f"{self.name}: reading item {item_id}", secrets=(self._key or "",))
+        return self._json(response, f"reading item {item_id}")
+
+    def _patch_user_metadata(self, item: dict[str, Any], desired: dict[str, Any], upload: Upload) -> dict[str, Any]:
+        """PATCH ``metadata.user`` to equal ``desired`` (a diff, null = delete) and verify it."""
+        diff = metadata_diff(_user_metadata(item), desired)
+        if not diff:
+            return item
+        context = f"updating the metadata of {upload.key!r} (item {item['id']})"
+        response = self._request("PATCH", f"/items/{quote(str(item['id']), safe='')}", json={"metadata": {"user": diff}},
+                                 context=context)
+        patched = self._json(response, context)
+        if not isinstance(patched, dict) or not _same(_user_metadata(patched), desired):
+            raise PermanentError(
+                f"{self.name}: {context}: Dataloop did not store the metadata as sent "
+                f"(keys now: {sorted(_user_metadata(patched if isinstance(patched, dict) else {}))})"
+            )
+        return patched
+
+    def _sync_annotations(self, item: dict[str, Any], upload: Upload) -> None:
+        """Labels and masks become Dataloop annotations here (a later issue); no-op today."""
+
+    # -- lookup -------------------------------------------------------------------------------
+    def lookup(self, upload: Upload) -> Receipt | None:
+        """The item at this upload's path, or None. ``extra["version"]`` is the upload's
+        version only when the item already equals it fully (image and user metadata)."""
+        dataset_id = self.dataset_id()
+        path = self.remote_path(upload)
+        body = {"filter": {"$and": [{"filename": path}, {"type": "file"}]}, "sort": {"id": "ascending"},
+                "page": 0, "pageSize": 10, "resource": "items"}
+        context = f"looking up {path}"
+        response = self._request("POST", f"/datasets/{quote(dataset_id, safe='')}/query", json=body,
+                                 headers={"user_query": "true"}, context=context)
+        items = [i for i in self._json(response, context).get("items", []) if i.get("filename") == path]
+        if not items:
+            return None
+        item = items[0]
+        complete = self.holds_image(item, upload) and _same(_user_metadata(item), self.desired_user_metadata(upload))
+        return self._receipt(item, upload, path, version=upload.version if complete else None)
