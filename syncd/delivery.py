@@ -34,6 +34,9 @@ STALE = "stale"  # files changed since the intent: settle again
 FATAL = "fatal"  # the target cannot work: pause it
 
 
+MAX_RETRY_AFTER = 3600.0
+
+
 @dataclass
 class Outcome:
     due: DueDelivery
@@ -46,11 +49,14 @@ class Outcome:
 
 
 def backoff_delay(attempts: int, retry_after: float | None, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter, never sooner than the server's ``Retry-After``."""
-    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    """Exponential backoff with full jitter, never sooner than the server's ``Retry-After``.
+
+    The server's hint is honoured even beyond ``cap`` (up to an hour): it knows its limits.
+    """
+    ceiling = min(cap, base * (2 ** min(max(0, attempts - 1), 30)))
     delay = rng.uniform(0, ceiling)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay
 
 

@@ -312,15 +312,6 @@ class Store:
             DueDelivery(r[0], r[1], r[2], r[3], r[4], bool(r[5]), json.loads(r[6]) if r[6] else None, r[7]) for r in rows
         ]
 
-    def due_any(self, now: float) -> bool:
-        """True when any delivery is due now (items ready, not in flight)."""
-        row = self.conn.execute(
-            "SELECT 1 FROM deliveries d JOIN items i ON i.id=d.item_id "
-            "WHERE d.state='pending' AND d.next_attempt_at<=? AND i.state='ready' LIMIT 1",
-            (now,),
-        ).fetchone()
-        return row is not None
-
     def intend(self, item_id: int, target: str, version: str, now: float) -> None:
         """Record the intent before any request: this (item, target, version) is in flight."""
         self._tx(
