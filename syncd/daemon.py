@@ -229,8 +229,11 @@ class Daemon:
     def _observe(self, folder: Folder, files: ItemFiles, now: float, known: tuple[int, str | None, str] | None) -> None:
         try:
             sig, quiet = stat_signature(files)
-        except (OSError, ItemError):
-            return  # vanished or odd meanwhile; the next event or scan decides
+        except ItemError as exc:
+            self._observed_invalid(folder, files, str(exc), now, known)
+            return
+        except OSError:
+            return  # vanished meanwhile; the next event or scan decides
         if known is not None:
             item_id, old_sig, state = known
             current = self.settling.get(item_id)
@@ -245,6 +248,16 @@ class Daemon:
         )
         self.settling[item_id] = Settling(folder, item_id, files, sig, now, quiet, now)
 
+    def _observed_invalid(self, folder: Folder, files: ItemFiles, error: str, now: float, known) -> None:
+        """A file of the item cannot even be stat'ed (broken symlink, no permission)."""
+        assert self.store is not None
+        if known is not None and known[2] == "invalid":
+            return  # already reported; retried when it changes or on `syncd retry`
+        item_id = self.store.observe(folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask), "", now)
+        self.settling.pop(item_id, None)
+        log.warning("item %s is invalid: %s", files.key, error)
+        self.store.invalid(item_id, error, folder.targets, now)
+
     # -- settling -------------------------------------------------------------------------
     def _settle(self, now: float) -> None:
         assert self.store is not None
@@ -254,7 +267,11 @@ class Daemon:
                 continue
             try:
                 sig, quiet = stat_signature(entry.files)
-            except (OSError, ItemError):
+            except ItemError as exc:
+                del self.settling[item_id]
+                self._observed_invalid(entry.folder, entry.files, str(exc), now, None)
+                continue
+            except OSError:
                 fresh = probe_item(entry.folder.root, entry.files.image.parent, entry.files.image.stem,
                                    entry.folder.rules, entry.folder.settings.key_prefix)
                 if fresh is None:

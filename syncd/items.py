@@ -176,7 +176,14 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
 def _file_sig(path: Path | None) -> tuple[str, float]:
     if path is None:
         return "-", 0.0
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ItemError(f"{path}: a broken symlink (its target {os.readlink(path)!r} does not exist)") from None
+        raise
+    except PermissionError:
+        raise ItemError(f"{path}: permission denied: make it readable by the syncd user") from None
     if not stat_module.S_ISREG(st.st_mode):
         raise ItemError(f"{path}: not a regular file")
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}", max(st.st_mtime, st.st_ctime)
