@@ -247,7 +247,11 @@ class Emulator:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
         self._server = _Server(("127.0.0.1", port), RequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"{self.name}-http", daemon=True)
+        # A short poll interval: stop() waits for one poll, and tests start many emulators.
+        server = self._server
+        self._thread = threading.Thread(
+            target=lambda: server.serve_forever(poll_interval=0.05), name=f"{self.name}-http", daemon=True
+        )
         self._thread.start()
         return self
 
