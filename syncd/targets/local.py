@@ -15,6 +15,7 @@ the exactly-once tests).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import threading
@@ -73,6 +74,8 @@ class LocalTarget(Target):
 
     def deliver(self, upload: Upload) -> Receipt:
         image_path, mask_path, record_path = self._paths(upload.key, upload.image_suffix)
+        for path in (image_path, mask_path, record_path):
+            _remove_stale_temps(path)
         fsync = self.settings.fsync
         write_atomic(image_path, upload.image, fsync=fsync)
         if upload.mask is not None:
@@ -109,3 +112,10 @@ class LocalTarget(Target):
         if record is None or record.get("key") != upload.key:
             return None
         return Receipt(remote_id=str(record_path.relative_to(self.root)), extra={"version": record.get("version")})
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temp files a killed earlier delivery of this file left behind (see fsutil)."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
