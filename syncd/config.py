@@ -40,8 +40,28 @@ class DaemonSettings(BaseModel):
     shutdown_seconds: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight deliveries")
     ignore: list[str] = Field(default_factory=list, description="extra ignore globs for every folder")
     max_image_pixels: int = Field(200_000_000, gt=0, description="larger images are refused (decompression bombs)")
+    bandwidth_limit: float = Field(0.0, ge=0, description="upload bytes per second over all targets (0 = unlimited)")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class MetricsSettings(BaseModel):
+    """The ``[metrics]`` table: Prometheus text format, opt-in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = Field("", description='serve /metrics on this address, e.g. "127.0.0.1:9464" ("" = off)')
+    textfile: Path | None = Field(None, description="write a node_exporter textfile here (None = off)")
+    interval_seconds: float = Field(15.0, gt=0, description="how often the figures are refreshed")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError('use "HOST:PORT", e.g. "127.0.0.1:9464"')
+        return value
 
 
 class FolderSettings(BaseModel):
@@ -73,6 +93,7 @@ class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYNCD_", env_nested_delimiter="__", extra="forbid")
 
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     folders: list[FolderSettings] = Field(min_length=1)
     targets: dict[str, dict[str, Any]] = Field(min_length=1)
 
@@ -161,6 +182,8 @@ def load_config(path: Path) -> Config:
     config.daemon.state_dir = _resolve(base, config.daemon.state_dir)
     for folder in config.folders:
         folder.path = _resolve(base, folder.path)
+    if config.metrics.textfile is not None:
+        config.metrics.textfile = _resolve(base, config.metrics.textfile)
 
     for name, table in config.targets.items():
         if not isinstance(table, dict) or "platform" not in table:

@@ -17,17 +17,19 @@ import queue
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd import delivery
+from syncd import delivery, limits, metrics
 from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
 from syncd.items import IgnoreRules, ItemFiles, probe_item, read_item, role_of, stat_signature, walk
 from syncd.store import StateLock, Store
 from syncd.targets import Target, target_class
 from syncd.validation import read_options
+from syncd.metrics import Metrics
 from syncd.watcher import FolderWatcher
 
 log = logging.getLogger("syncd.daemon")
@@ -88,6 +90,8 @@ class Daemon:
         self.next_due_check = 0.0
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        self.metrics = Metrics(config.metrics)
+        self.attempts: Counter = Counter()  # (target, outcome kind) -> count, for metrics
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self, now: float) -> None:
@@ -95,6 +99,7 @@ class Daemon:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         self.store = Store.open(self.cfg.state_dir)
+        limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, self.cfg.bandwidth_limit)
         recovered = self.store.recover(now)
         if recovered:
             log.info("recovering %d deliveries whose outcome is unknown after a restart", recovered)
@@ -110,11 +115,13 @@ class Daemon:
                     log.error("cannot create folder %s: %s", folder.root, exc.strerror)
         if self.watch:
             self.watcher.start()
+            self.metrics.start()
         self.scan(now)
 
     def close(self, *, wait_seconds: float | None = None) -> None:
         """Stop watching, let in-flight deliveries finish (up to ``shutdown_seconds``), release."""
         self.watcher.stop()
+        self.metrics.stop()
         deadline = time.monotonic() + (self.cfg.shutdown_seconds if wait_seconds is None else wait_seconds)
         while self.in_flight and time.monotonic() < deadline:
             self._collect(time.time(), block=0.1)
@@ -141,6 +148,15 @@ class Daemon:
         self._settle(now)
         self._collect(now)
         self._dispatch(now)
+        if self.metrics.enabled and now >= self.metrics.next_refresh:
+            self.metrics.next_refresh = now + self.config.metrics.interval_seconds
+            self.metrics.refresh(self.metrics_text(now))
+
+    def metrics_text(self, now: float) -> str:
+        assert self.store is not None
+        in_flight = Counter(target for _, target in self.in_flight)
+        return metrics.render(self.store, targets=list(self.targets), paused=set(self.paused),
+                              in_flight=in_flight, attempts=self.attempts, now=now)
 
     def busy(self) -> bool:
         return bool(self.settling or self.in_flight)
@@ -350,7 +366,8 @@ class Daemon:
 
         def check() -> None:
             try:
-                warnings = target.check()
+                with limits.serving(name):
+                    warnings = target.check()
                 self.results.put(("check", name, None, warnings))
             except SyncdError as exc:
                 self.results.put(("check", name, exc, []))
@@ -404,6 +421,7 @@ class Daemon:
         due = outcome.due
         self.in_flight.pop((due.item_id, due.target), None)
         kind = outcome.kind
+        self.attempts[(due.target, kind)] += 1
         if kind == delivery.ACKED:
             assert outcome.receipt is not None
             self.store.acked(due.item_id, due.target, outcome.receipt.to_json(), now)

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
+from syncd import limits
 from syncd.errors import FatalTargetError, ItemError, LocalError, PermanentError, SyncdError, TransientError
 from syncd.items import ItemFiles, read_item, to_upload
 from syncd.store import DueDelivery
@@ -69,6 +70,11 @@ def attempt(due: DueDelivery, files: ItemFiles, target: Target, *, read_options:
     if content.version != due.version:
         return Outcome(due, STALE, message="the files changed since the delivery was planned")
     upload = to_upload(files, content, Receipt.from_json(due.receipt))
+    with limits.serving(target.name):
+        return _send(due, upload, target)
+
+
+def _send(due: DueDelivery, upload, target: Target) -> Outcome:
     try:
         if due.outcome_unknown and target.create_only:
             found = target.lookup(upload)

@@ -45,6 +45,7 @@ class TargetSettings(BaseModel):
     platform: str
     timeout: float = Field(30.0, gt=0, description="seconds for each HTTP request")
     workers: int = Field(4, ge=1, le=64, description="concurrent deliveries to this target")
+    rate_limit: float = Field(0.0, ge=0, description="requests per second to this target (0 = unlimited)")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import requests
 
 from syncd import __version__
 from syncd.errors import FatalTargetError, PermanentError, TransientError
+from syncd.limits import LimitedAdapter
 
 TRANSIENT_STATUS = frozenset({408, 425, 429})
 USER_AGENT = f"syncd/{__version__}"
@@ -27,7 +28,11 @@ MAX_BODY_IN_MESSAGE = 300
 
 
 class SessionPool:
-    """One ``requests.Session`` per thread (sessions are not thread-safe), for keep-alive."""
+    """One ``requests.Session`` per thread (sessions are not thread-safe), for keep-alive.
+
+    Every session carries ``limits.LimitedAdapter``, so the optional per-target request rate
+    and the global bandwidth limit apply to every request without code in the targets.
+    """
 
     def __init__(self, headers: dict[str, str] | None = None, auth=None):
         self._local = threading.local()
@@ -40,6 +45,9 @@ class SessionPool:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            adapter = LimitedAdapter(pool_maxsize=4)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             session.headers["User-Agent"] = USER_AGENT
             session.headers.update(self._headers)
             if self._auth is not None:

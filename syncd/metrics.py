@@ -1,0 +1,125 @@
+"""Opt-in metrics in the Prometheus text format: an HTTP endpoint and/or a textfile.
+
+The coordinator refreshes the figures every ``interval_seconds`` (a few indexed aggregate
+queries) and keeps the rendered text; the HTTP thread only serves that text, so scrapes
+never touch the journal. The textfile (for node_exporter's textfile collector) is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from syncd import __version__
+from syncd.config import MetricsSettings
+from syncd.fsutil import write_atomic
+
+log = logging.getLogger("syncd.metrics")
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(store, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter, now: float) -> str:
+    """The metrics text for the journal ``store`` plus the coordinator's in-memory counters."""
+    lines = [
+        "# HELP syncd_build_info syncd version.",
+        "# TYPE syncd_build_info gauge",
+        f"syncd_build_info{_labels(version=__version__)} 1",
+        "# HELP syncd_deliveries Deliveries by target and state (waiting, pending, in_flight, acked, failed).",
+        "# TYPE syncd_deliveries gauge",
+    ]
+    by_state = {(t, s): n for t, s, n in store.conn.execute(
+        "SELECT d.target, d.state, count(*) FROM deliveries d JOIN items i ON i.id=d.item_id "
+        "WHERE i.state!='gone' GROUP BY d.target, d.state")}
+    for target in targets:
+        for state in ("pending", "in_flight", "acked", "failed"):
+            lines.append(f"syncd_deliveries{_labels(target=target, state=state)} {by_state.get((target, state), 0)}")
+    lines += ["# HELP syncd_delivery_attempts_total Delivery attempts since start, by outcome.",
+              "# TYPE syncd_delivery_attempts_total counter"]
+    for (target, outcome), count in sorted(attempts.items()):
+        lines.append(f"syncd_delivery_attempts_total{_labels(target=target, outcome=outcome)} {count}")
+    oldest = dict(store.conn.execute(
+        "SELECT d.target, min(d.pending_since) FROM deliveries d JOIN items i ON i.id=d.item_id "
+        "WHERE d.state IN ('pending','in_flight') AND i.state='ready' GROUP BY d.target").fetchall())
+    success = dict(store.conn.execute("SELECT name, last_success FROM targets").fetchall())
+    lines += ["# HELP syncd_oldest_pending_seconds Age of the oldest pending delivery.",
+              "# TYPE syncd_oldest_pending_seconds gauge"]
+    for target in targets:
+        since = oldest.get(target)
+        lines.append(f"syncd_oldest_pending_seconds{_labels(target=target)} {0 if since is None else round(now - since, 3)}")
+    lines += ["# HELP syncd_target_paused 1 when the target is paused (bad credentials, unknown dataset).",
+              "# TYPE syncd_target_paused gauge"]
+    lines += [f"syncd_target_paused{_labels(target=t)} {int(t in paused)}" for t in targets]
+    lines += ["# HELP syncd_target_last_success_timestamp_seconds Time of the last acknowledged delivery.",
+              "# TYPE syncd_target_last_success_timestamp_seconds gauge"]
+    lines += [f"syncd_target_last_success_timestamp_seconds{_labels(target=t)} {success.get(t) or 0}" for t in targets]
+    lines += ["# HELP syncd_in_flight Deliveries currently on the wire.", "# TYPE syncd_in_flight gauge"]
+    lines += [f"syncd_in_flight{_labels(target=t)} {in_flight.get(t, 0)}" for t in targets]
+    settling = store.conn.execute("SELECT count(*) FROM items WHERE state='settling'").fetchone()[0]
+    lines += ["# HELP syncd_items_settling Items waiting for their files to be complete.",
+              "# TYPE syncd_items_settling gauge", f"syncd_items_settling {settling}"]
+    return "\n".join(lines) + "\n"
+
+
+class Metrics:
+    """Holds the latest metrics text; serves it and/or writes it as configured."""
+
+    def __init__(self, settings: MetricsSettings):
+        self.settings = settings
+        self.text = ""
+        self.next_refresh = 0.0
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.listen or self.settings.textfile)
+
+    def start(self) -> None:
+        if not self.settings.listen:
+            return
+        host, _, port = self.settings.listen.rpartition(":")
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics is served")
+                    return
+                body = metrics.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
+        log.info("serving metrics on http://%s/metrics", self.settings.listen)
+
+    def refresh(self, text: str) -> None:
+        self.text = text
+        if self.settings.textfile is not None:
+            try:
+                write_atomic(self.settings.textfile, text.encode(), fsync=False)
+            except Exception as exc:  # metrics must never stop deliveries
+                log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
