@@ -2,6 +2,10 @@
 # Install everything the test suite needs into .venv (and the SDK oracle venvs), from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# systemd-analyze checks the unit's hardening (Debian's systemd package; preinstalled on most images).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq systemd >/dev/null) || echo "warning: could not install systemd-analyze"
+fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]' -r tests/requirements-sdk.txt
