@@ -346,3 +346,23 @@ def test_concurrent_deliveries_from_several_threads(world):
     items = world.items()
     assert sorted(world.user(i)["n"] for i in items) == list(range(8))
     assert all(world.emulator.binaries[i["id"]] == image_bytes(seed=world.user(i)["n"]) for i in items)
+
+
+def test_item_deleted_between_deliveries_is_uploaded_again(world):
+    target = world.target()
+    first = target.deliver(make_upload("gone/one", metadata={"a": 1}))
+    with world.emulator.lock:
+        world.emulator._delete_item(first.remote_id)
+    receipt = target.deliver(make_upload("gone/one", metadata={"a": 2}, previous=first))
+    item = world.only_item()
+    assert receipt.remote_id == item["id"] and world.user(item) == {"a": 2}
+
+
+def test_item_deleted_before_the_metadata_patch_is_transient(world):
+    target = world.target()
+    first = target.deliver(make_upload("gone/two", metadata={"a": 1}))
+    with world.emulator.lock:
+        world.emulator._delete_item(first.remote_id)
+    item = {"id": first.remote_id, "metadata": {"user": {}}}
+    with pytest.raises(TransientError, match="the item is gone"):
+        target._patch_user_metadata(item, {"a": 2}, make_upload("gone/two"))

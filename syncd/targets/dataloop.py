@@ -215,7 +215,7 @@ class DataloopTarget(Target):
         if s.dataset_id:
             response = self._request("GET", f"/datasets/{quote(s.dataset_id, safe='')}", context="reading the dataset",
                                      check=False)
-            if response.status_code == 404:
+            if response.status_code in (400, 404):  # a malformed id is answered with 400
                 raise FatalTargetError(f"target {self.name!r}: no Dataloop dataset with id {s.dataset_id!r}")
             raise_for_status(response, context=f"{self.name}: reading the dataset", secrets=(self._key or "",))
             found = self._json(response, "reading the dataset")["id"]
@@ -362,7 +362,11 @@ class DataloopTarget(Target):
             return item
         context = f"updating the metadata of {upload.key!r} (item {item['id']})"
         response = self._request("PATCH", f"/items/{quote(str(item['id']), safe='')}", json={"metadata": {"user": diff}},
-                                 context=context)
+                                 context=context, check=False)
+        if response.status_code == 404:  # deleted meanwhile (console, another client)
+            raise TransientError(f"{self.name}: {context}: the item is gone; it is uploaded again on the next attempt",
+                                 outcome_unknown=False)
+        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
         patched = self._json(response, context)
         if not isinstance(patched, dict) or not _same(_user_metadata(patched), desired):
             raise PermanentError(
