@@ -12,6 +12,7 @@ An unknown top-level key, a wrong type, broken JSON, non-UTF-8 bytes or absurd n
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +36,17 @@ def _field(loc: tuple) -> str:
     return out
 
 
+def _not_json_constant(word: str):
+    raise ValueError(f"{word} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is too large for a JSON number")
+    return value
+
+
 def parse_sidecar(data: bytes, *, name: str) -> Sidecar:
     """Parse sidecar bytes; ``name`` (the file's path as the user knows it) prefixes every error."""
     if len(data) > MAX_SIDECAR_BYTES:
@@ -46,7 +58,8 @@ def parse_sidecar(data: bytes, *, name: str) -> Sidecar:
     if not text.strip():
         raise ItemError(f"{name}: the sidecar is empty: write a JSON object like {{\"metadata\": {{}}}}")
     try:
-        raw = json.loads(text)
+        # NaN, Infinity and numbers beyond the double range are not JSON: platforms refuse them.
+        raw = json.loads(text, parse_constant=_not_json_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise ItemError(f"{name}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
@@ -57,8 +70,12 @@ def parse_sidecar(data: bytes, *, name: str) -> Sidecar:
         raise ItemError(f"{name}: the sidecar must be a JSON object with 'metadata' and/or 'labels', not {type(raw).__name__}")
     try:
         sidecar = Sidecar.model_validate(raw)
-        # Deeply nested metadata would break platforms and our own JSON round trips.
-        json.dumps(sidecar.metadata)
+        # Deeply nested metadata or unpaired surrogate escapes ("\\ud800") would break
+        # platforms and our own JSON round trips (the version is hashed from this encoding).
+        canonical(sidecar)
+    except UnicodeEncodeError:
+        raise ItemError(f"{name}: contains an unpaired UTF-16 surrogate escape (like \\ud800), "
+                        "which is not valid Unicode text") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _field(first["loc"])
