@@ -25,7 +25,7 @@ from pathlib import Path
 from syncd import delivery, limits, metrics
 from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
-from syncd.items import IgnoreRules, ItemFiles, probe_item, read_item, role_of, stat_signature, walk
+from syncd.items import IgnoreRules, ItemFiles, printable, probe_item, read_item, role_of, stat_signature, walk
 from syncd.store import StateLock, Store
 from syncd.targets import Target, target_class
 from syncd.validation import read_options
@@ -269,7 +269,7 @@ class Daemon:
         assert self.store is not None
         if known is not None and known[2] == "invalid":
             return  # already reported; retried when it changes or on `syncd retry`
-        item_id = self.store.observe(folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask), "", now)
+        item_id = self.store.observe(folder.name, files.key, _opt(files.image), _opt(files.sidecar), _opt(files.mask), "", now)
         self.settling.pop(item_id, None)
         log.warning("item %s is invalid: %s", files.key, error)
         self.store.invalid(item_id, error, folder.targets, now)
@@ -485,7 +485,8 @@ class Daemon:
 
 
 def _opt(path: Path | None) -> str | None:
-    return None if path is None else str(path)
+    # printable: a file name that is not UTF-8 must not break the journal (the item is invalid).
+    return None if path is None else printable(str(path))
 
 
 def _key_for(folder: Folder, directory: Path, stem: str) -> str:

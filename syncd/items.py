@@ -88,15 +88,48 @@ class ItemFiles:
     mask: Path | None = None
     class_map: Path | None = None
     extra_images: list[Path] = field(default_factory=list)
+    problem: str | None = None  # a name syncd refuses (see unsafe_name); the item is invalid
 
     def paths(self) -> list[Path]:
         return [p for p in (self.image, self.sidecar, self.mask) if p is not None]
 
 
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes (surrogate escapes) and control characters as ``\\xNN``.
+
+    File names are bytes on Linux; keys, journal rows and log lines must be valid, single-line
+    text, so a name that is not is shown (and keyed) this way and refused (``unsafe_name``).
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 32 or code == 127:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def unsafe_name(relpath: str) -> str | None:
+    """Why a relative path cannot become an item key, or None when it can."""
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in relpath):
+        return "is not valid UTF-8"
+    if any(ord(c) < 32 or ord(c) == 127 for c in relpath):
+        return "contains a control character (a newline, a tab...)"
+    if "\\" in relpath:
+        # ``..\\..\\x`` or ``C:\\x``: some platforms read a backslash as a folder separator.
+        return "contains a backslash, which some platforms read as a folder separator"
+    return None
+
+
 def make_key(root: Path, directory: Path, stem: str, prefix: str) -> str:
     rel = directory.relative_to(root).as_posix()
     key = stem if rel == "." else f"{rel}/{stem}"
-    return f"{prefix.rstrip('/')}/{key}" if prefix else key
+    return printable(f"{prefix.rstrip('/')}/{key}" if prefix else key)
 
 
 def find_class_map(directory: Path, root: Path) -> Path | None:
@@ -128,6 +161,10 @@ def group_directory(root: Path, directory: Path, names: Iterable[str], rules: Ig
         if not images or not rules.included(images[0]):
             continue
         files = ItemFiles(root=root, key=make_key(root, directory, stem, prefix), image=directory / images[0])
+        relpath = (directory / images[0]).relative_to(root).as_posix()
+        reason = unsafe_name(relpath)
+        if reason:
+            files.problem = f"{root.name}/{printable(relpath)}: the file name {reason}: rename it"
         files.extra_images = [directory / n for n in images[1:]]
         if "sidecar" in roles:
             files.sidecar = directory / roles["sidecar"][0]
@@ -184,6 +221,11 @@ def _file_sig(path: Path | None) -> tuple[str, float]:
         raise
     except PermissionError:
         raise ItemError(f"{path}: permission denied: make it readable by the syncd user") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+            hint = " (a symlink loop?)" if exc.errno == errno.ELOOP else ""
+            raise ItemError(f"{printable(str(path))}: {exc.strerror}{hint}") from None
+        raise
     if not stat_module.S_ISREG(st.st_mode):
         raise ItemError(f"{path}: not a regular file")
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}", max(st.st_mtime, st.st_ctime)
@@ -193,8 +235,10 @@ def stat_signature(files: ItemFiles) -> tuple[str, float]:
     """``(signature, quiet_since)``: size, mtime_ns and inode of every file of the item.
 
     ``quiet_since`` is the latest mtime/ctime among them (wall clock). Raises OSError when a
-    file vanished between listing and stat.
+    file vanished between listing and stat, ItemError when the item cannot be read at all.
     """
+    if files.problem:
+        raise ItemError(files.problem)
     sigs, quiet = [], 0.0
     for path in (files.image, files.sidecar, files.mask, files.class_map):
         sig, since = _file_sig(path)
