@@ -1,0 +1,233 @@
+"""The Scale Nucleus target: every item becomes one dataset item, keyed by reference_id.
+
+Wire protocol (platform reference, Part 1 §1, from the official ``scale-nucleus`` SDK):
+HTTP Basic auth with the API key as user name and an empty password; the image is sent
+exactly as the SDK sends local files, a multipart ``POST dataset/{id}/append?async=1``
+with an ``items`` part (a JSON list of one item payload carrying ``"update"``) and an
+``image`` part whose file name is the item's ``image_url`` (percent-encoded like aiohttp
+does). The reply is an async job; ``nucleus_jobs`` waits for it and reads its errors.
+
+Idempotency and updates:
+- ``reference_id`` is the item key (``cam1/frame_0001``). Nucleus keeps one item per
+  reference_id in a dataset, so re-sending never creates a second item.
+- Every append is sent with ``update=true``: the item's metadata is replaced wholesale and
+  its image overwritten. Sending ``update=false`` on first deliveries would be wrong
+  here: after a lost reply (or a lost state database) the item can already exist, holding
+  an older version, and ``update=false`` would silently ignore the newer one while syncd
+  recorded it as delivered. The price is that a pre-existing item with the same
+  reference_id (made outside syncd) is overwritten: the local folder is the truth.
+- Nothing of syncd's is stored in the user's metadata, so ``lookup`` cannot tell which
+  version a remote item holds and leaves ``extra["version"]`` out. The target is an
+  upsert target (``create_only = False``): the daemon simply re-sends after an unknown
+  outcome.
+
+``upload.metadata`` is sent unchanged (any JSON). Labels and masks are not sent yet; they
+will go through ``_deliver_annotations``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import Field, field_validator
+
+from syncd.errors import FatalTargetError, PermanentError, TransientError
+from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
+from syncd.targets.http import SessionPool, json_body, raise_for_status, send
+from syncd.targets.nucleus_jobs import JobWaiter, classify
+
+
+class NucleusSettings(TargetSettings):
+    platform: str = "nucleus"
+    dataset_id: str = Field(min_length=1, description='id of the Nucleus dataset, e.g. "ds_bwkezj6g5c4g05gqp1eg"')
+    api_key_env: str = Field("NUCLEUS_API_KEY", description="environment variable holding the Scale API key")
+    base_url: str = Field("https://api.scale.com/v1/nucleus", description="Nucleus API base URL")
+    # The official SDK allows 120 s per request; an image upload over a slow uplink needs it.
+    timeout: float = Field(120.0, gt=0, description="seconds for each HTTP request")
+    job_poll_interval: float = Field(2.0, gt=0, description="longest pause between polls of an upload job")
+    job_timeout: float = Field(600.0, gt=0, description="seconds to wait for an upload job before retrying later")
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("dataset_id")
+    @classmethod
+    def _plain_id(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "/" in value:
+            raise ValueError(f"{value!r} is not a Nucleus dataset id (they look like ds_bwkezj6g5c4g05gqp1eg)")
+        return value
+
+
+def image_url(upload: Upload) -> str:
+    """The ``image_url`` of the item and the file name of its image part: the item key
+    with the image's suffix, a relative path as the SDK sends for local files (the
+    machine's own directories are not sent to the platform)."""
+    return upload.key + upload.image_suffix
+
+
+def part_filename(name: str) -> str:
+    """The file name as aiohttp (the SDK's multipart client) puts it on the wire:
+    percent-encoded with no safe characters (``cam1/a.png`` -> ``cam1%2Fa.png``)."""
+    return quote(name, safe="")
+
+
+def item_payload(upload: Upload) -> dict[str, Any]:
+    """The item JSON of the append's ``items`` part (the SDK's ``DatasetItem.to_payload``
+    plus ``update``)."""
+    payload: dict[str, Any] = {
+        "metadata": upload.metadata,
+        "reference_id": upload.key,
+        "image_url": image_url(upload),
+        "update": True,
+    }
+    # Privacy-mode datasets require the size; the SDK sends it only when truthy.
+    if upload.width and upload.height:
+        payload["width"], payload["height"] = upload.width, upload.height
+    return payload
+
+
+class NucleusTarget(Target):
+    """Delivers items to one Nucleus dataset; see the module docstring."""
+
+    platform = "nucleus"
+    Settings = NucleusSettings
+    create_only = False  # appends upsert by reference_id
+
+    def __init__(self, name: str, settings: NucleusSettings, **kwargs):
+        super().__init__(name, settings, **kwargs)
+        self.settings: NucleusSettings = settings
+        self._key: str | None = None
+        self._pool: SessionPool | None = None
+        self._lock = threading.Lock()
+        self.jobs = JobWaiter(self._get_json, interval=settings.job_poll_interval, timeout=settings.job_timeout)
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _session(self):
+        with self._lock:
+            if self._key is None:
+                key = read_secret(self.settings.api_key_env, target=self.name, env=self.env)
+                self._pool = SessionPool(auth=(key, ""))
+                self._key = key
+        assert self._pool is not None
+        return self._pool.get()
+
+    def _request(self, method: str, route: str, *, context: str, **kwargs):
+        """One request to ``{base_url}/{route}``; non-2xx replies are returned, not raised."""
+        session = self._session()
+        return send(session, method, f"{self.settings.base_url}/{route}", context=f"{self.name}: {context}",
+                    timeout=self.settings.timeout, secrets=(self._key or "",), check=False, **kwargs)
+
+    def _raise(self, response, context: str) -> None:
+        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+
+    def _json(self, response, context: str) -> Any:
+        return json_body(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+
+    def _get_json(self, route: str, context: str) -> Any:
+        """GET for job reads: every failure but bad credentials is transient (the append
+        is committed; a re-send is safe), so a 404 never fails the item."""
+        response = self._request("GET", route, context=context)
+        try:
+            self._raise(response, context)
+        except PermanentError as exc:
+            raise TransientError(str(exc)) from None
+        return self._json(response, context)
+
+    @property
+    def _dataset_route(self) -> str:
+        return f"dataset/{quote(self.settings.dataset_id, safe='')}"
+
+    def _missing_dataset(self) -> FatalTargetError:
+        return FatalTargetError(
+            f"target {self.name!r}: Nucleus dataset {self.settings.dataset_id!r} does not exist or this API key "
+            "cannot see it; check dataset_id (NucleusClient.list_datasets() shows the ids) or create the dataset"
+        )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    # -- check --------------------------------------------------------------------------------
+    def check(self) -> list[str]:
+        """Credentials and dataset: ``GET dataset/{id}/is_scene`` (cheap, answers 404 for an
+        unknown dataset). A scene dataset cannot take image items: fatal."""
+        context = f"checking dataset {self.settings.dataset_id}"
+        response = self._request("GET", f"{self._dataset_route}/is_scene", context=context)
+        if response.status_code in (400, 404):
+            raise self._missing_dataset()
+        self._raise(response, context)
+        reply = self._json(response, context)
+        if isinstance(reply, dict) and reply.get("is_scene") is True:
+            raise FatalTargetError(
+                f"target {self.name!r}: Nucleus dataset {self.settings.dataset_id!r} is a scene dataset (video/lidar); "
+                "syncd appends single images: use a dataset created with is_scene=False"
+            )
+        return []
+
+    # -- deliver ------------------------------------------------------------------------------
+    def deliver(self, upload: Upload) -> Receipt:
+        what = f"{self.name}: item {upload.key!r}"
+        job_id = self._append(upload, what)
+        if job_id is not None:
+            classify(self.jobs.wait(job_id, what=what), what=what)
+        self._deliver_annotations(upload)
+        extra = {"version": upload.version, "image_sha256": upload.image_sha256,
+                 "dataset_id": self.settings.dataset_id, "job_id": job_id}
+        return Receipt(remote_id=upload.key, extra=extra)
+
+    def _append(self, upload: Upload, what: str) -> str | None:
+        """Send the multipart append; return the job id (None when the server answered
+        synchronously with counts, as Nucleus did before SDK 0.19)."""
+        if not upload.key:
+            raise PermanentError(f"{what}: an empty item key cannot be a Nucleus reference_id")
+        try:
+            items = json.dumps([item_payload(upload)], allow_nan=False)
+        except ValueError as exc:
+            raise PermanentError(f"{what}: the metadata is not valid JSON for Nucleus: {exc}") from None
+        suffix = upload.image_suffix.lstrip(".") or "octet-stream"
+        files = [
+            ("items", (None, items, "application/json")),
+            # The SDK's part type is image/<suffix> (image/jpg for .jpg): what the server sees daily.
+            ("image", (part_filename(image_url(upload)), upload.image, f"image/{suffix}")),
+        ]
+        context = f"appending {upload.key!r} to dataset {self.settings.dataset_id}"
+        response = self._request("POST", f"{self._dataset_route}/append", params={"async": "1"}, files=files,
+                                 context=context)
+        if response.status_code == 404:
+            raise self._missing_dataset()
+        self._raise(response, context)
+        reply = self._json(response, context)
+        if isinstance(reply, dict) and reply.get("job_id"):
+            return str(reply["job_id"])
+        if isinstance(reply, dict) and "upload_errors" in reply:  # synchronous count reply
+            if reply.get("upload_errors"):
+                detail = json.dumps(reply.get("error_payload") or reply)[:300]
+                raise PermanentError(f"{what}: Nucleus rejected the item: {detail}")
+            return None
+        raise TransientError(f"{what}: {context}: the reply has neither a job id nor counts: {str(reply)[:200]}")
+
+    def _deliver_annotations(self, upload: Upload) -> None:
+        """Labels and masks become Nucleus annotations here (a later issue); no-op today."""
+
+    # -- lookup -------------------------------------------------------------------------------
+    def lookup(self, upload: Upload) -> Receipt | None:
+        """The item with this upload's reference_id (``GET dataset/{id}/refloc/{ref}``), or
+        None. Its version is unknown (syncd stores nothing in the metadata), so the receipt
+        has no ``version``: a caller re-sends rather than adopts."""
+        context = f"looking up {upload.key!r}"
+        response = self._request("GET", f"{self._dataset_route}/refloc/{quote(upload.key, safe='')}", context=context)
+        if response.status_code == 404:
+            return None
+        self._raise(response, context)
+        reply = self._json(response, context)
+        item = reply.get("item") if isinstance(reply, dict) else None
+        if not isinstance(item, dict):
+            return None
+        item_id = item.get("id") or item.get("dataset_item_id")
+        return Receipt(remote_id=upload.key, extra={"item_id": item_id, "dataset_id": self.settings.dataset_id})
