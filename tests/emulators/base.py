@@ -280,6 +280,12 @@ class Emulator:
     def not_found(self, request: Request) -> Response:
         return json_response({"error": f"no route for {request.method} {request.path}"}, 404)
 
+    def fault_path(self, request: Request) -> str:
+        """The path that fault filters (``faults.next(path=...)``, ``set_rate(path=...)``)
+        match and ``faults.injected`` records. Override to expose more than the URL path,
+        e.g. a GraphQL operation name; must not raise."""
+        return request.path
+
     def authorize(self, request: Request) -> Response | None:
         """Return an error response when the request is not authorised (override)."""
         return None
@@ -295,7 +301,7 @@ class Emulator:
         )
         with self.lock:
             self.requests.append((request.method, request.path))
-        fault = self.faults.pick(request.method, request.path)
+        fault = self.faults.pick(request.method, self.fault_path(request))
         if fault in ("reset",):
             return self._reset(http)
         if fault in ("500", "502", "503"):
