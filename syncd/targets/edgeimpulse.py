@@ -1,0 +1,296 @@
+"""The Edge Impulse project target: every item is one sample in one project.
+
+Wire protocol (platform reference, Part 1 §2): a new image is one multipart request to the
+ingestion service ``POST {ingestion_url}/api/{category}/files`` (part ``data``; headers
+``x-api-key``, ``x-label`` (percent-encoded) or ``x-no-label``, ``x-metadata``,
+``x-disallow-duplicates``, ``x-upload-source``); the reply lists one result per file and
+both the top-level and the per-file ``success`` are checked. Later changes use Studio
+(``{api_url}/api/{projectId}/raw-data/...``): ``.../{sampleId}/metadata`` with the complete
+map, ``.../{sampleId}/edit-label``, ``DELETE .../{sampleId}``, and the list route for
+lookups by name.
+
+Idempotency (see edgeimpulse_common for names and markers):
+- The sample name comes from the item key; a lookup lists the samples with that name.
+- ``x-disallow-duplicates: 1`` makes the platform refuse a file it already holds. A re-send
+  whose file is refused is looked up by name and adopted when the sample there holds this
+  image; otherwise the refusal is a PermanentError naming the platform's reason.
+- Metadata or label change (same image): the metadata route with the complete map, then
+  the sample is read back; a label change uses edit-label; keys the platform kept although
+  they are no longer wanted (it merged instead of replacing) are cleared one by one.
+- Image change: the new image is uploaded as a new sample first, then the old sample is
+  deleted, so the item is never missing remotely. If anything fails in between, the error
+  says "outcome unknown": the daemon's lookup then sees both samples, keeps the one holding
+  the new image and the next delivery deletes the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import Field, field_validator
+
+from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
+from syncd.targets.base import Receipt, Upload
+from syncd.targets.edgeimpulse_common import (
+    IMAGE_KEY,
+    EdgeImpulseBase,
+    EdgeImpulseSettingsBase,
+    RemoteNotFound,
+    choose,
+    desired_metadata,
+    image_for_upload,
+    sample_name,
+)
+
+UPLOAD_SOURCE = "SYNCD"
+# x-metadata travels in a header; beyond this size it is set through Studio after the upload
+# (servers commonly refuse headers over 8 KiB).
+METADATA_HEADER_LIMIT = 4096
+PAGE = 100
+MAX_PAGES = 100
+CLASS_LABEL_TYPES = ("class", "classification")
+
+
+class EdgeImpulseSettings(EdgeImpulseSettingsBase):
+    platform: str = "edgeimpulse"
+    api_key_env: str = Field("EI_API_KEY", description="environment variable holding the project's API key (ei_...)")
+    project_id: int = Field(gt=0, description="the project's id (Dashboard > Project info); the API key must belong to it")
+    category: Literal["training", "validation", "testing", "post-processing", "split"] = Field(
+        "split", description="where new samples go; 'split' lets Edge Impulse pick training or testing")
+    label_source: Literal["classification", "metadata", "folder", "none"] = Field(
+        "classification",
+        description="the sample label: the first sidecar label of type 'class' (classification), "
+                    "the metadata key label_key (metadata), the item's parent folder (folder), or none")
+    label_key: str = Field("label", description="metadata key holding the label when label_source = 'metadata'")
+    allow_duplicates: bool = Field(
+        False, description="upload images identical to a sample already in the project (off: Edge Impulse refuses them)")
+    ingestion_url: str = Field("https://ingestion.edgeimpulse.com", description="Edge Impulse ingestion service URL")
+
+    @field_validator("ingestion_url")
+    @classmethod
+    def _strip_ingestion_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+def _label_of(sample: dict[str, Any]) -> str | None:
+    label = sample.get("label")
+    return label if isinstance(label, str) and label else None
+
+
+class EdgeImpulseTarget(EdgeImpulseBase):
+    """Delivers items as samples of one Edge Impulse project; see the module docstring."""
+
+    platform = "edgeimpulse"
+    Settings = EdgeImpulseSettings
+    create_only = True  # a re-send could create a second sample: look it up first
+
+    def __init__(self, name: str, settings: EdgeImpulseSettings, **kwargs):
+        super().__init__(name, settings, **kwargs)
+        self.settings: EdgeImpulseSettings = settings
+
+    # -- helpers ------------------------------------------------------------------------------
+    def studio(self, path: str) -> str:
+        return f"{self.settings.api_url}/api/{self.settings.project_id}{path}"
+
+    def label_for(self, upload: Upload) -> str | None:
+        """The label the sample must carry, or None for an unlabeled sample."""
+        source = self.settings.label_source
+        if source == "classification":
+            for label in upload.labels:
+                if isinstance(label, dict) and label.get("type") in CLASS_LABEL_TYPES:
+                    value = label.get("label")
+                    return str(value) if value not in (None, "") else None
+            return None
+        if source == "metadata":
+            value = upload.metadata.get(self.settings.label_key)
+            if value is None or value == "":
+                return None
+            return value if isinstance(value, str) else json.dumps(value)
+        if source == "folder":
+            parts = upload.key.split("/")
+            return parts[-2] if len(parts) > 1 else None
+        return None
+
+    def _receipt(self, sample_id: int, upload: Upload, *, version: str | None, image_sha256: str | None,
+                 label: str | None, stale: list[int] | None = None) -> Receipt:
+        extra = {"version": version, "image_sha256": image_sha256, "label": label, "name": sample_name(upload.key),
+                 "project_id": self.settings.project_id, "stale_ids": stale or []}
+        return Receipt(remote_id=str(sample_id), extra=extra)
+
+    def _previous(self, upload: Upload) -> Receipt | None:
+        """The previous receipt, if it is for this project (a changed project_id starts over)."""
+        previous = upload.previous
+        if previous is None or previous.extra.get("project_id") != self.settings.project_id:
+            return None
+        return previous
+
+    # -- check ----------------------------------------------------------------------------------
+    def check(self) -> list[str]:
+        project_id = self.settings.project_id
+        try:
+            body = self.call("GET", self.studio(""), context=f"reading project {project_id}")
+        except PermanentError as exc:
+            raise FatalTargetError(f"{exc} — is project_id {project_id} right, and does the API key belong to it?") from exc
+        project = body.get("project") or {}
+        warnings = []
+        if project.get("id") not in (None, project_id):
+            raise FatalTargetError(f"target {self.name!r}: the API key belongs to project {project.get('id')}, "
+                                   f"not to project_id {project_id}")
+        if project.get("labelingMethod") == "object_detection" and self.settings.label_source != "none":
+            warnings.append(f"target {self.name!r}: project {self.settings.project_id} labels bounding boxes; "
+                            "sample labels (label_source) are ignored by Edge Impulse there")
+        return warnings
+
+    # -- deliver --------------------------------------------------------------------------------
+    def deliver(self, upload: Upload) -> Receipt:
+        desired = desired_metadata(upload)
+        label = self.label_for(upload)
+        previous = self._previous(upload)
+        stale = [int(i) for i in (previous.extra.get("stale_ids") or [])] if previous else []
+        if previous is not None and previous.extra.get("image_sha256") == upload.image_sha256:
+            try:
+                receipt = self._update(int(previous.remote_id), upload, desired, label)
+            except RemoteNotFound:
+                receipt = None  # deleted in Studio meanwhile: upload the item again
+            if receipt is not None:
+                return self._cleanup(receipt, stale, upload)
+            return self._cleanup(self._create(upload, desired, label), stale, upload)
+        receipt = self._create(upload, desired, label)
+        old = stale + ([int(previous.remote_id)] if previous is not None else [])
+        return self._cleanup(receipt, old, upload)
+
+    def _cleanup(self, receipt: Receipt, old: list[int], upload: Upload) -> Receipt:
+        """Delete the superseded samples ``old`` once ``receipt``'s sample is right. A failure
+        here leaves two samples, so it is reported as an unknown outcome (the daemon's lookup
+        then finds both, and the next delivery deletes the superseded one)."""
+        try:
+            self._delete_all(old, keep=int(receipt.remote_id), upload=upload)
+        except (TransientError, FatalTargetError):
+            raise
+        except SyncdError as exc:
+            raise TransientError(f"{exc} (sample {receipt.remote_id} is up to date; the superseded one is "
+                                 "removed on the next attempt)") from exc
+        return receipt
+
+    def _create(self, upload: Upload, desired: dict[str, str], label: str | None, *, adopting: bool = False) -> Receipt:
+        """Upload the image as a new sample; adopt our own sample if it is refused as a duplicate."""
+        name = sample_name(upload.key)
+        suffix, data, mime = image_for_upload(upload)
+        header_metadata = json.dumps(desired, sort_keys=True)
+        late_metadata = len(header_metadata) > METADATA_HEADER_LIMIT
+        if late_metadata:  # without the version marker, so a lookup never takes it for complete
+            header_metadata = json.dumps(desired_metadata(upload, with_version=False), sort_keys=True)
+            if len(header_metadata) > METADATA_HEADER_LIMIT:
+                header_metadata = json.dumps({IMAGE_KEY: upload.image_sha256})
+        headers = {"x-metadata": header_metadata, "x-upload-source": UPLOAD_SOURCE}
+        if label is None:
+            headers["x-no-label"] = "1"
+        else:
+            headers["x-label"] = quote(label, safe="")
+        if not self.settings.allow_duplicates:
+            headers["x-disallow-duplicates"] = "1"
+        url = f"{self.settings.ingestion_url}/api/{self.settings.category}/files"
+        context = f"uploading {upload.key!r} as sample {name!r}"
+        body = self.call("POST", url, context=context, headers=headers, files=[("data", (name + suffix, data, mime))])
+        files = body.get("files")
+        if not isinstance(files, list) or not files or not isinstance(files[0], dict):
+            raise TransientError(f"{self.name}: {context}: the reply lists no file result; checking on the next attempt")
+        outcome = files[0]
+        sample_id = outcome.get("sampleId")
+        if outcome.get("success") is True and isinstance(sample_id, int):
+            if late_metadata:
+                return self._update(sample_id, upload, desired, label)
+            return self._receipt(sample_id, upload, version=upload.version, image_sha256=upload.image_sha256,
+                                 label=label)
+        reason = str(outcome.get("error") or "no reason given")
+        if not adopting:
+            # Maybe a re-send of a sample that exists already (refused as a duplicate): adopt it.
+            found = self.lookup(upload)
+            if found is not None and found.extra.get("image_sha256") == upload.image_sha256:
+                try:
+                    return self.deliver(replace(upload, previous=found))
+                except RemoteNotFound as exc:
+                    raise TransientError(f"{self.name}: {context}: the sample found vanished: {exc}") from exc
+        hint = ""
+        if "duplicate" in reason.lower() or "already" in reason.lower():
+            hint = " (another sample holds an identical image; set allow_duplicates = true to upload it anyway)"
+        raise PermanentError(f"{self.name}: {context}: Edge Impulse refused the file: {reason[:300]}{hint}")
+
+    def _update(self, sample_id: int, upload: Upload, desired: dict[str, str], label: str | None) -> Receipt:
+        """Make sample ``sample_id`` carry ``desired`` metadata and ``label``; verified by reading it back."""
+        base = f"/raw-data/{sample_id}"
+        context = f"updating sample {sample_id} of {upload.key!r}"
+        self.call("POST", self.studio(base + "/metadata"), context=context, json={"metadata": desired})
+        sample = self._get_sample(sample_id)
+        if _label_of(sample) != label:
+            self.call("POST", self.studio(base + "/edit-label"), context=context, json={"label": label or ""})
+        metadata = sample.get("metadata") or {}
+        extra_keys = sorted(k for k in metadata if k not in desired)
+        if extra_keys:
+            # The platform merged instead of replacing: clear the keys that must go.
+            for key in extra_keys:
+                self.call("POST", self.studio("/raw-data/batch/clear-metadata-by-key"), context=context,
+                          params={"category": sample.get("category") or "all", "ids": json.dumps([sample_id])},
+                          json={"metadataKey": key})
+            metadata = self._get_sample(sample_id).get("metadata") or {}
+        if metadata != desired:
+            wrong = sorted(k for k in set(metadata) | set(desired) if metadata.get(k) != desired.get(k))
+            raise PermanentError(f"{self.name}: {context}: Edge Impulse did not store the metadata as sent "
+                                 f"(differing keys: {wrong[:10]})")
+        self._sync_annotations(sample_id, upload)
+        return self._receipt(sample_id, upload, version=upload.version, image_sha256=upload.image_sha256, label=label)
+
+    def _sync_annotations(self, sample_id: int, upload: Upload) -> None:
+        """Bounding boxes (x-bounding-boxes / .../bounding-boxes) arrive with the labels issue; no-op today."""
+
+    def _get_sample(self, sample_id: int) -> dict[str, Any]:
+        body = self.call("GET", self.studio(f"/raw-data/{sample_id}"), context=f"reading sample {sample_id}",
+                         params={"limitPayloadValues": 1})
+        sample = body.get("sample")
+        if not isinstance(sample, dict):
+            raise TransientError(f"{self.name}: reading sample {sample_id}: the reply has no sample")
+        return sample
+
+    def _delete_all(self, ids: list[int], *, keep: int, upload: Upload) -> None:
+        for sample_id in sorted(set(ids) - {keep}):
+            try:
+                self.call("DELETE", self.studio(f"/raw-data/{sample_id}"),
+                          context=f"deleting the superseded sample {sample_id} of {upload.key!r}")
+            except RemoteNotFound:
+                pass  # already gone: that is what we wanted
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def samples_named(self, name: str) -> list[dict[str, Any]]:
+        """Every sample of the project (any category) whose name is exactly ``name``.
+
+        The list route's ``filename`` filter matches substrings, so the exact match is ours.
+        """
+        found: list[dict[str, Any]] = []
+        offset = 0
+        for _ in range(MAX_PAGES):
+            body = self.call("GET", self.studio("/raw-data"), context=f"looking up sample {name!r}",
+                             params={"category": "all", "filename": name, "limit": PAGE, "offset": offset,
+                                     "excludeSensors": "true"})
+            page = body.get("samples") or []
+            found += [s for s in page if isinstance(s, dict) and s.get("filename") == name and "id" in s]
+            offset += len(page)
+            if not page or offset >= int(body.get("totalCount") or 0):
+                break
+        return found
+
+    def lookup(self, upload: Upload) -> Receipt | None:
+        """The sample named after ``upload.key``, or None. With several (an interrupted image
+        replacement), the one holding this image is returned and the others are listed in
+        ``extra["stale_ids"]`` for the next delivery to delete. ``extra["version"]`` is the
+        upload's version only when that single sample equals the upload completely."""
+        samples = self.samples_named(sample_name(upload.key))
+        if not samples:
+            return None
+        keep, stale = choose(samples, upload)
+        metadata = keep.get("metadata") or {}
+        complete = not stale and metadata == desired_metadata(upload) and _label_of(keep) == self.label_for(upload)
+        return self._receipt(int(keep["id"]), upload, version=upload.version if complete else None,
+                             image_sha256=metadata.get(IMAGE_KEY), label=_label_of(keep), stale=stale)

@@ -1,0 +1,216 @@
+"""What the two Edge Impulse targets share: names, metadata, markers, replies, sessions.
+
+Edge Impulse (platform reference, Part 1 §2) authenticates every request with the header
+``x-api-key`` and answers Studio calls with ``{"success": bool, "error"?: str, ...}``. An
+error can arrive inside an HTTP 200, so every reply goes through ``result()``, which turns
+it into the syncd error class:
+
+- ``success: true`` (2xx)                       -> the body
+- 401/403, or an error naming the key/access    -> FatalTargetError (the target pauses)
+- 408/425/429/5xx, or "too many requests"       -> TransientError (with Retry-After)
+- 404, or "not found"/"does not exist"          -> RemoteNotFound (a PermanentError the
+                                                   callers may treat as "gone")
+- anything else                                 -> PermanentError with the platform's words
+
+Names. Edge Impulse names a sample after its file name without the extension, and names
+need not be unique, so the name is derived from the item key alone (``sample_name``):
+``cam1/frame_0001`` -> ``cam1__frame_0001``. Keys made of plain words keep this readable
+form; any other key gets a sanitised form plus ``___`` and a hash of the key, so two keys
+never share a name (see ``sample_name``).
+
+Markers. Studio stores metadata as string -> string. Every sample / data item gets two
+extra keys that tell a later lookup what it holds: ``syncd_version`` (the item version)
+and ``syncd_image_sha256`` (the local image's SHA-256). They are reserved in sidecars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import threading
+from typing import Any
+
+import requests
+from pydantic import Field, field_validator
+
+from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
+from syncd.targets.base import Target, TargetSettings, Upload, read_secret
+from syncd.targets.http import TRANSIENT_STATUS, parse_retry_after, redact, send
+
+VERSION_KEY = "syncd_version"
+IMAGE_KEY = "syncd_image_sha256"
+RESERVED_KEYS = (VERSION_KEY, IMAGE_KEY)
+
+MAX_NAME = 120  # longer readable names are shortened and hashed (the platform limit is unknown)
+# A plain key part: words of letters, digits and '-' joined by single '.' or '_'. A key made
+# only of such parts maps to its parts joined by '__', which is reversible (no part
+# contains '__' or starts/ends with '_'), so plain keys never collide with each other.
+_PLAIN_PART = re.compile(r"[A-Za-z0-9-]+(?:[._][A-Za-z0-9-]+)*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+AUTH_WORDS = ("api key", "apikey", "unauthori", "not authori", "forbidden", "permission", "no access",
+              "access denied", "authenticat", "not logged in", "jwt")
+RATE_WORDS = ("too many requests", "rate limit", "try again later")
+NOT_FOUND_WORDS = ("not found", "no sample found", "does not exist", "could not find", "cannot find")
+MAX_ERROR_TEXT = 300
+
+
+class RemoteNotFound(PermanentError):
+    """The platform says the sample / data item / dataset does not exist."""
+
+
+def sample_name(key: str) -> str:
+    """The Edge Impulse name of item ``key``: deterministic and different for every key.
+
+    ``cam1/frame_0001`` -> ``cam1__frame_0001`` when every part of the key is plain (letters,
+    digits, ``-``, and single ``.``/``_`` between them) and the result is short. Otherwise
+    ``<sanitised>___<12 hex of sha256(key)>``: plain names never contain ``___``, and the
+    hash separates the rest.
+    """
+    parts = key.split("/")
+    readable = "__".join(parts)
+    if all(_PLAIN_PART.fullmatch(p) for p in parts) and len(readable) <= MAX_NAME:
+        return readable
+    slug = _UNSAFE.sub("-", readable).strip("-._") or "item"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    return f"{slug[:MAX_NAME - 15]}___{digest}"
+
+
+def string_value(value: Any) -> str:
+    """Studio metadata values are strings: strings stay, anything else is its JSON text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def desired_metadata(upload: Upload, *, with_version: bool = True) -> dict[str, str]:
+    """The complete string -> string metadata the remote item must hold for ``upload``."""
+    clash = [k for k in RESERVED_KEYS if k in upload.metadata]
+    if clash:
+        raise PermanentError(
+            f"item {upload.key!r}: the sidecar metadata key {clash[0]!r} is reserved by syncd on Edge Impulse; rename it"
+        )
+    metadata = {str(k): string_value(v) for k, v in upload.metadata.items()}
+    metadata[IMAGE_KEY] = upload.image_sha256
+    if with_version:
+        metadata[VERSION_KEY] = upload.version
+    return metadata
+
+
+def user_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    """``metadata`` without syncd's markers (what the user wrote, as strings)."""
+    return {k: v for k, v in (metadata or {}).items() if k not in RESERVED_KEYS}
+
+
+def _snippet(text: Any) -> str:
+    text = str(text).strip().replace("\n", " ")
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
+
+
+def failure(message: str, *, status: int, retry_after: float | None = None) -> SyncdError:
+    """The syncd error for a failed Edge Impulse reply (see the module docstring)."""
+    lowered = message.lower()
+    if status in (401, 403) or any(w in lowered for w in AUTH_WORDS):
+        return FatalTargetError(f"{message} — check the API key in the environment and its permissions")
+    if status in TRANSIENT_STATUS or status >= 500 or any(w in lowered for w in RATE_WORDS):
+        return TransientError(message, retry_after=retry_after)
+    if status == 404 or any(w in lowered for w in NOT_FOUND_WORDS):
+        return RemoteNotFound(message)
+    return PermanentError(message)
+
+
+def result(response: requests.Response, *, context: str, secrets: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON body of a successful reply; raise the matching syncd error otherwise."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not 200 <= status < 300:
+        detail = error if error else (response.text or "").strip() or "(empty body)"
+        message = redact(f"{context}: HTTP {status}: {_snippet(detail)}", secrets)
+        raise failure(message, status=status, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+    if not isinstance(body, dict):
+        # A proxy page or a reply cut short: the request may have been committed.
+        raise TransientError(redact(f"{context}: the reply is not a JSON object: {_snippet(response.text)}", secrets))
+    if body.get("success") is not True:
+        message = redact(f"{context}: Edge Impulse said: {_snippet(error or 'success is false, no error given')}", secrets)
+        raise failure(message, status=status)
+    return body
+
+
+def image_for_upload(upload: Upload) -> tuple[str, bytes, str]:
+    """``(suffix, bytes, mime type)`` of the image as Edge Impulse takes it: JPEG and PNG as
+    they are, anything else (TIFF, BMP, WebP) converted to PNG losslessly."""
+    if upload.image_format == "JPEG":
+        return ".jpg", upload.image, "image/jpeg"
+    if upload.image_format == "PNG":
+        return ".png", upload.image, "image/png"
+    from PIL import Image  # only needed for the rarer formats
+
+    with Image.open(io.BytesIO(upload.image)) as img:
+        if img.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "P"):
+            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+        buffer = io.BytesIO()
+        img.save(buffer, format="PNG")
+    return ".png", buffer.getvalue(), "image/png"
+
+
+def choose(candidates: list[dict[str, Any]], upload: Upload) -> tuple[dict[str, Any], list[int]]:
+    """Of the remote items carrying this item's name, the one to keep and the ids of the rest.
+
+    Prefer those holding this upload's image (marker), then the newest (highest id). The
+    rest are left-overs of an interrupted image replacement and are deleted by ``deliver``.
+    ``candidates`` are dicts with ``id`` and ``metadata``.
+    """
+    holding = [c for c in candidates if (c.get("metadata") or {}).get(IMAGE_KEY) == upload.image_sha256]
+    keep = max(holding or candidates, key=lambda c: int(c["id"]))
+    return keep, sorted(int(c["id"]) for c in candidates if c is not keep)
+
+
+class EdgeImpulseSettingsBase(TargetSettings):
+    api_url: str = Field("https://studio.edgeimpulse.com/v1", description="Edge Impulse Studio API base URL")
+
+    @field_validator("api_url", check_fields=False)
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class EdgeImpulseBase(Target):
+    """Key handling and requests for both Edge Impulse targets (``x-api-key`` on every call)."""
+
+    def __init__(self, name: str, settings: TargetSettings, **kwargs):
+        super().__init__(name, settings, **kwargs)
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._pool = None
+
+    def _session(self):
+        from syncd.targets.http import SessionPool
+
+        with self._lock:
+            if self._key is None:
+                key = read_secret(self.settings.api_key_env, target=self.name, env=self.env)
+                self._pool = SessionPool(headers={"x-api-key": key})
+                self._key = key
+        return self._pool.get()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self._key,) if self._key else ()
+
+    def call(self, method: str, url: str, *, context: str, **kwargs) -> dict[str, Any]:
+        """One request; the reply checked by ``result``. Transport failures are transient."""
+        session = self._session()
+        context = f"{self.name}: {context}"
+        response = send(session, method, url, context=context, timeout=self.settings.timeout,
+                        secrets=self.secrets, check=False, **kwargs)
+        return result(response, context=context, secrets=self.secrets)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
