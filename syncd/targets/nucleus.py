@@ -27,6 +27,7 @@ will go through ``_deliver_annotations``.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from typing import Any
@@ -103,6 +104,7 @@ class NucleusTarget(Target):
         super().__init__(name, settings, **kwargs)
         self.settings: NucleusSettings = settings
         self._key: str | None = None
+        self._secrets: tuple[str, ...] = ()
         self._pool: SessionPool | None = None
         self._lock = threading.Lock()
         self.jobs = JobWaiter(self._get_json, interval=settings.job_poll_interval, timeout=settings.job_timeout)
@@ -113,6 +115,8 @@ class NucleusTarget(Target):
             if self._key is None:
                 key = read_secret(self.settings.api_key_env, target=self.name, env=self.env)
                 self._pool = SessionPool(auth=(key, ""))
+                # The key and its Basic header form: a server echoing headers must not leak either.
+                self._secrets = (key, base64.b64encode(f"{key}:".encode()).decode())
                 self._key = key
         assert self._pool is not None
         return self._pool.get()
@@ -121,13 +125,13 @@ class NucleusTarget(Target):
         """One request to ``{base_url}/{route}``; non-2xx replies are returned, not raised."""
         session = self._session()
         return send(session, method, f"{self.settings.base_url}/{route}", context=f"{self.name}: {context}",
-                    timeout=self.settings.timeout, secrets=(self._key or "",), check=False, **kwargs)
+                    timeout=self.settings.timeout, secrets=self._secrets, check=False, **kwargs)
 
     def _raise(self, response, context: str) -> None:
-        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+        raise_for_status(response, context=f"{self.name}: {context}", secrets=self._secrets)
 
     def _json(self, response, context: str) -> Any:
-        return json_body(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+        return json_body(response, context=f"{self.name}: {context}", secrets=self._secrets)
 
     def _get_json(self, route: str, context: str) -> Any:
         """GET for job reads: every failure but bad credentials is transient (the append

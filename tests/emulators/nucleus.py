@@ -20,7 +20,7 @@ Served:
 
 Test helpers: ``add_dataset``, ``items(dataset_id)``, ``item(dataset_id, ref)``,
 ``image(dataset_id, ref)``, ``run_jobs()``, ``fail_next_job(status, ...)``, ``reject``,
-``journal`` (every append as sent, when ``record`` is on).
+``journal`` (every append as sent, raw body included, when ``record`` is on).
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class NucleusEmulator(Emulator):
             if self.record:
                 self.journal.append({"dataset_id": dataset_id, "query": request.query, "content_type": content_type,
                                      "rows": [{"payload": r.payload, "image": r.image, "update": r.update} for r in rows],
-                                     "parts": getattr(request, "_parts_seen", None)})
+                                     "parts": getattr(request, "_parts_seen", None), "body": request.body})
             if is_async:
                 return json_response(self.state.new_job(dataset_id, rows).info_json())
             counts, errors = self.state.run_rows(dataset_id, rows)
