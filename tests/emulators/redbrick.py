@@ -102,6 +102,7 @@ class RedBrickEmulator(Emulator):
         self.presigned: dict[str, dict] = {}  # token -> {"filePath", "fileType"}
         self.calls: list[dict] = []  # every GraphQL call: op, variables, headers
         self.puts: list[dict] = []  # every PUT: filePath, headers, size
+        self.scripted: dict[str, list[str]] = {}  # op -> error messages for its next calls
         self._seq = itertools.count(1)
 
     # -- state helpers for tests -------------------------------------------------------------
@@ -149,6 +150,22 @@ class RedBrickEmulator(Emulator):
                 "objectTypes": [{"category": "road", "classId": 0, "labelType": "SEGMENTATION", "attributes": [],
                                  "color": "#ff0000", "archived": False, "parents": [], "hint": None}]}
 
+    def script_error(self, op: str, message: str, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``op`` with an ``errors`` entry (HTTP 200),
+        before touching any state."""
+        with self.lock:
+            self.scripted.setdefault(op, []).extend([message] * times)
+
+    def add_task(self, org_id: str, project_id: str, name: str, *, meta: dict | None = None,
+                 items: list[str] | None = None) -> dict:
+        """A task made by someone else (public storage, so no upload is needed)."""
+        variables = {"orgId": org_id, "projectId": project_id, "name": name, "storageId": PUBLIC,
+                     "items": items or [f"https://example.com/{name}.png"], "isGroundTruth": False,
+                     "metaData": None if meta is None else json.dumps(meta)}
+        with self.lock:
+            created = self.op_createDatapointSDK(variables, org_id)["createDatapoint"]
+            return copy.deepcopy(self.tasks[created["taskId"]])
+
     def tasks_in(self, org_id: str, project_id: str) -> list[dict]:
         """Copies of the project's tasks, oldest first; ``metaData`` decoded to a dict."""
         with self.lock:
@@ -190,6 +207,9 @@ class RedBrickEmulator(Emulator):
             self.calls.append({"op": op, "variables": copy.deepcopy(variables), "headers": dict(request.headers)})
             if handler is None:
                 return json_response({"errors": [{"message": f"Unknown operation {op!r}"}]}, 400)
+            if self.scripted.get(op):
+                message = self.scripted[op].pop(0)
+                return json_response({"data": None, "errors": [{"message": message}]})
             try:
                 return json_response({"data": handler(variables, self.keys.get(request.header("apikey") or "", ""))})
             except GraphQLFailure as failure:
