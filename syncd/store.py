@@ -184,7 +184,13 @@ class Store:
                     self.conn.execute(sql, args)
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite may already have rolled back by itself (SQLITE_FULL, I/O errors): a
+                # failing ROLLBACK must not hide the error that says what went wrong.
+                if self.conn.in_transaction:
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
         except sqlite3.OperationalError as exc:
             raise _local_error(exc, self.path) from None
