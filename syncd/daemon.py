@@ -34,6 +34,8 @@ from syncd.watcher import FolderWatcher
 
 log = logging.getLogger("syncd.daemon")
 
+LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
+
 
 @dataclass
 class Folder:
@@ -90,6 +92,9 @@ class Daemon:
         self.next_due_check = 0.0
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
+        self.local_retry_at = 0.0
+        self.unrecorded: list[delivery.Outcome] = []  # outcomes waiting for a writable journal
         self.metrics = Metrics(config.metrics)
         self.attempts: Counter = Counter()  # (target, outcome kind) -> count, for metrics
 
@@ -123,8 +128,11 @@ class Daemon:
         self.watcher.stop()
         self.metrics.stop()
         deadline = time.monotonic() + (self.cfg.shutdown_seconds if wait_seconds is None else wait_seconds)
-        while self.in_flight and time.monotonic() < deadline:
-            self._collect(time.time(), block=0.1)
+        try:
+            while self.in_flight and time.monotonic() < deadline:
+                self._collect(time.time(), block=0.1)
+        except LocalError as exc:
+            log.error("cannot record the last outcomes: %s", exc)
         if self.in_flight:
             log.warning("%d deliveries still in flight at shutdown; they are re-checked at the next start", len(self.in_flight))
         for executor in self.executors.values():
@@ -137,7 +145,29 @@ class Daemon:
 
     # -- one pass -------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        """One pass: events, rescans, settling, results, dispatch, paused-target checks."""
+        """One pass: events, rescans, settling, results, dispatch, paused-target checks.
+
+        When the journal cannot be written (disk full, LocalError) the pass stops there and
+        the daemon pauses: passes are retried every LOCAL_RETRY_SECONDS, SQLite keeps the
+        journal intact, outcomes not yet recorded are kept in memory, and each retry starts
+        with a full rescan, so nothing observed meanwhile is missed.
+        """
+        if self.local_error is not None and 0 < self.local_retry_at - now <= LOCAL_RETRY_SECONDS:
+            return
+        try:
+            self._pass(now)
+        except LocalError as exc:
+            if str(exc) != self.local_error:
+                log.error("%s; deliveries paused, nothing is lost: retrying every %.0fs", exc, LOCAL_RETRY_SECONDS)
+            self.local_error = str(exc)
+            self.local_retry_at = now + LOCAL_RETRY_SECONDS
+            self.watcher.rescan_needed.set()  # events drained by the failed pass are found again
+            return
+        if self.local_error is not None:
+            log.info("the journal can be written again: resuming")
+            self.local_error = None
+
+    def _pass(self, now: float) -> None:
         self._check_folders(now)
         for path in self.watcher.drain():
             self._hint(Path(path), now)
@@ -379,6 +409,15 @@ class Daemon:
 
     def _collect(self, now: float, block: float = 0.0) -> None:
         assert self.store is not None
+        while self.unrecorded:
+            outcome = self.unrecorded[0]
+            due = outcome.due
+            row = self.store.query("SELECT state FROM deliveries WHERE item_id=? AND target=?", (due.item_id, due.target))
+            if row and row[0]["state"] == "in_flight":
+                self._record_or_keep(outcome, now)
+            else:  # its outcome was journaled before the write that failed
+                self.in_flight.pop((due.item_id, due.target), None)
+            self.unrecorded.pop(0)
         while True:
             try:
                 result = self.results.get(timeout=block) if block else self.results.get_nowait()
@@ -388,7 +427,18 @@ class Daemon:
             if isinstance(result, tuple):
                 self._checked(*result[1:], now=now)
             else:
-                self._record(result, now)
+                self._record_or_keep(result, now)
+
+    def _record_or_keep(self, outcome: delivery.Outcome, now: float) -> None:
+        """Record an outcome; when the journal cannot be written, keep it (and its row busy)."""
+        try:
+            self._record(outcome, now)
+        except LocalError:
+            due = outcome.due
+            self.in_flight[(due.item_id, due.target)] = due.key
+            if not any(kept is outcome for kept in self.unrecorded):
+                self.unrecorded.append(outcome)
+            raise
 
     def _checked(self, name: str, error: Exception | None, warnings: list[str], *, now: float) -> None:
         assert self.store is not None
