@@ -95,6 +95,8 @@ class Daemon:
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
         self.local_retry_at = 0.0
         self.unrecorded: list[delivery.Outcome] = []  # outcomes waiting for a writable journal
+        # The longest delay a retry is ever scheduled for (see Store.due): clock jumps.
+        self.horizon = max(self.cfg.retry_max_seconds, delivery.MAX_RETRY_AFTER) + 60.0
         self.metrics = Metrics(config.metrics)
         self.attempts: Counter = Counter()  # (target, outcome kind) -> count, for metrics
 
@@ -173,7 +175,8 @@ class Daemon:
             self._hint(Path(path), now)
         if self.watch:
             self.watcher.supervise()
-        if self.watcher.rescan_needed.is_set() or now >= self.next_rescan:
+        # A deadline further ahead than its period was set under a clock since set back.
+        if self.watcher.rescan_needed.is_set() or not 0 < self.next_rescan - now <= self.cfg.rescan_seconds * 1.1:
             self.scan(now)
         self._settle(now)
         self._collect(now)
@@ -329,6 +332,8 @@ class Daemon:
             if sig != entry.sig:
                 entry.sig, entry.since, entry.quiet = sig, now, quiet
                 continue
+            if entry.since > now:  # the clock was set back: quiet from now on
+                entry.since, entry.first = now, min(entry.first, now)
             quiet_enough = now - entry.since >= settle or (quiet <= now and now - quiet >= settle)
             if not quiet_enough:
                 if now - entry.first > self.cfg.max_settle_seconds and not entry.reported:
@@ -362,13 +367,14 @@ class Daemon:
             return
         for name, target in self.targets.items():
             if name in self.paused:
-                if now >= self.paused[name] and name not in self.checking:
+                recheck_in = self.paused[name] - now  # beyond the period: the clock was set back
+                if not 0 < recheck_in <= self.cfg.target_recheck_seconds and name not in self.checking:
                     self._start_check(name)
                 continue
             free = target.settings.workers - sum(1 for (_, t) in self.in_flight if t == name)
             if free <= 0:
                 continue
-            for due in self.store.due(name, now, free):
+            for due in self.store.due(name, now, free, horizon=self.horizon):
                 folder = next((f for f in self.folders if f.name == due.folder), None)
                 if folder is None or folder.missing:
                     continue

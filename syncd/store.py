@@ -306,13 +306,18 @@ class Store:
         self._tx([("UPDATE items SET state='settling', stat_sig=NULL, updated_at=? WHERE id=?", (now, item_id))])
 
     # -- deliveries -----------------------------------------------------------------------
-    def due(self, target: str, now: float, limit: int) -> list[DueDelivery]:
+    def due(self, target: str, now: float, limit: int, *, horizon: float = float("inf")) -> list[DueDelivery]:
+        """Pending deliveries of ``target`` due at ``now``.
+
+        ``horizon`` is the longest delay the daemon ever schedules: a row due further ahead
+        was scheduled under a clock that has since been set back, and is due now.
+        """
         rows = self.conn.execute(
             "SELECT d.item_id, d.target, i.folder, i.key, d.want_version, d.outcome_unknown, d.receipt, d.attempts "
             "FROM deliveries d JOIN items i ON i.id = d.item_id "
-            "WHERE d.target=? AND d.state='pending' AND d.next_attempt_at<=? AND i.state='ready' "
+            "WHERE d.target=? AND d.state='pending' AND (d.next_attempt_at<=? OR d.next_attempt_at>?) AND i.state='ready' "
             "ORDER BY d.next_attempt_at, d.item_id LIMIT ?",
-            (target, now, limit),
+            (target, now, now + horizon, limit),
         ).fetchall()
         return [
             DueDelivery(r[0], r[1], r[2], r[3], r[4], bool(r[5]), json.loads(r[6]) if r[6] else None, r[7]) for r in rows
