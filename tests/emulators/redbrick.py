@@ -37,15 +37,13 @@ import uuid
 from datetime import datetime, timezone
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
+from tests.emulators.redbrick_formats import task_entry, validate_and_convert
 
 PUBLIC = "11111111-1111-1111-1111-111111111111"
 REDBRICK = "22222222-2222-2222-2222-222222222222"
 STORAGES = {PUBLIC, REDBRICK}
 GRAPHQL = r"/(?:api/)?graphql/?"
 OPERATION = re.compile(r"^\s*(?:query|mutation)\s+(\w+)")
-# Keys of a public-format series that carry annotations (not converted by this emulator).
-ANNOTATION_KEYS = ("boundingBoxes", "landmarks", "polygons", "polylines", "ellipses", "cuboids", "segmentations",
-                   "classifications", "instanceClassifications", "measurements", "landmarks3d")
 
 
 class GraphQLFailure(Exception):
@@ -394,55 +392,7 @@ class RedBrickEmulator(Emulator):
         page = found[start:start + first]
         more = start + first < len(found)
         cursor = base64.b64encode(str(start + first).encode()).decode() if more else None
-        return {field: {"entries": [self._entry(t) for t in page], "cursor": cursor}}
-
-    @staticmethod
-    def _entry(task: dict) -> dict:
-        series = [{"imageHeaders": None, "localToWorldTransform": None, "dataType": None, **s}
-                  for s in task.get("seriesInfo") or []] or None
-        datapoint = {
-            "dpId": task["dpId"], "name": task["name"], "items": list(task["items"]),
-            "itemsPresigned": list(task["items"]), "createdAt": task["createdAt"],
-            "createdByEntity": {"userId": "u-1", "email": "owner@example.com", "givenName": "Owner"},
-            "metaData": task["metaData"], "seriesInfo": series, "heatMaps": task.get("heatMaps"),
-            "transforms": task.get("transforms"), "centerline": task.get("centerline"),
-            "storageMethod": {"storageId": task["storageId"]}, "attributes": task.get("attributes"),
-            "archived": False, "cohorts": [],
-        }
-        return {"taskId": task["taskId"], "currentStageName": task["stage"], "createdAt": task["createdAt"],
-                "updatedAt": task["updatedAt"], "priority": task.get("priority"), "datapoint": datapoint,
-                "currentStageSubTask": None}
+        return {field: {"entries": [task_entry(t) for t in page], "cursor": cursor}}
 
     def op_validateAndConvertToImportFormatSDK(self, v: dict, key_org: str) -> dict:
-        field = "validateAndConvertToImportFormat"
-        try:
-            tasks = json.loads(v.get("original") or "")
-        except ValueError:
-            return {field: {"isValid": False, "error": "original is not JSON", "converted": None}}
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            return {field: {"isValid": False, "error": "original must be a list of tasks", "converted": None}}
-        if not any("series" in t for t in tasks):
-            bad = [t for t in tasks if not isinstance(t.get("items"), list) or not t["items"]]
-            error = f"task {bad[0].get('name')!r} has no items" if bad else None
-            return {field: {"isValid": not bad, "error": error, "converted": None}}
-        converted = []
-        for task in tasks:
-            if "series" not in task:
-                converted.append(task)
-                continue
-            out = {k: val for k, val in task.items() if k not in ("series", "classification")}
-            items, infos = [], []
-            for series in task["series"] or []:
-                if any(key in series for key in ANNOTATION_KEYS):
-                    return {field: {"isValid": False, "converted": None,
-                                    "error": "annotations in series are not emulated by RedBrickEmulator"}}
-                new = series.get("items")
-                new = [new] if isinstance(new, str) else list(new or [])
-                infos.append({"name": series.get("name"), "itemsIndices": list(range(len(items), len(items) + len(new))),
-                              "metaData": series.get("metaData")})
-                items += new
-            out["items"] = items
-            if any(i["name"] or i["metaData"] for i in infos):
-                out["seriesInfo"] = infos
-            converted.append(out)
-        return {field: {"isValid": True, "error": None, "converted": json.dumps(converted)}}
+        return {"validateAndConvertToImportFormat": validate_and_convert(v.get("original"))}
