@@ -132,8 +132,9 @@ class EdgeImpulseTarget(EdgeImpulseBase):
         project_id = self.settings.project_id
         try:
             body = self.call("GET", self.studio(""), context=f"reading project {project_id}")
-        except PermanentError as exc:
-            raise FatalTargetError(f"{exc} — is project_id {project_id} right, and does the API key belong to it?") from exc
+        except (PermanentError, FatalTargetError) as exc:
+            raise FatalTargetError(f"{exc} (is project_id {project_id} right, and does the key in "
+                                   f"{self.settings.api_key_env} belong to that project?)") from exc
         project = body.get("project") or {}
         warnings = []
         if project.get("id") not in (None, project_id):

@@ -24,6 +24,8 @@ Behaviour the targets and the SDKs rely on:
   "adds or updates" could mean either; the targets must survive both).
 - ``record``: every request is kept in ``self.journal`` (method, path, query, x-* headers,
   JSON body or multipart parts).
+- ``reply_next(path_regex, status, body)``: answer the next matching request with a canned
+  reply instead (after auth, before touching state): for reply shapes no state produces.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
         self.projects: dict[int, dict] = {}
         self.samples: dict[int, dict] = {}
         self.sample_data: dict[int, bytes] = {}
+        self.canned: list[tuple[re.Pattern, Response]] = []
         self.init_org_state()
 
     # -- test-side helpers -------------------------------------------------------------------
@@ -111,6 +114,11 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
         with self.lock:
             return [copy.deepcopy(s) for s in self.samples.values() if s["projectId"] == project_id]
 
+    def reply_next(self, path_regex: str, status: int, body) -> None:
+        """Answer the next request whose path matches with ``status`` and ``body`` (dict, str, bytes)."""
+        with self.lock:
+            self.canned.append((re.compile(path_regex), Response(status=status, body=body)))
+
     def recorded(self, method: str, path_regex: str) -> list[dict]:
         with self.lock:
             return [e for e in self.journal if e["method"] == method and re.search(path_regex, e["path"])]
@@ -135,6 +143,11 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
         elif kind != "project":
             return json_response({"success": False, "error": "This API key is not a project API key"}, 401)
         request.params["_owner"] = str(owner_id)
+        with self.lock:
+            for index, (pattern, response) in enumerate(self.canned):
+                if pattern.search(request.path):
+                    del self.canned[index]
+                    return response
         return None
 
     def _journal(self, request: Request) -> None:
