@@ -83,12 +83,18 @@ class Request:
             filename = part.get_param("filename", header="content-disposition")
             if name is None:
                 raise ValueError(f"multipart part without a name: {disposition!r}")
+            data = part.get_payload(decode=True) or b""
+            if part.get_content_maintype() == "multipart" and data.endswith(b"\r\n"):
+                # A part declaring a multipart type without a boundary (the Edge Impulse SDK
+                # labels file parts "multipart/form-data") is kept raw by the email parser,
+                # including the CRLF that belongs to the next delimiter.
+                data = data[:-2]
             parts.append(
                 Part(
                     name=str(name),
                     filename=None if filename is None else unquote(str(filename)),
                     content_type=part.get("Content-Type"),
-                    data=part.get_payload(decode=True) or b"",
+                    data=data,
                 )
             )
         return parts
