@@ -282,3 +282,17 @@ def test_synchronous_count_reply_is_understood():
         with pytest.raises(PermanentError, match="refused row"):
             target.deliver(make_upload("sync/2"))
         assert json.loads(json.dumps(emulator.items(dataset_id)))[0]["reference_id"] == "sync/1"
+
+
+# -- job error rows -------------------------------------------------------------------------------
+def test_job_error_rows_are_shown_briefly():
+    from syncd.targets.nucleus_jobs import JobResult, classify, error_message
+
+    assert error_message('{"item": {"reference_id": "a"}, "error": "Bad image"}') == "Bad image"
+    assert error_message('{"message": "m"}') == "m"
+    assert error_message("plain text, not JSON") == "plain text, not JSON"
+    assert error_message({"error": "already decoded"}) == "already decoded"
+    result = JobResult(job_id="job_1", status="Completed", reply={}, errors=[f"e{n}" for n in range(5)])
+    with pytest.raises(PermanentError, match=r"e0; e1; e2 \(and 2 more\)"):
+        classify(result, what="item")
+    classify(JobResult(job_id="job_2", status="Completed", reply={}), what="item")  # no errors: delivered
