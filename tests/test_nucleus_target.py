@@ -150,6 +150,37 @@ def test_job_still_pending_after_job_timeout_is_transient(emulator, dataset_id):
     assert caught.value.outcome_unknown
 
 
+def test_an_abandoned_job_is_finished_before_the_item_is_sent_again(emulator, dataset_id):
+    """v1's job outlives job_timeout. Were v2 appended at once, a server that does not run
+    jobs in order could run v1's job last and write v1 back over v2."""
+    emulator.state.fifo = False
+    emulator.job_script = ["Running"] * 1000
+    target = make_target(emulator, dataset_id, job_timeout=0.2, job_poll_interval=0.05)
+    with pytest.raises(TransientError, match="still Running"):
+        target.deliver(make_upload("order/1", metadata={"v": 1}))
+    # The next attempt, while the old job is still pending: nothing new is appended.
+    with pytest.raises(TransientError, match="earlier upload"):
+        target.deliver(make_upload("order/1", metadata={"v": 2}))
+    assert len(emulator.jobs()) == 1
+    emulator.job_script = ["Running"]  # the server catches up
+    target.deliver(make_upload("order/1", metadata={"v": 2}))
+    emulator.run_jobs()
+    assert [j.status for j in emulator.jobs()] == ["Completed", "Completed"]
+    assert emulator.item(dataset_id, "order/1")["metadata"] == {"v": 2}
+
+
+def test_an_unreadable_abandoned_job_does_not_block_the_item(emulator, dataset_id):
+    emulator.job_script = ["Running"] * 1000
+    target = make_target(emulator, dataset_id, job_timeout=0.1, job_poll_interval=0.02)
+    with pytest.raises(TransientError):
+        target.deliver(make_upload("gone/1"))
+    with emulator.lock:
+        emulator.state.jobs.clear()  # the server forgot the job
+    emulator.job_script = []
+    target.deliver(make_upload("gone/1", metadata={"v": 2}))
+    assert emulator.item(dataset_id, "gone/1")["metadata"] == {"v": 2}
+
+
 def test_transient_failures_of_job_reads_are_retried_in_place(target, emulator, dataset_id):
     emulator.faults.next("503", path=r"/job/[^/]+$")
     emulator.faults.next("lost_reply", path=r"/job/[^/]+$")

@@ -38,7 +38,7 @@ from pydantic import Field, field_validator
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
 from syncd.targets.http import SessionPool, json_body, raise_for_status, send
-from syncd.targets.nucleus_jobs import JobWaiter, classify
+from syncd.targets.nucleus_jobs import JobPending, JobWaiter, classify
 
 
 class NucleusSettings(TargetSettings):
@@ -107,6 +107,8 @@ class NucleusTarget(Target):
         self._secrets: tuple[str, ...] = ()
         self._pool: SessionPool | None = None
         self._lock = threading.Lock()
+        # item key -> id of its last job that was not seen to end (see deliver()).
+        self._unfinished: dict[str, str] = {}
         self.jobs = JobWaiter(self._get_json, interval=settings.job_poll_interval, timeout=settings.job_timeout)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -176,14 +178,41 @@ class NucleusTarget(Target):
 
     # -- deliver ------------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
+        """Append the item, wait for its job, check the job's errors.
+
+        A job this target stopped waiting for (timeout, failing polls) may still run later
+        and would then write an older version over a newer one. So before appending an
+        item again, its previous unfinished job is waited for first (in this process).
+        """
         what = f"{self.name}: item {upload.key!r}"
+        self._finish_previous_job(upload.key, what)
         job_id = self._append(upload, what)
         if job_id is not None:
-            classify(self.jobs.wait(job_id, what=what), what=what)
+            with self._lock:
+                self._unfinished[upload.key] = job_id
+            result = self.jobs.wait(job_id, what=what)
+            with self._lock:
+                self._unfinished.pop(upload.key, None)
+            classify(result, what=what)
         self._deliver_annotations(upload)
         extra = {"version": upload.version, "image_sha256": upload.image_sha256,
                  "dataset_id": self.settings.dataset_id, "job_id": job_id}
         return Receipt(remote_id=upload.key, extra=extra)
+
+    def _finish_previous_job(self, key: str, what: str) -> None:
+        with self._lock:
+            job_id = self._unfinished.get(key)
+        if job_id is None:
+            return
+        try:
+            self.jobs.wait(job_id, what=f"{what} (an earlier upload)")
+        except JobPending:
+            raise  # still queued on the server: appending now could be overtaken by it
+        except TransientError:
+            pass  # the job cannot be read (gone, server trouble): nothing to wait for
+        with self._lock:
+            if self._unfinished.get(key) == job_id:
+                del self._unfinished[key]
 
     def _append(self, upload: Upload, what: str) -> str | None:
         """Send the multipart append; return the job id (None when the server answered

@@ -39,6 +39,10 @@ MAX_POLL_RETRY_WAIT = 30.0  # seconds; a longer Retry-After ends the wait (the d
 MAX_ERRORS_IN_MESSAGE = 3
 
 
+class JobPending(TransientError):
+    """The job was still Queued/Running when ``job_timeout`` ran out."""
+
+
 @dataclass
 class JobResult:
     """The final state of a job: its last status reply and its error rows (decoded)."""
@@ -98,7 +102,7 @@ class JobWaiter:
             if status not in PENDING:
                 break
             if self._clock() + delay > deadline:
-                raise TransientError(
+                raise JobPending(
                     f"{what}: job {job_id} is still {status} after {self.timeout:g}s; "
                     "the item is sent again later (re-sending is safe: Nucleus upserts by reference_id)"
                 )

@@ -96,6 +96,7 @@ class NucleusState:
         self.reject: dict[str, str] = {}  # reference_id -> row error message (test hook)
         self.forced: list[tuple[str, str, bool]] = []  # scripted ends of the next jobs
         self.job_script: list[str] = ["Queued", "Running"]
+        self.fifo = True  # False: a job runs alone, older pending jobs of its dataset may run later
         self._seq = itertools.count(1)
 
     # -- datasets -----------------------------------------------------------------------------
@@ -208,9 +209,9 @@ class NucleusState:
         return job
 
     def run_job(self, job: Job) -> None:
-        """Run ``job`` after every older pending job of its dataset (FIFO)."""
+        """Run ``job`` after every older pending job of its dataset (FIFO, unless ``fifo`` is off)."""
         older = sorted((j for j in self.jobs.values() if j.dataset_id == job.dataset_id and not j.done
-                        and j.seq < job.seq), key=lambda j: j.seq)
+                        and j.seq < job.seq and self.fifo), key=lambda j: j.seq)
         for other in older + [job]:
             self._run(other)
 
