@@ -140,7 +140,9 @@ class FolderWatcher:
         restarted = []
         for path, poll, poll_seconds in self.folders:
             observer = self.observers.get(path)
-            if observer is not None and observer.is_alive():
+            # The observer thread outlives its emitter (the thread reading inotify), which
+            # stops by itself when the watched directory is deleted: both must be alive.
+            if observer is not None and observer.is_alive() and all(e.is_alive() for e in list(observer.emitters)):
                 continue
             if observer is not None:
                 log.warning("the watcher of %s stopped; restarting it and rescanning", path)
@@ -156,6 +158,20 @@ class FolderWatcher:
                 restarted.append(path)
                 self.rescan_needed.set()
         return restarted
+
+    def restart(self, path: Path) -> None:
+        """Watch ``path`` afresh (it was removed and re-created, or (un)mounted) and rescan."""
+        observer = self.observers.pop(path, None)
+        if observer is not None:
+            try:
+                observer.stop()
+                observer.join(timeout=5)
+            except Exception:
+                pass
+        for folder, poll, poll_seconds in self.folders:
+            if folder == path:
+                self._start_one(folder, poll, poll_seconds)
+        self.rescan_needed.set()
 
     def drain(self, limit: int = 100000) -> list[str]:
         out = []
