@@ -44,6 +44,7 @@ class Folder:
     rules: IgnoreRules
     targets: list[str]
     missing: bool = False
+    mount_point: bool | None = None  # whether the folder itself is a mount point (once seen)
 
     @property
     def name(self) -> str:
@@ -198,9 +199,22 @@ class Daemon:
     def _check_folders(self, now: float) -> None:
         for folder in self.folders:
             present = folder.root.is_dir()
+            if present:
+                # An unmounted folder usually leaves its mount point behind: an empty directory
+                # that must not be read as "every item was deleted".
+                mounted = os.path.ismount(folder.root)
+                if folder.mount_point is None or (mounted and not folder.mount_point):
+                    if folder.mount_point is False and self.watch:
+                        log.info("folder %s is now a mount point: watching the mounted filesystem", folder.root)
+                        self.watcher.restart(folder.root)
+                    folder.mount_point = mounted
+                elif folder.mount_point and not mounted:
+                    present = False
             if folder.missing and present:
                 log.info("folder %s is back; rescanning it", folder.root)
                 folder.missing = False
+                if self.watch:
+                    self.watcher.restart(folder.root)  # the old watch, if any, is on another directory
                 self.watcher.rescan_needed.set()
             elif not present and not folder.missing:
                 # Unmounted or removed: pause it; never read this as "every item was deleted".
