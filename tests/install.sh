@@ -9,3 +9,13 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]' -r tests/requirements-sdk.txt
+
+# Official SDKs used as oracles whose pinned dependencies clash with ours get their own venvs;
+# their tests run them in a subprocess.
+sdk_venv() {  # sdk_venv NAME REQUIREMENT...
+  local dir=".venv-sdk-$1"; shift
+  [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --upgrade pip
+  "$dir/bin/pip" install -q "$@"
+}
+sdk_venv redbrick redbrick-sdk==2.35.4
