@@ -80,7 +80,7 @@ def test_target_upload_matches_the_sdk_request(world):
     target = EdgeImpulseTarget("ei", EdgeImpulseSettings(project_id=project["id"], category="training",
                                                          ingestion_url=emulator.url, api_url=f"{emulator.url}/v1"),
                                env={"EI_API_KEY": key})
-    target.deliver(make_upload("ours/one", seed=6, metadata={"site": "A"}, labels=[{"type": "class", "label": "car"}]))
+    target.deliver(make_upload("ours/one", seed=6, metadata={"site": "A"}, labels=[{"type": "classification", "label": "car"}]))
     target.close()
     sdk_request, our_request = emulator.recorded("POST", INGEST)
     assert sdk_request["path"] == our_request["path"] == "/api/training/files"
@@ -111,7 +111,7 @@ def test_generated_studio_client_and_target_send_the_same_update(world):
     sdk_update = emulator.recorded("POST", r"/metadata$")[-1]["json"]
 
     # The target makes the same change with the same request shape.
-    update = make_upload("upd/one", metadata={"a": "3"}, labels=[{"type": "class", "label": "cat"}], previous=first)
+    update = make_upload("upd/one", metadata={"a": "3"}, labels=[{"type": "classification", "label": "cat"}], previous=first)
     target.deliver(update)
     ours = emulator.recorded("POST", r"/metadata$")[-1]["json"]
     assert set(ours) == set(sdk_update) == {"metadata"}

@@ -72,7 +72,7 @@ def test_upload_request_carries_label_metadata_and_dedup_headers(world):
     target = world.target(category="training")
     upload = make_upload("cam1/frame_0001", metadata={"site": "A", "n": 3, "ok": True, "tags": ["x"], "none": None},
                          labels=[{"type": "box", "label": "car", "x": 1, "y": 1, "width": 2, "height": 2},
-                                 {"type": "class", "label": "Käse & Brot"}])
+                                 {"type": "classification", "label": "Käse & Brot"}])
     receipt = target.deliver(upload)
     (entry,) = world.emulator.recorded("POST", INGEST)
     headers = entry["headers"]
@@ -96,7 +96,7 @@ def test_upload_request_carries_label_metadata_and_dedup_headers(world):
     ("metadata", {"metadata": {"label": "idle", "x": "1"}}, "idle"),
     ("metadata", {"metadata": {"x": "1"}}, None),
     ("folder", {}, "cats"),
-    ("none", {"labels": [{"type": "class", "label": "dog"}]}, None),
+    ("none", {"labels": [{"type": "classification", "label": "dog"}]}, None),
 ])
 def test_label_sources(world, source, upload_kwargs, expected):
     target = world.target(label_source=source)
@@ -136,8 +136,8 @@ def test_large_metadata_is_set_through_studio_after_the_upload(world):
 # -- updates -------------------------------------------------------------------------------------
 def test_metadata_and_label_change_update_the_sample_in_place(world):
     target = world.target()
-    first = target.deliver(make_upload("u/1", metadata={"a": "1", "gone": "x"}, labels=[{"type": "class", "label": "cat"}]))
-    second = make_upload("u/1", metadata={"a": "2"}, labels=[{"type": "class", "label": "dog"}], previous=first)
+    first = target.deliver(make_upload("u/1", metadata={"a": "1", "gone": "x"}, labels=[{"type": "classification", "label": "cat"}]))
+    second = make_upload("u/1", metadata={"a": "2"}, labels=[{"type": "classification", "label": "dog"}], previous=first)
     receipt = target.deliver(second)
     assert receipt.remote_id == first.remote_id and receipt.extra["version"] == second.version
     sample = world.only("u/1")
@@ -227,7 +227,7 @@ def test_per_file_failure_is_permanent_and_names_the_reason(world):
 
 def test_lost_reply_then_lookup_adopts_the_sample_without_resending(world):
     target = world.target()
-    upload = make_upload("lost/1", metadata={"a": "1"}, labels=[{"type": "class", "label": "cat"}])
+    upload = make_upload("lost/1", metadata={"a": "1"}, labels=[{"type": "classification", "label": "cat"}])
     world.emulator.faults.next("lost_reply", path=INGEST)
     with pytest.raises(TransientError) as caught:
         target.deliver(upload)

@@ -51,7 +51,7 @@ UPLOAD_SOURCE = "SYNCD"
 METADATA_HEADER_LIMIT = 4096
 PAGE = 100
 MAX_PAGES = 100
-CLASS_LABEL_TYPES = ("class", "classification")
+CLASS_LABEL_TYPES = ("classification",)  # syncd.labels
 
 
 class EdgeImpulseSettings(EdgeImpulseSettingsBase):
@@ -62,7 +62,7 @@ class EdgeImpulseSettings(EdgeImpulseSettingsBase):
         "split", description="where new samples go; 'split' lets Edge Impulse pick training or testing")
     label_source: Literal["classification", "metadata", "folder", "none"] = Field(
         "classification",
-        description="the sample label: the first sidecar label of type 'class' (classification), "
+        description="the sample label: the first sidecar label of type 'classification' (classification), "
                     "the metadata key label_key (metadata), the item's parent folder (folder), or none")
     label_key: str = Field("label", description="metadata key holding the label when label_source = 'metadata'")
     allow_duplicates: bool = Field(
