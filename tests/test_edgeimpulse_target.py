@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import requests
 from PIL import Image
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
@@ -313,3 +314,15 @@ def test_missing_key_and_reserved_metadata_keys(world):
     with pytest.raises(PermanentError, match=VERSION_KEY):
         world.target().deliver(make_upload("k/2", metadata={VERSION_KEY: "mine"}))
     assert world.samples() == []
+
+
+def test_sample_uploaded_by_another_tool_with_our_name_and_bytes_is_adopted(world):
+    upload = make_upload("pre/existing", metadata={"a": "1"})
+    with requests.Session() as session:  # as the CLI uploader or the SDK would have done it
+        session.post(f"{world.emulator.url}/api/training/files", headers={"x-api-key": world.key, "x-label": "x"},
+                     files=[("data", ("pre__existing.png", upload.image, "image/png"))], timeout=5)
+    before = world.only("pre/existing")
+    receipt = world.target().deliver(upload)  # refused as a duplicate, found by name and hash, adopted
+    after = world.only("pre/existing")
+    assert receipt.remote_id == str(before["id"]) == str(after["id"])
+    assert after["metadata"][IMAGE_KEY] == upload.image_sha256 and user_metadata(after["metadata"]) == {"a": "1"}

@@ -41,6 +41,7 @@ from syncd.targets.edgeimpulse_common import (
     RemoteNotFound,
     choose,
     desired_metadata,
+    holds_image,
     image_for_upload,
     sample_name,
 )
@@ -293,5 +294,6 @@ class EdgeImpulseTarget(EdgeImpulseBase):
         keep, stale = choose(samples, upload)
         metadata = keep.get("metadata") or {}
         complete = not stale and metadata == desired_metadata(upload) and _label_of(keep) == self.label_for(upload)
+        image = upload.image_sha256 if holds_image(keep, upload) else metadata.get(IMAGE_KEY)
         return self._receipt(int(keep["id"]), upload, version=upload.version if complete else None,
-                             image_sha256=metadata.get(IMAGE_KEY), label=_label_of(keep), stale=stale)
+                             image_sha256=image, label=_label_of(keep), stale=stale)

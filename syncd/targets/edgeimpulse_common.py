@@ -159,14 +159,23 @@ def image_for_upload(upload: Upload) -> tuple[str, bytes, str]:
     return ".png", buffer.getvalue(), "image/png"
 
 
+def holds_image(candidate: dict[str, Any], upload: Upload) -> bool:
+    """Whether a listed sample / data item holds ``upload``'s image: by syncd's marker, or
+    (for samples uploaded by other tools) by the platform's own ``sha256Hash``."""
+    marker = (candidate.get("metadata") or {}).get(IMAGE_KEY)
+    if marker is not None:
+        return marker == upload.image_sha256
+    return candidate.get("sha256Hash") == upload.image_sha256
+
+
 def choose(candidates: list[dict[str, Any]], upload: Upload) -> tuple[dict[str, Any], list[int]]:
     """Of the remote items carrying this item's name, the one to keep and the ids of the rest.
 
-    Prefer those holding this upload's image (marker), then the newest (highest id). The
-    rest are left-overs of an interrupted image replacement and are deleted by ``deliver``.
-    ``candidates`` are dicts with ``id`` and ``metadata``.
+    Prefer those holding this upload's image (``holds_image``), then the newest (highest
+    id). The rest are left-overs of an interrupted image replacement and are deleted by
+    ``deliver``. ``candidates`` are dicts with ``id`` and ``metadata``.
     """
-    holding = [c for c in candidates if (c.get("metadata") or {}).get(IMAGE_KEY) == upload.image_sha256]
+    holding = [c for c in candidates if holds_image(c, upload)]
     keep = max(holding or candidates, key=lambda c: int(c["id"]))
     return keep, sorted(int(c["id"]) for c in candidates if c is not keep)
 
