@@ -1,0 +1,142 @@
+"""RedBrick's exported mask folder, read as (image, mask) pairs.
+
+RedBrick's PNG export (``redbrick export --format png`` / ``redbrick_png()``) writes::
+
+    export/
+      class_map.json        class name -> [r, g, b]
+      datapoint_map.json    mask file name -> the image's "items" path
+      masks/<taskId>.png    (older SDKs: <taskId>.png next to the JSON files)
+
+The image paths in ``datapoint_map.json`` are what was uploaded to RedBrick: a URL, or a
+storage path such as ``uuid/images/uuid/frame.png``. syncd reads the folder as items when
+the images sit in it: an image path is looked up as given (relative to the folder), then by
+its file name in the folder and in ``images/``. Mask keys are looked up in ``masks/`` and
+in the folder, with ``.png`` added when the key has no suffix (one SDK version wrote keys
+without it). Nothing outside the folder is ever read.
+
+``scan_datapoint_map(dir)`` returns the pairs and a list of per-entry problems (so one bad
+entry does not hide the rest); ``read_datapoint_map(dir)`` returns the pairs and raises one
+ItemError listing the problems, if any.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from syncd.classmap import CLASS_MAP_NAME
+from syncd.errors import ItemError
+
+DATAPOINT_MAP_NAME = "datapoint_map.json"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+MAX_MAP_BYTES = 64 * 1024 * 1024
+MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class DatapointMap:
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def is_redbrick_export(directory: Path) -> bool:
+    """True when ``directory`` holds both ``class_map.json`` and ``datapoint_map.json``."""
+    return (directory / DATAPOINT_MAP_NAME).is_file() and (directory / CLASS_MAP_NAME).is_file()
+
+
+def _inside(directory: Path, relative: str) -> Path | None:
+    """``directory / relative`` when ``relative`` is a plain relative path that stays inside."""
+    pure = PurePosixPath(relative.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        return None
+    return directory.joinpath(*pure.parts)
+
+
+def _first_file(candidates: list[Path | None]) -> Path | None:
+    for path in candidates:
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
+def _mask_path(directory: Path, key: str) -> Path | None:
+    names = [key] if PurePosixPath(key).suffix.lower() == ".png" else [key, key + ".png"]
+    # masks/ first: in the current layout the folder itself holds the images, whose names may
+    # equal mask names.
+    return _first_file([_inside(base, name) for name in names for base in (directory / "masks", directory)])
+
+
+def _image_path(directory: Path, value: str) -> Path | None:
+    name = PurePosixPath(value.replace("\\", "/")).name
+    absolute = Path(value)
+    candidates: list[Path | None] = [_inside(directory, value), _inside(directory, name),
+                                     _inside(directory / "images", name)]
+    if absolute.is_absolute() and directory.resolve() in absolute.resolve().parents:
+        candidates.insert(0, absolute)
+    return _first_file(candidates)
+
+
+def scan_datapoint_map(directory: Path) -> DatapointMap:
+    """Read ``directory/datapoint_map.json``: the usable pairs and what is wrong with the rest.
+
+    A missing, unreadable or malformed file (not a JSON object of strings) is an ItemError.
+    """
+    source = directory / DATAPOINT_MAP_NAME
+    try:
+        data = source.read_bytes()
+    except FileNotFoundError:
+        raise ItemError(f"{source}: not found: a RedBrick export folder needs {DATAPOINT_MAP_NAME}") from None
+    except PermissionError:
+        raise ItemError(f"{source}: permission denied: make it readable by the syncd user") from None
+    if len(data) > MAX_MAP_BYTES:
+        raise ItemError(f"{source}: larger than {MAX_MAP_BYTES // 2**20} MiB")
+    try:
+        raw = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ItemError(f"{source}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ItemError(f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(raw, dict):
+        raise ItemError(f"{source}: must be a JSON object of mask file name -> image path")
+    pairs: list[tuple[Path, Path]] = []
+    problems: list[str] = []
+    seen: dict[Path, str] = {}
+    for key, value in raw.items():
+        entry = f"{source.name}[{key!r}]"
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{entry}: the image path must be a non-empty string")
+            continue
+        if "://" in value:
+            problems.append(f"{entry}: the image is a URL ({value}): download it into the folder")
+            continue
+        if PurePosixPath(value.replace("\\", "/")).suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{entry}: {value!r} is not an image file name ({', '.join(IMAGE_SUFFIXES)})")
+            continue
+        mask = _mask_path(directory, key)
+        if mask is None:
+            problems.append(f"{entry}: no mask file {key!r} in the folder or in masks/")
+            continue
+        image = _image_path(directory, value)
+        if image is None:
+            problems.append(f"{entry}: image {value!r} not found in the folder or in images/")
+            continue
+        if image == mask:
+            problems.append(f"{entry}: the mask and the image are the same file ({value!r})")
+            continue
+        if image in seen:
+            problems.append(f"{entry}: image {value!r} already has the mask {seen[image]!r}: one mask per image")
+            continue
+        seen[image] = key
+        pairs.append((image, mask))
+    return DatapointMap(pairs=pairs, problems=problems)
+
+
+def read_datapoint_map(directory: Path) -> list[tuple[Path, Path]]:
+    """The ``(image_path, mask_path)`` pairs of a RedBrick export folder; any problem is an
+    ItemError that lists the first few."""
+    result = scan_datapoint_map(Path(directory))
+    if result.problems:
+        more = len(result.problems) - MAX_LISTED
+        raise ItemError("; ".join(result.problems[:MAX_LISTED]) + (f" (and {more} more)" if more > 0 else ""))
+    return result.pairs
