@@ -19,3 +19,4 @@ sdk_venv() {  # sdk_venv NAME REQUIREMENT...
   "$dir/bin/pip" install -q "$@"
 }
 sdk_venv redbrick redbrick-sdk==2.35.4
+sdk_venv nucleus scale-nucleus==0.22.3
