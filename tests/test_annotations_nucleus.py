@@ -136,6 +136,12 @@ def test_ids_are_deterministic_and_options_are_honoured():
     assert len(ids) == len(set(ids))  # the SDK refuses duplicate (reference_id, annotation_id) pairs
 
 
+def test_unnamed_keypoints_get_unique_names():
+    points = [{"x": 1, "y": 1, "name": "1"}, {"x": 2, "y": 2}, {"x": 3, "y": 3, "name": "0"}]
+    result = to_nucleus(make_upload(labels=[{"type": "keypoints", "label": "k", "points": points}]))
+    assert result.annotations[0]["geometry"]["names"] == ["1", "1'", "0"]
+
+
 def test_no_labels_no_mask_nothing_to_send():
     result = to_nucleus(make_upload())
     assert (result.annotations, result.taxonomies, result.segmentation, result.mask_png, result.unsupported) == (

@@ -54,6 +54,22 @@ def _vertices(points: list) -> list[dict[str, float]]:
     return [{"x": x, "y": y} for x, y in points]
 
 
+def keypoint_names(points: list[dict[str, Any]]) -> list[str]:
+    """The keypoints' names; an unnamed one is named by its position ("2"), made unique
+    (Nucleus refuses repeated names) should the user have used that name elsewhere."""
+    taken = {p["name"] for p in points if p["name"] is not None}
+    names = []
+    for i, point in enumerate(points):
+        name = point["name"]
+        if name is None:
+            name = str(i)
+            while name in taken:
+                name += "'"
+            taken.add(name)
+        names.append(name)
+    return names
+
+
 def convert_label(label: dict[str, Any], *, reference_id: str, position: int, taxonomy_name: str) -> dict[str, Any]:
     """One label (syncd's schema) -> one Nucleus annotation payload."""
     kind = label["type"]
@@ -84,7 +100,7 @@ def convert_label(label: dict[str, Any], *, reference_id: str, position: int, ta
         points = label["points"]
         out["geometry"] = {
             "keypoints": [{"x": p["x"], "y": p["y"], "visible": p["visible"]} for p in points],
-            "names": [p["name"] if p["name"] is not None else str(i) for i, p in enumerate(points)],
+            "names": keypoint_names(points),
             "skeleton": [list(pair) for pair in label["skeleton"]],
         }
         out.update(track_reference_id=None, task_id=None)
