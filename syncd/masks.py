@@ -17,8 +17,9 @@ lacks (the error lists them with their pixel counts, largest first).
 The converters only read the given bytes and return bytes or plain data, for the platform
 targets: ``index_png`` (Nucleus), ``binary_rgba_pngs`` (Dataloop), ``region_boxes`` (Edge
 Impulse, see syncd.regions) and ``nifti_instances`` (RedBrick, needs the optional
-``nibabel``). No per-pixel Python loops: a 4K mask with 20 classes converts in well under a
-second (bench/masks.py, docs/benchmarks.md).
+``nibabel``). No per-pixel Python loops: a 4K mask with 20 classes is read and converted in
+well under a second, except for Dataloop, whose format is one full-size PNG per class
+(about 80 ms per class at 4K; bench/masks.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import io
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -58,7 +59,7 @@ class Mask:
     colours: dict[int, Colour]
     counts: dict[int, int]
     background: int | None = 0
-    kind: str = field(default="rgb")
+    kind: str = "rgb"
 
     @property
     def height(self) -> int:
@@ -103,8 +104,9 @@ def _describe(values: np.ndarray, counts: np.ndarray, rgb: bool) -> str:
 def _rgb_to_index(image: Image.Image, class_map: ClassMap, source: str) -> tuple[np.ndarray, int | None]:
     """Class indices of an RGB(A) image: colours packed into uint32 (alpha dropped) and mapped
     through a 2^24-entry lookup table (16 MiB, one gather; no per-pixel Python)."""
-    rgba = np.asarray(image.convert("RGBA") if image.mode != "RGBA" else image)
-    packed = rgba.view("<u4")[..., 0] & np.uint32(0xFFFFFF)  # r | g << 8 | b << 16
+    rgba = np.array(image.convert("RGBA") if image.mode != "RGBA" else image)  # a writable copy
+    packed = rgba.view("<u4")[..., 0]
+    packed &= np.uint32(0xFFFFFF)  # in place (r | g << 8 | b << 16): one 4-byte array per pixel, not two
     lut = np.full(1 << 24, UNKNOWN, dtype=np.uint8)
     background: int | None = 0
     lut[0] = 0  # black without a class is background
