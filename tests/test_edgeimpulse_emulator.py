@@ -146,3 +146,22 @@ def test_org_data_items_filters_and_shared_files(emu):
         assert api.GetOrganizationDatasetResponse.from_dict(dataset).dataset.dataset == "frames"
         missing = session.get(f"{base}/dataset/nope", timeout=5).json()
         assert missing["success"] is False and "does not exist" in missing["error"]
+
+
+def test_bounding_boxes_from_header_labels_file_and_studio(emu):
+    emulator, project, _, session = emu
+    box = {"label": "car", "x": 1, "y": 2, "width": 3, "height": 4}
+    by_header = ingest(emulator, session, [("h.png", image_bytes(seed=1))], **{"x-bounding-boxes": json.dumps([box])})
+    labels = json.dumps({"version": 1, "type": "bounding-box-labels", "boundingBoxes": {"f.png": [box, box]}})
+    by_file = session.post(f"{emulator.url}/api/training/files", timeout=5, files=[
+        ("data", ("f.png", image_bytes(seed=2), "image/png")), ("data", ("bounding_boxes.labels", labels))]).json()
+    assert len(by_file["files"]) == 1  # the labels file is not a sample
+    assert emulator.samples[by_header.json()["files"][0]["sampleId"]]["boundingBoxes"] == [box]
+    sample_id = by_file["files"][0]["sampleId"]
+    assert emulator.samples[sample_id]["boundingBoxes"] == [box, box]
+    url = f"{emulator.url}/v1/api/{project['id']}/raw-data/{sample_id}/bounding-boxes"
+    assert session.post(url, json={"boundingBoxes": [{**box, "width": 0}]}, timeout=5).status_code == 400
+    assert session.post(url, json={"boundingBoxes": []}, timeout=5).json() == {"success": True}
+    assert emulator.samples[sample_id]["boundingBoxes"] == []
+    bad = ingest(emulator, session, [("b.png", image_bytes(seed=3))], **{"x-bounding-boxes": "[{"})
+    assert bad.status_code == 400

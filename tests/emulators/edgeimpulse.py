@@ -17,6 +17,8 @@ Behaviour the targets and the SDKs rely on:
   with ``x-disallow-duplicates: 1`` a file whose SHA-256 the project already holds gets a
   per-file ``success: false`` (the other files go on). The sample name is the file name
   without its last extension. Category ``split`` picks training or testing by hash.
+  Boxes come from ``x-bounding-boxes`` or a ``bounding_boxes.labels`` part (per file name),
+  and later from ``POST .../raw-data/{id}/bounding-boxes``.
 - Studio errors: request validation fails with 400; a missing sample, project, dataset or
   data item answers ``{"success": false, "error": ...}`` with HTTP ``self.error_status``
   (200 by default, as the real Studio often does; set 404 to test the other shape).
@@ -57,6 +59,14 @@ def now_iso() -> str:
 
 def string_map(value) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def valid_boxes(boxes) -> bool:
+    """Bounding boxes as Studio takes them: label and integer pixels, positive size."""
+    return isinstance(boxes, list) and all(
+        isinstance(b, dict) and isinstance(b.get("label"), str)
+        and all(isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool) for k in ("x", "y", "width", "height"))
+        and b["width"] > 0 and b["height"] > 0 for b in boxes)
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -194,7 +204,16 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
                 return fail("x-metadata must be a JSON object with string values", 400)
         no_label = request.header("x-no-label") == "1"
         label = None if no_label or request.header("x-label") is None else unquote(request.header("x-label"))
-        boxes = json.loads(request.header("x-bounding-boxes") or "[]")
+        try:
+            boxes = json.loads(request.header("x-bounding-boxes") or "[]")
+            per_file = {}
+            for part in files:
+                if part.filename == "bounding_boxes.labels":
+                    per_file.update(json.loads(part.data)["boundingBoxes"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return fail(f"Invalid bounding boxes: {exc}", 400)
+        if not valid_boxes(boxes) or not all(valid_boxes(b) for b in per_file.values()):
+            return fail("Bounding boxes must be [{label, x, y, width, height}] with width and height > 0", 400)
         project = self._project(request)
         results = []
         with self.lock:
@@ -202,7 +221,8 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
                 if part.filename.endswith(".labels"):
                     continue  # annotation sidecars ride along; not samples themselves
                 results.append(self._ingest_file(project, category, part.filename, part.data, label, no_label,
-                                                 metadata, boxes, request.header("x-disallow-duplicates") == "1"))
+                                                 metadata, per_file.get(part.filename, boxes),
+                                                 request.header("x-disallow-duplicates") == "1"))
         return json_response({"success": True, "files": results})
 
     def _ingest_file(self, project, category, filename, data, label, no_label, metadata, boxes, no_duplicates) -> dict:
@@ -339,6 +359,22 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
             if sample is None:
                 return self._no_sample(request)
             sample["label"] = body["label"]
+            sample["lastModified"] = now_iso()
+        return json_response({"success": True})
+
+    @route("POST", rf"/v1/api/{PID}/raw-data/{SID}/bounding-boxes")
+    def set_bounding_boxes(self, request: Request) -> Response:
+        body, error = self._json_body(request)
+        if error:
+            return error
+        boxes = body.get("boundingBoxes") if isinstance(body, dict) else None
+        if not valid_boxes(boxes):
+            return fail("Body must be {\"boundingBoxes\": [{label, x, y, width, height}]}", 400)
+        with self.lock:
+            sample = self._sample(request)
+            if sample is None:
+                return self._no_sample(request)
+            sample["boundingBoxes"] = [dict(b) for b in boxes]
             sample["lastModified"] = now_iso()
         return json_response({"success": True})
 
