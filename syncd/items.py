@@ -39,6 +39,7 @@ CLASS_MAP_NAME = "class_map.json"
 RESERVED_NAMES = frozenset({CLASS_MAP_NAME, "datapoint_map.json"})
 # Temporary and hidden files of editors, browsers, rsync and friends are never items.
 DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", ".goutputstream-*", "4913", "#*#")
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: every complete PNG has it
 FORMAT_BY_SUFFIX = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP",
 }
@@ -323,6 +324,11 @@ def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: in
         raise ItemError(
             f"{name}: the file is a {fmt} image but its name says {expected_format}: rename it with the right extension"
         )
+    # pillow decodes a PNG that lacks its last bytes (the end chunk, even some of the pixel
+    # data's checksum): without this a file caught mid-write would be delivered.
+    if fmt == "PNG" and data.rfind(PNG_END) == -1:
+        raise ItemError(f"{name}: the image is truncated or corrupt: the PNG file has no end chunk (IEND); "
+                        "it is cut short or still being written")
     return fmt, width, height
 
 
