@@ -179,6 +179,7 @@ def _build() -> list[BadInput]:
         BadInput("jpeg-corrupt-scan", f"{b}/jpeg_corrupt_scan", corrupt, _image_file("jpeg_corrupt_scan", scrambled(jpeg, len(jpeg) // 3, len(jpeg)), "jpg")),
         BadInput("jpeg-corrupt-header", f"{b}/jpeg_corrupt_header", corrupt, _image_file("jpeg_corrupt_header", scrambled(jpeg, 4, 40), "jpeg")),
         BadInput("png-truncated", f"{b}/png_truncated", corrupt, _image_file("png_truncated", png[: len(png) * 6 // 10])),
+        BadInput("png-missing-end", f"{b}/png_missing_end", "no end chunk", _image_file("png_missing_end", png[:-12])),
         BadInput("png-bad-crc", f"{b}/png_bad_crc", corrupt, _image_file("png_bad_crc", png_bad_crc())),
         BadInput("png-corrupt-stream", f"{b}/png_corrupt_stream", corrupt, _image_file("png_corrupt_stream", scrambled(png, len(png) // 3, len(png)))),
         BadInput("tiff-truncated", f"{b}/tiff_truncated", corrupt, _image_file("tiff_truncated", tiff[: len(tiff) * 6 // 10], "tif")),
