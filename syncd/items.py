@@ -28,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from syncd.classmap import find_class_map
 from syncd.errors import ItemError
 from syncd.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
@@ -131,18 +132,6 @@ def make_key(root: Path, directory: Path, stem: str, prefix: str) -> str:
     rel = directory.relative_to(root).as_posix()
     key = stem if rel == "." else f"{rel}/{stem}"
     return printable(f"{prefix.rstrip('/')}/{key}" if prefix else key)
-
-
-def find_class_map(directory: Path, root: Path) -> Path | None:
-    """The nearest ``class_map.json`` from ``directory`` up to ``root`` (inclusive)."""
-    current = directory
-    while True:
-        candidate = current / CLASS_MAP_NAME
-        if candidate.is_file():
-            return candidate
-        if current == root or root not in current.parents:
-            return None
-        current = current.parent
 
 
 def group_directory(root: Path, directory: Path, names: Iterable[str], rules: IgnoreRules, prefix: str) -> Iterator[ItemFiles]:

@@ -26,6 +26,8 @@ class Sidecar(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metadata: dict[str, Any] = Field(default_factory=dict, description="free-form item metadata (a JSON object)")
+    # Validated (and RedBrick-format objects converted) by syncd.labels once the image size
+    # is known, so the messages can name the label's position and field.
     labels: list[Any] = Field(default_factory=list, description="annotations in pixel coordinates (see docs)")
 
 
@@ -95,5 +97,7 @@ def canonical(sidecar: Sidecar) -> bytes:
 
 
 def sidecar_json_schema() -> dict:
-    """The JSON Schema of the sidecar file (``syncd schema``)."""
-    return Sidecar.model_json_schema()
+    """The JSON Schema of the sidecar file (``syncd schema``), labels fully specified."""
+    from syncd.labels import sidecar_json_schema as with_labels
+
+    return with_labels()

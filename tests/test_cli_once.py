@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from tests.daemon_harness import run_cli, run_once, write_config
-from tests.helpers import age_files, image_bytes, write_item
+from tests.helpers import age_files, image_bytes, mask_bytes, write_item
 
 
 def local_config(tmp_path: Path, **daemon):
@@ -75,7 +75,8 @@ def test_once_delivers_hundreds_byte_identical_and_reports_bad_input(tmp_path):
 def test_once_exit_0_when_everything_delivered_and_update_in_place(tmp_path):
     config = local_config(tmp_path)
     inbox = tmp_path / "inbox"
-    write_item(inbox, "a", metadata={"v": 1}, mask=image_bytes(32, 24))
+    (inbox / "class_map.json").write_text(json.dumps({"car": [255, 0, 0]}))
+    write_item(inbox, "a", metadata={"v": 1}, mask=mask_bytes(32, 24))
     assert run_once(config).returncode == 0
     (inbox / "a.json").write_text(json.dumps({"metadata": {"v": 2}}))
     age_files(inbox / "a.json")
@@ -83,6 +84,7 @@ def test_once_exit_0_when_everything_delivered_and_update_in_place(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tmp_path / "synced" / "a.json").read_text())
     assert record["metadata"] == {"v": 2}
+    assert record["mask"] == "a.mask.png" and "car" in json.dumps(record["class_map"])
     assert (tmp_path / "synced" / "a.mask.png").read_bytes() == (inbox / "a.mask.png").read_bytes()
     log_lines = (tmp_path / "synced" / ".syncd-deliveries.jsonl").read_text().splitlines()
     assert [json.loads(line)["key"] for line in log_lines] == ["a", "a"]  # one item, updated once

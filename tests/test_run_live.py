@@ -35,6 +35,7 @@ def test_dropped_item_appears_and_sidecar_edit_updates_in_place(tmp_path):
     with DaemonProcess(config) as daemon:
         wait_for(lambda: "watching" in daemon.logs(), timeout=20, message="daemon start")
         (inbox / "cam1").mkdir()
+        (inbox / "class_map.json").write_text(json.dumps({"road": [255, 0, 0]}))
         image = image_bytes(64, 48, seed=5)
         (inbox / "cam1" / "frame_0001.json").write_text(json.dumps({"metadata": {"site": "A"}}))
         (inbox / "cam1" / "frame_0001.mask.png").write_bytes(mask_bytes(64, 48))
