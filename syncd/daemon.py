@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd import delivery, limits, metrics
+from syncd import annotations, delivery, limits, metrics
 from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
 from syncd.items import IgnoreRules, ItemFiles, printable, probe_item, read_item, role_of, stat_signature, walk
@@ -365,10 +365,25 @@ class Daemon:
                 self.store.invalid(item_id, str(exc), entry.folder.targets, now)
                 self._record_sig(item_id, sig)
                 continue
-            self.store.settled(item_id, content.version, entry.folder.targets, now)
+            label_error = "; ".join(content.label_errors) or None
+            if label_error:
+                log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
+            self.store.settled(item_id, content.version, entry.folder.targets, now, label_error=label_error,
+                               notes=self._unrepresentable(entry.folder, content))
             self._record_sig(item_id, sig)
             log.debug("item %s settled at version %s", entry.files.key, content.version)
             self.wake.set()
+
+    def _unrepresentable(self, folder: Folder, content) -> dict[str, str | None]:
+        """Per target: what its platform cannot represent of this item (reported, not hidden)."""
+        notes: dict[str, str | None] = {}
+        for name in folder.targets:
+            platform = self.targets[name].platform
+            if platform not in annotations.SUPPORTED:
+                continue
+            lost = annotations.unsupported_labels(platform, content.sidecar.labels, has_mask=content.mask is not None)
+            notes[name] = f"{platform} cannot represent: {', '.join(lost)}" if lost else None
+        return notes
 
     def _record_sig(self, item_id: int, sig: str) -> None:
         assert self.store is not None

@@ -250,6 +250,7 @@ class ItemContent:
     class_map: dict | None
     version: str
     image_sha256: str
+    label_errors: list[str] = field(default_factory=list)  # labels/mask left out, and why
 
 
 def display_name(files: ItemFiles, path: Path) -> str:
@@ -340,17 +341,30 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     sidecar = Sidecar()
     if files.sidecar is not None:
         sidecar = parse_sidecar(_read(files.sidecar, files), name=display_name(files, files.sidecar))
-        if validate_labels is not None and sidecar.labels:
-            sidecar.labels = validate_labels(sidecar.labels, width, height, display_name(files, files.sidecar))
     mask = _read(files.mask, files) if files.mask is not None else None
     class_map_bytes = _read(files.class_map, files) if (mask is not None and files.class_map) else None
-    class_map = None
-    if mask is not None and validate_mask is not None:
-        class_map = validate_mask(mask, class_map_bytes, width, height, display_name(files, files.mask))
+    # The version covers what the user wrote (raw labels, mask, class map): fixing a bad label
+    # or mask changes it, and the item is delivered again with them.
     digest = hashlib.sha256()
     image_sha = hashlib.sha256(image).hexdigest()
     for part in (image_sha.encode(), canonical(sidecar), mask or b"", class_map_bytes or b""):
         digest.update(hashlib.sha256(part).digest())
+    # Bad labels or a bad mask do not hold the image back: it is delivered without them and the
+    # problem is reported (status, once) until the files are fixed.
+    label_errors: list[str] = []
+    if validate_labels is not None and sidecar.labels:
+        try:
+            sidecar.labels = validate_labels(sidecar.labels, width, height, display_name(files, files.sidecar))
+        except ItemError as exc:
+            label_errors.append(str(exc))
+            sidecar.labels = []
+    class_map = None
+    if mask is not None and validate_mask is not None:
+        try:
+            class_map = validate_mask(mask, class_map_bytes, width, height, display_name(files, files.mask))
+        except ItemError as exc:
+            label_errors.append(str(exc))
+            mask = None
     return ItemContent(
         image=image,
         image_format=fmt,
@@ -361,6 +375,7 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
         class_map=class_map,
         version=digest.hexdigest()[:32],
         image_sha256=image_sha,
+        label_errors=label_errors,
     )
 
 

@@ -138,6 +138,8 @@ def _once_result(daemon: Daemon) -> OnceResult:
         elif row["item_state"] != "deleted":
             reason = row["error"] or ("paused target" if row["target"] in daemon.paused else "not delivered yet")
             result.pending.append((row["key"], row["target"], reason))
+    for row in daemon.store.query("SELECT key, label_error FROM items WHERE state='ready' AND label_error IS NOT NULL"):
+        result.failed.append((row["key"], "(labels)", f"delivered without labels/mask: {row['label_error']}"))
     for row in daemon.store.query("SELECT key, error FROM items WHERE state='settling'"):
         result.pending.append((row["key"], "-", row["error"] or "still being written"))
     paused = daemon.store.query("SELECT name, paused_reason FROM targets WHERE paused_reason IS NOT NULL")

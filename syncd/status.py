@@ -47,6 +47,15 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                         (name, target, failed_limit),
                     )
                 ]
+                notes = [
+                    {"key": key, "note": note}
+                    for key, note in conn.execute(
+                        "SELECT i.key, d.note FROM deliveries d JOIN items i ON i.id=d.item_id "
+                        "WHERE i.folder=? AND d.target=? AND d.note IS NOT NULL AND i.state NOT IN ('gone') "
+                        "ORDER BY i.key LIMIT ?",
+                        (name, target, failed_limit),
+                    )
+                ]
                 per_target.append(
                     {
                         "target": target,
@@ -56,6 +65,7 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                         "failed": counts.get("failed", 0),
                         "oldest_pending_seconds": None if oldest is None else round(now - oldest, 1),
                         "failed_items": failed,
+                        "not_representable": notes,
                     }
                 )
             settling = [
@@ -65,9 +75,18 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                     (name, failed_limit),
                 )
             ]
+            label_failed = [
+                {"key": key, "reason": error}
+                for key, error in conn.execute(
+                    "SELECT key, label_error FROM items WHERE folder=? AND state='ready' AND label_error IS NOT NULL "
+                    "ORDER BY key LIMIT ?",
+                    (name, failed_limit),
+                )
+            ]
             folders.append(
                 {
                     "folder": name,
+                    "labels_failed": label_failed,
                     "items": sum(n for s, n in item_states.items() if s not in ("gone",)),
                     "settling": item_states.get("settling", 0),
                     "deleted_after_upload": item_states.get("deleted", 0),
@@ -107,6 +126,8 @@ def render(status: dict[str, Any]) -> str:
                      + (f", {folder['deleted_after_upload']} deleted after upload" if folder["deleted_after_upload"] else ""))
         for note in folder["not_settling"]:
             lines.append(f"  settling {note['key']}: {note['note']}")
+        for failed in folder["labels_failed"]:
+            lines.append(f"  LABELS FAILED {failed['key']} (image delivered without them): {failed['reason']}")
         for t in folder["targets"]:
             age = "" if t["oldest_pending_seconds"] is None else f", oldest pending {t['oldest_pending_seconds']:.0f}s"
             lines.append(f"  -> {t['target']}: {t['delivered']} delivered, {t['pending']} pending, {t['failed']} failed{age}")
@@ -114,6 +135,8 @@ def render(status: dict[str, Any]) -> str:
                 lines.append(f"     FAILED {failed['key']}: {failed['reason']}")
             if t["failed"] > len(t["failed_items"]):
                 lines.append(f"     ... and {t['failed'] - len(t['failed_items'])} more (status --json --all)")
+            for note in t["not_representable"]:
+                lines.append(f"     NOTE {note['key']}: {note['note']}")
     for t in status["targets"]:
         state = f"PAUSED: {t['paused']}" if t["paused"] else "ok"
         lines.append(f"target {t['target']} ({t['platform']}): {state}; last success {t['last_success'] or 'never'}"

@@ -81,6 +81,11 @@ MIGRATIONS: list[str] = [
         last_error_at REAL
     );
     """,
+    # 2: labels/mask problems of a delivered item; what a target cannot represent
+    """
+    ALTER TABLE items ADD COLUMN label_error TEXT;
+    ALTER TABLE deliveries ADD COLUMN note TEXT;
+    """,
 ]
 
 
@@ -240,10 +245,16 @@ class Store:
         )
         return self.item_id(folder, key)  # type: ignore[return-value]
 
-    def settled(self, item_id: int, version: str, targets: list[str], now: float) -> None:
-        """The item is complete and valid at ``version``: every target of its folder wants it."""
+    def settled(self, item_id: int, version: str, targets: list[str], now: float, *,
+                label_error: str | None = None, notes: dict[str, str | None] | None = None) -> None:
+        """The item is complete and valid at ``version``: every target of its folder wants it.
+
+        ``label_error``: its labels or mask were left out (delivered without them), and why.
+        ``notes``: per target, what that platform cannot represent of this item.
+        """
         statements: list[tuple[str, tuple]] = [
-            ("UPDATE items SET version=?, state='ready', error=NULL, updated_at=? WHERE id=?", (version, now, item_id))
+            ("UPDATE items SET version=?, state='ready', error=NULL, label_error=?, updated_at=? WHERE id=?",
+             (version, label_error, now, item_id))
         ]
         for target in targets:
             statements.append(
@@ -265,6 +276,8 @@ class Store:
                     (item_id, target, version, now, now),
                 )
             )
+        statements += [("UPDATE deliveries SET note=? WHERE item_id=? AND target=?", ((notes or {}).get(t), item_id, t))
+                       for t in targets]
         self._tx(statements)
 
     def invalid(self, item_id: int, error: str, targets: list[str], now: float) -> None:
