@@ -267,7 +267,7 @@ class Daemon:
         if path.is_dir():
             self._scan_tree(folder, path, now, full=False)
             return
-        if path.name == "class_map.json":
+        if path.name in ("class_map.json", "datapoint_map.json"):
             self._scan_tree(folder, path.parent, now, full=False)
             return
         if folder.rules.ignored(path.name):

@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from syncd.classmap import find_class_map
 from syncd.errors import ItemError
+from syncd.exports import Export, find_export, load_export
 from syncd.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
 
@@ -134,9 +135,15 @@ def make_key(root: Path, directory: Path, stem: str, prefix: str) -> str:
     return printable(f"{prefix.rstrip('/')}/{key}" if prefix else key)
 
 
-def group_directory(root: Path, directory: Path, names: Iterable[str], rules: IgnoreRules, prefix: str) -> Iterator[ItemFiles]:
-    """Group the file names of one directory into items (images with their companions)."""
+def group_directory(root: Path, directory: Path, names: Iterable[str], rules: IgnoreRules, prefix: str,
+                    export: Export | None = None) -> Iterator[ItemFiles]:
+    """Group the file names of one directory into items (images with their companions).
+
+    Inside a RedBrick ``export`` the masks come from its datapoint map instead.
+    """
     by_stem: dict[str, dict[str, list[str]]] = {}
+    if export is not None:
+        names = [n for n in names if directory / n not in export.masks]
     for name in names:
         if rules.ignored(name):
             continue
@@ -163,6 +170,9 @@ def group_directory(root: Path, directory: Path, names: Iterable[str], rules: Ig
             if class_map is False:
                 class_map = find_class_map(directory, root)
             files.class_map = class_map or None
+        if export is not None and files.image in export.mask_of:
+            files.mask = export.mask_of[files.image]
+            files.class_map = export.class_map
         yield files
 
 
@@ -171,7 +181,7 @@ def probe_item(root: Path, image_dir: Path, stem: str, rules: IgnoreRules, prefi
     names = [stem + s for s in IMAGE_SUFFIXES] + [stem + s.upper() for s in IMAGE_SUFFIXES]
     names += [stem + SIDECAR_SUFFIX, stem + MASK_SUFFIX]
     present = [n for n in names if os.path.isfile(image_dir / n)]
-    for item in group_directory(root, image_dir, present, rules, prefix):
+    for item in group_directory(root, image_dir, present, rules, prefix, find_export(image_dir, root)):
         if item.key.rsplit("/", 1)[-1] == stem:
             return item
     return None
@@ -183,21 +193,23 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
     Depth first; hidden and ignored directories are skipped; symlinked directories are not
     followed (they could lead outside the watched folder or loop).
     """
-    stack = [start or root]
+    first = start or root
+    stack: list[tuple[Path, Export | None]] = [(first, find_export(first, root))]
     while stack:
-        directory = stack.pop()
+        directory, export = stack.pop()
+        export = load_export(directory) or export
         names: list[str] = []
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=follow_symlinks):
                         if not rules.ignored(entry.name):
-                            stack.append(Path(entry.path))
+                            stack.append((Path(entry.path), export))
                     else:
                         names.append(entry.name)
         except OSError:
             continue  # vanished or unreadable directory: the next scan sees it again
-        yield from group_directory(root, directory, names, rules, prefix)
+        yield from group_directory(root, directory, names, rules, prefix, export)
 
 
 def _file_sig(path: Path | None) -> tuple[str, float]:
