@@ -1,0 +1,1 @@
+"""Benchmarks and the torture run (see docs/benchmarks.md and docs/torture.md)."""
