@@ -4,9 +4,9 @@ Each ``BadInput`` writes the files of one item under ``bad/`` in a watched folde
 which per-item error the daemon must report for it (a regex over the reason in ``syncd
 status``). ``write_good`` writes the good items that must all be delivered beside them.
 
-``build_corpus()`` is what tests/test_bad_input_corpus.py checks. ``MASK_CORPUS`` needs the mask
-validation (syncd.masks through syncd.validation.read_options); until that is wired into the
-daemon these entries are not part of ``build_corpus()`` (a mask is then delivered as bytes, unchecked).
+``build_corpus()`` holds the inputs that make an item fail. ``LABEL_CORPUS`` holds bad labels
+and masks: they do not hold the image back, so the item is delivered without them and the
+reason is reported per item (``labels_failed`` in ``syncd status``).
 """
 
 from __future__ import annotations
@@ -254,21 +254,36 @@ def _masked(name: str, mask: bytes, class_map: str | None = '{"car": [255, 0, 0]
     return write
 
 
-# Needs syncd.masks wired into the daemon (see the module docstring); not in build_corpus() yet.
-MASK_CORPUS: list[BadInput] = [
-    BadInput("mask-wrong-size", f"{BAD}/masks/wrong_size/item", "item.mask.png: the mask is 32x24 but the image is 64x48",
+def _labelled(name: str, labels: list) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        directory = folder / BAD / "labels"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{name}.png").write_bytes(image(seed=31))
+        (directory / f"{name}.json").write_text(json.dumps({"metadata": {"name": name}, "labels": labels}))
+    return write
+
+
+# Delivered without their labels/mask, reported in status as labels_failed (see the docstring).
+LABEL_CORPUS: list[BadInput] = [
+    BadInput("label-box-outside-image", f"{BAD}/labels/box_outside", r"labels\[0\]\.width: the box ends at x=510, past the image's width 64",
+             _labelled("box_outside", [{"type": "box", "label": "car", "x": 10, "y": 20, "width": 500, "height": 8}])),
+    BadInput("label-unknown-type", f"{BAD}/labels/unknown_type", r"labels\[0\]\.type: unknown label type 'blob'",
+             _labelled("unknown_type", [{"type": "blob", "label": "car"}])),
+    BadInput("label-without-class", f"{BAD}/labels/no_class", r"labels\[0\]\.label: field required",
+             _labelled("no_class", [{"type": "point", "x": 1, "y": 1}])),
+    BadInput("mask-wrong-size", f"{BAD}/masks/wrong_size/item", "item.mask.png: the mask is 32x24 but the image is 64x48: a mask must have its image's size",
              _masked("wrong_size", mask_png(32, 24))),
     BadInput("mask-16-bit", f"{BAD}/masks/sixteen_bit/item", "item.mask.png: the mask is 16-bit",
              _masked("sixteen_bit", mask_png(64, 48, mode="I;16"))),
     BadInput("mask-not-png", f"{BAD}/masks/jpeg_mask/item", "item.mask.png: not a PNG file",
              _masked("jpeg_mask", image("JPEG"))),
-    BadInput("mask-unknown-colour", f"{BAD}/masks/unknown_colour/item", "item.mask.png: .*(0, 255, 0|0,255,0|#00ff00)",
+    BadInput("mask-unknown-colour", f"{BAD}/masks/unknown_colour/item", r"item.mask.png: 1 colour\(s\) are not in the class map: \[0, 255, 0\]",
              _masked("unknown_colour", mask_png(64, 48, ((0, 0, 0), (0, 255, 0))))),
-    BadInput("mask-truncated", f"{BAD}/masks/truncated/item", "item.mask.png",
+    BadInput("mask-truncated", f"{BAD}/masks/truncated/item", "item.mask.png: the mask cannot be decoded",
              _masked("truncated", mask_png(64, 48)[:100])),
-    BadInput("mask-without-class-map", f"{BAD}/masks/no_class_map/item", "item.mask.png: the mask has no class map",
+    BadInput("mask-without-class-map", f"{BAD}/masks/no_class_map/item", "item.mask.png: no class_map.json in the mask's folder",
              _masked("no_class_map", mask_png(64, 48), class_map=None)),
-    BadInput("class-map-broken-json", f"{BAD}/masks/broken_map/item", "class_map.json: not valid JSON",
+    BadInput("class-map-broken-json", f"{BAD}/masks/broken_map/item", r"class_map.json \(for .*item.mask.png\): not valid JSON",
              _masked("broken_map", mask_png(64, 48), class_map='{"car": [255, 0')),
 ]
 

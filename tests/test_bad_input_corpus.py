@@ -1,7 +1,9 @@
 """Bad input (tests/corpus.py: corrupt, truncated and disguised images, decompression bombs,
 empty files, hostile JSON, path tricks in names, symlinks out of the folder, unreadable and
-special files) fed to a running `syncd run`: each item gets a clear per-item error in
-`syncd status`, the daemon stays up, and every good item beside them is delivered once.
+special files, bad labels and masks) fed to a running `syncd run`: each item gets a clear
+per-item error in `syncd status`, the daemon stays up, and every good item beside them is
+delivered once. Bad labels and masks do not hold the image back: it is delivered without
+them and the reason is listed per item (``labels_failed``).
 
 As root the daemon runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, so a mode-000 file is
 unreadable to it as it would be to the `syncd` service user.
@@ -22,7 +24,7 @@ from pathlib import Path
 from threading import Event
 
 from tests.conftest import ScriptedTarget, drive
-from tests.corpus import BAD, EXTRA_FAILED, MAX_PIXELS, build_corpus, write_good, write_outside_tree
+from tests.corpus import BAD, EXTRA_FAILED, LABEL_CORPUS, MAX_PIXELS, build_corpus, write_good, write_outside_tree
 from tests.daemon_harness import DaemonProcess, run_cli, wait_for, write_config
 from tests.helpers import age_files, image_bytes, write_item
 
@@ -51,23 +53,29 @@ class UnprivilegedDaemon(DaemonProcess):
         return self
 
 
-def status(config: Path) -> dict:
+def full_status(config: Path) -> dict:
     result = run_cli("status", "--json", "--all", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["folders"][0]["targets"][0]
+    return json.loads(result.stdout)["folders"][0]
+
+
+def status(config: Path) -> dict:
+    return full_status(config)["targets"][0]
 
 
 def test_bad_input_corpus_gets_clear_errors_and_good_items_are_delivered(tmp_path):
     corpus = build_corpus()
-    assert len({entry.kind for entry in corpus}) == len(corpus) >= 25
+    assert len({entry.kind for entry in corpus + LABEL_CORPUS}) == len(corpus) + len(LABEL_CORPUS)
+    assert len(corpus) + len(LABEL_CORPUS) >= 25
     config = write_config(tmp_path, {"local": {"platform": "local", "path": "synced", "log_deliveries": True}},
                           daemon={"settle_seconds": 0.3, "rescan_seconds": 30, "max_image_pixels": MAX_PIXELS})
     inbox = tmp_path / "inbox"
     expected = {entry.key: entry.expect for entry in corpus} | EXTRA_FAILED
     # Half the corpus is there at start-up (found by the first scan), half arrives while
     # the daemon watches (found by events).
+    labelled = {entry.key: entry.expect for entry in LABEL_CORPUS}
     half = len(corpus) // 2
-    for entry in corpus[:half]:
+    for entry in corpus[:half] + LABEL_CORPUS[::2]:
         entry.write(inbox)
     good = write_good(inbox)
     write_outside_tree(inbox)
@@ -75,12 +83,12 @@ def test_bad_input_corpus_gets_clear_errors_and_good_items_are_delivered(tmp_pat
     try:
         daemon.start()
         wait_for(lambda: "watching" in daemon.logs(), timeout=20, message="daemon start")
-        for entry in corpus[half:]:
+        for entry in corpus[half:] + LABEL_CORPUS[1::2]:
             entry.write(inbox)
 
         def settled() -> bool:
             counts = status(config)
-            return counts["failed"] >= len(expected) and counts["delivered"] >= len(good)
+            return counts["failed"] >= len(expected) and counts["delivered"] >= len(good) + len(labelled)
 
         try:
             wait_for(settled, timeout=60, interval=0.5, message="every item handled")
@@ -93,7 +101,11 @@ def test_bad_input_corpus_gets_clear_errors_and_good_items_are_delivered(tmp_pat
         for key, pattern in expected.items():
             assert re.search(pattern, reasons[key]), (key, pattern, reasons[key])
             assert "\n" not in reasons[key] and "Traceback" not in reasons[key]
-        assert counts["delivered"] == len(good) and counts["pending"] == 0
+        assert counts["delivered"] == len(good) + len(labelled) and counts["pending"] == 0
+        label_reasons = {item["key"]: item["reason"] for item in full_status(config)["labels_failed"]}
+        assert sorted(label_reasons) == sorted(labelled)
+        for key, pattern in labelled.items():
+            assert re.search(pattern, label_reasons[key]), (key, pattern, label_reasons[key])
         logs = daemon.logs()
         assert "Traceback" not in logs and "internal error" not in logs
         assert daemon.stop() == 0
@@ -101,7 +113,10 @@ def test_bad_input_corpus_gets_clear_errors_and_good_items_are_delivered(tmp_pat
         if daemon.running:
             daemon.proc.kill()
     log_lines = (tmp_path / "synced" / ".syncd-deliveries.jsonl").read_text().splitlines()
-    assert Counter(json.loads(line)["key"] for line in log_lines) == Counter(list(good))
+    assert Counter(json.loads(line)["key"] for line in log_lines) == Counter(list(good) + list(labelled))
+    for key in labelled:  # delivered without the bad labels or mask
+        record = json.loads((tmp_path / "synced" / f"{key}.json").read_text())
+        assert record["labels"] == [] and record["mask"] is None
     synced = tmp_path / "synced"
     for key, data in good.items():
         [copy] = [p for p in (synced / key).parent.glob(f"{Path(key).name}.*") if p.suffix != ".json"]
@@ -109,7 +124,8 @@ def test_bad_input_corpus_gets_clear_errors_and_good_items_are_delivered(tmp_pat
     # Nothing from the symlinked directory leading outside, nothing of the refused items.
     delivered_files = {p.relative_to(synced).as_posix() for p in synced.rglob("*") if p.is_file()}
     assert not [f for f in delivered_files if f.startswith("linked_dir")]
-    assert not [f for f in delivered_files if f.startswith(f"{BAD}/") and not f.startswith(f"{BAD}/ok_")]
+    refused = [f for f in delivered_files if f.startswith(f"{BAD}/") and not f.startswith(f"{BAD}/ok_")]
+    assert not [f for f in refused if not any(f.startswith(key + ".") for key in labelled)]
 
 
 def test_file_deleted_or_truncated_between_settling_and_sending(make_daemon, inbox):
