@@ -92,3 +92,25 @@ def test_check_reports_ok_targets(tmp_path):
     result = run_cli("check", "--config", str(good))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "target local (local): ok" in result.stdout
+
+
+def test_commented_platform_examples_in_the_example_config_are_valid(tmp_path):
+    """Every [targets.*] example in config.example.toml validates when uncommented."""
+    import tomllib
+
+    from syncd.targets import target_class
+
+    lines = (REPO / "config.example.toml").read_text().splitlines()
+    examples: dict[str, dict] = {}
+    block: list[str] = []
+    for line in lines + [""]:
+        text = line[2:] if line.startswith("# ") else ("" if line == "#" else None)
+        if text is not None and (text.startswith("[targets.") or (block and not text.startswith("#") and text)):
+            block.append(text)
+            continue
+        if block:
+            examples.update(tomllib.loads("\n".join(block))["targets"])
+            block = []
+    assert {t["platform"] for t in examples.values()} == {"nucleus", "edgeimpulse", "edgeimpulse-org", "dataloop", "redbrick"}
+    for name, table in examples.items():
+        target_class(table["platform"]).Settings(**table)
