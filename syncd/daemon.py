@@ -172,7 +172,7 @@ class Daemon:
 
     def _pass(self, now: float) -> None:
         self._check_folders(now)
-        for path in self.watcher.drain():
+        for path in dict.fromkeys(self.watcher.drain()):  # a burst names a path many times
             self._hint(Path(path), now)
         if self.watch:
             self.watcher.supervise()
@@ -241,7 +241,10 @@ class Daemon:
 
     def _scan_tree(self, folder: Folder, start: Path, now: float, *, full: bool) -> None:
         assert self.store is not None
-        known = self.store.signatures(folder.name)
+        under = None
+        if not full and start != folder.root:  # only the items below start, not the whole folder
+            under = _key_for(folder, start.parent, start.name)
+        known = self.store.signatures(folder.name, under)
         seen: set[str] = set()
         for files in walk(folder.root, folder.rules, folder.settings.key_prefix, start=start):
             seen.add(files.key)

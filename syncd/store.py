@@ -221,9 +221,14 @@ class Store:
         return count
 
     # -- items ----------------------------------------------------------------------------
-    def signatures(self, folder: str) -> dict[str, tuple[int, str | None, str]]:
-        """``key -> (id, stat_sig, state)`` for every item of ``folder`` (one query, for scans)."""
-        rows = self.conn.execute("SELECT key, id, stat_sig, state FROM items WHERE folder=?", (folder,))
+    def signatures(self, folder: str, under: str | None = None) -> dict[str, tuple[int, str | None, str]]:
+        """``key -> (id, stat_sig, state)`` for every item of ``folder`` (one query, for scans),
+        or only those whose key lies under the key prefix ``under`` (an index range scan)."""
+        if under:
+            rows = self.conn.execute("SELECT key, id, stat_sig, state FROM items WHERE folder=? AND key>=? AND key<?",
+                                     (folder, under + "/", under + "0"))  # '0' is the character after '/'
+        else:
+            rows = self.conn.execute("SELECT key, id, stat_sig, state FROM items WHERE folder=?", (folder,))
         return {key: (item_id, sig, state) for key, item_id, sig, state in rows}
 
     def item_id(self, folder: str, key: str) -> int | None:

@@ -73,6 +73,10 @@ class _Enqueue(FileSystemEventHandler):
         try:
             if event.event_type in ("opened", "closed_no_write"):
                 return
+            if event.is_directory and event.event_type == "modified":
+                # Sent for the parent of every file created, written or removed: the file's own
+                # event is the hint; re-listing the directory each time made bursts quadratic.
+                return
             for path in (event.src_path, getattr(event, "dest_path", "")):
                 if path:
                     self.watcher.events.put_nowait(os.fsdecode(path))
