@@ -52,6 +52,33 @@ def filesystem_type(path: Path) -> str | None:
     return best_type
 
 
+def inotify_watch_count() -> int:
+    """Inotify watches this process holds (from /proc/self/fdinfo); 0 where unknown."""
+    total = 0
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+                total += sum(1 for line in info if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return total
+
+
+def count_directories(path: Path) -> int:
+    """Directories an inotify watch of ``path`` needs: itself and every real subdirectory."""
+    count = 1
+    for _root, dirnames, _files in os.walk(path):
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(_root, d))]
+        count += len(dirnames)
+    return count
+
+
 class _Overflow(logging.Handler):
     """Notices watchdog's 'Inotify queue overflowed' warning: events were lost."""
 
@@ -113,8 +140,15 @@ class FolderWatcher:
             log.info("polling %s: it is on a %s network filesystem where inotify sees no remote changes", path, fs_type)
         observer = PollingObserver(timeout=poll_seconds) if use_poll else Observer()
         try:
+            before = inotify_watch_count()
             observer.schedule(_Enqueue(self), str(path), recursive=True)
             observer.start()
+            if not use_poll:
+                # watchdog silently skips subdirectories it cannot watch (ENOSPC included):
+                # count what it really watches.
+                missing = count_directories(path) - (inotify_watch_count() - before)
+                if missing > 0:
+                    raise OSError(errno.ENOSPC, f"{missing} subdirectories could not be watched")
         except OSError as exc:
             observer_failed = exc.errno in (errno.ENOSPC, errno.EMFILE)
             try:
