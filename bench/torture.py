@@ -50,6 +50,7 @@ class TortureConfig:
     producer_threads: int = 4
     settle_seconds: float = 0.5
     bursts: int = 2
+    burst_share: float = 0.2  # of the items, arriving in bursts (all of a burst at once)
     converge_timeout: float = 300.0
     seed: int = 1
 
@@ -109,7 +110,7 @@ def run(config: TortureConfig, *, log=print) -> Report:
     inbox, staging = work / "inbox", work / "staging"
     inbox.mkdir(parents=True, exist_ok=True)
     report = Report(config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()})
-    plans = make_plan(config.items, config.duration, config.seed, bursts=config.bursts)
+    plans = make_plan(config.items, config.duration, config.seed, bursts=config.bursts, burst_share=config.burst_share)
     keys = [p.key for p in plans]
     platforms = [PLATFORMS[name](name, keys) for name in config.platforms]
     for platform in platforms:
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage-seconds", type=float, default=defaults.outage_seconds)
     parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="concurrent deliveries per target")
+    parser.add_argument("--bursts", type=int, default=defaults.bursts, help="bursts of items written at once")
+    parser.add_argument("--burst-share", type=float, default=defaults.burst_share, help="share of the items in bursts")
     parser.add_argument("--platforms", default=",".join(defaults.platforms))
     parser.add_argument("--converge-timeout", type=float, default=defaults.converge_timeout)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="syncd-torture-"))
     config = TortureConfig(workdir=workdir, items=args.items, duration=args.duration, kills=args.kills,
                            outages=args.outages, outage_seconds=args.outage_seconds, fault_rate=args.fault_rate,
-                           workers=args.workers, platforms=tuple(args.platforms.split(",")),
+                           workers=args.workers, bursts=args.bursts, burst_share=args.burst_share,
+                           platforms=tuple(args.platforms.split(",")),
                            converge_timeout=args.converge_timeout, seed=args.seed)
     report = run(config)
     text = json.dumps(asdict(report), indent=2)

@@ -204,8 +204,9 @@ class NucleusPlatform(Platform):
         state.apply_row = apply_row
 
     def table(self, workers: int) -> dict[str, Any]:
+        # A worker waits for its upload job (several polls), so Nucleus gets twice the workers.
         return {"platform": "nucleus", "dataset_id": self.dataset, "base_url": self.emulator.endpoint, "timeout": 5.0,
-                "workers": workers, "job_poll_interval": 0.05, "job_timeout": 20.0}
+                "workers": 2 * workers, "job_poll_interval": 0.05, "job_timeout": 20.0}
 
     def remote(self) -> dict[str, list[Remote]]:
         return {item["reference_id"]: [Remote(item["reference_id"], None,

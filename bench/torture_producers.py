@@ -84,13 +84,16 @@ class ItemPlan:
         return self.key.rsplit("/", 1)[1]
 
 
-def make_plan(items: int, duration: float, seed: int, *, bursts: int = 2) -> list[ItemPlan]:
-    """A seeded plan: who writes what, how and when (starts within the first 60 % of the run)."""
+def make_plan(items: int, duration: float, seed: int, *, bursts: int = 2, burst_share: float = 0.2) -> list[ItemPlan]:
+    """A seeded plan: who writes what, how and when (starts within the first 60 % of the run).
+
+    ``burst_share`` of the items arrive in ``bursts`` bursts (all of a burst at one moment).
+    """
     rng = random.Random(seed)
     burst_at = sorted(rng.uniform(0.05, 0.5) * duration for _ in range(bursts))
     plans = []
     for n in range(items):
-        in_burst = bursts and n % 5 == 0  # a fifth of the items arrive in bursts
+        in_burst = bursts and (n * burst_share) % 1 + burst_share > 1 - 1e-9  # every 1/share-th item
         fmt, ext = rng.choice([("PNG", "png")] * 3 + [("JPEG", "jpg"), ("JPEG", "jpeg")])
         # Edits come late (the item was delivered long ago: an update) or right away (often
         # while the previous version is in flight); a tenth of the items are edited in rapid
