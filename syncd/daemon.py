@@ -25,7 +25,8 @@ from pathlib import Path
 from syncd import annotations, delivery, limits, metrics
 from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
-from syncd.items import IgnoreRules, ItemFiles, printable, probe_item, read_item, role_of, stat_signature, walk
+from syncd.items import IgnoreRules, ItemFiles, printable, probe_item, read_item, role_of, stat_signature
+from syncd.scan import Scan
 from syncd.store import StateLock, Store
 from syncd.targets import Target, target_class
 from syncd.validation import read_options
@@ -240,19 +241,20 @@ class Daemon:
             self._scan_tree(folder, folder.root, now, full=True)
 
     def _scan_tree(self, folder: Folder, start: Path, now: float, *, full: bool) -> None:
+        """Observe every new or changed item below ``start``; with ``full`` (``start`` is the
+        folder) also mark the journal's items that are no longer there. Unchanged items and
+        directories cost one stat per file (see syncd.scan)."""
         assert self.store is not None
-        under = None
-        if not full and start != folder.root:  # only the items below start, not the whole folder
-            under = _key_for(folder, start.parent, start.name)
-        known = self.store.signatures(folder.name, under)
-        seen: set[str] = set()
-        for files in walk(folder.root, folder.rules, folder.settings.key_prefix, start=start):
-            seen.add(files.key)
-            self._observe(folder, files, now, known.get(files.key))
+        settling_keys = {entry.files.key for entry in self.settling.values() if entry.folder is folder}
+        scan = Scan(self.store, folder.name, folder.root, folder.rules, folder.settings.key_prefix, settling_keys)
+        for files in scan.items(start):
+            row = self.store.query("SELECT id, stat_sig, state FROM items WHERE folder=? AND key=?", (folder.name, files.key))
+            self._observe(folder, files, now, (row[0]["id"], row[0]["stat_sig"], row[0]["state"]) if row else None)
+        scan.finish()
         if not full:
             return
-        for key, (item_id, _sig, state) in known.items():
-            if key not in seen and state not in ("gone", "deleted") and item_id not in self.settling:
+        for key, item_id in scan.vanished():
+            if item_id not in self.settling:
                 self._vanished(folder, key, item_id, now)
 
     def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:

@@ -20,9 +20,10 @@ import fnmatch
 import hashlib
 import io
 import os
+import re
 import stat as stat_module
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,16 +54,28 @@ class IgnoreRules:
     def __init__(self, extra: Iterable[str] = (), include: Iterable[str] = ()):
         self.patterns = tuple(DEFAULT_IGNORES) + tuple(extra)
         self.include = tuple(include)
+        # One compiled alternation per rule set instead of one fnmatchcase call per pattern:
+        # the same matches (fnmatchcase compiles fnmatch.translate too), ~10x faster per name,
+        # which a rescan of 100,000 files notices.
+        self._name = _globs(self.patterns)
+        self._path = _globs(p for p in self.patterns if "/" in p)
+        self._include = _globs(self.include)
 
     def ignored(self, name: str, relpath: str = "") -> bool:
-        if any(fnmatch.fnmatchcase(name, p) for p in self.patterns):
+        if self._name(name) is not None:
             return True
-        if relpath and any(fnmatch.fnmatchcase(relpath, p) for p in self.patterns if "/" in p):
-            return True
-        return False
+        return bool(relpath and self._path is not None and self._path(relpath) is not None)
 
     def included(self, image_name: str) -> bool:
-        return not self.include or any(fnmatch.fnmatchcase(image_name, p) for p in self.include)
+        return self._include is None or self._include(image_name) is not None
+
+
+def _globs(patterns: Iterable[str]):
+    """``match`` of one regex matching any of the glob ``patterns`` (None when there are none)."""
+    patterns = list(patterns)
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 def role_of(name: str) -> tuple[str, str] | None:
@@ -119,6 +132,8 @@ def printable(text: str) -> str:
 
 def unsafe_name(relpath: str) -> str | None:
     """Why a relative path cannot become an item key, or None when it can."""
+    if relpath.isprintable() and "\\" not in relpath:
+        return None  # the common case: surrogates and control characters are not printable
     if any(0xDC80 <= ord(c) <= 0xDCFF for c in relpath):
         return "is not valid UTF-8"
     if any(ord(c) < 32 or ord(c) == 127 for c in relpath):
@@ -187,29 +202,44 @@ def probe_item(root: Path, image_dir: Path, stem: str, rules: IgnoreRules, prefi
     return None
 
 
-def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = None, follow_symlinks: bool = False) -> Iterator[ItemFiles]:
+ListingFilter = Callable[[Path, list[os.DirEntry], "Export | None"], list[str]]
+
+
+def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = None, follow_symlinks: bool = False,
+         filter_listing: ListingFilter | None = None) -> Iterator[ItemFiles]:
     """All items below ``start`` (default ``root``), keyed relative to ``root``.
 
     Depth first; hidden and ignored directories are skipped; symlinked directories are not
     followed (they could lead outside the watched folder or loop).
+
+    ``filter_listing(directory, entries, export)``: when given, it receives each directory's
+    file entries (``os.DirEntry``, stat results cached on them) and returns the names still
+    to group into items; the rescans of ``syncd.scan`` use it to drop unchanged items
+    without building an ``ItemFiles`` for each.
     """
     first = start or root
-    stack: list[tuple[Path, Export | None]] = [(first, find_export(first, root))]
+    stack: list[tuple[str, Export | None]] = [(os.fspath(first), find_export(first, root))]
     while stack:
         directory, export = stack.pop()
-        export = load_export(directory) or export
-        names: list[str] = []
+        path = Path(directory)
+        export = load_export(path) or export
+        entries: list[os.DirEntry] = []
         try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
+            with os.scandir(directory) as listing:
+                for entry in listing:
                     if entry.is_dir(follow_symlinks=follow_symlinks):
                         if not rules.ignored(entry.name):
-                            stack.append((Path(entry.path), export))
+                            stack.append((entry.path, export))
                     else:
-                        names.append(entry.name)
+                        entries.append(entry)
         except OSError:
             continue  # vanished or unreadable directory: the next scan sees it again
-        yield from group_directory(root, directory, names, rules, prefix, export)
+        if filter_listing is not None:
+            names = filter_listing(path, entries, export)
+        else:
+            names = [entry.name for entry in entries]
+        if names:
+            yield from group_directory(root, path, names, rules, prefix, export)
 
 
 def _file_sig(path: Path | None) -> tuple[str, float]:

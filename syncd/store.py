@@ -86,6 +86,28 @@ MIGRATIONS: list[str] = [
     ALTER TABLE items ADD COLUMN label_error TEXT;
     ALTER TABLE deliveries ADD COLUMN note TEXT;
     """,
+    # 3: directory digests for cheap rescans (syncd.scan); indexes for counts by state
+    """
+    CREATE INDEX items_folder_state ON items (folder, state);
+    CREATE INDEX deliveries_state ON deliveries (state);
+    CREATE TABLE scanned_dirs (
+        folder TEXT NOT NULL,
+        dir TEXT NOT NULL,              -- absolute path with a trailing '/', as rtrim() below gives it
+        digest TEXT NOT NULL,
+        items INTEGER NOT NULL,
+        PRIMARY KEY (folder, dir)
+    );
+    -- A digest vouches for a directory whose items are all settled at exactly the listed
+    -- files: any change of an item's state, signature or image forgets its directory's digest.
+    CREATE TRIGGER items_scanned_insert AFTER INSERT ON items BEGIN
+        DELETE FROM scanned_dirs WHERE folder=NEW.folder AND dir=rtrim(NEW.image, replace(NEW.image, '/', ''));
+    END;
+    CREATE TRIGGER items_scanned_update AFTER UPDATE OF state, stat_sig, image ON items
+    WHEN NEW.state IS NOT OLD.state OR NEW.stat_sig IS NOT OLD.stat_sig OR NEW.image IS NOT OLD.image BEGIN
+        DELETE FROM scanned_dirs WHERE folder=OLD.folder AND dir=rtrim(OLD.image, replace(OLD.image, '/', ''));
+        DELETE FROM scanned_dirs WHERE folder=NEW.folder AND dir=rtrim(NEW.image, replace(NEW.image, '/', ''));
+    END;
+    """,
 ]
 
 
@@ -221,15 +243,54 @@ class Store:
         return count
 
     # -- items ----------------------------------------------------------------------------
-    def signatures(self, folder: str, under: str | None = None) -> dict[str, tuple[int, str | None, str]]:
-        """``key -> (id, stat_sig, state)`` for every item of ``folder`` (one query, for scans),
-        or only those whose key lies under the key prefix ``under`` (an index range scan)."""
-        if under:
-            rows = self.conn.execute("SELECT key, id, stat_sig, state FROM items WHERE folder=? AND key>=? AND key<?",
-                                     (folder, under + "/", under + "0"))  # '0' is the character after '/'
-        else:
-            rows = self.conn.execute("SELECT key, id, stat_sig, state FROM items WHERE folder=?", (folder,))
+    # -- rescans (syncd.scan) ----------------------------------------------------------------
+    def dir_digests(self, folder: str) -> dict[str, tuple[str, int]]:
+        """``dir -> (digest, item count)`` of the directories of ``folder`` last seen unchanged."""
+        rows = self.conn.execute("SELECT dir, digest, items FROM scanned_dirs WHERE folder=?", (folder,))
+        return {directory: (digest, items) for directory, digest, items in rows}
+
+    @staticmethod
+    def _children(base: str) -> tuple[str, tuple]:
+        """SQL condition (and its arguments) for item keys ``base + stem``, stem without '/'."""
+        if not base:
+            return "instr(key, '/')=0", ()
+        # base ends with '/'; '0' is the character after '/': an index range scan.
+        return "key>=? AND key<? AND instr(substr(key, ?), '/')=0", (base, base[:-1] + "0", len(base) + 1)
+
+    def dir_signatures(self, folder: str, base: str) -> dict[str, tuple[int, str | None, str]]:
+        """``key -> (id, stat_sig, state)`` of the items keyed ``base + stem`` (one directory)."""
+        where, args = self._children(base)
+        rows = self.conn.execute(f"SELECT key, id, stat_sig, state FROM items WHERE folder=? AND {where}",
+                                 (folder, *args))
         return {key: (item_id, sig, state) for key, item_id, sig, state in rows}
+
+    def save_dir_digests(self, folder: str, entries: list[tuple[str, str, str, int]]) -> None:
+        """Store ``(dir, base, digest, items)`` digests of directories a scan found unchanged —
+        each only if every item keyed under ``base`` is still settled (``syncd retry`` may
+        have requeued one since the scan looked)."""
+        statements = []
+        for directory, base, digest, items in entries:
+            where, args = self._children(base)
+            statements.append((
+                "INSERT OR REPLACE INTO scanned_dirs (folder, dir, digest, items) SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                f"(SELECT 1 FROM items WHERE folder=? AND {where} AND state NOT IN ('ready','invalid','gone','deleted'))",
+                (folder, directory, digest, items, folder, *args)))
+        if statements:
+            self._tx(statements)
+
+    def forget_dir_digests(self, folder: str, dirs: list[str]) -> None:
+        if dirs:
+            self._tx([("DELETE FROM scanned_dirs WHERE folder=? AND dir=?", (folder, d)) for d in dirs])
+
+    def live_count(self, folder: str) -> int:
+        """Items of ``folder`` that are not gone or deleted (an index count)."""
+        return self.conn.execute("SELECT count(*) FROM items WHERE folder=? AND state NOT IN ('gone','deleted')",
+                                 (folder,)).fetchone()[0]
+
+    def live_items(self, folder: str) -> list[tuple[str, int]]:
+        """``(key, id)`` of every item of ``folder`` that is not gone or deleted."""
+        return self.conn.execute("SELECT key, id FROM items WHERE folder=? AND state NOT IN ('gone','deleted')",
+                                 (folder,)).fetchall()
 
     def item_id(self, folder: str, key: str) -> int | None:
         row = self.conn.execute("SELECT id FROM items WHERE folder=? AND key=?", (folder, key)).fetchone()

@@ -1,0 +1,191 @@
+"""Rescans that cost little more than listing the tree and stat'ing each file once.
+
+A scan must stat every file (a file rewritten in place changes only its size, mtime or
+inode), but on an unchanged tree it need not build an ``ItemFiles`` per item nor read the
+journal row by row. Two fast paths, both decided from one ``DirEntry.stat()`` per file:
+
+1. **Directory digests.** When a scan finds every item of a directory unchanged, it stores
+   the directory's digest: a hash of each file's name, size, mtime_ns and inode, of the
+   class map that applies there and of the folder's rules. A later scan whose listing gives
+   the same digest skips the directory whole. The journal forgets a directory's digest
+   whenever one of its items changes state, signature or image (a trigger, see store
+   migration 3), so a digest only ever vouches for items that are settled at exactly those
+   files. RedBrick export folders (whose items depend on a map file) never use digests.
+2. **Listing signatures.** In any other directory, each plain item's stat signature is
+   built from the listing (the same string ``items.stat_signature`` gives) and compared with
+   the journal's; only items that differ — or that are unusual in any way — are yielded for
+   the daemon to observe with its full checks.
+
+Vanished items: a full scan counts what it accounted for (items in skipped directories plus
+items seen); only when that differs from the journal's count of live items are the
+journal's keys listed to find the missing ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_module
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+
+from syncd.classmap import find_class_map
+from syncd.errors import ItemError
+from syncd.exports import Export
+from syncd.items import IgnoreRules, ItemFiles, _file_sig, printable, role_of, unsafe_name, walk
+from syncd.store import Store
+
+SETTLED = ("ready", "invalid")
+
+
+class Scan:
+    """One scan of a folder (or of a subtree, ``start``) against the journal.
+
+    ``items()`` yields the items the caller must observe; afterwards ``finish()`` stores the
+    digests of directories found unchanged, and ``vanished()`` (full scans) lists the live
+    journal items that were not found.
+    """
+
+    def __init__(self, store: Store, folder: str, root: Path, rules: IgnoreRules, prefix: str,
+                 settling_keys: set[str] | frozenset[str] = frozenset()):
+        self.store = store
+        self.folder = folder
+        self.root = root
+        self.rules = rules
+        self.prefix = prefix
+        self.settling_keys = settling_keys
+        self.digests = store.dir_digests(folder)
+        self.salt = repr((rules.patterns, rules.include, prefix)).encode()
+        self.seen: set[str] = set()  # keys of items found unchanged or yielded
+        self.skipped: dict[str, int] = {}  # base key of a directory skipped by its digest -> items
+        self.yielded = 0
+        self._save: list[tuple[str, str, str, int]] = []
+
+    # -- walking --------------------------------------------------------------------------
+    def items(self, start: Path | None = None) -> Iterator[ItemFiles]:
+        for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter):
+            self.seen.add(files.key)
+            self.yielded += 1
+            yield files
+
+    def _base(self, directory: Path) -> str:
+        rel = directory.relative_to(self.root).as_posix()
+        rel = "" if rel == "." else rel + "/"
+        return (self.prefix.rstrip("/") + "/" if self.prefix else "") + rel
+
+    def _filter(self, directory: Path, entries: list[os.DirEntry], export: Export | None) -> list[str]:
+        if export is not None:
+            return [entry.name for entry in entries]
+        base = self._base(directory)
+        dir_key = str(directory) + "/"  # as the journal's trigger derives it from image paths
+        digest = self._digest(directory, entries) if base.isprintable() else None
+        stored = self.digests.get(dir_key)
+        if digest is not None and stored is not None and stored[0] == digest:
+            self.skipped[base] = stored[1]
+            return []
+        known = self.store.dir_signatures(self.folder, base)
+        rest, accepted = _changed_names(self.root, directory, base, entries, self.rules, known, self.settling_keys,
+                                        self.seen)
+        live = sum(1 for _id, _sig, state in known.values() if state not in ("gone", "deleted"))
+        if digest is not None and not rest and accepted == live:
+            self._save.append((dir_key, base, digest, accepted))
+        return rest
+
+    def _digest(self, directory: Path, entries: list[os.DirEntry]) -> str | None:
+        """The directory's digest (see the module docstring), or None when a file cannot be
+        stat'ed or a name is not printable (such directories always take the slow path)."""
+        try:
+            stats = [entry.stat() for entry in entries]  # cached on the entries: reused below
+            class_map = find_class_map(directory, self.root)
+            class_sig = _file_sig(class_map)[0] if class_map is not None else "-"
+        except (OSError, ItemError):
+            return None
+        joined = "/".join([entry.name for entry in entries])
+        if not joined.isprintable():
+            return None
+        digest = hashlib.blake2b(self.salt, digest_size=16)
+        digest.update(class_sig.encode())
+        digest.update(joined.encode())
+        # One column at a time: list comprehensions over the stat results are the cheapest
+        # way through 100,000 files (this loop is most of a rescan's Python time).
+        for column in ([st.st_size for st in stats], [st.st_mtime_ns for st in stats], [st.st_ino for st in stats],
+                       [st.st_mode for st in stats]):
+            try:
+                digest.update(array("q", column).tobytes())
+            except OverflowError:  # an inode number beyond 2**63 (some network filesystems)
+                digest.update(repr(column).encode())
+        return digest.hexdigest()
+
+    # -- after the walk -------------------------------------------------------------------
+    def finish(self) -> None:
+        """Store the digests of the directories whose items were all found unchanged."""
+        self.store.save_dir_digests(self.folder, self._save)
+        self._save = []
+
+    def vanished(self) -> list[tuple[str, int]]:
+        """``(key, id)`` of live journal items this (full) scan did not find."""
+        if self.yielded == 0 and self.store.live_count(self.folder) == sum(self.skipped.values()) + len(self.seen):
+            return []  # everything accounted for: no need to list 100,000 keys
+        skipped = self.skipped
+        return [(key, item_id) for key, item_id in self.store.live_items(self.folder)
+                if key not in self.seen and key[: key.rfind("/") + 1] not in skipped]
+
+
+def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirEntry], rules: IgnoreRules,
+                   known: dict[str, tuple[int, str | None, str]], settling_keys, seen: set[str]) -> tuple[list[str], int]:
+    """The names in ``entries`` that still need the full rules (``group_directory``): all but
+    those of plain items whose listing signature equals the journal's settled one. Returns
+    them and the number of items accepted unchanged (their keys are added to ``seen``)."""
+    rel = directory.relative_to(root).as_posix()
+    rel = "" if rel == "." else rel + "/"
+    ignored = rules._name
+    by_stem: dict[str, list] = {}
+    for entry in entries:
+        name = entry.name
+        found = role_of(name)
+        if found is None or ignored(name) is not None:
+            continue  # never part of an item
+        stem, role = found
+        slot = by_stem.get(stem)
+        if slot is None:
+            by_stem[stem] = slot = [None, None, None, False]  # image, sidecar, mask; a clash
+        index = 0 if role == "image" else 1 if role == "sidecar" else 2
+        if slot[index] is not None:
+            slot[3] = True  # two images (or sidecars, masks) for one stem: the full rules decide
+        slot[index] = entry
+    rest: list[str] = []
+    accepted = 0
+    class_map: object = False  # False: not looked up yet
+    for stem, (image, sidecar, mask, clash) in by_stem.items():
+        if image is None:
+            continue  # companions without an image are not items
+        parts = None
+        if not clash and rules.included(image.name) and unsafe_name(rel + image.name) is None:
+            try:
+                parts = [_entry_sig(image), "-" if sidecar is None else _entry_sig(sidecar), "-", "-"]
+                if mask is not None:
+                    parts[2] = _entry_sig(mask)
+                    if class_map is False:
+                        found_map = find_class_map(directory, root)
+                        class_map = _file_sig(found_map)[0] if found_map is not None else "-"
+                    parts[3] = class_map
+            except (OSError, ItemError):
+                parts = None  # vanished, special or unreadable: stat_signature reports it properly
+        if parts is not None:
+            key = printable(base + stem)
+            row = known.get(key)
+            if row is not None and row[1] == "|".join(parts) and row[2] in SETTLED and key not in settling_keys:
+                seen.add(key)
+                accepted += 1
+                continue
+        rest += [e.name for e in (image, sidecar, mask) if e is not None]
+    return rest, accepted
+
+
+def _entry_sig(entry: os.DirEntry) -> str:
+    """``items._file_sig`` of a listed file from its DirEntry (follows symlinks, like os.stat)."""
+    st = entry.stat()
+    if not stat_module.S_ISREG(st.st_mode):
+        raise ItemError("not a regular file")
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
