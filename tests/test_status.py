@@ -1,0 +1,47 @@
+"""``status.collect`` counts: the index-only path (one folder in the journal) must agree with
+the join over every item (several folders), gone items excluded."""
+
+from __future__ import annotations
+
+from syncd import status
+from syncd.config import load_config
+from syncd.store import Store, connect_readonly
+from tests.daemon_harness import write_config
+
+
+def fill(store: Store, folder: str, states: list[tuple[str, str]], target: str = "t") -> None:
+    """Items of ``folder`` as ``(item state, delivery state)`` pairs."""
+    for n, (item_state, delivery_state) in enumerate(states):
+        item_id = store.observe(folder, f"k{n}", f"{folder}/k{n}.png", None, None, f"{n}:1:1|-|-|-", 1.0)
+        store.settled(item_id, f"v{n}", [target], 2.0)
+        store.conn.execute("UPDATE deliveries SET state=?, error=? WHERE item_id=?",
+                           (delivery_state, "bad" if delivery_state == "failed" else None, item_id))
+        store.conn.execute("UPDATE items SET state=? WHERE id=?", (item_state, item_id))
+
+
+STATES = [("ready", "acked")] * 5 + [("ready", "pending")] * 2 + [("ready", "failed")] + \
+         [("gone", "acked"), ("gone", "waiting"), ("deleted", "acked")]
+
+
+def test_counts_with_one_folder_and_with_two_agree(tmp_path):
+    config_path = write_config(tmp_path, {"t": {"platform": "local", "path": "out"}},
+                               folders=[{"path": "a", "targets": ["t"]}, {"path": "b", "targets": ["t"], "key_prefix": "b"}])
+    config = load_config(config_path)
+    a, b = (str(f.path) for f in config.folders)
+    store = Store.open(config.daemon.state_dir)
+    try:
+        fill(store, a, STATES)
+        conn = connect_readonly(config.daemon.state_dir)
+        assert status._only_folder(conn, a)
+        fast = status._delivery_counts(conn, a, "t", True)
+        joined = status._delivery_counts(conn, a, "t", False)
+        assert {k: v for k, v in fast.items() if v} == joined == {"acked": 6, "pending": 2, "failed": 1}
+        conn.close()
+        fill(store, b, [("ready", "acked")] * 3 + [("gone", "pending")])
+    finally:
+        store.close()
+    data = status.collect(config)
+    by_folder = {f["folder"]: f["targets"][0] for f in data["folders"]}
+    assert (by_folder[a]["delivered"], by_folder[a]["pending"], by_folder[a]["failed"]) == (6, 2, 1)
+    assert (by_folder[b]["delivered"], by_folder[b]["pending"], by_folder[b]["failed"]) == (3, 0, 0)
+    assert [f["key"] for f in by_folder[a]["failed_items"]] == ["k7"]
