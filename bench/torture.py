@@ -39,7 +39,7 @@ FAULT_KINDS = ("500", "502", "503", "429", "reset", "lost_reply") + ("slow",) * 
 @dataclass
 class TortureConfig:
     workdir: Path
-    items: int = 3000
+    items: int = 4000
     duration: float = 90.0  # seconds during which producers write and faults are injected
     platforms: tuple[str, ...] = tuple(PLATFORMS)
     kills: int = 6
@@ -49,8 +49,8 @@ class TortureConfig:
     workers: int = 4  # per target
     producer_threads: int = 4
     settle_seconds: float = 0.5
-    bursts: int = 2
-    burst_share: float = 0.2  # of the items, arriving in bursts (all of a burst at once)
+    bursts: int = 1
+    burst_share: float = 0.3  # of the items, arriving in bursts (all of a burst at once)
     converge_timeout: float = 300.0
     seed: int = 1
 
