@@ -182,7 +182,14 @@ def connect_readonly(state_dir: Path) -> sqlite3.Connection:
     path = state_dir / DB_NAME
     if not path.exists():
         raise LocalError(f"no journal at {path}: has syncd run with this configuration yet?")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    if conn.execute("PRAGMA user_version").fetchone()[0] < len(MIGRATIONS):
+        # A journal from an older syncd (its daemon not restarted yet): bring it up to date
+        # first, so the queries find the tables and indexes they expect.
+        conn.close()
+        open_db(state_dir).conn.close()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    return conn
 
 
 def open_db(state_dir: Path, *, readonly: bool = False) -> "sqlite_utils.Database":

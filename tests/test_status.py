@@ -45,3 +45,22 @@ def test_counts_with_one_folder_and_with_two_agree(tmp_path):
     assert (by_folder[a]["delivered"], by_folder[a]["pending"], by_folder[a]["failed"]) == (6, 2, 1)
     assert (by_folder[b]["delivered"], by_folder[b]["pending"], by_folder[b]["failed"]) == (3, 0, 0)
     assert [f["key"] for f in by_folder[a]["failed_items"]] == ["k7"]
+
+
+def test_status_on_a_journal_of_an_older_syncd_migrates_it_first(tmp_path):
+    """`status` after an upgrade, before the daemon was restarted, still answers."""
+    import sqlite3
+
+    from syncd.config import load_config
+    from syncd.status import collect
+    from syncd.store import MIGRATIONS
+    from tests.daemon_harness import write_config
+
+    config = load_config(write_config(tmp_path, {"local": {"platform": "local", "path": "synced"}}))
+    state = config.daemon.state_dir
+    state.mkdir(parents=True)
+    conn = sqlite3.connect(state / "syncd.db")
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version=1;")
+    conn.close()
+    status = collect(config)
+    assert status["folders"][0]["targets"][0]["delivered"] == 0
