@@ -87,9 +87,11 @@ def test_update_items_replaces_metadata_and_appends(rb):
     assert task["items"] == ["https://x/u.png", "https://x/u2.png"] and task["meta"] == {"a": "3"}
     gone = call(rb, "updateTaskItemsSDK", ids(rb, taskId=str(uuid.uuid4()), storageId=PUBLIC), kind="mutation")
     assert "not found" in gone.json()["errors"][0]["message"]
-    labels = ids(rb, taskId=task_id, labelsData='[{"category": "road"}]', finalize=False)
+    road = '[{"category": "road", "seriesclassify": true}]'
+    labels = ids(rb, taskId=task_id, labelsData=road, finalize=False)
     assert call(rb, "updateTasksLabelsSDK", labels, kind="mutation").json()["data"]["putLabels"]["ok"]
-    assert rb.tasks_in(rb.org_id, rb.project_id)[0]["labelsData"] == '[{"category": "road"}]'
+    [task] = rb.tasks_in(rb.org_id, rb.project_id)
+    assert task["labelsData"] == road and task["labels"] == [{"category": "road", "seriesclassify": True}]
 
 
 def test_generic_tasks_prefix_exact_and_paging(rb):
@@ -121,7 +123,8 @@ def test_validate_and_convert(rb):
         "seriesInfo": [{"name": None, "itemsIndices": [0], "metaData": None},
                        {"name": "s1", "itemsIndices": [1, 2], "metaData": None}]}]
     assert convert([{"name": "no-items"}])["isValid"] is False
-    assert convert([{"series": [{"items": "a.png", "boundingBoxes": []}]}])["isValid"] is False
+    assert convert([{"series": [{"items": "a.png", "ellipses": []}]}])["isValid"] is False
+    assert convert([{"series": [{"items": "a.png", "boundingBoxes": [{"category": "car"}]}]}])["isValid"] is False
 
 
 def test_faults_can_target_one_operation(rb):

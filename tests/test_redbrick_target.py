@@ -16,6 +16,7 @@ from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets import target_class
 from syncd.targets.redbrick import VERSION_KEY, RedBrickSettings, RedBrickTarget
 from syncd.targets.redbrick_api import PUBLIC_STORAGE, REDBRICK_STORAGE, classify_errors, encode_body, graphql_url
+from syncd.targets.redbrick_labels import EMPTY
 from tests.emulators.redbrick import RedBrickEmulator
 from tests.helpers import image_bytes, make_upload
 
@@ -135,7 +136,8 @@ def test_direct_upload_creates_one_task_with_bytes_and_string_metadata(rb):
     assert presign["files"] == ["frame_0001.png"] and presign["fileType"] == ["image/png"]
     assert receipt.extra == {"taskId": task["taskId"], "dpId": task["dpId"], "name": "cam1/frame_0001",
                              "version": upload.version, "image_sha256": upload.image_sha256,
-                             "items": task["items"], "storage": "direct"}
+                             "items": task["items"], "storage": "direct", "labels_sha256": EMPTY,
+                             "labels_written": False, "not_sent": []}
     # The PUT carries the bytes and no credentials; GraphQL calls carry the key, gzipped.
     [put] = rb.puts
     assert put["headers"]["content-type"] == "image/png" and "apikey" not in put["headers"]

@@ -8,11 +8,16 @@ Wire protocol: see ``redbrick_api`` (GraphQL, the official SDK's operations). A 
   suffix`` — then ``createDatapoint`` with name = item key. Task names are unique in a
   project, so a re-send can never make a second task: when ``createDatapoint`` is refused
   (a duplicate name, or any other refusal) the task is looked up by name, and if it
-  exists it is adopted and updated instead.
+  exists it is adopted and updated instead. The labels and the mask go in that same
+  ``createDatapoint`` (``labelsData``, ``labelsMap``; see ``redbrick_labels``).
 - Update (``upload.previous`` set): a new image is stored first (when its hash differs
-  from the receipt's), labels are written (later issue: ``sync_labels``), and finally one
-  ``updateTaskItems`` sets the new items (if any) and the metadata, which RedBrick replaces
-  as a whole. A task deleted in RedBrick meanwhile is created again.
+  from the receipt's), the labels are replaced with ``putLabels`` when they changed
+  (``sync_labels``), and finally one ``updateTaskItems`` sets the new items (if any) and
+  the metadata, which RedBrick replaces as a whole. A task deleted in RedBrick meanwhile is
+  created again.
+- Labels RedBrick refuses (e.g. a category its taxonomy lacks) and a mask that cannot be
+  sent (no ``nibabel``) do not stop the image and metadata: the task is written without
+  them and the receipt's ``not_sent`` (and a warning) says what is missing and why.
 
 Metadata and the version marker: RedBrick keeps ``metaData`` as a JSON object of strings;
 string values go as they are, any other JSON value is sent JSON-encoded. The key
@@ -20,9 +25,11 @@ string values go as they are, any other JSON value is sent JSON-encoded. The key
 as the items and metadata (and last in an update), so a task carrying version V holds V.
 ``lookup`` reads it back: after a lost reply the daemon adopts such a task without
 sending anything. The key ``syncd_version`` is therefore reserved in the sidecar metadata.
+Labels are written before (or with) the marker, so a task carrying version V holds V's labels.
 
 Receipt: ``remote_id`` = taskId; ``extra`` = taskId, dpId, name, version, image_sha256,
-items (the stored file paths or URLs), storage ("direct" or "public").
+items (the stored file paths or URLs), storage ("direct" or "public"), labels_sha256 (what
+the labels were made from; None = send them with the next update), not_sent.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from syncd.targets.redbrick_api import (
     GraphQLClient,
     GraphQLRefused,
 )
+from syncd.targets.redbrick_labels import EMPTY, FIX_NIBABEL, LabelWriter, Labels, expected_digest, nibabel_available
 
 log = logging.getLogger("syncd.targets.redbrick")
 
@@ -112,6 +120,7 @@ class RedBrickTarget(Target):
         self.settings: RedBrickSettings = settings
         self._lock = threading.Lock()
         self._client: GraphQLClient | None = None
+        self._labels = LabelWriter(name, self._api, self._ids)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _api(self) -> GraphQLClient:
@@ -149,6 +158,9 @@ class RedBrickTarget(Target):
             what = "is archived" if status == "REMOVING" else "failed to be created"
             raise FatalTargetError(f"target {self.name!r}: RedBrick project {project.get('name')!r} ({s.project_id}) {what}")
         api.execute(GET_LABEL_STORAGE, self._ids(), context="reading the project's label storage", idempotent=True)
+        if not nibabel_available():
+            return [f"masks are not sent to RedBrick: the nibabel package is missing ({FIX_NIBABEL}); "
+                    "images and labels are"]
         return []
 
     # -- item naming, metadata, storage ---------------------------------------------------------
@@ -189,11 +201,19 @@ class RedBrickTarget(Target):
         api.put(granted["presignedUrl"], upload.image, mime, context=f"uploading the image of {upload.key!r}")
         return [granted["filePath"]]  # opaque: stored, never built
 
-    def sync_labels(self, task_id: str, upload: Upload) -> None:
-        """Labels and masks go to the task here (putLabels; a later issue). No-op today.
+    def sync_labels(self, upload: Upload, previous: Receipt, prepared: Labels | None) -> tuple[Labels, bool]:
+        """The labels an update records, and whether they must be sent (``putLabels``).
 
-        Called before the update that writes the version marker, so a task that carries a
-        version holds that version's labels too."""
+        Nothing is sent or uploaded when the labels are unchanged since ``previous`` (same
+        ``labels_sha256``), nor for an item without labels and mask when the task holds no
+        labels syncd wrote (receipts from before labels were sent have no such record): labels
+        made in RedBrick are left alone. Otherwise ``prepared`` (labels already built by a
+        create that found the name taken) or newly built ones are sent."""
+        digest, written = previous.extra.get("labels_sha256"), bool(previous.extra.get("labels_written"))
+        expected = expected_digest(upload)
+        if (digest is not None and digest == expected) or (expected == EMPTY and not written):
+            return Labels(digest=expected, written=written, not_sent=tuple(previous.extra.get("not_sent") or ())), False
+        return prepared or self._labels.prepare(upload), True
 
     # -- deliver ------------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
@@ -203,37 +223,57 @@ class RedBrickTarget(Target):
             return self._update(upload, previous, metadata)
         return self._create(upload, metadata)
 
-    def _create(self, upload: Upload, metadata: str, *, items: list[str] | None = None, hops: int = 0) -> Receipt:
+    def _create(self, upload: Upload, metadata: str, *, items: list[str] | None = None,
+                labels: Labels | None = None, hops: int = 0) -> Receipt:
         name = self.task_name(upload)
         items = items or self.store_image(upload)
+        labels = labels or self._labels.prepare(upload)
         variables = {
             **self._ids(), "workspaceId": None, "name": name, "storageId": STORAGE_IDS[self.settings.storage],
-            "items": items, "labelsData": "[]", "labelsDataPath": None, "labelsMap": [], "seriesInfo": None,
+            "items": items, **labels.variables(), "seriesInfo": None,
             "heatMaps": None, "transforms": None, "centerline": None, "metaData": metadata,
             "isGroundTruth": self.settings.ground_truth, "preAssign": "null", "priority": None, "attributes": None,
         }
         try:
             data = self._api().execute(CREATE_DATAPOINT, variables, context=f"creating task {name!r}")
-        except GraphQLRefused:
+        except GraphQLRefused as exc:
             found = self._find(name) if hops < MAX_HOPS else None
             if found is None:
-                raise
+                if labels.empty:
+                    raise
+                # Perhaps the labels were refused (a category the taxonomy lacks...): the image
+                # and metadata go without them, and the receipt says so. If the refusal was
+                # about something else, the second attempt is refused too and that is raised.
+                refused = labels.refused("; ".join(exc.messages), written=False)
+                return self._create(upload, metadata, items=items, labels=refused, hops=hops + 1)
             # The name is taken (a lost reply, a task made by hand): adopt that task.
             log.info("task %r already exists in RedBrick as %s; updating it", name, found["taskId"])
-            return self._update(upload, self._receipt(found, upload), metadata, items=items, hops=hops + 1)
+            return self._update(upload, self._receipt(found, upload), metadata, items=items, labels=labels,
+                                hops=hops + 1)
         created = data.get("createDatapoint") or {}
         if not created.get("taskId"):
             raise TransientError(f"{self.name}: creating task {name!r}: the reply has no taskId")
-        return self._ack(upload, created["taskId"], created.get("dpId"), items)
+        return self._ack(upload, created["taskId"], created.get("dpId"), items, labels)
 
     def _update(self, upload: Upload, previous: Receipt, metadata: str, *, items: list[str] | None = None,
-                hops: int = 0) -> Receipt:
+                labels: Labels | None = None, hops: int = 0) -> Receipt:
         name = self.task_name(upload)
         task_id = previous.extra.get("taskId") or previous.remote_id
         same_image = (previous.extra.get("image_sha256") == upload.image_sha256
                       and previous.extra.get("storage") == self.settings.storage)
         new_items = None if same_image else (items or self.store_image(upload))
-        self.sync_labels(task_id, upload)
+        record, send = self.sync_labels(upload, previous, labels)
+        if send:
+            try:
+                self._labels.put(task_id, record, task_name=name)
+            except GraphQLRefused as exc:
+                found = self._find(name) if hops < MAX_HOPS else None
+                if found is None or found["taskId"] != task_id:
+                    if hops >= MAX_HOPS:
+                        raise
+                    return self._replace_gone(upload, task_id, found, metadata, new_items, record, hops)
+                # The task is there: the labels themselves were refused; it keeps what it had.
+                record = record.refused("; ".join(exc.messages), written=bool(previous.extra.get("labels_written")))
         variables = {
             **self._ids(), "dpId": previous.extra.get("dpId"), "taskId": task_id,
             "storageId": STORAGE_IDS[self.settings.storage], "items": new_items, "seriesInfo": None,
@@ -247,19 +287,30 @@ class RedBrickTarget(Target):
             found = self._find(name) if hops < MAX_HOPS else None
             if hops >= MAX_HOPS or (found is not None and found["taskId"] == task_id):
                 raise
-            if found is None:
-                log.info("task %r (%s) is gone from RedBrick; creating it again", name, task_id)
-                return self._create(upload, metadata, items=new_items, hops=hops + 1)
-            return self._update(upload, self._receipt(found, upload), metadata, items=new_items, hops=hops + 1)
+            return self._replace_gone(upload, task_id, found, metadata, new_items, record if send else None, hops)
         result = data.get("updateTaskItems") or {}
         if not result.get("ok"):
             raise PermanentError(f"{self.name}: updating task {name!r} ({task_id}): RedBrick answered "
                                  f"{result.get('message') or 'not ok'}")
-        return self._ack(upload, task_id, previous.extra.get("dpId"), new_items or previous.extra.get("items"))
+        return self._ack(upload, task_id, previous.extra.get("dpId"), new_items or previous.extra.get("items"), record)
 
-    def _ack(self, upload: Upload, task_id: str, dp_id: str | None, items: list[str] | None) -> Receipt:
+    def _replace_gone(self, upload: Upload, task_id: str, found: dict[str, Any] | None, metadata: str,
+                      items: list[str] | None, labels: Labels | None, hops: int) -> Receipt:
+        """Task ``task_id`` is gone: create it again, or update the other task of that name.
+        ``labels`` are full labels already built, or None (an unchanged record: built anew)."""
+        if found is None:
+            log.info("task %r (%s) is gone from RedBrick; creating it again", self.task_name(upload), task_id)
+            return self._create(upload, metadata, items=items, labels=labels, hops=hops + 1)
+        return self._update(upload, self._receipt(found, upload), metadata, items=items, labels=labels, hops=hops + 1)
+
+    def _ack(self, upload: Upload, task_id: str, dp_id: str | None, items: list[str] | None,
+             labels: Labels) -> Receipt:
+        if labels.not_sent:
+            log.warning("%s: task %r was written without: %s", self.name, self.task_name(upload),
+                        "; ".join(labels.not_sent))
         extra = {"taskId": task_id, "dpId": dp_id, "name": self.task_name(upload), "version": upload.version,
-                 "image_sha256": upload.image_sha256, "items": items, "storage": self.settings.storage}
+                 "image_sha256": upload.image_sha256, "items": items, "storage": self.settings.storage,
+                 **labels.record()}
         return Receipt(remote_id=task_id, extra=extra)
 
     # -- lookup -------------------------------------------------------------------------------
@@ -307,6 +358,15 @@ class RedBrickTarget(Target):
         elif (storage == "direct" and upload.previous is not None and items
               and upload.previous.extra.get("items") == items and upload.previous.extra.get("storage") == "direct"):
             sha = upload.previous.extra.get("image_sha256")
+        # A task carrying this very version holds its labels too (written before the marker).
+        # Otherwise they are unknown, and whether syncd wrote labels to it is what the previous
+        # receipt of this task says (a task made by hand: no).
+        same_task = upload.previous is not None and upload.previous.extra.get("taskId") == entry["taskId"]
+        written = bool(same_task and upload.previous.extra.get("labels_written"))
+        if version == upload.version:
+            record = Labels(digest=expected_digest(upload), written=expected_digest(upload) != EMPTY)
+        else:
+            record = Labels(digest=None, written=written)
         extra = {"taskId": entry["taskId"], "dpId": datapoint.get("dpId"), "name": datapoint.get("name"),
-                 "version": version, "image_sha256": sha, "items": items, "storage": storage}
+                 "version": version, "image_sha256": sha, "items": items, "storage": storage, **record.record()}
         return Receipt(remote_id=entry["taskId"], extra=extra)

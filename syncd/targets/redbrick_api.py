@@ -146,8 +146,10 @@ class GraphQLClient:
                 raise TransientError(f"{context}: the reply is not JSON: {describe(response, self._secrets)}") from None
             return None
 
-    def put(self, url: str, data: bytes, content_type: str, *, context: str) -> None:
-        """PUT ``data`` to a presigned URL with only ``Content-Type`` (the SDK's request).
+    def put(self, url: str, data: bytes, content_type: str, *, context: str,
+            headers: dict[str, str] | None = None) -> None:
+        """PUT ``data`` to a presigned URL with ``Content-Type`` and the SDK's other headers
+        for that kind of file (``headers``: label files add ``x-ms-blob-type: BlockBlob``).
 
         200/201 succeed. Anything else is transient with ``outcome_unknown=False`` — the
         next attempt asks for a new URL and nothing refers to this one. A 403 here is the
@@ -155,7 +157,7 @@ class GraphQLClient:
         context = f"{self.name}: {context}"
         try:
             response = send(self._pool.get(), "PUT", url, context=context, timeout=self.timeout, check=False,
-                            data=data, headers={"Content-Type": content_type})
+                            data=data, headers={"Content-Type": content_type, **(headers or {})})
         except TransientError as exc:
             raise TransientError(str(exc), retry_after=exc.retry_after, outcome_unknown=False) from exc
         if response.status_code in (200, 201):
@@ -222,5 +224,29 @@ query tasksListSDK($orgId: UUID!, $projectId: UUID!, $stageName: String, $taskSe
             datapoint { dpId name items(presigned: false) metaData storageMethod { storageId } }
         }
         cursor
+    }
+}"""
+
+PRESIGN_UPLOADS = """
+query presignUploadsSDK($orgId: UUID!, $projectId: UUID!, $filesData: [String!]!, $fileTypeData: String!,
+        $fileEncodingData: String, $filesSeg: [String!]!, $fileTypeSeg: String!, $fileEncodingSeg: String) {
+    presignData: presignUploads(orgId: $orgId, projectId: $projectId, files: $filesData, fileType: $fileTypeData,
+            fileEncoding: $fileEncodingData) {
+        presignedUrl filePath fileName
+    }
+    presignSeg: presignUploads(orgId: $orgId, projectId: $projectId, files: $filesSeg, fileType: $fileTypeSeg,
+            fileEncoding: $fileEncodingSeg) {
+        presignedUrl filePath fileName
+    }
+}"""
+
+PUT_LABELS = """
+mutation updateTasksLabelsSDK($orgId: UUID!, $projectId: UUID!, $taskId: UUID!, $labelsData: String,
+        $labelsDataPath: String, $labelsMap: [LabelMapInput], $finalize: Boolean, $timeSpentMs: Int,
+        $extraData: JSONString) {
+    putLabels(orgId: $orgId, projectId: $projectId, taskId: $taskId, labelsData: $labelsData,
+            labelsDataPath: $labelsDataPath, labelsMap: $labelsMap, finalize: $finalize,
+            timeSpentMs: $timeSpentMs, extraData: $extraData) {
+        ok message
     }
 }"""

@@ -16,12 +16,12 @@ Behaviour the targets and the SDK rely on:
   entry (``duplicate_message``). Direct-upload items (storage ``2222…``) must be file
   paths that were PUT to a presigned URL; ``metaData`` must be a JSON object of strings.
 - ``updateTaskItems``: ``items``/``metaData``/``seriesInfo`` replace what is stored when
-  given (``append`` extends items); None leaves them. ``putLabels`` replaces labels.
+  given (``append`` extends items); None leaves them. Labels, ``putLabels`` and the label
+  files: ``redbrick_labels`` (strict checks; tasks keep ``labels`` and ``segmentations``).
 - ``genericTasks``: ``taskSearch`` is a name *prefix* (a ``"quoted"`` search is exact),
   pages with ``first`` and an opaque ``after`` cursor (None after the last page).
 - ``validateAndConvertToImportFormat``: import-format tasks (``items``) pass through with
-  ``converted: null``; public-format tasks (``series``) are converted for items, names and
-  metadata only (annotations in series are answered ``isValid: false``, not emulated).
+  ``converted: null``; public-format tasks (``series``) are converted (``redbrick_formats``).
 """
 
 from __future__ import annotations
@@ -38,21 +38,13 @@ from datetime import datetime, timezone
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
 from tests.emulators.redbrick_formats import task_entry, validate_and_convert
+from tests.emulators.redbrick_labels import GraphQLFailure, LabelsMixin, json_string
 
 PUBLIC = "11111111-1111-1111-1111-111111111111"
 REDBRICK = "22222222-2222-2222-2222-222222222222"
 STORAGES = {PUBLIC, REDBRICK}
 GRAPHQL = r"/(?:api/)?graphql/?"
 OPERATION = re.compile(r"^\s*(?:query|mutation)\s+(\w+)")
-
-
-class GraphQLFailure(Exception):
-    """Answer the operation with an ``errors`` entry (HTTP 200) and ``data.<field> = null``."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 def decode_payload(request: Request) -> dict:
@@ -75,18 +67,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def _json_string(field: str, value, kind: type, what: str):
-    """Parse a JSON-string variable; GraphQLFailure when it is not ``kind``."""
-    try:
-        parsed = json.loads(value)
-    except (TypeError, ValueError):
-        raise GraphQLFailure(field, f"{what} must be a JSON string") from None
-    if not isinstance(parsed, kind):
-        raise GraphQLFailure(field, f"{what} must be a JSON {kind.__name__}")
-    return parsed
-
-
-class RedBrickEmulator(Emulator):
+class RedBrickEmulator(LabelsMixin, Emulator):
     name = "redbrick"
 
     def __init__(self, *, seed: int = 1234):
@@ -96,8 +77,8 @@ class RedBrickEmulator(Emulator):
         self.projects: dict[tuple[str, str], dict] = {}
         self.tasks: dict[str, dict] = {}  # taskId -> task (internal form)
         self.names: dict[tuple[str, str, str], str] = {}  # (org, project, name) -> taskId
-        self.blobs: dict[str, dict] = {}  # filePath -> {"data", "content_type"}
-        self.presigned: dict[str, dict] = {}  # token -> {"filePath", "fileType"}
+        self.blobs: dict[str, dict] = {}  # filePath -> {"data", "content_type", "headers", "kind"}
+        self.presigned: dict[str, dict] = {}  # token -> {"filePath", "fileType", "kind", "required"}
         self.calls: list[dict] = []  # every GraphQL call: op, variables, headers
         self.puts: list[dict] = []  # every PUT: filePath, headers, size
         self.scripted: dict[str, list[str]] = {}  # op -> error messages for its next calls
@@ -225,7 +206,12 @@ class RedBrickEmulator(Emulator):
                 # What S3 answers for an unknown URL or a Content-Type other than the signed one.
                 return Response(403, "<Error><Code>SignatureDoesNotMatch</Code></Error>",
                                 {"Content-Type": "application/xml"})
-            self.blobs[grant["filePath"]] = {"data": request.body, "content_type": content_type}
+            missing = [k for k, value in grant["required"].items() if request.header(k) != value]
+            if missing:  # Azure's answer to a Put Blob without x-ms-blob-type
+                return Response(400, f"<Error><Code>MissingRequiredHeader</Code><HeaderName>{missing[0]}"
+                                     "</HeaderName></Error>", {"Content-Type": "application/xml"})
+            self.blobs[grant["filePath"]] = {"data": request.body, "content_type": content_type,
+                                             "headers": dict(request.headers), "kind": grant["kind"]}
         return Response(200, b"", {"ETag": f'"{uuid.uuid4().hex}"'})
 
     # -- helpers -----------------------------------------------------------------------------
@@ -259,15 +245,16 @@ class RedBrickEmulator(Emulator):
     def _metadata(self, field: str, value) -> str | None:
         if value is None:
             return None
-        meta = _json_string(field, value, dict, "metaData")
+        meta = json_string(field, value, dict, "metaData")
         if not all(isinstance(v, str) for v in meta.values()):
             raise GraphQLFailure(field, "metaData values must be strings")
         return value
 
-    def _presign(self, project: dict, name: str, file_type: str) -> dict:
-        token = uuid.uuid4().hex
-        path = f"{project['orgId']}/{project['projectId']}/items/{token}/{name}"
-        self.presigned[token] = {"filePath": path, "fileType": file_type}
+    def _presign(self, project: dict, name: str, file_type: str, *, kind: str = "item",
+                 required: dict | None = None) -> dict:
+        token = f"{kind}-{uuid.uuid4().hex}"  # the kind shows in the URL, for fault filters
+        path = f"{project['orgId']}/{project['projectId']}/{kind}s/{token}/{name}"
+        self.presigned[token] = {"filePath": path, "fileType": file_type, "kind": kind, "required": required or {}}
         return {"presignedUrl": f"{self.url}/upload/{token}", "filePath": path, "fileName": name}
 
     # -- operations (each returns the ``data`` object) --------------------------------------
@@ -295,11 +282,6 @@ class RedBrickEmulator(Emulator):
             raise GraphQLFailure("itemsUploadPresign", "files and fileType must have the same length")
         return {"itemsUploadPresign": {"items": [self._presign(project, f, t) for f, t in zip(files, types)]}}
 
-    def op_presignUploadsSDK(self, v: dict, key_org: str) -> dict:
-        project = self._project("presignData", v, key_org)
-        return {"presignData": [self._presign(project, f, v["fileTypeData"]) for f in v.get("filesData") or []],
-                "presignSeg": [self._presign(project, f, v["fileTypeSeg"]) for f in v.get("filesSeg") or []]}
-
     def op_createDatapointSDK(self, v: dict, key_org: str) -> dict:
         field = "createDatapoint"
         project = self._project(field, v, key_org)
@@ -310,8 +292,7 @@ class RedBrickEmulator(Emulator):
             raise GraphQLFailure(field, "isGroundTruth must be a boolean")
         items = self._check_items(field, v.get("items"), v.get("storageId"))
         meta = self._metadata(field, v.get("metaData"))
-        if v.get("labelsData") is not None:
-            _json_string(field, v["labelsData"], list, "labelsData")
+        labels = self.task_labels(field, v)
         key = (project["orgId"], project["projectId"], name)
         if key in self.names:
             raise GraphQLFailure(field, self.duplicate_message.format(name=name))
@@ -319,8 +300,7 @@ class RedBrickEmulator(Emulator):
         self.tasks[task_id] = {
             "taskId": task_id, "dpId": dp_id, "orgId": project["orgId"], "projectId": project["projectId"],
             "name": name, "items": items, "storageId": v["storageId"], "metaData": meta,
-            "seriesInfo": v.get("seriesInfo"), "labelsData": v.get("labelsData"), "labelsMap": v.get("labelsMap"),
-            "labelsDataPath": v.get("labelsDataPath"), "isGroundTruth": v["isGroundTruth"],
+            "seriesInfo": v.get("seriesInfo"), **labels, "labelsVersion": 0, "isGroundTruth": v["isGroundTruth"],
             "priority": v.get("priority"), "preAssign": v.get("preAssign"), "attributes": v.get("attributes"),
             "heatMaps": v.get("heatMaps"), "transforms": v.get("transforms"), "centerline": v.get("centerline"),
             "stage": "Output" if v["isGroundTruth"] else "Label", "createdAt": stamp, "updatedAt": stamp,
@@ -347,16 +327,6 @@ class RedBrickEmulator(Emulator):
             if v.get(name) is not None:
                 task[name] = v[name]
         task["updatedAt"] = now_iso()
-        return {field: {"ok": True, "message": None}}
-
-    def op_updateTasksLabelsSDK(self, v: dict, key_org: str) -> dict:
-        field = "putLabels"
-        project = self._project(field, v, key_org)
-        task = self._task(field, project, v.get("taskId"))
-        if v.get("labelsData") is not None:
-            _json_string(field, v["labelsData"], list, "labelsData")
-        task.update(labelsData=v.get("labelsData"), labelsDataPath=v.get("labelsDataPath"),
-                    labelsMap=v.get("labelsMap"), updatedAt=now_iso())
         return {field: {"ok": True, "message": None}}
 
     def _delete(self, field: str, v: dict, key_org: str, match) -> dict:
