@@ -149,19 +149,46 @@ def test_org_data_items_filters_and_shared_files(emu):
 
 
 def test_bounding_boxes_from_header_labels_file_and_studio(emu):
-    emulator, project, _, session = emu
+    emulator, _, _, session = emu
+    project = emulator.add_project("Boxes", labeling_method="object_detection")
+    session.headers["x-api-key"] = emulator.make_key(project["id"])
     box = {"label": "car", "x": 1, "y": 2, "width": 3, "height": 4}
-    by_header = ingest(emulator, session, [("h.png", image_bytes(seed=1))], **{"x-bounding-boxes": json.dumps([box])})
+    by_header = ingest(emulator, session, [("h.png", image_bytes(seed=1))],
+                       **{"x-bounding-boxes": json.dumps([{**box, "x": 0.6, "width": 3.2}])})
     labels = json.dumps({"version": 1, "type": "bounding-box-labels", "boundingBoxes": {"f.png": [box, box]}})
     by_file = session.post(f"{emulator.url}/api/training/files", timeout=5, files=[
         ("data", ("f.png", image_bytes(seed=2), "image/png")), ("data", ("bounding_boxes.labels", labels))]).json()
     assert len(by_file["files"]) == 1  # the labels file is not a sample
+    # Numbers are stored as whole pixels: Studio's BoundingBox model has ints.
     assert emulator.samples[by_header.json()["files"][0]["sampleId"]]["boundingBoxes"] == [box]
     sample_id = by_file["files"][0]["sampleId"]
     assert emulator.samples[sample_id]["boundingBoxes"] == [box, box]
+    api.Sample.from_dict(emulator.samples[sample_id])
     url = f"{emulator.url}/v1/api/{project['id']}/raw-data/{sample_id}/bounding-boxes"
-    assert session.post(url, json={"boundingBoxes": [{**box, "width": 0}]}, timeout=5).status_code == 400
+    for wrong in ({**box, "width": 0}, {**box, "x": 1.5}, {**box, "label": ""}, {**box, "y": True}, {**box, "x": -1}):
+        refused = session.post(url, json={"boundingBoxes": [wrong]}, timeout=5)
+        assert refused.status_code == 400 and refused.json()["success"] is False
+    assert session.post(url, json={"boxes": []}, timeout=5).status_code == 400
+    assert emulator.samples[sample_id]["boundingBoxes"] == [box, box]
+    assert session.post(url, json={"boundingBoxes": [box]}, timeout=5).json() == {"success": True}
+    assert session.post(url, json={"boundingBoxes": [box]}, timeout=5).json() == {"success": True}
+    assert emulator.samples[sample_id]["boundingBoxes"] == [box]  # replaced, never appended
     assert session.post(url, json={"boundingBoxes": []}, timeout=5).json() == {"success": True}
     assert emulator.samples[sample_id]["boundingBoxes"] == []
     bad = ingest(emulator, session, [("b.png", image_bytes(seed=3))], **{"x-bounding-boxes": "[{"})
     assert bad.status_code == 400
+    two = ingest(emulator, session, [("c.png", image_bytes(seed=4)), ("d.png", image_bytes(seed=5))],
+                 **{"x-bounding-boxes": json.dumps([box])})
+    assert two.status_code == 400 and "one image per request" in two.json()["error"]
+    wrong_file = json.dumps({"version": 2, "boundingBoxes": {}})
+    assert session.post(f"{emulator.url}/api/training/files", timeout=5, files=[
+        ("data", ("g.png", image_bytes(seed=6), "image/png")),
+        ("data", ("bounding_boxes.labels", wrong_file))]).status_code == 400
+
+
+def test_projects_labeling_single_labels_drop_ingested_boxes(emu):
+    emulator, project, _, session = emu  # the default project labels whole samples
+    box = {"label": "car", "x": 1, "y": 2, "width": 3, "height": 4}
+    reply = ingest(emulator, session, [("h.png", image_bytes(seed=1))], **{"x-bounding-boxes": json.dumps([box])})
+    assert reply.json()["files"][0]["success"] is True
+    assert emulator.samples[reply.json()["files"][0]["sampleId"]]["boundingBoxes"] == []

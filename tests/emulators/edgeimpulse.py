@@ -17,8 +17,8 @@ Behaviour the targets and the SDKs rely on:
   with ``x-disallow-duplicates: 1`` a file whose SHA-256 the project already holds gets a
   per-file ``success: false`` (the other files go on). The sample name is the file name
   without its last extension. Category ``split`` picks training or testing by hash.
-  Boxes come from ``x-bounding-boxes`` or a ``bounding_boxes.labels`` part (per file name),
-  and later from ``POST .../raw-data/{id}/bounding-boxes``.
+  Bounding boxes: see ``edgeimpulse_boxes`` (ingestion headers/parts, the Studio route,
+  dropped at ingestion unless the project's labeling method is ``object_detection``).
 - Studio errors: request validation fails with 400; a missing sample, project, dataset or
   data item answers ``{"success": false, "error": ...}`` with HTTP ``self.error_status``
   (200 by default, as the real Studio often does; set 404 to test the other shape).
@@ -42,6 +42,7 @@ import time
 from urllib.parse import unquote
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
+from tests.emulators.edgeimpulse_boxes import BoxRoutes, ingested_boxes
 from tests.emulators.edgeimpulse_org import OrgDataRoutes, fail
 
 PID = r"(?P<pid>\d+)"
@@ -61,14 +62,6 @@ def string_map(value) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
-def valid_boxes(boxes) -> bool:
-    """Bounding boxes as Studio takes them: label and integer pixels, positive size."""
-    return isinstance(boxes, list) and all(
-        isinstance(b, dict) and isinstance(b.get("label"), str)
-        and all(isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool) for k in ("x", "y", "width", "height"))
-        and b["width"] > 0 and b["height"] > 0 for b in boxes)
-
-
 def image_size(data: bytes) -> tuple[int, int]:
     from PIL import Image
 
@@ -76,7 +69,7 @@ def image_size(data: bytes) -> tuple[int, int]:
         return img.size
 
 
-class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
+class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
     name = "edgeimpulse"
 
     def __init__(self, *, seed: int = 1234, error_status: int = 200, metadata_merge: bool = False):
@@ -205,15 +198,9 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
         no_label = request.header("x-no-label") == "1"
         label = None if no_label or request.header("x-label") is None else unquote(request.header("x-label"))
         try:
-            boxes = json.loads(request.header("x-bounding-boxes") or "[]")
-            per_file = {}
-            for part in files:
-                if part.filename == "bounding_boxes.labels":
-                    per_file.update(json.loads(part.data)["boundingBoxes"])
-        except (ValueError, KeyError, TypeError) as exc:
+            boxes = ingested_boxes(request, files)
+        except ValueError as exc:
             return fail(f"Invalid bounding boxes: {exc}", 400)
-        if not valid_boxes(boxes) or not all(valid_boxes(b) for b in per_file.values()):
-            return fail("Bounding boxes must be [{label, x, y, width, height}] with width and height > 0", 400)
         project = self._project(request)
         results = []
         with self.lock:
@@ -221,7 +208,7 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
                 if part.filename.endswith(".labels"):
                     continue  # annotation sidecars ride along; not samples themselves
                 results.append(self._ingest_file(project, category, part.filename, part.data, label, no_label,
-                                                 metadata, per_file.get(part.filename, boxes),
+                                                 metadata, self.boxes_kept(project, boxes.get(part.filename, [])),
                                                  request.header("x-disallow-duplicates") == "1"))
         return json_response({"success": True, "files": results})
 
@@ -359,22 +346,6 @@ class EdgeImpulseEmulator(OrgDataRoutes, Emulator):
             if sample is None:
                 return self._no_sample(request)
             sample["label"] = body["label"]
-            sample["lastModified"] = now_iso()
-        return json_response({"success": True})
-
-    @route("POST", rf"/v1/api/{PID}/raw-data/{SID}/bounding-boxes")
-    def set_bounding_boxes(self, request: Request) -> Response:
-        body, error = self._json_body(request)
-        if error:
-            return error
-        boxes = body.get("boundingBoxes") if isinstance(body, dict) else None
-        if not valid_boxes(boxes):
-            return fail("Body must be {\"boundingBoxes\": [{label, x, y, width, height}]}", 400)
-        with self.lock:
-            sample = self._sample(request)
-            if sample is None:
-                return self._no_sample(request)
-            sample["boundingBoxes"] = [dict(b) for b in boxes]
             sample["lastModified"] = now_iso()
         return json_response({"success": True})
 
