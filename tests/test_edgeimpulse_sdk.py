@@ -5,8 +5,11 @@ targets side by side with them.
   (listProjects + count + list): the emulator must store what the SDK sent, and its replies
   must parse in the SDK's pydantic models.
 - ``edgeimpulse_api`` (the generated Studio client): set_sample_metadata, edit_label,
-  get_sample, list_samples, and the organization data routes. Our targets' request bodies
-  must equal what the generated client sends for the same change.
+  get_sample, list_samples, set_sample_bounding_boxes, and the organization data routes.
+  Our targets' request bodies must equal what the generated client sends for the same change.
+- Bounding boxes: the ``x-bounding-boxes`` header ``upload_samples`` sends for a Sample with
+  ``bounding_boxes`` (written by hand in Edge Impulse's form) equals ours for the same box
+  label and mask, and both store the same boxes.
 
 The SDKs run in-process (their only global state is the module-level key and endpoints,
 set with monkeypatch). Both are pinned in tests/requirements-sdk.txt. Known SDK bug, not
@@ -14,6 +17,8 @@ exercised: ``add_organization_data_item`` raises TypeError in 1.96.3 (platform r
 """
 
 from __future__ import annotations
+
+import json
 
 import edgeimpulse as ei
 import edgeimpulse_api as api
@@ -25,7 +30,7 @@ from syncd.targets.edgeimpulse import EdgeImpulseSettings, EdgeImpulseTarget
 from syncd.targets.edgeimpulse_common import sample_name, user_metadata
 from syncd.targets.edgeimpulse_org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
-from tests.helpers import image_bytes, make_upload
+from tests.helpers import image_bytes, make_upload, mask_bytes
 
 INGEST = r"^/api/[^/]+/files$"
 
@@ -150,4 +155,49 @@ def test_generated_org_client_reads_what_the_target_wrote(world):
     assert api.UpdateOrganizationDataItemRequest.from_dict(ours).to_dict() == ours
     item = org_api.get_organization_data_item(org["id"], int(receipt.remote_id)).data
     assert user_metadata(item.metadata) == {"site": "C"}
+    target.close()
+
+
+def test_boxes_on_the_wire_match_the_sdk(world, monkeypatch):
+    """The same annotation sent by the official SDKs and by the target: the same header and
+    Studio body, and the same boxes stored. The SDK side is written by hand in Edge Impulse's
+    own form (whole pixels), so it checks the converter too."""
+    emulator, _, _ = world
+    detector = emulator.add_project("Detector", labeling_method="object_detection")
+    key = emulator.make_key(detector["id"])
+    monkeypatch.setattr(ei, "API_KEY", key)
+    car = {"label": "car", "x": 2, "y": 3, "width": 10, "height": 5}
+    mask_region = {"label": "car", "x": 16, "y": 0, "width": 16, "height": 24}  # mask_bytes: right half
+    hand_made = [car, mask_region]
+    ei_data.upload_samples(Sample(filename="sdk.png", data=image_bytes(seed=21), category="training", label="day",
+                                  bounding_boxes=[dict(b) for b in hand_made]))
+    target = EdgeImpulseTarget("ei", EdgeImpulseSettings(project_id=detector["id"], category="training",
+                                                         ingestion_url=emulator.url, api_url=f"{emulator.url}/v1"),
+                               env={"EI_API_KEY": key})
+    labels = [{"type": "classification", "label": "day"},
+              {"type": "box", "label": "car", "x": 2, "y": 3, "width": 10, "height": 5}]
+    first = target.deliver(make_upload("ours/boxes", seed=22, labels=labels, mask=mask_bytes(colours=((0, 0, 0), (1, 2, 3))),
+                                       class_map={"car": [1, 2, 3]}))
+    sdk_request, our_request = emulator.recorded("POST", INGEST)
+    assert json.loads(our_request["headers"]["x-bounding-boxes"]) == json.loads(
+        sdk_request["headers"]["x-bounding-boxes"]) == hand_made
+    assert our_request["headers"]["x-label"] == sdk_request["headers"]["x-label"] == "day"
+    assert [p["name"] for p in our_request["parts"]] == [p["name"] for p in sdk_request["parts"]] == ["data"]
+    sdk_sample, our_sample = sorted(emulator.samples_in(detector["id"]), key=lambda s: s["id"])
+    assert our_sample["boundingBoxes"] == sdk_sample["boundingBoxes"] == hand_made
+    api.Sample.from_dict(our_sample)
+
+    # Studio: the generated client replaces the SDK sample's boxes, the target ours; same body.
+    raw = api.RawDataApi(studio_client(emulator, key))
+    moved = [{**car, "x": 4}]
+    boxes = [api.BoundingBox(**b) for b in moved]
+    assert raw.set_sample_bounding_boxes(detector["id"], sdk_sample["id"],
+                                         api.SampleBoundingBoxesRequest(bounding_boxes=boxes)).success
+    target.deliver(make_upload("ours/boxes", seed=22, labels=[{"type": "classification", "label": "day"},
+                                                              {"type": "box", "label": "car", "x": 4, "y": 3,
+                                                               "width": 10, "height": 5}], previous=first))
+    sdk_body, our_body = (e["json"] for e in emulator.recorded("POST", r"/bounding-boxes$"))
+    assert our_body == sdk_body == {"boundingBoxes": moved}
+    got = {s.id: s.bounding_boxes for s in raw.list_samples(detector["id"], category="all").samples}
+    assert [b.to_dict() for b in got[our_sample["id"]]] == [b.to_dict() for b in got[sdk_sample["id"]]] == moved
     target.close()

@@ -93,7 +93,7 @@ def test_upload_request_carries_label_metadata_and_dedup_headers(world):
 
 
 @pytest.mark.parametrize("source, upload_kwargs, expected", [
-    ("classification", {"labels": [{"type": "box", "label": "car"}]}, None),
+    ("classification", {"labels": [{"type": "box", "label": "car", "x": 1, "y": 1, "width": 2, "height": 2}]}, None),
     ("metadata", {"metadata": {"label": "idle", "x": "1"}}, "idle"),
     ("metadata", {"metadata": {"x": "1"}}, None),
     ("folder", {}, "cats"),
@@ -297,10 +297,12 @@ def test_check_refuses_wrong_project_and_revoked_key(world):
     with pytest.raises(FatalTargetError) as caught:
         world.target(project_id=other["id"]).check()
     assert "project_id" in str(caught.value) and world.key not in str(caught.value)
-    assert world.target().check() == []
+    (boxes_note,) = world.target().check()  # a single-label project keeps no bounding boxes
+    assert "Bounding boxes" in boxes_note and "masks" in boxes_note
     detector = world.emulator.add_project("Boxes", labeling_method="object_detection")
     world.key = world.emulator.make_key(detector["id"])
     assert "ignored" in world.target(project_id=detector["id"]).check()[0]
+    assert world.target(project_id=detector["id"], label_source="none").check() == []
     world.emulator.revoke(world.key)
     with pytest.raises(FatalTargetError) as caught:
         world.target(project_id=detector["id"]).check()
