@@ -7,11 +7,12 @@ import json
 
 import pytest
 
+from syncd.annotations import FEATURES, unsupported_labels, unsupported_types
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.edgeimpulse_common import IMAGE_KEY, VERSION_KEY, sample_name, user_metadata
 from syncd.targets.edgeimpulse_org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
-from tests.helpers import make_upload
+from tests.helpers import make_upload, mask_bytes
 
 ADD = r"/data/add$"
 
@@ -185,3 +186,18 @@ def test_reply_classification(world, status, body, expected, words):
     with pytest.raises(expected) as caught:
         target.deliver(make_upload("c/1", metadata={"n": "2"}, previous=first))
     assert type(caught.value) is expected and words in str(caught.value) and world.key not in str(caught.value)
+
+
+def test_labels_and_mask_are_reported_not_sent(world):
+    """Organization data holds files and metadata only: an item with labels and a mask is
+    delivered as its image and metadata, and everything else is listed as not representable."""
+    labels = [{"type": "classification", "label": "day"},
+              {"type": "box", "label": "car", "x": 1, "y": 1, "width": 4, "height": 4}]
+    upload = make_upload("lab/1", metadata={"a": "1"}, labels=labels, mask=mask_bytes(), class_map={"car": [255, 0, 0]})
+    receipt = world.target().deliver(upload)
+    item = world.only("lab/1")
+    assert receipt.extra["version"] == upload.version
+    assert world.emulator.files_of(item["id"]) == {"1.png": upload.image}
+    assert user_metadata(item["metadata"]) == {"a": "1"}
+    assert unsupported_labels("edgeimpulse-org", labels, has_mask=True) == ["classification", "box", "mask"]
+    assert unsupported_types("edgeimpulse-org") == list(FEATURES)

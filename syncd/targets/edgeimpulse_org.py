@@ -18,6 +18,12 @@ its name in the bucket, which the new item's files would share. The item is ther
 briefly absent; a crash in that window is repaired by the next attempt (lookup finds
 nothing, so the item is created).
 
+Labels and masks are not sent: organization data items hold files and metadata, no
+annotations (``syncd.annotations.SUPPORTED["edgeimpulse-org"]`` is empty, so the daemon
+reports every item's labels and mask as not representable). The mask is deliberately not
+added as an extra file: Edge Impulse would not read it as a label, and it would have to
+follow the item through every delete-and-create of an image change.
+
 Errors come as non-2xx or inside HTTP 200 (``{"success": false, "error": ...}``); both are
 classified by edgeimpulse_common.result.
 """
@@ -137,7 +143,6 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
         data_id = body.get("id")
         if not isinstance(data_id, int):
             raise TransientError(f"{self.name}: {context}: the reply has no item id; checking on the next attempt")
-        self._sync_annotations(data_id, upload)
         return self._receipt(data_id, upload, version=upload.version, image_sha256=upload.image_sha256)
 
     def _update(self, data_id: int, upload: Upload, desired: dict[str, str]) -> Receipt:
@@ -155,11 +160,7 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
             wrong = sorted(k for k in desired if metadata.get(k) != desired[k])
             raise PermanentError(f"{self.name}: {context}: Edge Impulse did not store the metadata as sent "
                                  f"(differing keys: {wrong[:10]})")
-        self._sync_annotations(data_id, upload)
         return self._receipt(data_id, upload, version=upload.version, image_sha256=upload.image_sha256)
-
-    def _sync_annotations(self, data_id: int, upload: Upload) -> None:
-        """Organization data has no label fields; labels/masks as extra files come later. No-op today."""
 
     def _delete_all(self, ids: list[int], upload: Upload) -> None:
         """Delete superseded items; a failure is an unknown outcome (the lookup sorts it out)."""
