@@ -16,9 +16,10 @@ journal row by row. Two fast paths, both decided from one ``DirEntry.stat()`` pe
    the journal's; only items that differ — or that are unusual in any way — are yielded for
    the daemon to observe with its full checks.
 
-Vanished items: a full scan counts what it accounted for (items in skipped directories plus
-items seen); only when that differs from the journal's count of live items are the
-journal's keys listed to find the missing ones.
+Vanished items: in each listed directory, the journal's live items that were neither
+accepted unchanged nor yielded are gone. Items of directories that were not listed at all
+(removed, now ignored) are looked for only when the journal's count of live items exceeds
+what the listed directories account for.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class Scan:
 
     ``items()`` yields the items the caller must observe; afterwards ``finish()`` stores the
     digests of directories found unchanged, and ``vanished()`` (full scans) lists the live
-    journal items that were not found.
+    journal items that were not found. Memory stays proportional to one directory and to
+    what changed, not to the tree: unchanged items leave no trace but a per-directory count.
     """
 
     def __init__(self, store: Store, folder: str, root: Path, rules: IgnoreRules, prefix: str,
@@ -57,16 +59,17 @@ class Scan:
         self.settling_keys = settling_keys
         self.digests = store.dir_digests(folder)
         self.salt = repr((rules.patterns, rules.include, prefix)).encode()
-        self.seen: set[str] = set()  # keys of items found unchanged or yielded
         self.skipped: dict[str, int] = {}  # base key of a directory skipped by its digest -> items
-        self.yielded = 0
+        self.visited: set[str] = set()  # base keys of every directory listed
+        self.accounted = 0  # live journal items in the directories listed
+        self.candidates: dict[str, int] = {}  # live journal items listed but not found unchanged: key -> id
+        self.yielded: set[str] = set()  # keys of the items yielded
         self._save: list[tuple[str, str, str, int]] = []
 
     # -- walking --------------------------------------------------------------------------
     def items(self, start: Path | None = None) -> Iterator[ItemFiles]:
         for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter):
-            self.seen.add(files.key)
-            self.yielded += 1
+            self.yielded.add(files.key)
             yield files
 
     def _base(self, directory: Path) -> str:
@@ -75,21 +78,28 @@ class Scan:
         return (self.prefix.rstrip("/") + "/" if self.prefix else "") + rel
 
     def _filter(self, directory: Path, entries: list[os.DirEntry], export: Export | None) -> list[str]:
-        if export is not None:
-            return [entry.name for entry in entries]
         base = self._base(directory)
-        dir_key = str(directory) + "/"  # as the journal's trigger derives it from image paths
-        digest = self._digest(directory, entries) if base.isprintable() else None
-        stored = self.digests.get(dir_key)
-        if digest is not None and stored is not None and stored[0] == digest:
-            self.skipped[base] = stored[1]
-            return []
-        known = self.store.dir_signatures(self.folder, base)
-        rest, accepted = _changed_names(self.root, directory, base, entries, self.rules, known, self.settling_keys,
-                                        self.seen)
-        live = sum(1 for _id, _sig, state in known.values() if state not in ("gone", "deleted"))
-        if digest is not None and not rest and accepted == live:
-            self._save.append((dir_key, base, digest, accepted))
+        self.visited.add(base)
+        if export is None:
+            dir_key = str(directory) + "/"  # as the journal's trigger derives it from image paths
+            digest = self._digest(directory, entries) if base.isprintable() else None
+            stored = self.digests.get(dir_key)
+            if digest is not None and stored is not None and stored[0] == digest:
+                self.skipped[base] = stored[1]
+                self.accounted += stored[1]
+                return []
+        live = {key: row for key, row in self.store.dir_signatures(self.folder, base).items()
+                if row[2] not in ("gone", "deleted")}
+        self.accounted += len(live)
+        if export is not None:
+            rest, accepted = [entry.name for entry in entries], set()
+        else:
+            rest, accepted = _changed_names(self.root, directory, base, entries, self.rules, live, self.settling_keys)
+        for key, row in live.items():
+            if key not in accepted:
+                self.candidates[key] = row[0]
+        if export is None and digest is not None and not rest and len(accepted) == len(live):
+            self._save.append((dir_key, base, digest, len(accepted)))
         return rest
 
     def _digest(self, directory: Path, entries: list[os.DirEntry]) -> str | None:
@@ -125,18 +135,20 @@ class Scan:
 
     def vanished(self) -> list[tuple[str, int]]:
         """``(key, id)`` of live journal items this (full) scan did not find."""
-        if self.yielded == 0 and self.store.live_count(self.folder) == sum(self.skipped.values()) + len(self.seen):
-            return []  # everything accounted for: no need to list 100,000 keys
-        skipped = self.skipped
-        return [(key, item_id) for key, item_id in self.store.live_items(self.folder)
-                if key not in self.seen and key[: key.rfind("/") + 1] not in skipped]
+        missing = [(key, item_id) for key, item_id in self.candidates.items() if key not in self.yielded]
+        if self.store.live_count(self.folder) == self.accounted:
+            return missing  # every live item is in a directory that was listed
+        # Some live items are in directories that were not listed (removed, now ignored).
+        visited = self.visited
+        return missing + [(key, item_id) for key, item_id in self.store.live_items(self.folder)
+                          if key[: key.rfind("/") + 1] not in visited]
 
 
 def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirEntry], rules: IgnoreRules,
-                   known: dict[str, tuple[int, str | None, str]], settling_keys, seen: set[str]) -> tuple[list[str], int]:
+                   known: dict[str, tuple[int, str | None, str]], settling_keys) -> tuple[list[str], set[str]]:
     """The names in ``entries`` that still need the full rules (``group_directory``): all but
     those of plain items whose listing signature equals the journal's settled one. Returns
-    them and the number of items accepted unchanged (their keys are added to ``seen``)."""
+    them and the keys of the items accepted unchanged."""
     rel = directory.relative_to(root).as_posix()
     rel = "" if rel == "." else rel + "/"
     ignored = rules._name
@@ -155,7 +167,7 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
             slot[3] = True  # two images (or sidecars, masks) for one stem: the full rules decide
         slot[index] = entry
     rest: list[str] = []
-    accepted = 0
+    accepted: set[str] = set()
     class_map: object = False  # False: not looked up yet
     for stem, (image, sidecar, mask, clash) in by_stem.items():
         if image is None:
@@ -176,8 +188,7 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
             key = printable(base + stem)
             row = known.get(key)
             if row is not None and row[1] == "|".join(parts) and row[2] in SETTLED and key not in settling_keys:
-                seen.add(key)
-                accepted += 1
+                accepted.add(key)
                 continue
         rest += [e.name for e in (image, sidecar, mask) if e is not None]
     return rest, accepted
