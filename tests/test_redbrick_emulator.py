@@ -1,9 +1,12 @@
 """The RedBrick emulator itself: transport (gzip+base64 and plain JSON), auth, the rules the
-target and the SDK rely on (unique names, uploaded items, metadata replace, search)."""
+target and the SDK rely on (unique names, uploaded items, metadata replace, search, strict
+labels and segmentation files, the public -> import conversion)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 import uuid
 
 import pytest
@@ -135,3 +138,83 @@ def test_faults_can_target_one_operation(rb):
     rb.script_error("getProjectSDK", "boom")
     assert call(rb, "getProjectSDK", ids(rb)).json() == {"data": None, "errors": [{"message": "boom"}]}
     assert call(rb, "getProjectSDK", ids(rb)).json()["data"]["project"]
+
+
+# -- labels -----------------------------------------------------------------------------------
+BOX = {"category": "car", "attributes": [], "bbox2d": {"xnorm": 0.1, "ynorm": 0.1, "wnorm": 0.5, "hnorm": 0.5}}
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("not json", "JSON string"),
+    ([{**BOX, "colour": "red"}], "unknown keys ['colour']"),
+    ([{**BOX, "point": {"xnorm": 0, "ynorm": 0}}], "exactly one of"),
+    ([{"category": "car"}], "exactly one of"),
+    ([{**BOX, "bbox2d": {"xnorm": 0.9, "ynorm": 0, "wnorm": 0.5, "hnorm": 0.1}}], "outside the image"),
+    ([{"category": "roof", "polygon": [{"xnorm": 0, "ynorm": 0}, {"xnorm": 1, "ynorm": 1}]}], "at least 3 points"),
+    ([{"category": "nose", "point": {"xnorm": 2, "ynorm": 0}}], "0..1"),
+    ([{**BOX, "attributes": {"occluded": True}}], "list of {name, value}"),
+    ([{"category": "road", "dicom": {"instanceid": 1}, "volumeindex": 0}], "no labelsMap entry"),
+    ([{"category": "day", "seriesclassify": "yes"}], "must be true"),
+])
+def test_labels_are_checked_strictly(rb, labels, message):
+    data = labels if isinstance(labels, str) else json.dumps(labels)
+    reply = create(rb, "l", labelsData=data)
+    assert reply["data"] == {"createDatapoint": None} and message in reply["errors"][0]["message"]
+    assert rb.tasks_in(rb.org_id, rb.project_id) == []
+    assert create(rb, "l", labelsData=json.dumps([BOX]))["data"]["createDatapoint"]["taskId"]
+    assert rb.tasks_in(rb.org_id, rb.project_id)[0]["labels"] == [BOX]
+
+
+def test_segmentation_files_must_be_uploaded_nifti_with_the_blob_header(rb):
+    grants = call(rb, "presignUploadsSDK", ids(rb, filesData=[], fileTypeData="application/json",
+                                               fileEncodingData="gzip", filesSeg=["labels/a/b/0.nii.gz"],
+                                               fileTypeSeg="application/octet-stream", fileEncodingSeg=None)).json()
+    assert grants["data"]["presignData"] == []
+    [seg] = grants["data"]["presignSeg"]
+    segment = {"category": "road", "attributes": [], "dicom": {"instanceid": 1}, "volumeindex": 0}
+    labels_map = [{"labelName": seg["filePath"], "seriesIndex": 0}]
+    refused = create(rb, "s", labelsData=json.dumps([segment]), labelsMap=labels_map)
+    assert "was not uploaded" in refused["errors"][0]["message"]
+    headers = {"Content-Type": "application/octet-stream"}
+    no_blob_type = requests.put(seg["presignedUrl"], data=b"x", headers=headers, timeout=5)
+    assert no_blob_type.status_code == 400 and b"MissingRequiredHeader" in no_blob_type.content
+    headers["x-ms-blob-type"] = "BlockBlob"
+    assert requests.put(seg["presignedUrl"], data=gzip_bytes(b"not nifti"), headers=headers, timeout=5).ok
+    assert "not a NIfTI-1 file" in create(rb, "s", labelsData=json.dumps([segment]),
+                                          labelsMap=labels_map)["errors"][0]["message"]
+    nifti = gzip_bytes(struct.pack("<i", 348) + bytes(340) + b"n+1\0" + bytes(8))
+    assert requests.put(seg["presignedUrl"], data=nifti, headers=headers, timeout=5).ok
+    task_id = create(rb, "s", labelsData=json.dumps([segment]), labelsMap=labels_map)["data"]["createDatapoint"]["taskId"]
+    [task] = rb.tasks_in(rb.org_id, rb.project_id)
+    assert task["segmentations"] == {0: nifti} and task["labels"] == [segment]
+    # putLabels replaces labels and segmentations as a whole.
+    put = call(rb, "updateTasksLabelsSDK", ids(rb, taskId=task_id, labelsData=json.dumps([BOX]), labelsMap=[],
+                                               finalize=False, extraData="null"), kind="mutation").json()
+    assert put["data"]["putLabels"]["ok"]
+    [task] = rb.tasks_in(rb.org_id, rb.project_id)
+    assert task["labels"] == [BOX] and task["segmentations"] == {} and task["labelsVersion"] == 1
+
+
+def test_public_series_annotations_are_converted(rb):
+    series = {"items": "a.png", "classifications": [{"category": "day", "attributes": {"w": "rain"}}],
+              "boundingBoxes": [{"pointTopLeft": {"xNorm": 0.1, "yNorm": 0.2}, "wNorm": 0.3, "hNorm": 0.4,
+                                 "category": "car"}],
+              "landmarks": [{"point": {"xNorm": 0.5, "yNorm": 0.5}, "category": "nose"}],
+              "polylines": [{"points": [{"xNorm": 0, "yNorm": 1}, {"xNorm": 1, "yNorm": 0}], "category": "lane"}],
+              "segmentations": "seg.nii.gz", "segmentMap": {"2": "car", "1": {"category": "road"}}}
+    reply = call(rb, "validateAndConvertToImportFormatSDK", {"original": json.dumps([{"name": "t", "series": [series]}]),
+                                                             "convert": True, "storageId": REDBRICK}).json()
+    [task] = json.loads(reply["data"]["validateAndConvertToImportFormat"]["converted"])
+    assert task["items"] == ["a.png"] and task["labelsMap"] == [{"labelName": "seg.nii.gz", "seriesIndex": 0}]
+    assert task["labels"] == [
+        {"category": "day", "attributes": [{"name": "w", "value": "rain"}], "seriesclassify": True},
+        {"category": "car", "attributes": [], "bbox2d": {"xnorm": 0.1, "ynorm": 0.2, "wnorm": 0.3, "hnorm": 0.4}},
+        {"category": "nose", "attributes": [], "point": {"xnorm": 0.5, "ynorm": 0.5}},
+        {"category": "lane", "attributes": [], "polyline": [{"xnorm": 0, "ynorm": 1}, {"xnorm": 1, "ynorm": 0}]},
+        {"category": "road", "attributes": [], "dicom": {"instanceid": 1}, "volumeindex": 0},
+        {"category": "car", "attributes": [], "dicom": {"instanceid": 2}, "volumeindex": 0},
+    ]
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data)
