@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from syncd.annotations.redbrick import to_redbrick
-from syncd.errors import TransientError
+from syncd.errors import FatalTargetError, TransientError
 from syncd.targets.redbrick import VERSION_KEY, RedBrickSettings, RedBrickTarget
 from syncd.targets.redbrick_labels import EMPTY, FIX_NIBABEL, MASK_NEEDS_NIBABEL, expected_digest
 from tests.emulators.redbrick import RedBrickEmulator
@@ -288,3 +288,18 @@ def test_failed_label_uploads_are_known_outcomes(rb):
     assert caught.value.outcome_unknown is False and rb.tasks_in(rb.org_id, rb.project_id) == []
     rb.target.deliver(labelled())
     assert rb.task()["segmentations"]
+
+
+def test_label_errors_are_classified_and_redacted(rb):
+    first_upload = labelled(labels=[BOX], mask=False)
+    first = rb.target.deliver(first_upload)
+    rb.script_error("updateTasksLabelsSDK", f"label refused for key {rb.key}")
+    second = rb.target.deliver(labelled(labels=LABELS[:2], mask=False, previous=first))
+    assert rb.key not in json.dumps(second.extra) and "***" in second.extra["not_sent"][0]
+    rb.script_error("updateTasksLabelsSDK", "Not authorized for this project")
+    with pytest.raises(FatalTargetError) as caught:
+        rb.target.deliver(labelled(labels=LABELS[:3], mask=False, previous=second))
+    rb.script_error("updateTasksLabelsSDK", "Rate limit exceeded")
+    with pytest.raises(TransientError):
+        rb.target.deliver(labelled(labels=LABELS[:3], mask=False, previous=second))
+    assert rb.key not in str(caught.value) and rb.task()["labels"] == to_redbrick(first_upload).labels
