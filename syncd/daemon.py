@@ -517,6 +517,9 @@ class Daemon:
         if kind == delivery.ACKED:
             assert outcome.receipt is not None
             self.store.acked(due.item_id, due.target, outcome.receipt.to_json(), now)
+            not_sent = outcome.receipt.extra.get("not_sent")
+            if not_sent:
+                self.store.add_note(due.item_id, due.target, "not sent: " + "; ".join(map(str, not_sent)))
             how = "found already delivered on" if outcome.adopted else "delivered to"
             log.info("%s %s %s as %s", due.key, how, due.target, outcome.receipt.remote_id)
             self._after_upload(due, now)

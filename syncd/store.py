@@ -469,6 +469,14 @@ class Store:
             ]
         )
 
+    def add_note(self, item_id: int, target: str, text: str) -> None:
+        """Add ``text`` to the delivery's note (shown by ``status``), once."""
+        self._tx([(
+            "UPDATE deliveries SET note=CASE WHEN note IS NULL THEN ? WHEN instr(note, ?) > 0 THEN note "
+            "ELSE note || '; ' || ? END WHERE item_id=? AND target=?",
+            (text, text, text, item_id, target),
+        )])
+
     def failed(self, item_id: int, target: str, error: str, now: float) -> None:
         """A permanent failure of the in-flight version (a newer wanted version still goes)."""
         self._tx(

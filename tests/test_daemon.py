@@ -203,3 +203,19 @@ def test_journal_survives_reopen(make_daemon, inbox, scripted, tmp_path):
         assert store.counts().get("acked") == 1
     finally:
         store.close()
+
+
+def test_parts_a_target_could_not_send_are_shown_in_status(make_daemon, inbox):
+    from syncd.targets.base import Receipt
+
+    class Partial(ScriptedTarget):
+        def deliver(self, upload):
+            receipt = super().deliver(upload)
+            return Receipt(receipt.remote_id, {**receipt.extra, "not_sent": ["mask: nibabel is not installed"]})
+
+    target = Partial("fake")
+    write_item(inbox, "a")
+    daemon = make_daemon({"fake": target})
+    drive(daemon)
+    note = daemon.store.query("SELECT note FROM deliveries")[0]["note"]
+    assert note == "not sent: mask: nibabel is not installed"

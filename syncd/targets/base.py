@@ -54,7 +54,10 @@ class Receipt:
 
     ``remote_id`` is the platform's handle (Nucleus item id or reference_id, Edge Impulse
     sampleId, Dataloop item id, RedBrick taskId, local record path). ``extra`` keeps any
-    other JSON-serialisable handles the target needs for later updates.
+    other JSON-serialisable handles the target needs for later updates. By convention
+    ``extra["version"]`` is the version the remote item holds (for recovery) and
+    ``extra["not_sent"]`` lists parts that were delivered without (e.g. a mask the platform
+    refused), with the reason; the daemon shows them in ``syncd status``.
     """
 
     remote_id: str
