@@ -120,11 +120,14 @@ def cmd_retry(args) -> int:
     from syncd.store import Store
 
     config = _config(args)
-    if not args.keys and not args.failed:
-        raise ConfigError("say which items to retry: syncd retry KEY ... or syncd retry --failed")
+    if not args.keys and not args.failed and not args.incomplete:
+        raise ConfigError("say which items to retry: syncd retry KEY ..., --failed or --incomplete")
     store = Store.open(config.daemon.state_dir)
     try:
-        changed = store.requeue(None if args.failed else args.keys, time.time())
+        if args.incomplete:
+            changed = store.requeue_incomplete(time.time())
+        else:
+            changed = store.requeue(None if args.failed else args.keys, time.time())
     finally:
         store.close()
     print(f"requeued {changed} failed deliveries/items; a running daemon picks them up within its next pass"
@@ -161,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     retry = add("retry", cmd_retry, "requeue failed items (by key, or all with --failed)")
     retry.add_argument("keys", nargs="*", help="item keys, e.g. cam1/frame_0001")
     retry.add_argument("--failed", action="store_true", help="requeue every failed item")
+    retry.add_argument("--incomplete", action="store_true",
+                       help="deliver again items a target took without some parts (status: 'not sent'), e.g. after installing nibabel")
     schema = sub.add_parser("schema", help="print the JSON Schema of the sidecar file")
     schema.set_defaults(func=cmd_schema)
     return parser

@@ -469,6 +469,16 @@ class Store:
             ]
         )
 
+    def requeue_incomplete(self, now: float) -> int:
+        """``syncd retry --incomplete``: deliver again what was acked without some parts."""
+        before = self.conn.total_changes
+        self._tx([(
+            "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=0, pending_since=?, updated_at=? "
+            "WHERE state='acked' AND note LIKE '%not sent:%'",
+            (now, now),
+        )])
+        return self.conn.total_changes - before
+
     def add_note(self, item_id: int, target: str, text: str) -> None:
         """Add ``text`` to the delivery's note (shown by ``status``), once."""
         self._tx([(

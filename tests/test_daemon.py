@@ -219,3 +219,6 @@ def test_parts_a_target_could_not_send_are_shown_in_status(make_daemon, inbox):
     drive(daemon)
     note = daemon.store.query("SELECT note FROM deliveries")[0]["note"]
     assert note == "not sent: mask: nibabel is not installed"
+    assert daemon.store.requeue_incomplete(time.time()) == 1  # syncd retry --incomplete
+    drive(daemon)
+    assert len(target.sent) == 2 and target.sent[-1][2] is True  # sent again, as an update
