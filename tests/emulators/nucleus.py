@@ -17,10 +17,15 @@ Served:
 - ``GET|DELETE dataset/{id}/refloc/{ref}``, ``GET dataset/{id}/datasetItems`` (items carry
   ``ref_id``, the backend quirk the SDK handles), ``POST dataset/{id}/itemsPage``,
   ``POST dataset/{id}/metadata?async=0|1`` (merge), and ``GET /images/{item id}``.
+- Annotations (``nucleus_annotations.py``): ``POST dataset/{id}/annotate`` (JSON or
+  multipart masks), ``POST dataset/{id}/add_taxonomy``, ``DELETE annotation/{id}``; refloc
+  answers the item's annotations; deleting an item or dataset deletes its annotations.
 
 Test helpers: ``add_dataset``, ``items(dataset_id)``, ``item(dataset_id, ref)``,
 ``image(dataset_id, ref)``, ``run_jobs()``, ``fail_next_job(status, ...)``, ``reject``,
-``journal`` (every append as sent, raw body included, when ``record`` is on).
+``journal`` (every append as sent, raw body included, when ``record`` is on),
+``annotations(dataset_id, ref)``, ``mask(dataset_id, ref)``, ``taxonomies(dataset_id)``,
+``annotation_journal`` (annotate and delete requests, when ``record`` is on).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import copy
 import json
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
+from tests.emulators.nucleus_annotations import AnnotationRoutes, AnnotationStore
 from tests.emulators.nucleus_state import REMOTE_SCHEMES, Job, NucleusState, Row, new_id
 
 API = "/v1/nucleus"
@@ -45,7 +51,7 @@ def error(status: int, message: str) -> Response:
     return json_response({"error": message, "status_code": status}, status)
 
 
-class NucleusEmulator(Emulator):
+class NucleusEmulator(AnnotationRoutes, Emulator):
     name = "nucleus"
 
     def __init__(self, *, seed: int = 1234, api_key: str = DEFAULT_KEY, job_script=("Queued", "Running")):
@@ -57,6 +63,8 @@ class NucleusEmulator(Emulator):
         self.signed: dict[str, bytes] = {}  # request id -> NDJSON uploaded to its signed URL
         self.record = False
         self.journal: list[dict] = []
+        self.gt = AnnotationStore(self.state)
+        self.annotation_journal: list[dict] = []
 
     def start(self, port: int = 0) -> "NucleusEmulator":
         super().start(port)
@@ -171,7 +179,8 @@ class NucleusEmulator(Emulator):
     @route("DELETE", f"{API}/dataset/{DS}")
     def delete_dataset(self, request: Request) -> Response:
         def handle(request):
-            self.state.delete_dataset(self._dataset(request))
+            self.gt.drop_dataset(self._dataset(request))
+            self.state.delete_dataset(request.params["ds"])
             return json_response({})
         return self._call(handle, request)
 
@@ -307,7 +316,8 @@ class NucleusEmulator(Emulator):
             item = self.state.items[self._dataset(request)].get(request.params["ref"])
             if item is None:
                 raise LookupError(f"No item with reference_id {request.params['ref']!r}")
-            return json_response({"item": copy.deepcopy(item), "annotations": {}})
+            return json_response({"item": copy.deepcopy(item),
+                                  "annotations": self.gt.grouped(request.params["ds"], item["reference_id"])})
         return self._call(handle, request)
 
     @route("DELETE", f"{API}/dataset/{DS}/refloc/(?P<ref>[^/]+)")
@@ -317,6 +327,7 @@ class NucleusEmulator(Emulator):
             if item is None:
                 raise LookupError(f"No item with reference_id {request.params['ref']!r}")
             self.state.images.pop(item["id"], None)
+            self.gt.delete(request.params["ds"], [item["reference_id"]])
             return json_response({})
         return self._call(handle, request)
 

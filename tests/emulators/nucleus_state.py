@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ class Job:
     counts: dict[str, int] = field(default_factory=lambda: {"new": 0, "updated": 0, "ignored": 0, "errors": 0})
     # A scripted end instead of running the rows: (status, message, apply rows?)
     forced: tuple[str, str, bool] | None = None
+    # A job that is not an item upload (e.g. deleting annotations): run instead of the rows,
+    # returns the job's error rows.
+    action: Callable[[], list[str]] | None = None
     created: str = "2026-01-01T00:00:00.000Z"
 
     @property
@@ -187,8 +191,10 @@ class NucleusState:
         return counts, errors
 
     # -- jobs ---------------------------------------------------------------------------------
-    def new_job(self, dataset_id: str, rows: list[Row], job_type: str = "uploadDatasetItems") -> Job:
-        job = Job(job_id=new_id("job"), dataset_id=dataset_id, seq=next(self._seq), rows=rows, job_type=job_type)
+    def new_job(self, dataset_id: str, rows: list[Row], job_type: str = "uploadDatasetItems", *,
+                action: Callable[[], list[str]] | None = None) -> Job:
+        job = Job(job_id=new_id("job"), dataset_id=dataset_id, seq=next(self._seq), rows=rows, job_type=job_type,
+                  action=action)
         job.forced = self.forced.pop(0) if self.forced else None
         self.jobs[job.job_id] = job
         if self.job_script:
@@ -226,9 +232,15 @@ class NucleusState:
             return
         if job.forced is not None:
             status, message, apply = job.forced
-            if apply:
+            if apply and job.action is not None:
+                job.errors = job.action()
+            elif apply:
                 job.counts, job.errors = self.run_rows(job.dataset_id, job.rows)
             job.status, job.message = status, message
+            return
+        if job.action is not None:
+            job.errors = job.action()
+            job.status, job.message = "Completed", {"errors": len(job.errors)}
             return
         job.counts, job.errors = self.run_rows(job.dataset_id, job.rows)
         job.status = "Completed"
