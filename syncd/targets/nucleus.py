@@ -21,8 +21,10 @@ Idempotency and updates:
   upsert target (``create_only = False``): the daemon simply re-sends after an unknown
   outcome.
 
-``upload.metadata`` is sent unchanged (any JSON). Labels and masks are not sent yet; they
-will go through ``_deliver_annotations``.
+``upload.metadata`` is sent unchanged (any JSON). Labels and masks become ground-truth
+annotations once the append's job has ended (``_deliver_annotations``, see
+``nucleus_annotations`` for how they are replaced, never duplicated); the receipt keeps
+``annotations_sha256`` so that unchanged labels are not sent again.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from pydantic import Field, field_validator
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
 from syncd.targets.http import SessionPool, json_body, raise_for_status, send
-from syncd.targets.nucleus_jobs import JobPending, JobWaiter, classify
+from syncd.targets.nucleus_annotations import AnnotationWriter, Plan, plan
+from syncd.targets.nucleus_jobs import JobPending, JobResult, JobWaiter, classify
 
 
 class NucleusSettings(TargetSettings):
@@ -50,6 +53,8 @@ class NucleusSettings(TargetSettings):
     timeout: float = Field(120.0, gt=0, description="seconds for each HTTP request")
     job_poll_interval: float = Field(2.0, gt=0, description="longest pause between polls of an upload job")
     job_timeout: float = Field(600.0, gt=0, description="seconds to wait for an upload job before retrying later")
+    taxonomy_name: str = Field("syncd", min_length=1,
+                               description="category taxonomy that classification labels go to (created as needed)")
 
     @field_validator("base_url")
     @classmethod
@@ -109,7 +114,10 @@ class NucleusTarget(Target):
         self._lock = threading.Lock()
         # item key -> id of its last job that was not seen to end (see deliver()).
         self._unfinished: dict[str, str] = {}
+        # item keys whose annotations a failed attempt of this process may have half written.
+        self._unsure: set[str] = set()
         self.jobs = JobWaiter(self._get_json, interval=settings.job_poll_interval, timeout=settings.job_timeout)
+        self.annotations = AnnotationWriter(self)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _session(self):
@@ -185,19 +193,27 @@ class NucleusTarget(Target):
         item again, its previous unfinished job is waited for first (in this process).
         """
         what = f"{self.name}: item {upload.key!r}"
+        with self._lock:
+            unsure = upload.key in self._unsure
+        todo = plan(upload, self.settings.taxonomy_name, unsure=unsure)  # before sending: a bad mask fails here
         self._finish_previous_job(upload.key, what)
         job_id = self._append(upload, what)
         if job_id is not None:
-            with self._lock:
-                self._unfinished[upload.key] = job_id
-            result = self.jobs.wait(job_id, what=what)
-            with self._lock:
-                self._unfinished.pop(upload.key, None)
-            classify(result, what=what)
-        self._deliver_annotations(upload)
+            classify(self.wait_job(upload.key, job_id, what), what=what)
         extra = {"version": upload.version, "image_sha256": upload.image_sha256,
                  "dataset_id": self.settings.dataset_id, "job_id": job_id}
+        extra.update(self._deliver_annotations(upload, todo, what))
         return Receipt(remote_id=upload.key, extra=extra)
+
+    def wait_job(self, key: str, job_id: str, what: str) -> JobResult:
+        """Wait for a job about item ``key``; one this target stops waiting for is waited
+        for before the item's next request (``_finish_previous_job``)."""
+        with self._lock:
+            self._unfinished[key] = job_id
+        result = self.jobs.wait(job_id, what=what)
+        with self._lock:
+            self._unfinished.pop(key, None)
+        return result
 
     def _finish_previous_job(self, key: str, what: str) -> None:
         with self._lock:
@@ -245,8 +261,17 @@ class NucleusTarget(Target):
             return None
         raise TransientError(f"{what}: {context}: the reply has neither a job id nor counts: {str(reply)[:200]}")
 
-    def _deliver_annotations(self, upload: Upload) -> None:
-        """Labels and masks become Nucleus annotations here (a later issue); no-op today."""
+    def _deliver_annotations(self, upload: Upload, todo: Plan, what: str) -> dict[str, Any]:
+        """Labels and mask -> the item's annotations (when ``todo`` says they changed);
+        returns the receipt's ``annotations_sha256`` (and ``not_sent``)."""
+        if todo.converted is None:
+            return todo.receipt()
+        with self._lock:
+            self._unsure.add(upload.key)
+        fields = self.annotations.write(upload, todo, what)
+        with self._lock:
+            self._unsure.discard(upload.key)
+        return fields
 
     # -- lookup -------------------------------------------------------------------------------
     def lookup(self, upload: Upload) -> Receipt | None:
