@@ -36,6 +36,7 @@ from syncd.watcher import FolderWatcher
 log = logging.getLogger("syncd.daemon")
 
 LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
+SETTLE_SLICE = 0.02  # seconds of reading settled items per pass (see Daemon._settle)
 
 
 @dataclass
@@ -332,6 +333,10 @@ class Daemon:
     def _settle(self, now: float) -> None:
         assert self.store is not None
         settle = self.cfg.settle_seconds
+        # Reading (decoding, hashing) items is the expensive part: a pass reads for at most
+        # SETTLE_SLICE seconds, so a burst of thousands of files is delivered while the rest
+        # of it is still being read instead of after all of it.
+        deadline = time.monotonic() + SETTLE_SLICE
         for item_id, entry in list(self.settling.items()):
             if entry.folder.missing:
                 continue
@@ -364,6 +369,9 @@ class Daemon:
                     self.store.settling_error(item_id, message, now)
                     entry.reported = True
                 continue
+            if time.monotonic() > deadline:
+                self.wake.set()  # the next pass goes on right after dispatching
+                break
             del self.settling[item_id]
             try:
                 content = read_item(entry.files, **self.read_options)
@@ -376,8 +384,7 @@ class Daemon:
             if label_error:
                 log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
             self.store.settled(item_id, content.version, entry.folder.targets, now, label_error=label_error,
-                               notes=self._unrepresentable(entry.folder, content))
-            self._record_sig(item_id, sig)
+                               notes=self._unrepresentable(entry.folder, content), stat_sig=sig)
             log.debug("item %s settled at version %s", entry.files.key, content.version)
             self.wake.set()
 

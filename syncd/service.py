@@ -92,8 +92,9 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
             if daemon.checking:
                 time.sleep(BUSY_WAIT)
                 continue
-            waiting = _waiting(daemon)
-            if not daemon.busy() and not waiting:
+            # The count is only needed once nothing is settling or in flight (it is a query
+            # per pass otherwise, and it contends with the upload workers).
+            if not daemon.busy() and not _waiting(daemon):
                 break
             if now - start > max_wait:
                 log.warning("giving up waiting after %.0fs", max_wait)

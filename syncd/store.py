@@ -348,15 +348,18 @@ class Store:
         return self.item_id(folder, key)  # type: ignore[return-value]
 
     def settled(self, item_id: int, version: str, targets: list[str], now: float, *,
-                label_error: str | None = None, notes: dict[str, str | None] | None = None) -> None:
+                label_error: str | None = None, notes: dict[str, str | None] | None = None,
+                stat_sig: str | None = None) -> None:
         """The item is complete and valid at ``version``: every target of its folder wants it.
 
         ``label_error``: its labels or mask were left out (delivered without them), and why.
         ``notes``: per target, what that platform cannot represent of this item.
+        ``stat_sig``: the files' stat signature it settled at (kept unless given).
         """
         statements: list[tuple[str, tuple]] = [
-            ("UPDATE items SET version=?, state='ready', error=NULL, label_error=?, updated_at=? WHERE id=?",
-             (version, label_error, now, item_id))
+            ("UPDATE items SET version=?, state='ready', error=NULL, label_error=?, updated_at=?, "
+             "stat_sig=COALESCE(?, stat_sig) WHERE id=?",
+             (version, label_error, now, stat_sig, item_id))
         ]
         for target in targets:
             statements.append(
