@@ -157,3 +157,15 @@ def test_unusual_files_take_the_full_path(make_daemon, inbox, scripted):
     scan = fresh_scan(daemon)
     assert [f.key for f in scan.items()] == ["cam1/broken"]  # no digest: the daemon's checks decide
     assert image_bytes(seed=0)  # the fixture image is still valid
+
+
+def test_digests_with_a_key_prefix(make_daemon, inbox, scripted):
+    write_item(inbox, "top")
+    write_item(inbox / "cam1", "a")
+    daemon = make_daemon({"fake": scripted}, folder={"key_prefix": "site-a"})
+    scan = settled_and_digested(daemon)
+    assert list(scan.items()) == [] and scan.skipped == {"site-a/": 1, "site-a/cam1/": 1}
+    assert scan.vanished() == []
+    (inbox / "cam1" / "a.png").unlink()
+    daemon.scan(time.time() + 9000)
+    assert item_states(daemon) == {"site-a/top": "ready", "site-a/cam1/a": "gone"}
