@@ -16,7 +16,7 @@ from syncd.annotations import unsupported_labels
 from syncd.annotations.nucleus import to_nucleus
 from syncd.errors import FatalTargetError, TransientError
 from syncd.targets.base import Receipt
-from syncd.targets.nucleus import NucleusSettings, NucleusTarget
+from syncd.targets.nucleus import NucleusSettings, NucleusTarget, created
 from syncd.targets.nucleus_annotations import plan
 from tests.emulators.nucleus import NucleusEmulator
 from tests.helpers import make_upload
@@ -103,8 +103,8 @@ def test_every_label_type_and_the_mask_arrive_as_converted(target, emulator, dat
         index = np.asarray(image)
     assert image.mode == "L" and (index[:8] == 3).all() and (index[16:, :16] == 1).all()  # sky 3, road 1
     assert receipt.extra["annotations_sha256"] and "not_sent" not in receipt.extra
-    # The first delivery probed the item (nothing there), then sent the mask and the rest; no deletion.
-    assert annotation_requests(emulator) == ["GET cam1%2Ff1", "POST add_taxonomy", "POST annotate", "POST annotate"]
+    # The append created the item (its job says new_items: 1): no probe, no deletion; the mask, then the rest.
+    assert annotation_requests(emulator) == ["POST add_taxonomy", "POST annotate", "POST annotate"]
     mask_call, json_call = emulator.annotation_journal
     assert mask_call["multipart"] and list(mask_call["masks"]) == ["cam1/f1.mask.png"]
     assert mask_call["body"]["update"] is True and json_call["body"]["update"] is True
@@ -125,7 +125,28 @@ def test_annotations_made_in_nucleus_on_items_syncd_never_labelled_are_left_alon
         emulator.gt.annotate(dataset_id, [other], True)
     target.deliver(upload(metadata={"v": 2}, previous=receipt))
     target.deliver(upload(metadata={"v": 3}, previous=Receipt(KEY, {})))  # a receipt of syncd before labels
+    target.deliver(upload(metadata={"v": 4}))  # no receipt (a lost state directory): probed, none of syncd's
     assert remote(emulator, dataset_id) == {"box": [("made-in-nucleus", "tree")]}
+    assert annotation_requests(emulator) == ["GET cam1%2Ff1"]
+
+
+def test_a_first_delivery_without_labels_removes_what_an_unacknowledged_attempt_wrote(target, emulator, dataset_id):
+    """Killed after the annotations but before the ack, labels removed while down: the next
+    delivery has no previous receipt and nothing to send, yet syncd's annotations go."""
+    target.deliver(upload(ALL[:3], mask=mask_png()))  # the receipt is lost with the crash
+    assert remote(emulator, dataset_id)
+    target.deliver(upload(metadata={"v": 2}))
+    assert emulator.annotations(dataset_id, KEY) == {} and emulator.mask(dataset_id, KEY) is None
+    # An item created by this append holds nothing: no probe at all.
+    before = len(annotation_requests(emulator))
+    target.deliver(upload(key="cam1/new"))
+    assert len(annotation_requests(emulator)) == before
+
+
+def test_created_reads_the_counts():
+    assert created({"new_items": 1, "updated_items": 0, "ignored_items": 0, "upload_errors": 0})
+    assert not created({"new_items": 0, "updated_items": 1})
+    assert not created("Completed") and not created(None)  # unknown shapes: not known to be new
 
 
 # -- updates ----------------------------------------------------------------------------------

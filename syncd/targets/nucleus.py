@@ -98,6 +98,12 @@ def item_payload(upload: Upload) -> dict[str, Any]:
     return payload
 
 
+def created(counts: Any) -> bool:
+    """Did the append create the item (counts of a synchronous reply or of a finished job's
+    ``message``)? False when unknown: the shape of a job's message is not documented."""
+    return isinstance(counts, dict) and counts.get("new_items") == 1 and not counts.get("updated_items")
+
+
 class NucleusTarget(Target):
     """Delivers items to one Nucleus dataset; see the module docstring."""
 
@@ -197,12 +203,14 @@ class NucleusTarget(Target):
             unsure = upload.key in self._unsure
         todo = plan(upload, self.settings.taxonomy_name, unsure=unsure)  # before sending: a bad mask fails here
         self._finish_previous_job(upload.key, what)
-        job_id = self._append(upload, what)
+        job_id, counts = self._append(upload, what)
         if job_id is not None:
-            classify(self.wait_job(upload.key, job_id, what), what=what)
+            result = self.wait_job(upload.key, job_id, what)
+            classify(result, what=what)
+            counts = result.reply.get("message")
         extra = {"version": upload.version, "image_sha256": upload.image_sha256,
                  "dataset_id": self.settings.dataset_id, "job_id": job_id}
-        extra.update(self._deliver_annotations(upload, todo, what))
+        extra.update(self._deliver_annotations(upload, todo, what, fresh=created(counts)))
         return Receipt(remote_id=upload.key, extra=extra)
 
     def wait_job(self, key: str, job_id: str, what: str) -> JobResult:
@@ -230,9 +238,9 @@ class NucleusTarget(Target):
             if self._unfinished.get(key) == job_id:
                 del self._unfinished[key]
 
-    def _append(self, upload: Upload, what: str) -> str | None:
-        """Send the multipart append; return the job id (None when the server answered
-        synchronously with counts, as Nucleus did before SDK 0.19)."""
+    def _append(self, upload: Upload, what: str) -> tuple[str | None, Any]:
+        """Send the multipart append; return the job id and None, or None and the counts
+        when the server answered synchronously (as Nucleus did before SDK 0.19)."""
         if not upload.key:
             raise PermanentError(f"{what}: an empty item key cannot be a Nucleus reference_id")
         try:
@@ -253,22 +261,23 @@ class NucleusTarget(Target):
         self._raise(response, context)
         reply = self._json(response, context)
         if isinstance(reply, dict) and reply.get("job_id"):
-            return str(reply["job_id"])
+            return str(reply["job_id"]), None
         if isinstance(reply, dict) and "upload_errors" in reply:  # synchronous count reply
             if reply.get("upload_errors"):
                 detail = json.dumps(reply.get("error_payload") or reply)[:300]
                 raise PermanentError(f"{what}: Nucleus rejected the item: {detail}")
-            return None
+            return None, reply
         raise TransientError(f"{what}: {context}: the reply has neither a job id nor counts: {str(reply)[:200]}")
 
-    def _deliver_annotations(self, upload: Upload, todo: Plan, what: str) -> dict[str, Any]:
+    def _deliver_annotations(self, upload: Upload, todo: Plan, what: str, *, fresh: bool = False) -> dict[str, Any]:
         """Labels and mask -> the item's annotations (when ``todo`` says they changed);
-        returns the receipt's ``annotations_sha256`` (and ``not_sent``)."""
-        if todo.converted is None:
+        returns the receipt's ``annotations_sha256`` (and ``not_sent``). ``fresh``: the
+        append created the item."""
+        if todo.converted is None and not (todo.leftovers and not fresh):
             return todo.receipt()
         with self._lock:
             self._unsure.add(upload.key)
-        fields = self.annotations.write(upload, todo, what)
+        fields = self.annotations.write(upload, todo, what, fresh=fresh)
         with self._lock:
             self._unsure.discard(upload.key)
         return fields

@@ -76,10 +76,12 @@ def labels_digest(upload: Upload, taxonomy_name: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one delivery does about annotations: ``converted`` is None when nothing is sent."""
+    """What one delivery does about annotations: ``converted`` is None when nothing is sent;
+    ``leftovers``: nothing to send, but a first delivery (see ``AnnotationWriter.write``)."""
 
     digest: str
     converted: NucleusAnnotations | None
+    leftovers: bool = False
 
     def receipt(self) -> dict[str, Any]:
         return {"annotations_sha256": self.digest}
@@ -93,7 +95,7 @@ def plan(upload: Upload, taxonomy_name: str, *, unsure: bool = False) -> Plan:
     previous = upload.previous
     if previous is None:
         if digest == EMPTY:
-            return Plan(digest, None)
+            return Plan(digest, None, leftovers=True)
     elif previous.extra.get("annotations_sha256", EMPTY) == digest and not unsure:
         return Plan(digest, None)
     return Plan(digest, to_nucleus(upload, taxonomy_name=taxonomy_name))
@@ -127,6 +129,19 @@ def must_clear(remote: Any, converted: NucleusAnnotations) -> tuple[bool, bool]:
     return clear, has_category and not clear
 
 
+def syncd_made(remote: Any, taxonomy_name: str) -> bool:
+    """Does the item hold annotations syncd wrote (its ids, a category in its taxonomy)?"""
+    for kind, rows in (remote or {}).items():
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict):
+                continue
+            if str(row.get("annotation_id") or "").startswith("syncd:"):
+                return True
+            if kind == "category" and row.get("taxonomy_name") == taxonomy_name:
+                return True
+    return False
+
+
 class AnnotationWriter:
     """Writes one item's annotations through its ``NucleusTarget`` (requests, jobs)."""
 
@@ -134,13 +149,22 @@ class AnnotationWriter:
         self.target = target
         self._taxonomy_labels: set[tuple[str, str]] = set()  # added in this process
 
-    def write(self, upload: Upload, todo: Plan, what: str) -> dict[str, Any]:
-        """Make the item's annotations ``todo.converted``; return the receipt's fields."""
+    def write(self, upload: Upload, todo: Plan, what: str, *, fresh: bool = False) -> dict[str, Any]:
+        """Make the item's annotations ``todo.converted``; return the receipt's fields.
+        ``fresh``: the append created the item, so it holds no annotations (no probe).
+
+        Without labels (``todo.leftovers``), a first delivery of an item the append did not
+        create still removes what syncd wrote in an attempt that was never acknowledged
+        (killed after the annotations, labels removed meanwhile). Only then: an item that
+        holds no annotation of syncd's keeps the ones made in Nucleus."""
         converted = todo.converted
-        assert converted is not None
-        remote = self._probe(upload.key, what)
-        clear, has_category = must_clear(remote, converted)
+        remote = {} if fresh else self._probe(upload.key, what)
         not_sent: list[str] = []
+        if converted is None:
+            if syncd_made(remote, self.target.settings.taxonomy_name):
+                self._clear(upload.key, what, not_sent)
+            return self._done(todo, what, not_sent)
+        clear, has_category = must_clear(remote, converted)
         if clear:
             self._clear(upload.key, what, not_sent)
         annotations = [a for a in converted.annotations if not (a["type"] == "category" and has_category)]
@@ -150,6 +174,9 @@ class AnnotationWriter:
             self._send_mask(converted, what, not_sent)
         for start in range(0, len(annotations), BATCH):
             self._send(annotations[start:start + BATCH], what, not_sent)
+        return self._done(todo, what, not_sent)
+
+    def _done(self, todo: Plan, what: str, not_sent: list[str]) -> dict[str, Any]:
         if not_sent:
             log.warning("%s: annotations not sent: %s", what, "; ".join(not_sent))
             return {"annotations_sha256": None, "not_sent": not_sent}

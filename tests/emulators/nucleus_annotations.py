@@ -303,7 +303,7 @@ class AnnotationRoutes:
                 raise Invalid(f"mask parts {sorted(masks)} do not match the segmentations' mask_url")
             if self.record:
                 self.annotation_journal.append({"dataset_id": dataset_id, "multipart": multipart, "body": body,
-                                                "masks": masks})
+                                                "masks": masks, "parts": getattr(request, "_parts_seen", None)})
             return json_response(self.gt.annotate(dataset_id, payloads, _update(body), masks))
         return self._annotation_call(handle, request)
 
@@ -312,6 +312,7 @@ class AnnotationRoutes:
             parts = request.parts()
         except ValueError as exc:
             raise Invalid(f"malformed multipart body: {exc}") from None
+        request._parts_seen = [(p.name, p.filename, p.content_type) for p in parts]
         serialized = [p for p in parts if p.name == "serialized_request"]
         masks = [p for p in parts if p.name == "mask"]
         if len(serialized) != 1 or len(serialized) + len(masks) != len(parts) or not masks:
@@ -345,7 +346,7 @@ class AnnotationRoutes:
             if not isinstance(body.get("keep_history", True), bool):
                 raise Invalid("keep_history must be a boolean")
             if self.record:
-                self.annotation_journal.append({"dataset_id": dataset_id, "delete": refs})
+                self.annotation_journal.append({"dataset_id": dataset_id, "delete": refs, "body": body})
             job = self.state.new_job(dataset_id, [], "deleteAnnotations",
                                      action=lambda: self.gt.delete(dataset_id, list(refs)))
             return json_response(job.info_json())
