@@ -67,7 +67,8 @@ def test_faults_and_sigkill_converge_to_one_item_each(tmp_path):
         def converged() -> bool:
             for key, (metadata, seed, _, _) in expected.items():
                 item = emulator.item(dataset_id, key)
-                if item is None or item["metadata"] != metadata or emulator.image(dataset_id, key) != image_bytes(seed=seed):
+                image = emulator.image(dataset_id, key)
+                if item is None or item["metadata"] != metadata or image != image_bytes(seed=seed):
                     lagging[:] = [f"{key}: item {item and item['metadata']}"]
                     return False
                 if not annotations_match(key):

@@ -117,7 +117,8 @@ def test_update_false_ignores_update_true_replaces_per_key(emulator, http, datas
     assert annotate(emulator, http, dataset_id, update=True, annotations=[moved]).json()["annotations_processed"] == 1
     assert [b["geometry"]["x"] for b in emulator.annotations(dataset_id, "r1")["box"]] == [9]
     # Without an annotation_id nothing is a key: every send adds one.
-    line = {**BOX, "type": "line", "annotation_id": None, "geometry": {"vertices": [{"x": 0, "y": 0}, {"x": 1, "y": 1}]}}
+    line = {**BOX, "type": "line", "annotation_id": None,
+            "geometry": {"vertices": [{"x": 0, "y": 0}, {"x": 1, "y": 1}]}}
     annotate(emulator, http, dataset_id, update=True, annotations=[line])
     annotate(emulator, http, dataset_id, update=True, annotations=[line])
     assert len(emulator.annotations(dataset_id, "r1")["line"]) == 2
@@ -130,7 +131,8 @@ def test_one_mask_per_item_replaced_only_with_update(emulator, http, dataset_id)
     assert mask_request(emulator, http, dataset_id, second, update=False).json()["annotations_ignored"] == 1
     assert emulator.mask(dataset_id, "r1") == first
     mask_request(emulator, http, dataset_id, second, name="other.png")
-    assert emulator.mask(dataset_id, "r1") == second and len(emulator.annotations(dataset_id, "r1")["segmentation"]) == 1
+    assert emulator.mask(dataset_id, "r1") == second
+    assert len(emulator.annotations(dataset_id, "r1")["segmentation"]) == 1
     stored = emulator.annotations(dataset_id, "r1")["segmentation"][0]
     assert http.get(stored["mask_url"]).content == second  # the server's copy, served like item images
 

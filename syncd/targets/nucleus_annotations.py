@@ -17,7 +17,8 @@ What real Nucleus does, and so how replacement works:
   ``{"reference_ids": [ref], "keep_history": true}``, an async job); there is no delete by
   annotation id. A label removed locally leaves an id nothing overwrites, so:
 - **Probe, then write or clear.** When the labels changed, ``GET dataset/{id}/refloc/{ref}``
-  reads what the item holds. If it holds anything the sidecar no longer has (an id not sent
+  reads what the item holds (no probe when the append just created the item: its job
+  counts ``new_items: 1``). If it holds anything the sidecar no longer has (an id not sent
   now, a mask when there is none now, a different category, a type syncd never sends), the
   item's annotations are deleted (the job is waited for, so it cannot run after the
   writes) and everything is written again. Otherwise the annotations and mask are written
@@ -26,11 +27,19 @@ What real Nucleus does, and so how replacement works:
   cannot double it. After a lost reply, a crash or a half-done write the next attempt
   probes again: nothing is ever duplicated or left behind.
 
-When nothing is sent (``Plan.convert`` False): the receipt's ``annotations_sha256`` (a hash
-of what the annotations are made from) equals this version's, so metadata-only changes
-cost nothing; and never for an item without labels or mask that syncd never annotated, so
-annotations made in Nucleus on items syncd only feeds images are left alone. Receipts of
-syncd before annotations (no ``annotations_sha256``) count as "none sent".
+When nothing is written (``Plan.converted`` is None):
+- the receipt's ``annotations_sha256`` (a hash of what the annotations are made from)
+  equals this version's: metadata-only changes cost no annotation request. (Unless this
+  process saw an earlier attempt stop half-way: then it writes again. The one case left:
+  a process killed half-way through writing new labels, which are then changed back to
+  the last acknowledged ones before the restart, keeps the half-written state until the
+  item's next label change.) Receipts of syncd before annotations (no
+  ``annotations_sha256``) count as "none sent";
+- a first delivery (no receipt) of an item without labels or mask: if the append did not
+  create the item, a probe looks for annotations syncd wrote in an attempt that was never
+  acknowledged (killed after writing, labels removed meanwhile) and deletes them. An item
+  holding none of syncd's keeps what was made in Nucleus: syncd only takes over the
+  annotations of items that have labels or a mask.
 
 Refusals (a 200 reply listing ``errors``, a 400 on annotate or add_taxonomy, a deletion job
 that fails for good) do not hold the image back: they go to the receipt's ``not_sent`` (shown

@@ -36,15 +36,12 @@ import json
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
 from tests.emulators.nucleus_annotations import AnnotationRoutes, AnnotationStore
-from tests.emulators.nucleus_state import REMOTE_SCHEMES, Job, NucleusState, Row, new_id
+from tests.emulators.nucleus_state import (REMOTE_SCHEMES, BadRequest, Job, NucleusState, Row, json_object, new_id,
+                                           update_flag)
 
 API = "/v1/nucleus"
 DS = r"(?P<ds>[^/]+)"
 DEFAULT_KEY = "test_nucleus_key_0123456789abcdef"
-
-
-class BadRequest(Exception):
-    """A malformed request: answered 400 with the message."""
 
 
 def error(status: int, message: str) -> Response:
@@ -162,7 +159,7 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
     @route("POST", f"{API}/dataset/create")
     def create_dataset(self, request: Request) -> Response:
         def handle(request):
-            body = _json(request)
+            body = json_object(request)
             name = body.get("name")
             if not isinstance(name, str) or not name:
                 raise BadRequest("name is required")
@@ -226,11 +223,11 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
             if content_type.startswith("multipart/form-data"):
                 rows = self._multipart_rows(request)
             else:
-                body = _json(request)
+                body = json_object(request)
                 if "requestId" in body:
                     rows, is_async = self._signed_rows(body), True
                 elif "items" in body:
-                    rows = [_row(p, None, _update(body)) for p in _item_list(body["items"])]
+                    rows = [_row(p, None, update_flag(body)) for p in _item_list(body["items"])]
                 else:
                     raise BadRequest("expected multipart items+image parts, {requestId, update} or {items, update}")
             refs = [row.payload["reference_id"] for row in rows]
@@ -275,7 +272,7 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
         for part in images:
             if not (part.content_type or "").startswith("image/"):
                 raise BadRequest(f"image part {part.filename!r} has content type {part.content_type!r}")
-        return [_row(p, img.data, _update(p)) for p, img in zip(payloads, images)]
+        return [_row(p, img.data, update_flag(p)) for p, img in zip(payloads, images)]
 
     def _signed_rows(self, body: dict) -> list[Row]:
         data = self.signed.pop(str(body["requestId"]), None)
@@ -288,7 +285,7 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
         for payload in payloads:
             if not str(payload["image_url"]).startswith(REMOTE_SCHEMES):
                 raise BadRequest(f"image_url {payload['image_url']!r} is not a remote URL")
-        return [_row(p, None, _update(body)) for p in payloads]
+        return [_row(p, None, update_flag(body)) for p in payloads]
 
     # -- jobs ---------------------------------------------------------------------------------
     def _job(self, request: Request) -> Job:
@@ -345,7 +342,7 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
     @route("POST", f"{API}/dataset/{DS}/itemsPage")
     def items_page(self, request: Request) -> Response:
         def handle(request):
-            body = _json(request)
+            body = json_object(request)
             size, token = body.get("pageSize"), body.get("pageToken")
             if not isinstance(size, int) or size < 1 or not (token is None or str(token).isdigit()):
                 raise BadRequest("pageSize must be a positive integer and pageToken null or a token")
@@ -360,7 +357,7 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
     def merge_metadata(self, request: Request) -> Response:
         def handle(request):
             dataset_id = self._dataset(request)
-            body = _json(request)
+            body = json_object(request)
             mappings = body.get("metadata")
             if not isinstance(mappings, list) or body.get("level", "item") != "item":
                 raise BadRequest("expected {metadata: [{reference_id, metadata}], level: 'item'}")
@@ -379,23 +376,6 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
                 return json_response(job.info_json())
             return json_response({"dataset_id": dataset_id, "updated_items": updated, "errors": errors})
         return self._call(handle, request)
-
-
-def _json(request: Request) -> dict:
-    try:
-        body = request.json() if request.body else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
-def _update(obj: dict) -> bool:
-    value = obj.get("update", False)
-    if not isinstance(value, bool):
-        raise BadRequest(f"update must be a boolean, got {value!r}")
-    return value
 
 
 def _item_list(value) -> list[dict]:

@@ -1,6 +1,7 @@
 """Ground-truth annotations in the Nucleus emulator (platform reference Part 1 §1.7, §1.8).
 
-``AnnotationRoutes`` is mixed into ``NucleusEmulator``; the rules live in ``AnnotationStore``:
+``AnnotationRoutes`` is mixed into ``NucleusEmulator``; the rules live in ``AnnotationStore``
+(``BadRequest`` is a 400 with its message):
 
 - ``POST dataset/{id}/annotate``, JSON ``{"update", "annotations"?, "segmentations"?}`` or
   multipart (a ``serialized_request`` part ``{"segmentations", "update"}`` plus one ``mask``
@@ -32,7 +33,7 @@ from typing import Any
 from PIL import Image
 
 from tests.emulators.base import Request, Response, json_response, route
-from tests.emulators.nucleus_state import REMOTE_SCHEMES, NucleusState, new_id
+from tests.emulators.nucleus_state import REMOTE_SCHEMES, BadRequest, NucleusState, json_object, new_id, update_flag
 
 API = "/v1/nucleus"
 DS = r"(?P<ds>[^/]+)"
@@ -42,85 +43,81 @@ FIELDS = {"label", "type", "geometry", "reference_id", "annotation_id", "metadat
 SEGMENTATION_FIELDS = {"type", "mask_url", "annotations", "annotation_id", "reference_id"}
 
 
-class Invalid(Exception):
-    """A malformed annotation request: 400 with the message."""
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_geometry(kind: str, geometry: Any, where: str) -> None:
     if not isinstance(geometry, dict):
-        raise Invalid(f"{where}: geometry must be an object")
+        raise BadRequest(f"{where}: geometry must be an object")
     if kind == "box":
         if not all(_number(geometry.get(k)) for k in ("x", "y", "width", "height")):
-            raise Invalid(f"{where}: a box needs numeric geometry x, y, width, height")
+            raise BadRequest(f"{where}: a box needs numeric geometry x, y, width, height")
         if geometry["width"] < 0 or geometry["height"] < 0:
-            raise Invalid(f"{where}: box width and height must not be negative")
+            raise BadRequest(f"{where}: box width and height must not be negative")
     elif kind in ("polygon", "line"):
         vertices = geometry.get("vertices")
         least = 3 if kind == "polygon" else 2
         if not isinstance(vertices, list) or len(vertices) < least:
-            raise Invalid(f"{where}: a {kind} needs a list of at least {least} vertices")
+            raise BadRequest(f"{where}: a {kind} needs a list of at least {least} vertices")
         if not all(isinstance(v, dict) and _number(v.get("x")) and _number(v.get("y")) for v in vertices):
-            raise Invalid(f"{where}: every vertex must be {{x, y}} numbers")
+            raise BadRequest(f"{where}: every vertex must be {{x, y}} numbers")
     elif kind == "keypoints":
         points, names, skeleton = geometry.get("keypoints"), geometry.get("names"), geometry.get("skeleton", [])
         if not isinstance(points, list) or not points or not isinstance(names, list):
-            raise Invalid(f"{where}: keypoints needs keypoints and names lists")
+            raise BadRequest(f"{where}: keypoints needs keypoints and names lists")
         if len(names) != len(points) or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
-            raise Invalid(f"{where}: names must be unique strings, one per keypoint")
+            raise BadRequest(f"{where}: names must be unique strings, one per keypoint")
         for point in points:
             if not isinstance(point, dict) or not isinstance(point.get("visible"), bool):
-                raise Invalid(f"{where}: every keypoint needs a boolean visible")
+                raise BadRequest(f"{where}: every keypoint needs a boolean visible")
             if point["visible"] and not (_number(point.get("x")) and _number(point.get("y"))):
-                raise Invalid(f"{where}: a visible keypoint needs numeric x and y")
+                raise BadRequest(f"{where}: a visible keypoint needs numeric x and y")
         if not isinstance(skeleton, list) or not all(
                 isinstance(e, list) and len(e) == 2 and all(isinstance(i, int) and 0 <= i < len(points) for i in e)
                 for e in skeleton):
-            raise Invalid(f"{where}: skeleton must be [i, j] pairs of keypoint indices")
+            raise BadRequest(f"{where}: skeleton must be [i, j] pairs of keypoint indices")
     elif geometry:
-        raise Invalid(f"{where}: a category has an empty geometry")
+        raise BadRequest(f"{where}: a category has an empty geometry")
 
 
 def check_annotation(annotation: Any, where: str) -> dict:
     if not isinstance(annotation, dict):
-        raise Invalid(f"{where} must be an object")
+        raise BadRequest(f"{where} must be an object")
     unknown = sorted(set(annotation) - FIELDS)
     if unknown:
-        raise Invalid(f"{where}: unknown fields {unknown}")
+        raise BadRequest(f"{where}: unknown fields {unknown}")
     kind = annotation.get("type")
     if kind not in TYPES:
-        raise Invalid(f"{where}: type must be one of {list(TYPES)}, got {kind!r}")
+        raise BadRequest(f"{where}: type must be one of {list(TYPES)}, got {kind!r}")
     for name in ("label", "reference_id"):
         if not isinstance(annotation.get(name), str) or not annotation[name]:
-            raise Invalid(f"{where}: {name} must be a non-empty string")
+            raise BadRequest(f"{where}: {name} must be a non-empty string")
     if annotation.get("annotation_id") is not None and not isinstance(annotation["annotation_id"], str):
-        raise Invalid(f"{where}: annotation_id must be a string")
+        raise BadRequest(f"{where}: annotation_id must be a string")
     if not isinstance(annotation.get("metadata") or {}, dict):
-        raise Invalid(f"{where}: metadata must be an object")
+        raise BadRequest(f"{where}: metadata must be an object")
     _check_geometry(kind, annotation.get("geometry", {}), where)
     return annotation
 
 
 def check_segmentation(segmentation: Any, where: str) -> dict:
     if not isinstance(segmentation, dict):
-        raise Invalid(f"{where} must be an object")
+        raise BadRequest(f"{where} must be an object")
     unknown = sorted(set(segmentation) - SEGMENTATION_FIELDS)
     if unknown:
-        raise Invalid(f"{where}: unknown fields {unknown}")
+        raise BadRequest(f"{where}: unknown fields {unknown}")
     if segmentation.get("type", "mask") != "mask" or not isinstance(segmentation.get("mask_url"), str):
-        raise Invalid(f"{where}: a segmentation needs type 'mask' and a mask_url")
+        raise BadRequest(f"{where}: a segmentation needs type 'mask' and a mask_url")
     if not isinstance(segmentation.get("reference_id"), str) or not segmentation["reference_id"]:
-        raise Invalid(f"{where}: reference_id must be a non-empty string")
+        raise BadRequest(f"{where}: reference_id must be a non-empty string")
     segments = segmentation.get("annotations")
     if not isinstance(segments, list) or not all(
             isinstance(s, dict) and isinstance(s.get("label"), str) and isinstance(s.get("index"), int)
             and 0 <= s["index"] <= 255 and set(s) <= {"label", "index", "metadata"} for s in segments):
-        raise Invalid(f"{where}: annotations must be [{{label, index 0..255}}]")
+        raise BadRequest(f"{where}: annotations must be [{{label, index 0..255}}]")
     if len({s["index"] for s in segments}) != len(segments):
-        raise Invalid(f"{where}: two segments share an index")
+        raise BadRequest(f"{where}: two segments share an index")
     return segmentation
 
 
@@ -182,7 +179,7 @@ class AnnotationStore:
                  masks: dict[str, bytes] | None = None) -> dict:
         ids = [(p["reference_id"], p["annotation_id"]) for p in payloads if p.get("annotation_id") is not None]
         if len(set(ids)) != len(ids):
-            raise Invalid("duplicate (reference_id, annotation_id) pairs in one request")
+            raise BadRequest("duplicate (reference_id, annotation_id) pairs in one request")
         processed, ignored, errors = 0, 0, []
         for payload in payloads:
             payload = copy.deepcopy(payload)
@@ -220,16 +217,16 @@ class AnnotationStore:
 
     def add_taxonomy(self, dataset_id: str, body: dict) -> dict:
         if "taxonomy" in self.reject:
-            raise Invalid(self.reject["taxonomy"])
+            raise BadRequest(self.reject["taxonomy"])
         name, kind, labels, update = (body.get(k) for k in ("taxonomy_name", "type", "labels", "update"))
         if not isinstance(name, str) or not name or kind != "category" or not isinstance(update, bool):
-            raise Invalid("expected {taxonomy_name, type: 'category', labels, update}")
+            raise BadRequest("expected {taxonomy_name, type: 'category', labels, update}")
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
                 or len(set(labels)) != len(labels):
-            raise Invalid("labels must be a non-empty list of distinct strings")
+            raise BadRequest("labels must be a non-empty list of distinct strings")
         taxonomies = self.taxonomies.setdefault(dataset_id, {})
         if name in taxonomies and not update:
-            raise Invalid(f"Taxonomy {name!r} already exists; pass update=true to add labels")
+            raise BadRequest(f"Taxonomy {name!r} already exists; pass update=true to add labels")
         status = "Taxonomy updated" if name in taxonomies else "Taxonomy created"
         known = taxonomies.setdefault(name, [])
         known.extend(label for label in labels if label not in known)
@@ -254,103 +251,79 @@ class AnnotationStore:
         self.taxonomies.pop(dataset_id, None)
 
 
-def _body(request: Request) -> dict:
-    try:
-        body = json.loads(request.body.decode("utf-8")) if request.body else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Invalid(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise Invalid("the body must be a JSON object")
-    return body
-
-
-def _update(body: dict) -> bool:
-    if not isinstance(body.get("update", False), bool):
-        raise Invalid(f"update must be a boolean, got {body['update']!r}")
-    return body.get("update", False)
-
-
 class AnnotationRoutes:
     """The annotation routes of ``NucleusEmulator`` (which provides ``state``, ``lock``,
     ``gt`` (an AnnotationStore), ``record``, ``_dataset`` and ``_call``)."""
-
-    def _annotation_call(self, fn, request: Request) -> Response:
-        def guarded(request):
-            try:
-                return fn(request)
-            except Invalid as exc:
-                return json_response({"error": str(exc), "status_code": 400}, 400)
-        return self._call(guarded, request)
 
     @route("POST", f"{API}/dataset/{DS}/annotate")
     def annotate(self, request: Request) -> Response:
         def handle(request):
             dataset_id = self._dataset(request)
             if request.arg("async") == "1":
-                raise Invalid("asynchronous annotation uploads are not emulated")
+                raise BadRequest("asynchronous annotation uploads are not emulated")
             multipart = (request.header("content-type", "") or "").startswith("multipart/form-data")
-            body, masks = self._mask_request(request) if multipart else (_body(request), None)
+            body, masks = self._mask_request(request) if multipart else (json_object(request), None)
             allowed = {"segmentations", "update"} if multipart else {"annotations", "segmentations", "update"}
             if set(body) - allowed:
-                raise Invalid(f"unexpected fields {sorted(set(body) - allowed)} in the annotate request")
+                raise BadRequest(f"unexpected fields {sorted(set(body) - allowed)} in the annotate request")
             annotations, segmentations = body.get("annotations", []), body.get("segmentations", [])
             if not isinstance(annotations, list) or not isinstance(segmentations, list) or not (
                     annotations or segmentations):
-                raise Invalid("annotations and segmentations must be lists, not both empty")
+                raise BadRequest("annotations and segmentations must be lists, not both empty")
             payloads = [check_annotation(a, f"annotations[{i}]") for i, a in enumerate(annotations)]
             payloads += [check_segmentation(s, f"segmentations[{i}]") for i, s in enumerate(segmentations)]
             if masks is not None and sorted(masks) != sorted(s["mask_url"] for s in segmentations):
-                raise Invalid(f"mask parts {sorted(masks)} do not match the segmentations' mask_url")
+                raise BadRequest(f"mask parts {sorted(masks)} do not match the segmentations' mask_url")
             if self.record:
                 self.annotation_journal.append({"dataset_id": dataset_id, "multipart": multipart, "body": body,
                                                 "masks": masks, "parts": getattr(request, "_parts_seen", None)})
-            return json_response(self.gt.annotate(dataset_id, payloads, _update(body), masks))
-        return self._annotation_call(handle, request)
+            return json_response(self.gt.annotate(dataset_id, payloads, update_flag(body), masks))
+        return self._call(handle, request)
 
     def _mask_request(self, request: Request) -> tuple[dict, dict[str, bytes]]:
         try:
             parts = request.parts()
         except ValueError as exc:
-            raise Invalid(f"malformed multipart body: {exc}") from None
+            raise BadRequest(f"malformed multipart body: {exc}") from None
         request._parts_seen = [(p.name, p.filename, p.content_type) for p in parts]
         serialized = [p for p in parts if p.name == "serialized_request"]
         masks = [p for p in parts if p.name == "mask"]
         if len(serialized) != 1 or len(serialized) + len(masks) != len(parts) or not masks:
-            raise Invalid("expected one serialized_request part and one or more mask parts")
+            raise BadRequest("expected one serialized_request part and one or more mask parts")
         try:
             body = json.loads(serialized[0].text)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise Invalid(f"serialized_request is not valid JSON: {exc}") from None
+            raise BadRequest(f"serialized_request is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise Invalid("serialized_request must be a JSON object")
+            raise BadRequest("serialized_request must be a JSON object")
         files = {}
         for part in masks:
             if part.content_type != "image/png" or not (part.filename or "").endswith(".png"):
-                raise Invalid(f"mask part {part.filename!r} must be a .png file sent as image/png")
+                raise BadRequest(f"mask part {part.filename!r} must be a .png file sent as image/png")
             files[part.filename] = part.data
         return body, files
 
     @route("POST", f"{API}/dataset/{DS}/add_taxonomy")
     def add_taxonomy(self, request: Request) -> Response:
-        return self._annotation_call(
-            lambda r: json_response(self.gt.add_taxonomy(self._dataset(r), _body(r))), request)
+        return self._call(
+            lambda r: json_response(self.gt.add_taxonomy(self._dataset(r), json_object(r))), request)
 
     @route("DELETE", f"{API}/annotation/{DS}")
     def delete_annotations(self, request: Request) -> Response:
         def handle(request):
             dataset_id = self._dataset(request)
-            body = _body(request)
+            body = json_object(request)
             refs = body.get("reference_ids")
             if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-                raise Invalid("reference_ids must be a non-empty list of reference ids")
+                raise BadRequest("reference_ids must be a non-empty list of reference ids")
             if not isinstance(body.get("keep_history", True), bool):
-                raise Invalid("keep_history must be a boolean")
+                raise BadRequest("keep_history must be a boolean")
             if self.record:
                 self.annotation_journal.append({"dataset_id": dataset_id, "delete": refs, "body": body})
             job = self.state.new_job(dataset_id, [], "deleteAnnotations",
                                      action=lambda: self.gt.delete(dataset_id, list(refs)))
             return json_response(job.info_json())
-        return self._annotation_call(handle, request)
+        return self._call(handle, request)
 
     # -- test helpers -------------------------------------------------------------------------
     def annotations(self, dataset_id: str, ref: str) -> dict[str, list[dict]]:

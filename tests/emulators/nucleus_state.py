@@ -33,6 +33,28 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{next(_ids):06d}emu"
 
 
+class BadRequest(Exception):
+    """A malformed request: answered 400 with the message."""
+
+
+def json_object(request) -> dict:
+    """The request's JSON object body ({} when empty); BadRequest otherwise."""
+    try:
+        body = request.json() if request.body else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def update_flag(obj: dict) -> bool:
+    value = obj.get("update", False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"update must be a boolean, got {value!r}")
+    return value
+
+
 def value_kind(value: Any) -> str | None:
     """The searchable type Nucleus gives a metadata value: number or string (else None)."""
     if isinstance(value, bool):
