@@ -285,6 +285,18 @@ def test_a_refused_taxonomy_drops_only_the_category(target, emulator, dataset_id
     assert remote(emulator, dataset_id) == {"box": [("syncd:cam1/f1:1:box", "car")]}
 
 
+def test_a_taxonomy_deleted_in_nucleus_is_added_again(target, emulator, dataset_id):
+    receipt = target.deliver(upload([ALL[0]]))
+    with emulator.lock:
+        emulator.gt.taxonomies[dataset_id].clear()  # deleted in Nucleus (its category with it)
+        emulator.gt.rows.clear()
+    changed = [dict(ALL[0], attributes={"source": "lamp"})]  # the same class: this process thinks it is there
+    receipt = target.deliver(upload(changed, previous=receipt))
+    assert "Taxonomy 'syncd' does not exist" in receipt.extra["not_sent"][0]
+    target.deliver(upload(changed, previous=receipt))
+    assert remote(emulator, dataset_id) == {"category": [("daytime", "syncd", {"source": "lamp"})]}
+
+
 def test_bad_credentials_while_annotating_are_fatal_and_the_key_stays_secret(target, emulator, dataset_id):
     """The key is revoked between the append and the annotations (driven at the hook, since
     the append would otherwise meet the 401 first)."""

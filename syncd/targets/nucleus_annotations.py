@@ -277,6 +277,9 @@ class AnnotationWriter:
             return
         reply = self.target._json(response, context)
         errors = reply.get("errors") if isinstance(reply, dict) else None
+        if errors:
+            with self.target._lock:
+                self._taxonomy_labels.clear()  # perhaps a taxonomy was deleted in Nucleus: add it again next time
         for error in errors or []:
             if "Item with id" in str(error) and "does not exist" in str(error):
                 # The item vanished after its append (deleted meanwhile): append it again.
