@@ -121,6 +121,8 @@ def test_faults_and_sigkill_converge_to_one_item_each(tmp_path):
                 metadata, seed, labels, mask = expected[key]
                 write_item(inbox / key.split("/")[0], key.split("/")[1], metadata=metadata, seed=seed, labels=labels,
                            mask=mask, old=False)
+            # At least one annotation write loses its reply (the random faults may miss them).
+            emulator.faults.next("lost_reply", path=r"/annotate$")
             daemon.start()
             try:
                 wait_for(converged, timeout=60, interval=0.3, message="convergence")
