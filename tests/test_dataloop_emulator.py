@@ -3,13 +3,17 @@ merge, DQL queries with keyset paging, annotations and ontology labels."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.emulators.dataloop import DataloopEmulator, make_jwt
 from tests.emulators.dataloop_query import deep_merge, matches
+from tests.helpers import image_bytes
 
 
 @pytest.fixture
@@ -143,6 +147,55 @@ def test_annotations_and_labels(emu):
     assert [r["value"]["color"] for r in roots["roots"]] == ["#ff0000"]
     roots = emu.session.patch(url, json={"labelsNode": [{"tag": "bus", "color": "#00ff00"}], "upsert": False}).json()
     assert [r["value"]["tag"] for r in roots["roots"]] == ["car"]  # upsert false only updates
+
+
+def _png_url(size, mode="RGBA") -> str:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ({"type": "blob", "label": "x"}, "unknown annotation type"),
+    ({"type": "box", "label": ""}, "label"),
+    ({"type": "box", "label": "car", "coordinates": [{"x": 1, "y": 2}]}, "top-left, bottom-right"),
+    ({"type": "box", "label": "car", "coordinates": [{"x": "1", "y": 2}, {"x": 3, "y": 4}]}, "top-left"),
+    ({"type": "point", "label": "p", "coordinates": [1, 2]}, "point"),
+    ({"type": "segment", "label": "s", "coordinates": [{"x": 0, "y": 0}]}, "rings"),
+    ({"type": "segment", "label": "s", "coordinates": [[{"x": 0, "y": 0}, {"x": 1, "y": 1}]]}, "at least 3"),
+    ({"type": "polyline", "label": "l", "coordinates": [[{"x": 0, "y": 0}]]}, "at least 2"),
+    ({"type": "class", "label": "c", "coordinates": [{"x": 0, "y": 0}]}, "no coordinates"),
+    ({"type": "binary", "label": "m", "coordinates": "iVBORw0KGgo="}, "data:image/png"),
+    ({"type": "binary", "label": "m", "coordinates": "data:image/png;base64,!!"}, "cannot be decoded"),
+    ({"type": "binary", "label": "m", "coordinates": _png_url((32, 24), "RGB")}, "RGBA"),
+    ({"type": "binary", "label": "m", "coordinates": _png_url((31, 24))}, "31x24 but the item is 32x24"),
+    ({"type": "box", "label": "car", "itemId": "other", "coordinates": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]},
+     "itemId"),
+    ({"type": "box", "label": "car", "metadata": {"system": {"attributes": 3}},
+      "coordinates": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]}, "attributes"),
+])
+def test_annotation_payloads_are_checked_and_a_bad_one_stores_nothing(emu, bad, problem):
+    item = upload(emu, "/img.png", image_bytes()).json()
+    assert item["metadata"]["system"]["width"] == 32 and item["metadata"]["system"]["height"] == 24
+    good = {"type": "binary", "label": "m", "coordinates": _png_url((32, 24)), "itemId": item["id"]}
+    response = emu.session.post(f"{emu.api}/items/{item['id']}/annotations", json=[good, bad])
+    assert response.status_code == 400 and problem in response.json()["message"], response.text
+    assert "annotation 1" in response.json()["message"] and emu.annotations_of(item["id"]) == []
+    assert emu.session.post(f"{emu.api}/items/{item['id']}/annotations", json=[good]).status_code == 200
+    assert emu.session.post(f"{emu.api}/items/{item['id']}/annotations", json={"type": "box"}).status_code == 400
+
+
+def test_refusal_and_readonly_ontology_hooks(emu):
+    item = upload(emu, "/img.png", image_bytes()).json()
+    emu.refuse_annotations = "too many"
+    url = f"{emu.api}/items/{item['id']}/annotations"
+    assert emu.session.post(url, json=[{"type": "class", "label": "a"}]).json()["message"] == "too many"
+    assert emu.session.post(url, json=[{"type": "class", "label": "a"}]).status_code == 200
+    recipe = emu.recipes[emu.dataset["metadata"]["system"]["recipes"][0]]
+    labels = f"{emu.api}/ontologies/{recipe['ontologyIds'][0]}/labels"
+    assert emu.session.patch(labels, json={"labelsNode": [{"tag": "a", "color": "red"}]}).status_code == 400
+    emu.ontology_readonly = True
+    assert emu.session.patch(labels, json={"labelsNode": [{"tag": "a", "color": "#ff0000"}]}).status_code == 403
 
 
 def test_dql_helpers():

@@ -17,6 +17,9 @@ their binaries, annotations. Behaviour the targets and the SDK rely on:
 - ``POST /datasets/{id}/query``: DQL filters ($and/$or, $eq $ne $gt $gte $lt $lte $in $nin
   $exists $match, ``*`` globs on strings), sort, page/pageSize; resources items and
   annotations.
+- Annotations, recipes and ontologies: see dataloop_annotations (strict payload checks,
+  POST adds and never replaces). An image's ``metadata.system.width/height`` are set at
+  upload (Dataloop sets them when it has processed the image), for the binary mask check.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ import base64
 import copy
 import hashlib
 import hmac
+import io
 import itertools
 import json
 import posixpath
 import re
 import time
 
+from PIL import Image
+
 from tests.emulators.base import Emulator, Request, Response, json_response, route
+from tests.emulators.dataloop_annotations import AnnotationRoutes
 from tests.emulators.dataloop_query import deep_merge, page_of
 
 API = "/api/v1"
@@ -54,7 +61,7 @@ def error(status: int, message: str) -> Response:
     return json_response({"message": message, "status": status}, status, **{"x-request-id": f"req-{time.time_ns()}"})
 
 
-class DataloopEmulator(Emulator):
+class DataloopEmulator(AnnotationRoutes, Emulator):
     name = "dataloop"
 
     def __init__(self, *, seed: int = 1234, secret: bytes = b"dataloop-emulator-secret", overwrite_new_id: bool = False):
@@ -219,6 +226,11 @@ class DataloopEmulator(Emulator):
             self.truncate_next -= 1
             data = data[:-1]
         self.binaries[item["id"]] = data
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                item["metadata"]["system"].update({"width": image.width, "height": image.height})
+        except OSError:  # not an image: Dataloop keeps it as a file without dimensions
+            pass
         item["metadata"]["system"].update({"originalname": file_part.filename or item["name"], "size": len(data),
                                            "encoding": "7bit", "mimetype": file_part.content_type or
                                            "application/octet-stream", "refs": [], "isBinary": True})
@@ -319,87 +331,3 @@ class DataloopEmulator(Emulator):
             else:
                 docs = [i for i in self.items.values() if i["datasetId"] == dataset_id]
             return json_response(copy.deepcopy(page_of(docs, body)))
-
-    # -- annotations, recipes, ontologies ------------------------------------------------------
-    @route("POST", f"{API}/items/{ID}/annotations")
-    def create_annotations(self, request: Request) -> Response:
-        body = request.json()
-        with self.lock:
-            item = self.items.get(request.params["id"])
-            if item is None:
-                return error(404, "Item not found")
-            if not isinstance(body, list) or any(not isinstance(a, dict) or "type" not in a for a in body):
-                return error(400, "expected a JSON list of annotations with a type")
-            created = []
-            for ann in body:
-                ann = {**copy.deepcopy(ann), "id": self.new_id(), "itemId": item["id"], "datasetId": item["datasetId"],
-                       "createdAt": self._now(), "creator": self.claims(request).get("email")}
-                ann.setdefault("metadata", {}).setdefault("system", {})
-                self.annotations[ann["id"]] = ann
-                created.append(ann)
-            self._count_annotations(item)
-            return json_response(created)
-
-    def _count_annotations(self, item: dict) -> None:
-        item["annotationsCount"] = sum(1 for a in self.annotations.values() if a["itemId"] == item["id"])
-        item["annotated"] = item["annotationsCount"] > 0
-
-    @route("GET", f"{API}/items/{ID}/annotations")
-    def list_annotations(self, request: Request) -> Response:
-        with self.lock:
-            return json_response([a for a in self.annotations.values() if a["itemId"] == request.params["id"]])
-
-    @route("GET", f"{API}/annotations/{ID}")
-    def get_annotation(self, request: Request) -> Response:
-        ann = self.annotations.get(request.params["id"])
-        return json_response(ann) if ann else error(404, "Annotation not found")
-
-    @route("PUT", f"{API}/annotations/{ID}")
-    def put_annotation(self, request: Request) -> Response:
-        with self.lock:
-            ann = self.annotations.get(request.params["id"])
-            if ann is None:
-                return error(404, "Annotation not found")
-            deep_merge(ann, {k: v for k, v in request.json().items() if k not in ("id", "itemId", "datasetId")})
-            return json_response(ann)
-
-    @route("DELETE", f"{API}/annotations/{ID}")
-    def delete_annotation(self, request: Request) -> Response:
-        with self.lock:
-            ann = self.annotations.pop(request.params["id"], None)
-            if ann is None:
-                return error(404, "Annotation not found")
-            if ann["itemId"] in self.items:
-                self._count_annotations(self.items[ann["itemId"]])
-        return Response(200, b"")
-
-    @route("GET", f"{API}/recipes/{ID}")
-    def get_recipe(self, request: Request) -> Response:
-        recipe = self.recipes.get(request.params["id"])
-        return json_response(recipe) if recipe else error(404, "Recipe not found")
-
-    @route("GET", f"{API}/ontologies/{ID}")
-    def get_ontology(self, request: Request) -> Response:
-        ontology = self.ontologies.get(request.params["id"])
-        return json_response(ontology) if ontology else error(404, "Ontology not found")
-
-    @route("PATCH", f"{API}/ontologies/{ID}/(?P<op>labels|addLabels)")
-    def patch_labels(self, request: Request) -> Response:
-        body = request.json()
-        with self.lock:
-            ontology = self.ontologies.get(request.params["id"])
-            if ontology is None:
-                return error(404, "Ontology not found")
-            upsert = request.params["op"] == "addLabels" or body.get("upsert", False)
-            roots = {r["value"]["tag"]: r for r in ontology["roots"]}
-            for node in body.get("labelsNode") or []:
-                tag = node["tag"]
-                value = {"tag": tag, "color": node.get("color"), "displayLabel": node.get("displayLabel", tag),
-                         "attributes": node.get("attributes", []), "displayData": node.get("displayData", {})}
-                if tag in roots:
-                    if request.params["op"] == "labels":
-                        roots[tag]["value"].update(value)
-                elif upsert:
-                    roots[tag] = {"value": value, "children": []}
-                    ontology["roots"].append(roots[tag])
-            return json_response(ontology)
