@@ -179,7 +179,7 @@ def test_first_delivery_stores_bytes_path_and_metadata(world):
     assert item["metadata"]["system"]["mimetype"] == "image/png"
     assert world.user(item) == {"site": "A", "n": 3, "deep": {"x": [1]}}  # null values are not stored
     assert item["metadata"]["user"][MARKER] == {"key": upload.key, "version": upload.version,
-                                                "image_sha256": upload.image_sha256}
+                                                "image_sha256": upload.image_sha256, "annotations_sha256": "empty"}
     assert receipt.remote_id == item["id"] and receipt.extra["version"] == upload.version
     # Everything went in one request: the metadata rides along with the upload.
     assert [m for m, p in world.emulator.requests if "/items" in p] == ["POST"]

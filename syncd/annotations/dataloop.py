@@ -7,7 +7,8 @@
   polyline -> ``polyline``;
 - mask -> one ``binary`` annotation per class present: a full-size RGBA PNG data URL, the
   class colour with alpha 255 inside and zeros outside;
-- attributes -> ``metadata.system.attributes`` ("attributes 2.0", as dtlpy sends them);
+- attributes -> ``metadata.system.attributes`` ("attributes 2.0", as dtlpy sends them), next
+  to ``metadata.system.automated: true`` (dtlpy's default);
 - every annotation carries ``metadata.user.syncd = {"key", "version", "source"}`` (source
   ``labels[i]`` or ``mask``) so the target can find and replace the ones it made;
 - keypoints are not represented (reported in ``unsupported``).
@@ -66,8 +67,9 @@ def coordinates(label: dict[str, Any]) -> tuple[str, Any]:
 
 
 def _annotation(kind: str, label: str, coords: Any, attributes: Mapping[str, Any], tag: dict) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": kind, "label": label,
-                           "metadata": {"system": {"attributes": dict(attributes)}, "user": {MARKER: tag}}}
+    # automated: true is what dtlpy's annotation builder sends by default.
+    system = {"attributes": dict(attributes), "automated": True}
+    out: dict[str, Any] = {"type": kind, "label": label, "metadata": {"system": system, "user": {MARKER: tag}}}
     if coords is not None:
         out["coordinates"] = coords
     return out

@@ -9,23 +9,25 @@ Idempotency and the version marker:
 - The remote path is ``remote_root + item key + image suffix`` (``/cam1/frame_0001.png``).
   Dataloop has one item per path in a dataset, so ``mode=skip`` never creates a second
   item: a re-send after a lost reply gets the existing item back.
-- ``metadata.user.syncd`` = ``{"key", "version", "image_sha256"}`` is written with every
-  delivery (in the upload request itself and by the PATCH that follows). It tells, for an
-  existing item, which image it holds, so a re-send can decide between "just fix the
-  metadata" and "overwrite the binary". The key ``syncd`` is therefore reserved in the
-  sidecar metadata.
+- ``metadata.user.syncd`` = ``{"key", "version", "image_sha256", "annotations_sha256"}`` is
+  written with every delivery (in the upload request itself and by the PATCH that follows).
+  It tells, for an existing item, which image it holds, so a re-send can decide between
+  "just fix the metadata" and "overwrite the binary", and what its annotations were made
+  from (see dataloop_annotations). The key ``syncd`` is therefore reserved in the sidecar
+  metadata.
 - ``metadata.system.size`` is compared with the bytes sent. A new item with the wrong
   size is deleted (as the official SDK does) and the attempt is transient; an overwritten
   item is not deleted (annotators' work may hang on it) but is overwritten again next time.
 
 Everything else in ``upload.metadata`` goes to ``metadata.user`` unchanged (any JSON);
 keys whose value is ``null`` are dropped, because ``null`` means "delete" in a PATCH.
+
+Labels and the mask become the item's annotations (``dataloop_annotations.AnnotationSync``)
+after the upload and before the metadata PATCH, whose marker then records them as written.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import posixpath
 import threading
@@ -37,9 +39,11 @@ from pydantic import Field, field_validator, model_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
+from syncd.targets.dataloop_annotations import EMPTY, PENDING, AnnotationSync, annotations_digest, annotations_state
+from syncd.targets.dataloop_wire import MARKER, drop_nulls, jwt_expiry, metadata_diff, same_json, stored_size, user_metadata
 from syncd.targets.http import SessionPool, json_body, raise_for_status, send
 
-MARKER = "syncd"  # reserved key in metadata.user (see the module docstring)
+__all__ = ["MARKER", "DataloopSettings", "DataloopTarget", "drop_nulls", "jwt_expiry", "metadata_diff"]
 EXPIRY_MARGIN = 60.0  # seconds; the official SDK refuses a token this close to its expiry
 EXPIRY_WARNING_DAYS = 30
 
@@ -76,62 +80,6 @@ class DataloopSettings(TargetSettings):
         return self
 
 
-def _b64url(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def jwt_expiry(token: str) -> float | None:
-    """The ``exp`` claim (seconds since the epoch) of a JWT, read without checking the
-    signature; None when ``token`` is not a JWT with a numeric ``exp``."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(_b64url(parts[1]))
-    except (ValueError, binascii.Error):
-        return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
-
-
-def drop_nulls(value: Any) -> Any:
-    """``value`` with every dict key whose value is None removed (recursively in dicts)."""
-    if isinstance(value, dict):
-        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
-    return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    # JSON-typed equality: 1 != 1.0 != True, as the platform stores them.
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
-def metadata_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The PATCH diff that turns ``old`` into ``new`` under deep-merge with null = delete
-    (the official SDK's DictDiffer format): changed keys nested, removed keys as None.
-    Lists and other non-dict values are sent whole."""
-    diff: dict[str, Any] = {k: None for k in old if k not in new}
-    for key, value in new.items():
-        if key not in old:
-            diff[key] = value
-        elif isinstance(value, dict) and isinstance(old[key], dict):
-            sub = metadata_diff(old[key], value)
-            if sub:
-                diff[key] = sub
-        elif not _same(old[key], value):
-            diff[key] = value
-    return diff
-
-
-def _user_metadata(item: dict[str, Any]) -> dict[str, Any]:
-    user = (item.get("metadata") or {}).get("user")
-    return user if isinstance(user, dict) else {}
-
-
-def _size(item: dict[str, Any]) -> Any:
-    return ((item.get("metadata") or {}).get("system") or {}).get("size")
-
-
 class DataloopTarget(Target):
     """Delivers items to one Dataloop dataset; see the module docstring."""
 
@@ -149,6 +97,7 @@ class DataloopTarget(Target):
         self._key_exp: float | None = None
         self._pool: SessionPool | None = None
         self._dataset_id: str | None = None
+        self.annotations = AnnotationSync(self)
 
     # -- credentials and plumbing ------------------------------------------------------------
     def _api_key(self) -> str:
@@ -197,7 +146,9 @@ class DataloopTarget(Target):
     # -- check and dataset --------------------------------------------------------------------
     def check(self) -> list[str]:
         self._api_key()
-        self._request("GET", "/users/me", context="checking the API key (GET /users/me)")
+        me = self._request("GET", "/users/me", context="checking the API key (GET /users/me)")
+        self.annotations.remember_user(self._json(me, "checking the API key (GET /users/me)"))
+        self.annotations.forget()  # re-read the ontology's labels too
         with self._lock:
             self._dataset_id = None  # re-resolve: check() is the moment to notice a renamed dataset
         self.dataset_id()
@@ -258,26 +209,30 @@ class DataloopTarget(Target):
             raise PermanentError(f"item key {upload.key!r} cannot be a Dataloop path ('.'/'..' segments or empty)")
         return self.settings.remote_root + "/".join(parts) + upload.image_suffix
 
-    def desired_user_metadata(self, upload: Upload) -> dict[str, Any]:
+    def desired_user_metadata(self, upload: Upload, annotations: str) -> dict[str, Any]:
+        """``metadata.user``: the sidecar metadata and the marker, whose ``annotations_sha256``
+        is ``annotations`` (a digest or a state of dataloop_annotations)."""
         if MARKER in upload.metadata:
             raise PermanentError(
                 f"item {upload.key!r}: the sidecar metadata key {MARKER!r} is reserved by syncd on Dataloop; rename it"
             )
-        marker = {"key": upload.key, "version": upload.version, "image_sha256": upload.image_sha256}
+        marker = {"key": upload.key, "version": upload.version, "image_sha256": upload.image_sha256,
+                  "annotations_sha256": annotations}
         return {**drop_nulls(upload.metadata), MARKER: marker}
 
     @staticmethod
     def holds_image(item: dict[str, Any], upload: Upload) -> bool:
         """Whether the remote item holds this upload's image (marker hash and byte size)."""
-        marker = _user_metadata(item).get(MARKER)
+        marker = user_metadata(item).get(MARKER)
         same_hash = isinstance(marker, dict) and marker.get("image_sha256") == upload.image_sha256
-        return same_hash and _size(item) == len(upload.image)
+        return same_hash and stored_size(item) == len(upload.image)
 
     # -- deliver ------------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
         dataset_id = self.dataset_id()
         path = self.remote_path(upload)
-        desired = self.desired_user_metadata(upload)
+        digest = annotations_digest(upload)
+        self.desired_user_metadata(upload, digest)  # a reserved key fails the item before any request
         previous = upload.previous
         item = None
         if previous is not None and previous.extra.get("path") == path and (
@@ -290,32 +245,50 @@ class DataloopTarget(Target):
             # A first delivery uses skip: a re-send after a lost reply gets the same item back.
             # An image change (previous set) overwrites the binary at the same path.
             mode = "overwrite" if previous is not None else "skip"
+            # The marker only claims the annotations once they are written (see _upload_state).
+            desired = self.desired_user_metadata(upload, self._upload_state(upload, digest, mode))
             item = self._upload(dataset_id, path, upload, desired, mode)
             if mode == "skip" and not self.holds_image(item, upload):
-                marker = _user_metadata(item).get(MARKER)
+                marker = user_metadata(item).get(MARKER)
                 if isinstance(marker, dict) and marker.get("image_sha256") == upload.image_sha256:
                     self._delete_corrupted(item, upload)  # our new item, stored at the wrong size
                 # An existing item with another image (or not made by syncd) is at our path.
+                desired = self.desired_user_metadata(upload, self._upload_state(upload, digest, "overwrite"))
                 item = self._upload(dataset_id, path, upload, desired, "overwrite")
-            if _size(item) != len(upload.image):
+            if stored_size(item) != len(upload.image):
                 raise TransientError(
-                    f"{self.name}: item {upload.key!r}: Dataloop stored {_size(item)} bytes of {len(upload.image)} sent "
+                    f"{self.name}: item {upload.key!r}: Dataloop stored {stored_size(item)} bytes of {len(upload.image)} sent "
                     "(corrupted upload); it is overwritten on the next attempt",
                     outcome_unknown=False,
                 )
-        item = self._patch_user_metadata(item, desired, upload)
-        self._sync_annotations(item, upload)
+        # Annotations first, then the marker that says they are in place (one PATCH in all).
+        synced = self.annotations.sync(item, upload, digest)
+        item = self._patch_user_metadata(item, self.desired_user_metadata(upload, synced.state), upload)
         if previous is not None and previous.remote_id != item["id"] and previous.extra.get("path") not in (None, path):
             # The image changed format (suffix), so the item moved to a new path: remove the
             # superseded one so the key keeps exactly one remote item.
             self._request("DELETE", f"/items/{quote(previous.remote_id, safe='')}", context="deleting the superseded item",
                           check=False)
-        return self._receipt(item, upload, path, version=upload.version)
+        return self._receipt(item, upload, path, version=upload.version, not_sent=synced.not_sent)
 
-    def _receipt(self, item: dict[str, Any], upload: Upload, path: str, *, version: str | None) -> Receipt:
-        marker = _user_metadata(item).get(MARKER)
-        sha = marker.get("image_sha256") if isinstance(marker, dict) and _size(item) == len(upload.image) else None
-        extra = {"version": version, "image_sha256": sha, "path": path, "dataset_id": self._dataset_id}
+    @staticmethod
+    def _upload_state(upload: Upload, digest: str, mode: str) -> str:
+        """The marker's annotation state sent with an upload: ``digest`` only where no
+        annotation of ours can be on the item (a new item, or an overwrite of one that held
+        none) and there are none to write; PENDING otherwise, until they are written."""
+        previous = upload.previous.extra.get("annotations_sha256") if upload.previous is not None else None
+        if digest == EMPTY and (mode == "skip" or previous == EMPTY):
+            return digest
+        return PENDING
+
+    def _receipt(self, item: dict[str, Any], upload: Upload, path: str, *, version: str | None,
+                 not_sent: tuple[str, ...] = ()) -> Receipt:
+        marker = user_metadata(item).get(MARKER)
+        sha = marker.get("image_sha256") if isinstance(marker, dict) and stored_size(item) == len(upload.image) else None
+        extra = {"version": version, "image_sha256": sha, "path": path, "dataset_id": self._dataset_id,
+                 "annotations_sha256": annotations_state(item)}
+        if not_sent:
+            extra["not_sent"] = list(not_sent)
         return Receipt(remote_id=str(item["id"]), extra=extra)
 
     def _upload(self, dataset_id: str, path: str, upload: Upload, desired: dict, mode: str) -> dict[str, Any]:
@@ -342,7 +315,7 @@ class DataloopTarget(Target):
         self._request("DELETE", f"/items/{quote(str(item['id']), safe='')}", context="deleting a corrupted item",
                       check=False)
         raise TransientError(
-            f"{self.name}: item {upload.key!r}: Dataloop stored {_size(item)} bytes of {len(upload.image)} sent; "
+            f"{self.name}: item {upload.key!r}: Dataloop stored {stored_size(item)} bytes of {len(upload.image)} sent; "
             "the corrupted item was deleted and is uploaded again on the next attempt",
             outcome_unknown=False,
         )
@@ -357,7 +330,7 @@ class DataloopTarget(Target):
 
     def _patch_user_metadata(self, item: dict[str, Any], desired: dict[str, Any], upload: Upload) -> dict[str, Any]:
         """PATCH ``metadata.user`` to equal ``desired`` (a diff, null = delete) and verify it."""
-        diff = metadata_diff(_user_metadata(item), desired)
+        diff = metadata_diff(user_metadata(item), desired)
         if not diff:
             return item
         context = f"updating the metadata of {upload.key!r} (item {item['id']})"
@@ -368,20 +341,18 @@ class DataloopTarget(Target):
                                  outcome_unknown=False)
         raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
         patched = self._json(response, context)
-        if not isinstance(patched, dict) or not _same(_user_metadata(patched), desired):
+        if not isinstance(patched, dict) or not same_json(user_metadata(patched), desired):
             raise PermanentError(
                 f"{self.name}: {context}: Dataloop did not store the metadata as sent "
-                f"(keys now: {sorted(_user_metadata(patched if isinstance(patched, dict) else {}))})"
+                f"(keys now: {sorted(user_metadata(patched if isinstance(patched, dict) else {}))})"
             )
         return patched
-
-    def _sync_annotations(self, item: dict[str, Any], upload: Upload) -> None:
-        """Labels and masks become Dataloop annotations here (a later issue); no-op today."""
 
     # -- lookup -------------------------------------------------------------------------------
     def lookup(self, upload: Upload) -> Receipt | None:
         """The item at this upload's path, or None. ``extra["version"]`` is the upload's
-        version only when the item already equals it fully (image and user metadata)."""
+        version only when the item already equals it fully (image, user metadata, and the
+        marker's annotation digest, which is only set once the annotations are written)."""
         dataset_id = self.dataset_id()
         path = self.remote_path(upload)
         body = {"filter": {"$and": [{"filename": path}, {"type": "file"}]}, "sort": {"id": "ascending"},
@@ -393,5 +364,6 @@ class DataloopTarget(Target):
         if not items:
             return None
         item = items[0]
-        complete = self.holds_image(item, upload) and _same(_user_metadata(item), self.desired_user_metadata(upload))
+        desired = self.desired_user_metadata(upload, annotations_digest(upload))
+        complete = self.holds_image(item, upload) and same_json(user_metadata(item), desired)
         return self._receipt(item, upload, path, version=upload.version if complete else None)
