@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -133,6 +134,85 @@ class ProcessProbe:
 
 def own_peak_rss() -> int:
     return ProcessProbe(os.getpid()).peak_rss()
+
+
+WATCHDOG_USEC = "60000000"  # WatchdogSec=60s, as in systemd/syncd.service
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's: a thread reads every sd_notify message
+    as it arrives (as systemd does; a full socket would block the daemon's notify call)."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="syncd-notify-")) / "notify"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._arrived = threading.Condition()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                message = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._arrived:
+                self.messages.append(message)
+                self._arrived.notify_all()
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._arrived:
+            while True:
+                for message in self.messages[seen:]:
+                    if any(line.startswith(prefix) for line in message.splitlines()):
+                        return message
+                seen = len(self.messages)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {prefix} from the daemon within {timeout:.0f}s")
+                self._arrived.wait(left)
+
+    def close(self) -> None:
+        self._closed = True
+        self._reader.join(timeout=2)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+class SyncdRun:
+    """``syncd run`` as a child process under a fake systemd."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
+        self.config = config
+        self.notify = NotifySocket()
+        self.log = open(config.parent / "daemon.log", "ab")
+        # WATCHDOG_PID stays unset (systemd sets it to the main pid): the daemon pings.
+        env = env_with_repo({"NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": WATCHDOG_USEC, **(env or {})})
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "--config", str(config)],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=config.parent)
+        self.probe = ProcessProbe(self.proc.pid)
+        self.ready_after = 0.0
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        self.notify.wait_for("READY=1", timeout)
+        self.ready_after = time.perf_counter() - self.started
+        return self.ready_after
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        code = self.proc.wait(timeout=60)
+        self.log.close()
+        self.notify.close()
+        assert code == 0, f"syncd run exited {code}; see {self.config.parent / 'daemon.log'}"
 
 
 # -- images ---------------------------------------------------------------------------------
@@ -289,7 +369,7 @@ def _serve(platform_name: str, options: dict[str, Any]) -> None:
         try:
             dispatch(http, body)
         finally:
-            window.append((start, time.monotonic()))
+            window.append((start, time.monotonic(), http.command + " " + http.path.split("?")[0]))
 
     emulator._dispatch = timed  # type: ignore[method-assign]
     emulator.start()
@@ -308,8 +388,10 @@ def _serve(platform_name: str, options: dict[str, Any]) -> None:
                 reply = {}
             elif command == "window":
                 spans = list(window)
-                reply = {"start": min(s for s, _ in spans) if spans else None,
-                         "end": max(e for _, e in spans) if spans else None, "requests": len(spans)}
+                reply = {"start": min(s for s, _, _ in spans) if spans else None,
+                         "end": max(e for _, e, _ in spans) if spans else None, "requests": len(spans)}
+            elif command == "spans":
+                reply = {"spans": list(window)}
             elif command == "purge":
                 purge()
                 reply = {}

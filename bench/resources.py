@@ -25,83 +25,15 @@ Goals: peak RSS under 80 MB; under 0.5 % of one CPU while idle.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BENCH_ROOT, ProcessProbe, Report, env_with_repo, fill_journal, shared_tree, \
-    write_local_config
+from bench.common import BENCH_ROOT, ProcessProbe, Report, SyncdRun as Daemon, env_with_repo, fill_journal, \
+    shared_tree, write_local_config
 
 MB = 1024 * 1024
-WATCHDOG_USEC = "60000000"  # WatchdogSec=60s, as in systemd/syncd.service
-
-
-class NotifySocket:
-    """A datagram socket standing in for systemd's: collects sd_notify messages."""
-
-    def __init__(self):
-        self.path = Path(tempfile.mkdtemp(prefix="syncd-notify-")) / "notify"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-
-    def wait_for(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                message = self.sock.recv(4096).decode()
-            except socket.timeout:
-                continue
-            self.messages.append(message)
-            if any(line.startswith(prefix) for line in message.splitlines()):
-                return message
-        raise TimeoutError(f"no {prefix} from the daemon within {timeout:.0f}s")
-
-    def drain(self) -> None:
-        self.sock.settimeout(0.0)
-        try:
-            while True:
-                self.messages.append(self.sock.recv(4096).decode())
-        except (BlockingIOError, socket.timeout):
-            pass
-        finally:
-            self.sock.settimeout(0.2)
-
-    def close(self) -> None:
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
-
-
-class Daemon:
-    """``syncd run`` as a child process under a fake systemd."""
-
-    def __init__(self, config: Path):
-        self.config = config
-        self.notify = NotifySocket()
-        self.log = open(config.parent / "daemon.log", "ab")
-        # WATCHDOG_PID stays unset (systemd sets it to the main pid): the daemon pings.
-        env = env_with_repo({"NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": WATCHDOG_USEC})
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "--config", str(config)],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=config.parent)
-        self.probe = ProcessProbe(self.proc.pid)
-        self.ready_after = 0.0
-
-    def wait_ready(self, timeout: float = 300) -> float:
-        self.notify.wait_for("READY=1", timeout)
-        self.ready_after = time.perf_counter() - self.started
-        return self.ready_after
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        code = self.proc.wait(timeout=60)
-        self.log.close()
-        self.notify.close()
-        assert code == 0, f"syncd run exited {code}; see {self.config.parent / 'daemon.log'}"
 
 
 def bare_watcher(root: str) -> None:
@@ -176,7 +108,6 @@ def main(argv: list[str] | None = None) -> Report:
         peak = {name: probes[name].peak_rss() for name in ("syncd", "empty")}
         rss = {name: probe.rss() for name, probe in probes.items()}
         watcher_peak = probes["watcher"].peak_rss()
-        daemon.notify.drain()
         statuses = [m for m in daemon.notify.messages if m.startswith("STATUS=")]
         pings = [m for m in daemon.notify.messages if m.startswith("WATCHDOG=1")]
     finally:
