@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -68,7 +69,8 @@ class World:
         return {i["filename"]: i for i in self.emulator.items_in(self.dataset["id"])}[path]
 
     def ours(self, path="/cam1/f1.png") -> list[dict]:
-        return [a for a in self.emulator.annotations_of(self.item(path)["id"]) if MARKER in a["metadata"].get("user", {})]
+        annotations = self.emulator.annotations_of(self.item(path)["id"])
+        return [a for a in annotations if MARKER in a["metadata"].get("user", {})]
 
     def colours(self) -> dict[str, str]:
         return {r["value"]["tag"]: r["value"]["color"] for r in self.ontology["roots"]}
@@ -176,7 +178,8 @@ def test_label_edits_replace_only_what_changed_and_keep_people_s_annotations(wor
     fifth = make_upload("cam1/f1", previous=receipt)
     receipt = world.target.deliver(fifth)
     assert world.ours() == [] and "human1" in world.emulator.annotations
-    assert receipt.extra["annotations_sha256"] == EMPTY == world.item()["metadata"]["user"][MARKER]["annotations_sha256"]
+    marker = world.item()["metadata"]["user"][MARKER]
+    assert receipt.extra["annotations_sha256"] == EMPTY == marker["annotations_sha256"]
 
 
 def test_metadata_only_changes_send_no_annotation_request(world):
@@ -324,3 +327,26 @@ def test_many_annotations_go_in_batches_and_are_listed_page_by_page(world, monke
     assert {"id": {"$gt": world.ours()[39]["id"]}} in queries[1]["filter"]["$and"]
     assert world.emulator.recorded("POST", r"/annotations$") == []  # the removed point was only deleted
     assert len(world.emulator.recorded("DELETE", r"/annotations/")) == 1
+
+
+def test_concurrent_deliveries_share_the_ontology_and_keep_their_own_annotations(world):
+    uploads = [labelled(f"cam{i % 2}/f{i}", labels=LABELS[: 1 + i % len(LABELS)], mask=i % 2 == 0) for i in range(8)]
+    errors: list[BaseException] = []
+
+    def work(chunk):
+        try:
+            for upload in chunk:
+                world.target.deliver(upload)
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(uploads[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for upload in uploads:
+        same_as_converter(world, upload, f"/{upload.key}.png")
+    tags = [r["value"]["tag"] for r in world.ontology["roots"]]
+    assert sorted(tags) == sorted(set(tags)) == sorted({"daytime", "car", "nose", "roof", "lane", "road", "sky"})

@@ -40,7 +40,8 @@ from pydantic import Field, field_validator, model_validator
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
 from syncd.targets.dataloop_annotations import EMPTY, PENDING, AnnotationSync, annotations_digest, annotations_state
-from syncd.targets.dataloop_wire import MARKER, drop_nulls, jwt_expiry, metadata_diff, same_json, stored_size, user_metadata
+from syncd.targets.dataloop_wire import (MARKER, drop_nulls, jwt_expiry, metadata_diff, same_json, stored_size,
+                                        user_metadata)
 from syncd.targets.http import SessionPool, json_body, raise_for_status, send
 
 __all__ = ["MARKER", "DataloopSettings", "DataloopTarget", "drop_nulls", "jwt_expiry", "metadata_diff"]
