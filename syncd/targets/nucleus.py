@@ -192,7 +192,8 @@ class NucleusTarget(Target):
 
     # -- deliver ------------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
-        """Append the item, wait for its job, check the job's errors.
+        """Append the item, wait for its job, check the job's errors; then its labels and
+        mask (``_deliver_annotations``, only when they changed).
 
         A job this target stopped waiting for (timeout, failing polls) may still run later
         and would then write an older version over a newer one. So before appending an
