@@ -414,7 +414,11 @@ class Daemon:
                 if not 0 < recheck_in <= self.cfg.target_recheck_seconds and name not in self.checking:
                     self._start_check(name)
                 continue
-            free = target.settings.workers - sum(1 for (_, t) in self.in_flight if t == name)
+            # Up to twice `workers` deliveries are handed to the pool (intent journaled), so a
+            # worker that finishes starts the next one at once instead of waiting for this
+            # thread's next pass (which may be reading a burst); `workers` still bounds the
+            # requests made at the same time.
+            free = 2 * target.settings.workers - sum(1 for (_, t) in self.in_flight if t == name)
             if free <= 0:
                 continue
             for due in self.store.due(name, now, free, horizon=self.horizon):
