@@ -93,7 +93,8 @@ def test_faults_and_sigkill_converge_to_one_task_each(tmp_path):
         emulator.faults.set_rate(0.2, FAULTS)
         daemon = DaemonProcess(config, env=env).start()
         try:
-            wait_for(lambda: len(remote()) >= 10, timeout=60, message="some deliveries")
+            wait_for(lambda: len(remote()) >= 10 and any(expected[k][2] for k in remote()), timeout=60,
+                     message="some deliveries, a labelled one among them")
             daemon.kill()
             at_kill = set(remote())
             assert len(at_kill) < COUNT, "the kill came too late to test anything"

@@ -363,6 +363,11 @@ class RedBrickTarget(Target):
         # receipt of this task says (a task made by hand: no).
         same_task = upload.previous is not None and upload.previous.extra.get("taskId") == entry["taskId"]
         written = bool(same_task and upload.previous.extra.get("labels_written"))
+        if upload.previous is None and version is not None:
+            # No acknowledged delivery yet, but the task carries syncd's marker: syncd created it
+            # in an attempt whose reply was lost (or before a crash), possibly with labels of an
+            # older version. Treat them as syncd's, so a version without labels clears them.
+            written = True
         if version == upload.version:
             record = Labels(digest=expected_digest(upload), written=expected_digest(upload) != EMPTY)
         else:
