@@ -1,7 +1,7 @@
 """RedBrick labels from syncd's labels and masks, checked with RedBrick's own SDK code.
 
 redbrick-sdk pins a different pillow, so it lives in ``.venv-sdk-redbrick`` (see
-docs/platforms/redbrick.md); this file, run as a script with that interpreter, feeds our
+tests/install.sh); this file, run as a script with that interpreter, feeds our
 internal-format labels to the SDK's ``dicom_rb_series`` (which turns internal labels into
 the public Series format) and our NIfTI to the SDK's ``convert_nii_to_png`` (its exporter
 back to a coloured PNG).
@@ -105,7 +105,7 @@ def test_without_a_mask_there_is_no_nifti():
 
 
 def test_redbricks_sdk_reads_our_labels_and_our_nifti_back(tmp_path):
-    assert SDK_PYTHON.exists(), f"the RedBrick SDK venv is missing: see docs/platforms/redbrick.md ({SDK_PYTHON})"
+    assert SDK_PYTHON.exists(), f"the RedBrick SDK venv is missing: see tests/install.sh ({SDK_PYTHON})"
     result = to_redbrick(upload())
     colours = {1: CLASS_MAP["road"], 2: CLASS_MAP["car"], 3: CLASS_MAP["sky"]}
     spec = {"labels": result.labels, "nifti": result.nifti.hex(),

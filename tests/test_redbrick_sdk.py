@@ -2,7 +2,7 @@
 target side by side with it.
 
 The SDK pins pillow and other packages to versions other than ours, so it lives in its own
-venv ``.venv-sdk-redbrick`` (see docs/platforms/redbrick.md for the install commands) and
+venv ``.venv-sdk-redbrick`` (see tests/install.sh for the install commands) and
 runs in a subprocess: this very file, run as a script, whose script part needs only the
 SDK. The test then asserts what the emulator stored from the SDK, that the SDK reads back
 what the target wrote, and that both send the same wire shapes (operation names,
@@ -64,7 +64,7 @@ def emulator():
 
 
 def test_sdk_and_target_agree_with_the_emulator(emulator, tmp_path):
-    assert SDK_PYTHON.exists(), f"the SDK venv is missing: see docs/platforms/redbrick.md ({SDK_PYTHON})"
+    assert SDK_PYTHON.exists(), f"the SDK venv is missing: see tests/install.sh ({SDK_PYTHON})"
     org_id = str(uuid.uuid4())
     project = emulator.add_project(org_id, name="Oracle")
     project_id = project["projectId"]

@@ -59,7 +59,7 @@ def decoded(call: dict) -> list[dict]:
 
 
 def test_sdk_and_target_send_the_same_labels_and_mask(tmp_path):
-    assert SDK_PYTHON.exists(), f"the SDK venv is missing: see docs/platforms/redbrick.md ({SDK_PYTHON})"
+    assert SDK_PYTHON.exists(), f"the SDK venv is missing: see tests/install.sh ({SDK_PYTHON})"
     with RedBrickEmulator() as emulator:
         org_id = str(uuid.uuid4())
         project_id = emulator.add_project(org_id, name="Oracle")["projectId"]
