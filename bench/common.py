@@ -42,7 +42,7 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on (recorded with every result)."""
     load = os.getloadavg()
     return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "load_at_start": [round(x, 2) for x in load], "date": time.strftime("%Y-%m-%d")}
+            "load_average": [round(x, 2) for x in load], "date": time.strftime("%Y-%m-%d")}
 
 
 def env_with_repo(extra: dict[str, str] | None = None) -> dict[str, str]:

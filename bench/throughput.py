@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None):
     size = sum(path.stat().st_size for _, path in pairs) / len(pairs)
     contenders = args.contenders.split(",")
 
-    report = Report("throughput", ["platform", "uploader", "images/s (median)", "vs hand loop", "vs SDK",
-                                   "requests/item", "wall s (median)"])
+    report = Report("throughput", ["platform", "uploader", "images/s (median)", "vs hand loop",
+                                   "vs hand loop, per round", "vs SDK", "requests/item", "CPU ms/frame: uploader, emulator"])
     for platform in args.platforms.split(","):
         kinds = contenders + (["sdk-nosleep"] if platform == "nucleus" and "sdk" in contenders else [])
         rates = {k: [] for k in kinds}
@@ -274,10 +274,15 @@ def main(argv: list[str] | None = None):
                           f"process {wall:.1f}s, CPU: uploader {client_cpu:.1f}s, emulator {server_cpu:.1f}s)", flush=True)
         med = {k: median(v) for k, v in rates.items()}
         for kind in kinds:
+            frames = min(args.items, args.shipped_sdk_items) if (kind, platform) == ("sdk", "nucleus") else args.items
+            paired = [a / b for a, b in zip(rates[kind], rates.get("hand", []))]  # same round, minutes apart
+            used = [(c / frames * 1000, e / frames * 1000) for c, e in cpu[kind]]
             report.add(platform, kind, med[kind],
                        med[kind] / med["hand"] if "hand" in med else "",
+                       median(paired) if paired and kind != "hand" else "",
                        med[kind] / med["sdk"] if "sdk" in med else "",
-                       median(requests[kind]) / args.items, median(walls[kind]))
+                       median(requests[kind]) / frames,
+                       f"{median([u for u, _ in used]):.1f}, {median([e for _, e in used]):.1f}")
         report.facts[platform] = {"rates": rates, "walls": walls, "requests": requests, "cpu_uploader_emulator": cpu}
     report.facts.update(items=args.items, rounds=args.rounds, workers=args.workers, mean_image_bytes=size)
     report.notes.append(f"{args.items} frames of {size / 1024:.0f} KB with sidecars; syncd workers = hand-loop "
