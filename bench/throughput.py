@@ -20,7 +20,7 @@ machine noise hits all three alike):
   request, 10 in flight; it runs in ``.venv-sdk-nucleus``), edgeimpulse 1.0.20
   ``data.upload_samples`` (one file per request, its thread pool: min(32, CPUs + 4)).
 
-The emulator runs in its own process (bench.common.EmulatorServer) and times each run from
+The emulator runs in its own process (bench.emulator_server) and times each run from
 the first request it receives to the end of the last one; images/s = items / that window.
 It counts what the dataset holds afterwards (must be every item). Nucleus jobs complete as
 soon as they are created, the fastest a server can be: what is measured is the uploaders.
@@ -213,7 +213,8 @@ def syncd_config(platform: str, creds: dict, images, workdir, workers: int):
 def main(argv: list[str] | None = None):
     import argparse
 
-    from bench.common import BENCH_ROOT, EmulatorServer, ProcessProbe, Report, jpeg_images, median
+    from bench.common import BENCH_ROOT, ProcessProbe, Report, jpeg_images, median
+    from bench.emulator_server import EmulatorServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=600)
