@@ -7,14 +7,17 @@ import socket
 
 
 def notify(message: str) -> bool:
-    """Send ``message`` to ``$NOTIFY_SOCKET``; False when not running under systemd."""
+    """Send ``message`` to ``$NOTIFY_SOCKET``; False when not running under systemd.
+
+    Never blocks: a full notify queue drops the message rather than stalling the loop.
+    """
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(address)
             sock.sendall(message.encode())
         return True

@@ -96,9 +96,11 @@ def test_sigkill_mid_burst_converges_without_duplicates(tmp_path):
         assert done_before_kill < count, "the kill came too late to test anything"
         daemon.start()
         try:
-            wait_for(lambda: len({d["key"] for d in deliveries(tmp_path)}) >= count, timeout=240, message="convergence")
+            wait_for(lambda: all(record(tmp_path, f"burst{i % 4}/img{i:04d}") for i in range(count)), timeout=240,
+                     message="convergence")
         except AssertionError:
-            missing = {f"burst{i % 4}/img{i:04d}" for i in range(count)} - {d["key"] for d in deliveries(tmp_path)}
+            missing = {f"burst{i % 4}/img{i:04d}" for i in range(count)
+                       if not record(tmp_path, f"burst{i % 4}/img{i:04d}")}
             raise AssertionError(f"not delivered: {sorted(missing)[:10]}\n" + daemon.logs()[-4000:]) from None
         assert daemon.stop() == 0
     finally:
