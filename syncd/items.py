@@ -81,13 +81,17 @@ def _globs(patterns: Iterable[str]):
 
 
 def role_of(name: str) -> tuple[str, str] | None:
-    """``(stem, role)`` for a file name, role in image/sidecar/mask; None for anything else."""
+    """``(stem, role)`` for a file name, role in image/sidecar/mask; None for anything else.
+
+    Image suffixes match in any case (``photo.JPG``); the companions' suffixes are exact
+    (``.json``, ``.mask.png``), so a scan and a probe of one stem always agree.
+    """
     lower = name.lower()
-    if lower.endswith(MASK_SUFFIX):
+    if name.endswith(MASK_SUFFIX):
         return name[: -len(MASK_SUFFIX)], "mask"
     if name in RESERVED_NAMES:
         return None
-    if lower.endswith(SIDECAR_SUFFIX):
+    if name.endswith(SIDECAR_SUFFIX):
         return name[: -len(SIDECAR_SUFFIX)], "sidecar"
     suffix = os.path.splitext(lower)[1]
     if suffix in IMAGE_SUFFIXES:
@@ -201,6 +205,14 @@ def probe_item(root: Path, image_dir: Path, stem: str, rules: IgnoreRules, prefi
     base = os.path.join(image_dir, "")
     isfile = os.path.isfile
     present = [stem + suffix for suffix in _PROBED_SUFFIXES if isfile(base + stem + suffix)]
+    if not any(role_of(name) == (stem, "image") for name in present):
+        # An image suffix in mixed case (photo.Png) is not among the probed names: list the
+        # directory, only in this rare case, rather than treat the item as gone.
+        try:
+            names = [n for n in os.listdir(image_dir) if n.startswith(stem)]
+        except OSError:
+            names = []
+        present = sorted({*present, *(n for n in names if (role_of(n) or ("",))[0] == stem and isfile(base + n))})
     for item in group_directory(root, image_dir, present, rules, prefix, find_export(image_dir, root)):
         if item.key.rsplit("/", 1)[-1] == stem:
             return item

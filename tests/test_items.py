@@ -171,3 +171,13 @@ def test_unreadable_file_is_reported(tmp_path, monkeypatch):
         monkeypatch.setattr(builtins, "open", refusing_open)
     with pytest.raises(ItemError, match="a.png: permission denied"):
         read_item(items_of(tmp_path)["a"], max_pixels=MAX)
+
+
+def test_mixed_case_image_suffix_is_found_by_probe_and_walk(tmp_path):
+    (tmp_path / "photo.Png").write_bytes(image_bytes())
+    (tmp_path / "photo.json").write_text('{"metadata": {}}')
+    (tmp_path / "other.JSON").write_text("{}")  # companions' suffixes are exact: not a sidecar
+    probed = probe_item(tmp_path, tmp_path, "photo", IgnoreRules(), "")
+    assert probed is not None and probed.image.name == "photo.Png" and probed.sidecar.name == "photo.json"
+    assert set(items_of(tmp_path)) == {"photo"}
+    assert role_of("other.JSON") is None
