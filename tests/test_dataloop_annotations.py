@@ -19,9 +19,10 @@ from syncd import delivery
 from syncd.annotations.dataloop import to_dataloop
 from syncd.errors import FatalTargetError, TransientError
 from syncd.store import DueDelivery
-from syncd.targets import dataloop_annotations
-from syncd.targets.dataloop import MARKER, DataloopSettings, DataloopTarget
-from syncd.targets.dataloop_annotations import EMPTY, annotations_digest, signature
+from syncd.targets.dataloop import annotations as dataloop_annotations
+from syncd.targets.dataloop.target import DataloopSettings, DataloopTarget
+from syncd.targets.dataloop.wire import MARKER
+from syncd.targets.dataloop.annotations import EMPTY, annotations_digest, signature
 from tests.emulators.dataloop import DataloopEmulator
 from tests.helpers import make_upload
 

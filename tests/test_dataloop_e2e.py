@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 from syncd.annotations.dataloop import to_dataloop
-from syncd.targets.dataloop import MARKER
-from syncd.targets.dataloop_annotations import signature
+from syncd.targets.dataloop.wire import MARKER
+from syncd.targets.dataloop.annotations import signature
 from tests.daemon_harness import DaemonProcess, run_cli, wait_for, write_config
 from tests.emulators.dataloop import DataloopEmulator
 from tests.helpers import image_bytes, make_upload, write_atomic, write_item

@@ -52,7 +52,8 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402  (the test side; the script side above needs only dtlpy)
 
-from syncd.targets.dataloop import MARKER, DataloopSettings, DataloopTarget, metadata_diff  # noqa: E402
+from syncd.targets.dataloop.target import DataloopSettings, DataloopTarget  # noqa: E402
+from syncd.targets.dataloop.wire import MARKER, metadata_diff  # noqa: E402
 from tests.emulators.dataloop import DataloopEmulator  # noqa: E402
 from tests.helpers import image_bytes, make_upload  # noqa: E402
 

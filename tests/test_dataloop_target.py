@@ -10,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
-from syncd.targets.dataloop import MARKER, DataloopSettings, DataloopTarget, jwt_expiry, metadata_diff
+from syncd.targets.dataloop.client import jwt_expiry
+from syncd.targets.dataloop.target import DataloopSettings, DataloopTarget
+from syncd.targets.dataloop.wire import MARKER, metadata_diff
 from tests.emulators.dataloop import DataloopEmulator, make_jwt
 from tests.helpers import image_bytes, make_upload
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from syncd.targets.edgeimpulse_common import sample_name, string_value, user_metadata
+from syncd.targets.edgeimpulse.payload import sample_name, string_value, user_metadata
 from tests.daemon_harness import DaemonProcess, run_cli, wait_for, write_config
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import image_bytes, mask_bytes, write_atomic, write_item

@@ -16,8 +16,8 @@ from PIL import Image
 from syncd.annotations import unsupported_labels
 from syncd.annotations.edgeimpulse import to_edgeimpulse
 from syncd.errors import PermanentError, TransientError
-from syncd.targets.edgeimpulse import EdgeImpulseSettings, EdgeImpulseTarget
-from syncd.targets.edgeimpulse_common import sample_name, user_metadata
+from syncd.targets.edgeimpulse.target import EdgeImpulseSettings, EdgeImpulseTarget
+from syncd.targets.edgeimpulse.payload import sample_name, user_metadata
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import make_upload
 

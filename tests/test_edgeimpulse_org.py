@@ -9,8 +9,8 @@ import pytest
 
 from syncd.annotations import FEATURES, unsupported_labels, unsupported_types
 from syncd.errors import FatalTargetError, PermanentError, TransientError
-from syncd.targets.edgeimpulse_common import IMAGE_KEY, VERSION_KEY, sample_name, user_metadata
-from syncd.targets.edgeimpulse_org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
+from syncd.targets.edgeimpulse.payload import IMAGE_KEY, VERSION_KEY, sample_name, user_metadata
+from syncd.targets.edgeimpulse.org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import make_upload, mask_bytes
 

@@ -26,9 +26,9 @@ import pytest
 from edgeimpulse import data as ei_data
 from edgeimpulse.data import Sample
 
-from syncd.targets.edgeimpulse import EdgeImpulseSettings, EdgeImpulseTarget
-from syncd.targets.edgeimpulse_common import sample_name, user_metadata
-from syncd.targets.edgeimpulse_org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
+from syncd.targets.edgeimpulse.target import EdgeImpulseSettings, EdgeImpulseTarget
+from syncd.targets.edgeimpulse.payload import sample_name, user_metadata
+from syncd.targets.edgeimpulse.org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import image_bytes, make_upload, mask_bytes
 

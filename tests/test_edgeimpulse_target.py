@@ -13,8 +13,8 @@ from PIL import Image
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt
-from syncd.targets.edgeimpulse import EdgeImpulseSettings, EdgeImpulseTarget
-from syncd.targets.edgeimpulse_common import IMAGE_KEY, VERSION_KEY, sample_name, user_metadata
+from syncd.targets.edgeimpulse.target import EdgeImpulseSettings, EdgeImpulseTarget
+from syncd.targets.edgeimpulse.payload import IMAGE_KEY, VERSION_KEY, sample_name, user_metadata
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import image_bytes, make_upload
 

@@ -16,8 +16,8 @@ from syncd.annotations import unsupported_labels
 from syncd.annotations.nucleus import to_nucleus
 from syncd.errors import FatalTargetError, TransientError
 from syncd.targets.base import Receipt
-from syncd.targets.nucleus import NucleusSettings, NucleusTarget, created
-from syncd.targets.nucleus_annotations import plan
+from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget, created
+from syncd.targets.nucleus.annotations import plan
 from tests.emulators.nucleus import NucleusEmulator
 from tests.helpers import make_upload
 from tests.test_annotations_nucleus import CLASS_MAP, LABELS, mask_png

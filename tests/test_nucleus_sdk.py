@@ -72,7 +72,7 @@ from urllib.parse import quote  # noqa: E402
 
 import pytest  # noqa: E402
 
-from syncd.targets.nucleus import NucleusSettings, NucleusTarget  # noqa: E402
+from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget  # noqa: E402
 from tests.emulators.nucleus import NucleusEmulator  # noqa: E402
 from tests.helpers import image_bytes, make_upload  # noqa: E402
 

@@ -82,7 +82,7 @@ import subprocess  # noqa: E402
 
 from syncd.annotations import labels_of  # noqa: E402
 from syncd.annotations.nucleus import to_nucleus  # noqa: E402
-from syncd.targets.nucleus import NucleusSettings, NucleusTarget  # noqa: E402
+from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget  # noqa: E402
 from tests.emulators.nucleus import NucleusEmulator  # noqa: E402
 from tests.helpers import make_upload  # noqa: E402
 from tests.test_annotations_nucleus import CLASS_MAP, LABELS, mask_png  # noqa: E402

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
-from syncd.targets.nucleus import NucleusSettings, NucleusTarget
+from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget
 from tests.emulators.base import Request, Response, json_response, route
 from tests.emulators.nucleus import API, DS, NucleusEmulator
 from tests.helpers import image_bytes, make_upload
@@ -317,7 +317,7 @@ def test_synchronous_count_reply_is_understood():
 
 # -- job error rows -------------------------------------------------------------------------------
 def test_job_error_rows_are_shown_briefly():
-    from syncd.targets.nucleus_jobs import JobResult, classify, error_message
+    from syncd.targets.nucleus.jobs import JobResult, classify, error_message
 
     assert error_message('{"item": {"reference_id": "a"}, "error": "Bad image"}') == "Bad image"
     assert error_message('{"message": "m"}') == "m"

@@ -13,7 +13,7 @@ import json
 import uuid
 
 from syncd.annotations.redbrick import to_redbrick
-from syncd.targets.redbrick import VERSION_KEY
+from syncd.targets.redbrick.target import VERSION_KEY
 from tests.daemon_harness import DaemonProcess, run_cli, wait_for, write_config
 from tests.emulators.redbrick import RedBrickEmulator
 from tests.helpers import image_bytes, make_upload, mask_bytes, write_atomic, write_item

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from syncd.targets.redbrick_api import encode_body
+from syncd.targets.redbrick.client import encode_body
 from tests.emulators.redbrick import PUBLIC, REDBRICK, RedBrickEmulator
 
 

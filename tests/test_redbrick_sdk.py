@@ -49,8 +49,8 @@ import uuid  # noqa: E402  (the test side; the script side above needs only the 
 
 import pytest  # noqa: E402
 
-from syncd.targets.redbrick import VERSION_KEY, RedBrickSettings, RedBrickTarget  # noqa: E402
-from syncd.targets.redbrick_api import REDBRICK_STORAGE  # noqa: E402
+from syncd.targets.redbrick.target import VERSION_KEY, RedBrickSettings, RedBrickTarget  # noqa: E402
+from syncd.targets.redbrick.client import REDBRICK_STORAGE  # noqa: E402
 from tests.emulators.redbrick import RedBrickEmulator  # noqa: E402
 from tests.helpers import image_bytes, make_upload  # noqa: E402
 

@@ -41,7 +41,7 @@ if __name__ == "__main__":
 import uuid  # noqa: E402  (the test side; the script side above needs only the SDK)
 
 from syncd.annotations.redbrick import to_redbrick  # noqa: E402
-from syncd.targets.redbrick import RedBrickSettings, RedBrickTarget  # noqa: E402
+from syncd.targets.redbrick.target import RedBrickSettings, RedBrickTarget  # noqa: E402
 from tests.emulators.redbrick import RedBrickEmulator  # noqa: E402
 from tests.test_redbrick_labels import BOX, CLASS_MAP, LABELS, labelled, mask_pixels, mask_png  # noqa: E402
 

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets import target_class
-from syncd.targets.redbrick import VERSION_KEY, RedBrickSettings, RedBrickTarget
-from syncd.targets.redbrick_api import PUBLIC_STORAGE, REDBRICK_STORAGE, classify_errors, encode_body, graphql_url
-from syncd.targets.redbrick_labels import EMPTY
+from syncd.targets.redbrick.target import VERSION_KEY, RedBrickSettings, RedBrickTarget
+from syncd.targets.redbrick.client import PUBLIC_STORAGE, REDBRICK_STORAGE, classify_errors, encode_body, graphql_url
+from syncd.targets.redbrick.annotations import EMPTY
 from tests.emulators.redbrick import RedBrickEmulator
 from tests.helpers import image_bytes, make_upload
 

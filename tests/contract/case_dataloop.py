@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from syncd.targets.dataloop import MARKER, DataloopSettings, DataloopTarget
+from syncd.targets.dataloop.target import DataloopSettings, DataloopTarget
+from syncd.targets.dataloop.wire import MARKER
 from tests.contract import ContractCase
 from tests.emulators.dataloop import DataloopEmulator
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from syncd.targets.edgeimpulse import EdgeImpulseSettings, EdgeImpulseTarget
-from syncd.targets.edgeimpulse_common import user_metadata
+from syncd.targets.edgeimpulse.target import EdgeImpulseSettings, EdgeImpulseTarget
+from syncd.targets.edgeimpulse.payload import user_metadata
 from tests.contract import ContractCase
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from syncd.targets.nucleus import NucleusSettings, NucleusTarget
+from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget
 from tests.contract import ContractCase
 from tests.emulators.nucleus import NucleusEmulator
 

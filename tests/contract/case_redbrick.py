@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from contextlib import contextmanager
 
-from syncd.targets.redbrick import VERSION_KEY, RedBrickSettings, RedBrickTarget
+from syncd.targets.redbrick.target import VERSION_KEY, RedBrickSettings, RedBrickTarget
 from tests.contract import ContractCase
 from tests.emulators.redbrick import RedBrickEmulator
 

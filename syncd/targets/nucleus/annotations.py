@@ -1,5 +1,5 @@
-"""Labels and masks of a Nucleus item, as ground-truth annotations (platform reference Part 1
-§1.7, §1.8; ``Dataset.delete_annotations`` of scale-nucleus 0.22.3).
+"""Labels and masks of a Nucleus item, as ground-truth annotations (docs/platforms/nucleus.md;
+``Dataset.delete_annotations`` of scale-nucleus 0.22.3).
 
 The payloads are ``syncd.annotations.nucleus.to_nucleus``'s, sent as the SDK sends them:
 non-mask annotations as JSON ``POST dataset/{id}/annotate {"update": true, "annotations"}``
@@ -53,16 +53,15 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import Any
 from urllib.parse import quote
 
 from syncd.annotations.nucleus import NucleusAnnotations, to_nucleus
 from syncd.errors import PermanentError, TransientError
 from syncd.targets.base import Upload
-from syncd.targets.nucleus_jobs import classify
-
-if TYPE_CHECKING:
-    from syncd.targets.nucleus import NucleusTarget
+from syncd.targets.nucleus.client import NucleusClient
+from syncd.targets.nucleus.jobs import ItemJobs, classify
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +151,14 @@ def syncd_made(remote: Any, taxonomy_name: str) -> bool:
 
 
 class AnnotationWriter:
-    """Writes one item's annotations through its ``NucleusTarget`` (requests, jobs)."""
+    """Writes items' annotations through the target's client and its item jobs (a deletion
+    job is waited for like an append's). Thread-safe."""
 
-    def __init__(self, target: "NucleusTarget"):
-        self.target = target
+    def __init__(self, client: NucleusClient, jobs: ItemJobs, taxonomy_name: str):
+        self.client = client
+        self.jobs = jobs
+        self.taxonomy_name = taxonomy_name
+        self._lock = threading.Lock()
         self._taxonomy_labels: set[tuple[str, str]] = set()  # added in this process
 
     def write(self, upload: Upload, todo: Plan, what: str, *, fresh: bool = False) -> dict[str, Any]:
@@ -170,7 +173,7 @@ class AnnotationWriter:
         remote = {} if fresh else self._probe(upload.key, what)
         not_sent: list[str] = []
         if converted is None:
-            if syncd_made(remote, self.target.settings.taxonomy_name):
+            if syncd_made(remote, self.taxonomy_name):
                 self._clear(upload.key, what, not_sent)
             return self._done(todo, what, not_sent)
         clear, has_category = must_clear(remote, converted)
@@ -196,21 +199,21 @@ class AnnotationWriter:
         """None for a 2xx; the server's message for a refusal (400, 409, 413, 422: the
         payload); raises for credentials, a missing dataset and transient trouble."""
         if response.status_code == 404:
-            raise self.target._missing_dataset()
+            raise self.client.missing_dataset()
         try:
-            self.target._raise(response, context)
+            self.client.raise_for_status(response, context)
         except PermanentError as exc:
             return str(exc)
         return None
 
     def _probe(self, key: str, what: str) -> Any:
         context = f"reading the annotations of {key!r}"
-        response = self.target._request("GET", f"{self.target._dataset_route}/refloc/{quote(key, safe='')}",
+        response = self.client.request("GET", f"{self.client.dataset_route}/refloc/{quote(key, safe='')}",
                                         context=context)
         if response.status_code == 404:
             raise TransientError(f"{what}: {context}: Nucleus does not have the item (yet); retrying")
-        self.target._raise(response, context)
-        reply = self.target._json(response, context)
+        self.client.raise_for_status(response, context)
+        reply = self.client.json(response, context)
         if not isinstance(reply, dict) or not isinstance(reply.get("annotations", {}), dict):
             raise TransientError(f"{what}: {context}: unexpected reply {str(reply)[:200]}")
         return reply.get("annotations") or {}
@@ -219,17 +222,17 @@ class AnnotationWriter:
         """Delete every annotation of the item and wait for the deletion job, so that it
         cannot run after the writes that follow."""
         context = f"deleting the annotations of {key!r}"
-        response = self.target._request("DELETE", f"annotation/{quote(self.target.settings.dataset_id, safe='')}",
+        response = self.client.request("DELETE", f"annotation/{quote(self.client.dataset_id, safe='')}",
                                         json={"keep_history": True, "reference_ids": [key]}, context=context)
         refused = self._refused(response, context)
         if refused:
             not_sent.append(f"old annotations not removed: {refused}")
             return
-        reply = self.target._json(response, context)
+        reply = self.client.json(response, context)
         job_id = reply.get("job_id") if isinstance(reply, dict) else None
         if not job_id:
             return  # answered synchronously: nothing to wait for
-        result = self.target.wait_job(key, str(job_id), f"{what} (deleting old annotations)")
+        result = self.jobs.wait(key, str(job_id), f"{what} (deleting old annotations)")
         try:
             classify(result, what=f"{what}: deleting old annotations")
         except PermanentError as exc:
@@ -239,23 +242,23 @@ class AnnotationWriter:
         """Make sure the taxonomy holds the item's categories; False when refused."""
         for body in converted.taxonomies:
             wanted = {(body["taxonomy_name"], label) for label in body["labels"]}
-            with self.target._lock:
+            with self._lock:
                 if wanted <= self._taxonomy_labels:
                     continue
             context = f"adding labels {body['labels']} to taxonomy {body['taxonomy_name']!r}"
-            response = self.target._request("POST", f"{self.target._dataset_route}/add_taxonomy", json=body,
+            response = self.client.request("POST", f"{self.client.dataset_route}/add_taxonomy", json=body,
                                             context=context)
             refused = self._refused(response, context)
             if refused:
                 not_sent.append(f"category not sent: {refused}")
                 return False
-            with self.target._lock:
+            with self._lock:
                 self._taxonomy_labels |= wanted
         return True
 
     def _send(self, annotations: list[dict], what: str, not_sent: list[str]) -> None:
         context = f"sending {len(annotations)} annotation(s)"
-        response = self.target._request("POST", f"{self.target._dataset_route}/annotate",
+        response = self.client.request("POST", f"{self.client.dataset_route}/annotate",
                                         json={"update": True, "annotations": annotations}, context=context)
         self._reply(response, context, what, not_sent)
 
@@ -265,7 +268,7 @@ class AnnotationWriter:
         files = [("serialized_request", (None, request, "application/json")),
                  ("mask", (quote(segmentation["mask_url"], safe=""), converted.mask_png, "image/png"))]
         context = "sending the mask"
-        response = self.target._request("POST", f"{self.target._dataset_route}/annotate", files=files,
+        response = self.client.request("POST", f"{self.client.dataset_route}/annotate", files=files,
                                         context=context)
         self._reply(response, context, what, not_sent)
 
@@ -275,10 +278,10 @@ class AnnotationWriter:
         if refused:
             not_sent.append(refused)
             return
-        reply = self.target._json(response, context)
+        reply = self.client.json(response, context)
         errors = reply.get("errors") if isinstance(reply, dict) else None
         if errors:
-            with self.target._lock:
+            with self._lock:
                 self._taxonomy_labels.clear()  # perhaps a taxonomy was deleted in Nucleus: add it again next time
         for error in errors or []:
             if "Item with id" in str(error) and "does not exist" in str(error):

@@ -1,6 +1,6 @@
 """The Edge Impulse project target: every item is one sample in one project.
 
-Wire protocol (platform reference, Part 1 §2): a new image is one multipart request to the
+Wire protocol (docs/platforms/edgeimpulse.md): a new image is one multipart request to the
 ingestion service ``POST {ingestion_url}/api/{category}/files`` (part ``data``; headers
 ``x-api-key``, ``x-label`` (percent-encoded) or ``x-no-label``, ``x-metadata``,
 ``x-bounding-boxes``, ``x-disallow-duplicates``, ``x-upload-source``); the reply lists one
@@ -19,7 +19,7 @@ never duplicates boxes and a metadata-only change sends none. What Edge Impulse 
 (points, polygons, polylines, keypoints, attributes, extra classifications) is reported by
 the daemon (``syncd.annotations.unsupported_labels``), never sent.
 
-Idempotency (see edgeimpulse_common for names and markers):
+Idempotency (see ``payload`` for names and markers):
 - The sample name comes from the item key; a lookup lists the samples with that name.
 - ``x-disallow-duplicates: 1`` makes the platform refuse a file it already holds. A re-send
   whose file is refused is looked up by name and adopted when the sample there holds this
@@ -45,18 +45,10 @@ from pydantic import Field, field_validator
 
 from syncd.annotations.edgeimpulse import EdgeImpulseLabels, to_edgeimpulse
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
-from syncd.targets.base import Receipt, Upload
-from syncd.targets.edgeimpulse_common import (
-    IMAGE_KEY,
-    EdgeImpulseBase,
-    EdgeImpulseSettingsBase,
-    RemoteNotFound,
-    choose,
-    desired_metadata,
-    holds_image,
-    image_for_upload,
-    sample_name,
-)
+from syncd.targets.base import Receipt, Target, Upload
+from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
+from syncd.targets.edgeimpulse.payload import (IMAGE_KEY, choose, desired_metadata, holds_image, image_for_upload,
+                                               sample_name)
 
 UPLOAD_SOURCE = "SYNCD"
 # x-metadata travels in a header; beyond this size it is set through Studio after the upload
@@ -126,7 +118,7 @@ class Wanted:
         return self.annotations.bounding_boxes
 
 
-class EdgeImpulseTarget(EdgeImpulseBase):
+class EdgeImpulseTarget(Target):
     """Delivers items as samples of one Edge Impulse project; see the module docstring."""
 
     platform = "edgeimpulse"
@@ -136,6 +128,11 @@ class EdgeImpulseTarget(EdgeImpulseBase):
     def __init__(self, name: str, settings: EdgeImpulseSettings, **kwargs):
         super().__init__(name, settings, **kwargs)
         self.settings: EdgeImpulseSettings = settings
+        self.client = EdgeImpulseClient(name, key_env=settings.api_key_env, timeout=settings.timeout, env=self.env)
+
+    def close(self) -> None:
+        """Close the client's sessions (the target can still be used afterwards)."""
+        self.client.close()
 
     # -- helpers ------------------------------------------------------------------------------
     def studio(self, path: str) -> str:
@@ -177,7 +174,7 @@ class EdgeImpulseTarget(EdgeImpulseBase):
     def check(self) -> list[str]:
         project_id = self.settings.project_id
         try:
-            body = self.call("GET", self.studio(""), context=f"reading project {project_id}")
+            body = self.client.call("GET", self.studio(""), context=f"reading project {project_id}")
         except (PermanentError, FatalTargetError) as exc:
             raise FatalTargetError(f"{exc} (is project_id {project_id} right, and does the key in "
                                    f"{self.settings.api_key_env} belong to that project?)") from exc
@@ -262,7 +259,7 @@ class EdgeImpulseTarget(EdgeImpulseBase):
                                        "application/json")))
         url = f"{self.settings.ingestion_url}/api/{self.settings.category}/files"
         context = f"uploading {upload.key!r} as sample {name!r}"
-        body = self.call("POST", url, context=context, headers=headers, files=files)
+        body = self.client.call("POST", url, context=context, headers=headers, files=files)
         results = body.get("files")
         if not isinstance(results, list) or not results or not isinstance(results[0], dict):
             raise TransientError(f"{self.name}: {context}: the reply lists no file result; checking on the next attempt")
@@ -292,16 +289,16 @@ class EdgeImpulseTarget(EdgeImpulseBase):
         base = f"/raw-data/{sample_id}"
         context = f"updating sample {sample_id} of {upload.key!r}"
         desired = wanted.metadata
-        self.call("POST", self.studio(base + "/metadata"), context=context, json={"metadata": desired})
+        self.client.call("POST", self.studio(base + "/metadata"), context=context, json={"metadata": desired})
         sample = self._get_sample(sample_id)
         if _label_of(sample) != wanted.label:
-            self.call("POST", self.studio(base + "/edit-label"), context=context, json={"label": wanted.label or ""})
+            self.client.call("POST", self.studio(base + "/edit-label"), context=context, json={"label": wanted.label or ""})
         metadata = sample.get("metadata") or {}
         extra_keys = sorted(k for k in metadata if k not in desired)
         if extra_keys:
             # The platform merged instead of replacing: clear the keys that must go.
             for key in extra_keys:
-                self.call("POST", self.studio("/raw-data/batch/clear-metadata-by-key"), context=context,
+                self.client.call("POST", self.studio("/raw-data/batch/clear-metadata-by-key"), context=context,
                           params={"category": sample.get("category") or "all", "ids": json.dumps([sample_id])},
                           json={"metadataKey": key})
             metadata = self._get_sample(sample_id).get("metadata") or {}
@@ -318,11 +315,11 @@ class EdgeImpulseTarget(EdgeImpulseBase):
         sets the complete list: removed boxes disappear, a re-send never duplicates)."""
         if same_boxes(sample.get("boundingBoxes"), wanted.boxes):
             return  # nothing changed (a metadata-only change): nothing to send
-        self.call("POST", self.studio(f"/raw-data/{sample_id}/bounding-boxes"), context=context,
+        self.client.call("POST", self.studio(f"/raw-data/{sample_id}/bounding-boxes"), context=context,
                   json={"boundingBoxes": wanted.boxes})
 
     def _get_sample(self, sample_id: int) -> dict[str, Any]:
-        body = self.call("GET", self.studio(f"/raw-data/{sample_id}"), context=f"reading sample {sample_id}",
+        body = self.client.call("GET", self.studio(f"/raw-data/{sample_id}"), context=f"reading sample {sample_id}",
                          params={"limitPayloadValues": 1})
         sample = body.get("sample")
         if not isinstance(sample, dict):
@@ -332,7 +329,7 @@ class EdgeImpulseTarget(EdgeImpulseBase):
     def _delete_all(self, ids: list[int], *, keep: int, upload: Upload) -> None:
         for sample_id in sorted(set(ids) - {keep}):
             try:
-                self.call("DELETE", self.studio(f"/raw-data/{sample_id}"),
+                self.client.call("DELETE", self.studio(f"/raw-data/{sample_id}"),
                           context=f"deleting the superseded sample {sample_id} of {upload.key!r}")
             except RemoteNotFound:
                 pass  # already gone: that is what we wanted
@@ -346,7 +343,7 @@ class EdgeImpulseTarget(EdgeImpulseBase):
         found: list[dict[str, Any]] = []
         offset = 0
         for _ in range(MAX_PAGES):
-            body = self.call("GET", self.studio("/raw-data"), context=f"looking up sample {name!r}",
+            body = self.client.call("GET", self.studio("/raw-data"), context=f"looking up sample {name!r}",
                              params={"category": "all", "filename": name, "limit": PAGE, "offset": offset,
                                      "excludeSensors": "true"})
             page = body.get("samples") or []

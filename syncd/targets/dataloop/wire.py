@@ -1,32 +1,12 @@
-"""Wire helpers of the Dataloop target: the API key's expiry (JWT ``exp``), the metadata
-PATCH diff in dtlpy's format, and reading fields of item JSON."""
+"""Item JSON of the Dataloop target, pure (no I/O): the metadata PATCH diff in dtlpy's
+format, and reading fields of item JSON."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
 MARKER = "syncd"  # reserved key in metadata.user of items, and of the annotations syncd makes
-
-
-def _b64url(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def jwt_expiry(token: str) -> float | None:
-    """The ``exp`` claim (seconds since the epoch) of a JWT, read without checking the
-    signature; None when ``token`` is not a JWT with a numeric ``exp``."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(_b64url(parts[1]))
-    except (ValueError, binascii.Error):
-        return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
 def drop_nulls(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """The Edge Impulse organization-data target: every item is one data item in one
 organization dataset.
 
-Wire protocol (platform reference, Part 1 §2.2-2.4), all under ``{api_url}/api/organizations/{id}``:
+Wire protocol (docs/platforms/edgeimpulse.md), all under ``{api_url}/api/organizations/{id}``:
 - create: ``POST /data/add``, multipart fields ``name``, ``dataset``, ``metadata`` (a JSON
   object as a string), optional ``bucketId``/``bucketName``, and the image as ``files[]``;
   the reply is ``{"success", "id"}``;
@@ -10,7 +10,7 @@ Wire protocol (platform reference, Part 1 §2.2-2.4), all under ``{api_url}/api/
 - lookup: ``GET /data?dataset=...&filter=name = '<name>'``;
 - image change: ``DELETE /data/{dataId}``, then create again.
 
-Idempotency: the item name is derived from the item key (edgeimpulse_common.sample_name),
+Idempotency: the item name is derived from the item key (``payload.sample_name``),
 the markers ``syncd_version``/``syncd_image_sha256`` live in the item's metadata, and the
 daemon looks the name up before any re-send (``create_only``). An image change deletes the
 old item before creating the new one: deleting an item can delete the files stored under
@@ -25,7 +25,7 @@ added as an extra file: Edge Impulse would not read it as a label, and it would 
 follow the item through every delete-and-create of an image change.
 
 Errors come as non-2xx or inside HTTP 200 (``{"success": false, "error": ...}``); both are
-classified by edgeimpulse_common.result.
+classified by ``client.result``.
 """
 
 from __future__ import annotations
@@ -37,16 +37,9 @@ from urllib.parse import quote
 from pydantic import Field
 
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
-from syncd.targets.base import Receipt, Upload
-from syncd.targets.edgeimpulse_common import (
-    IMAGE_KEY,
-    EdgeImpulseBase,
-    EdgeImpulseSettingsBase,
-    RemoteNotFound,
-    choose,
-    desired_metadata,
-    sample_name,
-)
+from syncd.targets.base import Receipt, Target, Upload
+from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
+from syncd.targets.edgeimpulse.payload import IMAGE_KEY, choose, desired_metadata, sample_name
 
 PAGE = 100
 MAX_PAGES = 100
@@ -65,7 +58,7 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class EdgeImpulseOrgTarget(EdgeImpulseBase):
+class EdgeImpulseOrgTarget(Target):
     """Delivers items as data items of one organization dataset; see the module docstring."""
 
     platform = "edgeimpulse-org"
@@ -75,6 +68,11 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
     def __init__(self, name: str, settings: EdgeImpulseOrgSettings, **kwargs):
         super().__init__(name, settings, **kwargs)
         self.settings: EdgeImpulseOrgSettings = settings
+        self.client = EdgeImpulseClient(name, key_env=settings.api_key_env, timeout=settings.timeout, env=self.env)
+
+    def close(self) -> None:
+        """Close the client's sessions (the target can still be used afterwards)."""
+        self.client.close()
 
     def org(self, path: str) -> str:
         return f"{self.settings.api_url}/api/organizations/{self.settings.organization_id}{path}"
@@ -99,7 +97,7 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
     def check(self) -> list[str]:
         s = self.settings
         try:
-            self.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"), context=f"reading dataset {s.dataset!r}")
+            self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"), context=f"reading dataset {s.dataset!r}")
         except PermanentError as exc:
             raise FatalTargetError(
                 f"{exc} — create the dataset {s.dataset!r} in organization {s.organization_id} (Studio: Data > "
@@ -139,7 +137,7 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
             fields.append(("bucketName", (None, s.bucket_name)))
         fields.append(("files[]", (upload.image_name, upload.image, upload.mime_type)))
         context = f"adding {upload.key!r} as data item {name!r} to dataset {s.dataset!r}"
-        body = self.call("POST", self.org("/data/add"), context=context, files=fields)
+        body = self.client.call("POST", self.org("/data/add"), context=context, files=fields)
         data_id = body.get("id")
         if not isinstance(data_id, int):
             raise TransientError(f"{self.name}: {context}: the reply has no item id; checking on the next attempt")
@@ -148,8 +146,8 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
     def _update(self, data_id: int, upload: Upload, desired: dict[str, str]) -> Receipt:
         """Replace the item's metadata with ``desired``; verified by reading the item back."""
         context = f"updating data item {data_id} of {upload.key!r}"
-        self.call("POST", self.org(f"/data/{data_id}"), context=context, json={"metadata": desired})
-        body = self.call("GET", self.org(f"/data/{data_id}"), context=f"reading data item {data_id}")
+        self.client.call("POST", self.org(f"/data/{data_id}"), context=context, json={"metadata": desired})
+        body = self.client.call("GET", self.org(f"/data/{data_id}"), context=f"reading data item {data_id}")
         item = body.get("data") if isinstance(body.get("data"), dict) else {}
         if item.get("dataset") not in (None, self.settings.dataset):
             raise RemoteNotFound(f"{self.name}: data item {data_id} moved to dataset {item.get('dataset')!r}")
@@ -166,7 +164,7 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
         """Delete superseded items; a failure is an unknown outcome (the lookup sorts it out)."""
         for data_id in sorted(set(ids)):
             try:
-                self.call("DELETE", self.org(f"/data/{data_id}"),
+                self.client.call("DELETE", self.org(f"/data/{data_id}"),
                           context=f"deleting the superseded data item {data_id} of {upload.key!r}")
             except RemoteNotFound:
                 pass
@@ -181,7 +179,7 @@ class EdgeImpulseOrgTarget(EdgeImpulseBase):
         found: list[dict[str, Any]] = []
         offset = 0
         for _ in range(MAX_PAGES):
-            body = self.call("GET", self.org("/data"), context=f"looking up data item {name!r}",
+            body = self.client.call("GET", self.org("/data"), context=f"looking up data item {name!r}",
                              params={"dataset": self.settings.dataset, "filter": f"name = {_sql_string(name)}",
                                      "limit": PAGE, "offset": offset})
             if body.get("filterParseError"):

@@ -1,14 +1,14 @@
 """RedBrick AI wire protocol: one GraphQL endpoint, presigned PUTs, and error classes.
 
-What goes on the wire is what the official ``redbrick-sdk`` 2.35.4 sends (platform
-reference, Part 2 §2): ``POST <endpoint>`` with headers ``ApiKey``, ``Content-Encoding-RB:
-gzip`` and the body ``base64(gzip(json({"query", "variables"})))``; the operation names and
+What goes on the wire is what the official ``redbrick-sdk`` 2.35.4 sends
+(docs/platforms/redbrick.md): ``POST <endpoint>`` with headers ``ApiKey``,
+``Content-Encoding-RB: gzip`` and the body ``base64(gzip(json({"query", "variables"})))``; the operation names and
 variables of the queries below are the SDK's. Differences, on purpose:
 - ``Accept-Encoding: gzip`` instead of ``br, gzip``: requests cannot decode brotli unless
   an optional package is installed, and a reply we cannot read is worse than a larger one.
 - Selections ask only for the fields syncd reads.
 
-Error classes (``GraphQLClient.execute``):
+Error classes (``RedBrickClient.execute``):
 - HTTP 401/403 -> FatalTargetError; 404 -> FatalTargetError (no GraphQL endpoint at that
   URL); 408/425/429/5xx and transport errors -> TransientError (with ``Retry-After``);
   other 4xx -> PermanentError (400 answers with GraphQL ``errors`` are classified below).
@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
-from syncd.targets.http import SessionPool, describe, parse_retry_after, raise_for_status, redact, send
+from syncd.targets.http import Credentials, HttpClient, parse_retry_after, redact
 
 DEFAULT_URL = "https://api.redbrickai.com"
 PUBLIC_STORAGE = "11111111-1111-1111-1111-111111111111"  # StorageMethod.PUBLIC: absolute URLs
@@ -83,35 +83,39 @@ def classify_errors(messages: list[str], context: str) -> Exception:
     return GraphQLRefused(f"{context}: RedBrick refused: {joined}", messages)
 
 
-class GraphQLClient:
+class RedBrickClient(HttpClient):
     """Sends GraphQL operations and presigned PUTs; thread-safe (one session per thread).
 
-    The API key is sent only to the GraphQL endpoint: presigned PUTs carry no credentials.
+    The API key is sent only to the GraphQL endpoint (header ``ApiKey``): sessions carry no
+    credentials, so presigned PUTs go without them. A key that is not ``KEY_LENGTH``
+    characters long is refused before anything is sent, as the SDK does.
     """
 
-    def __init__(self, url: str, api_key: str, *, timeout: float, name: str):
+    def __init__(self, name: str, *, key_env: str, url: str, timeout: float, env=None):
+        super().__init__(name, key_env=key_env, timeout=timeout, env=env)
         self.endpoint = graphql_url(url)
-        self.timeout = timeout
-        self.name = name
-        self._secrets = (api_key,)
-        self._headers = {
-            "ApiKey": api_key,
+
+    def credentials(self, key: str) -> Credentials:
+        if len(key) != KEY_LENGTH:
+            raise FatalTargetError(
+                f"target {self.name!r}: the value of {self.key_env} is not a RedBrick API key "
+                f"(expected {KEY_LENGTH} characters, got {len(key)}); copy it again from RedBrick")
+        return Credentials()  # no session headers: the key goes on GraphQL calls only
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "ApiKey": self.key(),
             "Content-Type": "application/json",
             "Accept": "application/json",
             "Content-Encoding-RB": "gzip",
             "Accept-Encoding": "gzip",
             "RB-SDK-Version": SDK_WIRE_VERSION,
         }
-        self._pool = SessionPool()  # no default headers: the key goes on GraphQL calls only
-
-    def close(self) -> None:
-        self._pool.close()
 
     def execute(self, query: str, variables: dict[str, Any], *, context: str, idempotent: bool = False) -> dict:
         """Run one operation and return its ``data``; raises the classes of the module
         docstring. ``idempotent`` operations (queries) report transient failures with
         ``outcome_unknown=False``: nothing was changed, no lookup is needed."""
-        context = f"{self.name}: {context}"
         try:
             return self._execute(query, variables, context)
         except TransientError as exc:
@@ -119,31 +123,32 @@ class GraphQLClient:
                 raise TransientError(str(exc), retry_after=exc.retry_after, outcome_unknown=False) from exc
             raise
 
-    def _execute(self, query: str, variables: dict[str, Any], context: str) -> dict:
-        response = send(self._pool.get(), "POST", self.endpoint, context=context, timeout=self.timeout,
-                        secrets=self._secrets, check=False, data=encode_body(query, variables),
-                        headers=self._headers)
+    def _execute(self, query: str, variables: dict[str, Any], what: str) -> dict:
+        headers = self._headers()
+        response = self.request("POST", self.endpoint, context=what, data=encode_body(query, variables),
+                                headers=headers)
+        context = self.context(what)
         status = response.status_code
         if status == 404:
             raise FatalTargetError(f"{context}: there is no RedBrick GraphQL endpoint at {self.endpoint} "
                                    "(HTTP 404); check the target's url")
-        payload = self._json(response, context) if status in (200, 400) else None
+        payload = self._payload(response, context) if status in (200, 400) else None
         errors = payload.get("errors") if isinstance(payload, dict) else None
         if errors:
-            messages = [redact(str(e.get("message") if isinstance(e, dict) else e), self._secrets) for e in errors]
+            messages = [redact(str(e.get("message") if isinstance(e, dict) else e), self.secrets) for e in errors]
             raise classify_errors(messages, context)
-        raise_for_status(response, context=context, secrets=self._secrets)
+        self.raise_for_status(response, what)
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, dict):
-            raise TransientError(f"{context}: the reply has no data: {describe(response, self._secrets)}")
+            raise TransientError(f"{context}: the reply has no data: {self.describe(response)}")
         return data
 
-    def _json(self, response, context: str) -> Any:
+    def _payload(self, response, context: str) -> Any:
         try:
             return response.json()
         except ValueError:
             if response.status_code == 200:
-                raise TransientError(f"{context}: the reply is not JSON: {describe(response, self._secrets)}") from None
+                raise TransientError(f"{context}: the reply is not JSON: {self.describe(response)}") from None
             return None
 
     def put(self, url: str, data: bytes, content_type: str, *, context: str,
@@ -154,17 +159,18 @@ class GraphQLClient:
         200/201 succeed. Anything else is transient with ``outcome_unknown=False`` — the
         next attempt asks for a new URL and nothing refers to this one. A 403 here is the
         storage refusing an expired or mismatched signature, not our API key."""
-        context = f"{self.name}: {context}"
+        what = context
+        context = self.context(what)
         try:
-            response = send(self._pool.get(), "PUT", url, context=context, timeout=self.timeout, check=False,
-                            data=data, headers={"Content-Type": content_type, **(headers or {})})
+            response = self.request("PUT", url, context=what, data=data,
+                                    headers={"Content-Type": content_type, **(headers or {})})
         except TransientError as exc:
             raise TransientError(str(exc), retry_after=exc.retry_after, outcome_unknown=False) from exc
         if response.status_code in (200, 201):
             return
         if response.status_code in (400, 411, 413):
-            raise PermanentError(f"{context}: the storage refused the file: {describe(response)}")
-        raise TransientError(f"{context}: the storage answered {describe(response)}; the file is sent again "
+            raise PermanentError(f"{context}: the storage refused the file: {self.describe(response)}")
+        raise TransientError(f"{context}: the storage answered {self.describe(response)}; the file is sent again "
                              "with a new upload URL", outcome_unknown=False,
                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
 

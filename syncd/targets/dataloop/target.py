@@ -1,7 +1,7 @@
 """The Dataloop target: items uploaded to one dataset, keyed by their remote path.
 
-Wire protocol (see the platform reference, Part 2 §1): ``authorization: Bearer <API key>``
-where the API key is a JWT; items are uploaded as multipart to
+Wire protocol (docs/platforms/dataloop.md): ``authorization: Bearer <API key>`` where the
+API key is a JWT (``client``); items are uploaded as multipart to
 ``POST /datasets/{id}/items?mode=skip|overwrite`` and their ``metadata.user`` is changed
 with ``PATCH /items/{id}`` carrying a diff (``null`` deletes a key).
 
@@ -13,7 +13,7 @@ Idempotency and the version marker:
   written with every delivery (in the upload request itself and by the PATCH that follows).
   It tells, for an existing item, which image it holds, so a re-send can decide between
   "just fix the metadata" and "overwrite the binary", and what its annotations were made
-  from (see dataloop_annotations). The key ``syncd`` is therefore reserved in the sidecar
+  from (see ``annotations``). The key ``syncd`` is therefore reserved in the sidecar
   metadata.
 - ``metadata.system.size`` is compared with the bytes sent. A new item with the wrong
   size is deleted (as the official SDK does) and the attempt is transient; an overwritten
@@ -22,7 +22,7 @@ Idempotency and the version marker:
 Everything else in ``upload.metadata`` goes to ``metadata.user`` unchanged (any JSON);
 keys whose value is ``null`` are dropped, because ``null`` means "delete" in a PATCH.
 
-Labels and the mask become the item's annotations (``dataloop_annotations.AnnotationSync``)
+Labels and the mask become the item's annotations (``annotations.AnnotationSync``)
 after the upload and before the metadata PATCH, whose marker then records them as written.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import threading
 import time
 from typing import Any
 from urllib.parse import quote
@@ -38,14 +37,11 @@ from urllib.parse import quote
 from pydantic import Field, field_validator, model_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
-from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
-from syncd.targets.dataloop_annotations import EMPTY, PENDING, AnnotationSync, annotations_digest, annotations_state
-from syncd.targets.dataloop_wire import (MARKER, drop_nulls, jwt_expiry, metadata_diff, same_json, stored_size,
-                                        user_metadata)
-from syncd.targets.http import SessionPool, json_body, raise_for_status, send
+from syncd.targets.base import Receipt, Target, TargetSettings, Upload
+from syncd.targets.dataloop.annotations import EMPTY, PENDING, AnnotationSync, annotations_digest, annotations_state
+from syncd.targets.dataloop.client import DataloopClient
+from syncd.targets.dataloop.wire import MARKER, drop_nulls, metadata_diff, same_json, stored_size, user_metadata
 
-__all__ = ["MARKER", "DataloopSettings", "DataloopTarget", "drop_nulls", "jwt_expiry", "metadata_diff"]
-EXPIRY_MARGIN = 60.0  # seconds; the official SDK refuses a token this close to its expiry
 EXPIRY_WARNING_DAYS = 30
 
 
@@ -93,114 +89,35 @@ class DataloopTarget(Target):
     def __init__(self, name: str, settings: DataloopSettings, **kwargs):
         super().__init__(name, settings, **kwargs)
         self.settings: DataloopSettings = settings
-        self._lock = threading.Lock()
-        self._key: str | None = None
-        self._key_exp: float | None = None
-        self._pool: SessionPool | None = None
-        self._dataset_id: str | None = None
-        self.annotations = AnnotationSync(self)
-
-    # -- credentials and plumbing ------------------------------------------------------------
-    def _api_key(self) -> str:
-        """The API key, checked locally before any request: it must be a JWT whose ``exp``
-        is more than a minute away (otherwise Dataloop refuses it; fail loudly instead)."""
-        with self._lock:
-            if self._key is None:
-                key = read_secret(self.settings.api_key_env, target=self.name, env=self.env)
-                exp = jwt_expiry(key)
-                if exp is None:
-                    raise FatalTargetError(
-                        f"target {self.name!r}: the value of {self.settings.api_key_env} is not a Dataloop API key "
-                        "(expected a JWT with an 'exp' claim); create one in the Dataloop console"
-                    )
-                self._key, self._key_exp = key, exp
-                self._pool = SessionPool(headers={"authorization": f"Bearer {key}"})
-        if self._key_exp - time.time() <= EXPIRY_MARGIN:
-            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self._key_exp))
-            raise FatalTargetError(
-                f"target {self.name!r}: the Dataloop API key in {self.settings.api_key_env} expired "
-                f"(or expires within a minute) at {when}; create a new API key and restart"
-            )
-        return self._key
-
-    def _request(self, method: str, path: str, *, context: str, check: bool = True, **kwargs):
-        key = self._api_key()
-        assert self._pool is not None
-        return send(
-            self._pool.get(),
-            method,
-            self.settings.base_url + path,
-            context=f"{self.name}: {context}",
-            timeout=self.settings.timeout,
-            secrets=(key,),
-            check=check,
-            **kwargs,
-        )
-
-    def _json(self, response, context: str):
-        return json_body(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
+        self.client = DataloopClient(name, key_env=settings.api_key_env, base_url=settings.base_url,
+                                     timeout=settings.timeout, dataset_id=settings.dataset_id,
+                                     project=settings.project, dataset=settings.dataset, env=self.env)
+        self.annotations = AnnotationSync(self.client)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
+        """Close the client's sessions (the target can still be used afterwards)."""
+        self.client.close()
 
     # -- check and dataset --------------------------------------------------------------------
     def check(self) -> list[str]:
-        self._api_key()
-        me = self._request("GET", "/users/me", context="checking the API key (GET /users/me)")
-        self.annotations.remember_user(self._json(me, "checking the API key (GET /users/me)"))
+        """The API key (a JWT not about to expire, accepted by ``GET /users/me``) and the
+        dataset, resolved again; warns when the key expires within EXPIRY_WARNING_DAYS.
+        Raises FatalTargetError for a bad key or a missing dataset."""
+        self.client.key()
+        me = self.client.request("GET", "/users/me", context="checking the API key (GET /users/me)", check=True)
+        self.annotations.remember_user(self.client.json(me, "checking the API key (GET /users/me)"))
         self.annotations.forget()  # re-read the ontology's labels too
-        with self._lock:
-            self._dataset_id = None  # re-resolve: check() is the moment to notice a renamed dataset
-        self.dataset_id()
+        self.client.forget_dataset()  # re-resolve: check() is the moment to notice a renamed dataset
+        self.client.dataset_id()
         warnings = []
-        days = (self._key_exp - time.time()) / 86400
+        days = (self.client.key_expiry - time.time()) / 86400
         if days < EXPIRY_WARNING_DAYS:
             warnings.append(f"target {self.name!r}: the Dataloop API key expires in {days:.0f} days; create a new one")
         return warnings
 
     def dataset_id(self) -> str:
         """The dataset id, resolved once (by id, or project name + dataset name) and cached."""
-        if self._dataset_id is not None:
-            return self._dataset_id
-        s = self.settings
-        if s.dataset_id:
-            response = self._request("GET", f"/datasets/{quote(s.dataset_id, safe='')}", context="reading the dataset",
-                                     check=False)
-            if response.status_code in (400, 404):  # a malformed id is answered with 400
-                raise FatalTargetError(f"target {self.name!r}: no Dataloop dataset with id {s.dataset_id!r}")
-            raise_for_status(response, context=f"{self.name}: reading the dataset", secrets=(self._key or "",))
-            found = self._json(response, "reading the dataset")["id"]
-        else:
-            found = self._dataset_by_names(s.project, s.dataset)
-        self._dataset_id = str(found)
-        return self._dataset_id
-
-    def _dataset_by_names(self, project: str, dataset: str) -> str:
-        context = f"finding project {project!r}"
-        response = self._request("GET", f"/projects/{quote(project, safe='')}/name", context=context, check=False)
-        # The gate answers a missing project with an arbitrary 4xx (the SDK maps all to 404).
-        if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 425, 429):
-            raise FatalTargetError(f"target {self.name!r}: no Dataloop project named {project!r} is visible to this API key")
-        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
-        projects = self._json(response, context)
-        projects = projects if isinstance(projects, list) else [projects]
-        if len(projects) != 1:
-            raise FatalTargetError(
-                f"target {self.name!r}: {len(projects)} Dataloop projects are named {project!r}; set dataset_id instead"
-            )
-        body = {"filter": {"$and": [{"name": dataset}]}, "page": 0, "pageSize": 1000, "resource": "datasets",
-                "context": {"projects": [projects[0]["id"]]}}
-        context = f"finding dataset {dataset!r} in project {project!r}"
-        response = self._request("POST", "/datasets/query", context=context, json=body, headers={"user_query": "true"})
-        found = [d for d in self._json(response, context).get("items", []) if d.get("name") == dataset]
-        if len(found) != 1:
-            what = "no dataset" if not found else f"{len(found)} datasets"
-            raise FatalTargetError(
-                f"target {self.name!r}: {what} named {dataset!r} in Dataloop project {project!r}; "
-                "create it in the Dataloop console or set dataset_id"
-            )
-        return found[0]["id"]
+        return self.client.dataset_id()
 
     # -- paths and metadata -------------------------------------------------------------------
     def remote_path(self, upload: Upload) -> str:
@@ -268,8 +185,8 @@ class DataloopTarget(Target):
         if previous is not None and previous.remote_id != item["id"] and previous.extra.get("path") not in (None, path):
             # The image changed format (suffix), so the item moved to a new path: remove the
             # superseded one so the key keeps exactly one remote item.
-            self._request("DELETE", f"/items/{quote(previous.remote_id, safe='')}", context="deleting the superseded item",
-                          check=False)
+            self.client.request("DELETE", f"/items/{quote(previous.remote_id, safe='')}",
+                                context="deleting the superseded item")
         return self._receipt(item, upload, path, version=upload.version, not_sent=synced.not_sent)
 
     @staticmethod
@@ -286,7 +203,7 @@ class DataloopTarget(Target):
                  not_sent: tuple[str, ...] = ()) -> Receipt:
         marker = user_metadata(item).get(MARKER)
         sha = marker.get("image_sha256") if isinstance(marker, dict) and stored_size(item) == len(upload.image) else None
-        extra = {"version": version, "image_sha256": sha, "path": path, "dataset_id": self._dataset_id,
+        extra = {"version": version, "image_sha256": sha, "path": path, "dataset_id": self.client.known_dataset_id,
                  "annotations_sha256": annotations_state(item)}
         if not_sent:
             extra["not_sent"] = list(not_sent)
@@ -300,12 +217,12 @@ class DataloopTarget(Target):
             ("metadata", (None, json.dumps({"user": desired}))),
             ("file", (posixpath.basename(path), upload.image, upload.mime_type)),
         ]
-        response = self._request("POST", f"/datasets/{quote(dataset_id, safe='')}/items", params={"mode": mode},
-                                 files=fields, context=context, check=False)
+        response = self.client.request("POST", f"/datasets/{quote(dataset_id, safe='')}/items", params={"mode": mode},
+                                       files=fields, context=context)
         if response.status_code == 404:
             raise FatalTargetError(f"target {self.name!r}: Dataloop dataset {dataset_id!r} no longer exists")
-        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
-        item = self._json(response, context)
+        self.client.raise_for_status(response, context)
+        item = self.client.json(response, context)
         if not isinstance(item, dict) or "id" not in item:
             raise TransientError(f"{self.name}: {context}: the reply has no item id")
         return item
@@ -313,8 +230,7 @@ class DataloopTarget(Target):
     def _delete_corrupted(self, item: dict[str, Any], upload: Upload) -> None:
         """Delete a new item stored at the wrong size and raise TransientError (what the
         official SDK does; the next attempt uploads it again)."""
-        self._request("DELETE", f"/items/{quote(str(item['id']), safe='')}", context="deleting a corrupted item",
-                      check=False)
+        self.client.request("DELETE", f"/items/{quote(str(item['id']), safe='')}", context="deleting a corrupted item")
         raise TransientError(
             f"{self.name}: item {upload.key!r}: Dataloop stored {stored_size(item)} bytes of {len(upload.image)} sent; "
             "the corrupted item was deleted and is uploaded again on the next attempt",
@@ -322,12 +238,11 @@ class DataloopTarget(Target):
         )
 
     def _get_item(self, item_id: str) -> dict[str, Any] | None:
-        response = self._request("GET", f"/items/{quote(item_id, safe='')}", context=f"reading item {item_id}",
-                                 check=False)
+        response = self.client.request("GET", f"/items/{quote(item_id, safe='')}", context=f"reading item {item_id}")
         if response.status_code == 404:
             return None
-        raise_for_status(response, context=f"{self.name}: reading item {item_id}", secrets=(self._key or "",))
-        return self._json(response, f"reading item {item_id}")
+        self.client.raise_for_status(response, f"reading item {item_id}")
+        return self.client.json(response, f"reading item {item_id}")
 
     def _patch_user_metadata(self, item: dict[str, Any], desired: dict[str, Any], upload: Upload) -> dict[str, Any]:
         """PATCH ``metadata.user`` to equal ``desired`` (a diff, null = delete) and verify it."""
@@ -335,13 +250,13 @@ class DataloopTarget(Target):
         if not diff:
             return item
         context = f"updating the metadata of {upload.key!r} (item {item['id']})"
-        response = self._request("PATCH", f"/items/{quote(str(item['id']), safe='')}", json={"metadata": {"user": diff}},
-                                 context=context, check=False)
+        response = self.client.request("PATCH", f"/items/{quote(str(item['id']), safe='')}",
+                                       json={"metadata": {"user": diff}}, context=context)
         if response.status_code == 404:  # deleted meanwhile (console, another client)
             raise TransientError(f"{self.name}: {context}: the item is gone; it is uploaded again on the next attempt",
                                  outcome_unknown=False)
-        raise_for_status(response, context=f"{self.name}: {context}", secrets=(self._key or "",))
-        patched = self._json(response, context)
+        self.client.raise_for_status(response, context)
+        patched = self.client.json(response, context)
         if not isinstance(patched, dict) or not same_json(user_metadata(patched), desired):
             raise PermanentError(
                 f"{self.name}: {context}: Dataloop did not store the metadata as sent "
@@ -359,9 +274,9 @@ class DataloopTarget(Target):
         body = {"filter": {"$and": [{"filename": path}, {"type": "file"}]}, "sort": {"id": "ascending"},
                 "page": 0, "pageSize": 10, "resource": "items"}
         context = f"looking up {path}"
-        response = self._request("POST", f"/datasets/{quote(dataset_id, safe='')}/query", json=body,
-                                 headers={"user_query": "true"}, context=context)
-        items = [i for i in self._json(response, context).get("items", []) if i.get("filename") == path]
+        response = self.client.request("POST", f"/datasets/{quote(dataset_id, safe='')}/query", json=body,
+                                       headers={"user_query": "true"}, context=context, check=True)
+        items = [i for i in self.client.json(response, context).get("items", []) if i.get("filename") == path]
         if not items:
             return None
         item = items[0]

@@ -1,4 +1,4 @@
-"""Labels and masks of a RedBrick task (platform reference Part 2 §2.2, §2.4, §2.5).
+"""Labels and masks of a RedBrick task (docs/platforms/redbrick.md).
 
 What goes where, as the official ``redbrick-sdk`` 2.35.4 sends it:
 
@@ -39,14 +39,13 @@ import hashlib
 import importlib.util
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd.annotations.redbrick import to_redbrick
 from syncd.errors import ItemError, LocalError, TransientError
 from syncd.targets.base import Upload
-from syncd.targets.redbrick_api import PRESIGN_UPLOADS, PUT_LABELS, GraphQLClient, GraphQLRefused
+from syncd.targets.redbrick.client import PRESIGN_UPLOADS, PUT_LABELS, GraphQLRefused, RedBrickClient
 
 LABELS_ARRAY_LIMIT = 1000  # the SDK's: more labels than this go as a labelsDataPath file
 EMPTY = "empty"  # the digest of an item without labels and mask
@@ -117,12 +116,13 @@ class Labels:
 
 class LabelWriter:
     """Builds a task's ``Labels`` (uploading the files they refer to) and writes them with
-    ``putLabels``; ``api`` and ``ids`` come from the target (lazy client, org/project ids)."""
+    ``putLabels`` through the target's client; ``ids`` are the org and project ids
+    (``orgId``, ``projectId``) every operation carries."""
 
-    def __init__(self, name: str, api: Callable[[], GraphQLClient], ids: Callable[[], dict[str, str]]):
-        self.name = name
-        self._api = api
-        self._ids = ids
+    def __init__(self, client: RedBrickClient, ids: dict[str, str]):
+        self.client = client
+        self.name = client.name
+        self._ids = dict(ids)
 
     def prepare(self, upload: Upload) -> Labels:
         """The labels of ``upload``: converted, with the NIfTI (and a large label list) uploaded."""
@@ -162,12 +162,12 @@ class LabelWriter:
             return None, None
         folder = f"labels/{uuid.uuid4()}/{uuid.uuid4()}"  # the SDK's names: random, never reused
         variables = {
-            **self._ids(), "filesData": [f"{folder}/data.json"] if labels is not None else [],
+            **self._ids, "filesData": [f"{folder}/data.json"] if labels is not None else [],
             "fileTypeData": "application/json", "fileEncodingData": "gzip",
             "filesSeg": [f"{folder}/0.nii.gz"] if nifti is not None else [],
             "fileTypeSeg": NIFTI_TYPE, "fileEncodingSeg": None,
         }
-        api = self._api()
+        api = self.client
         reply = api.execute(PRESIGN_UPLOADS, variables, context=f"asking where to upload the labels of {upload.key!r}",
                             idempotent=True)
         paths: list[str | None] = []
@@ -190,10 +190,10 @@ class LabelWriter:
     def put(self, task_id: str, labels: Labels, *, task_name: str) -> None:
         """Replace the task's labels (``putLabels``). Raises GraphQLRefused when RedBrick
         refuses them (an ``errors`` entry, or ``ok: false``)."""
-        variables = {**self._ids(), "taskId": task_id, **labels.variables(), "finalize": False, "timeSpentMs": None,
+        variables = {**self._ids, "taskId": task_id, **labels.variables(), "finalize": False, "timeSpentMs": None,
                      "extraData": "null"}  # the SDK sends json.dumps(None)
         context = f"writing the labels of task {task_name!r} ({task_id})"
-        data = self._api().execute(PUT_LABELS, variables, context=context)
+        data = self.client.execute(PUT_LABELS, variables, context=context)
         result = data.get("putLabels") or {}
         if not result.get("ok"):
             message = str(result.get("message") or "not ok")

@@ -1,4 +1,4 @@
-"""Labels and masks of a Dataloop item, as its annotations (platform reference Part 2 §1.4–1.6).
+"""Labels and masks of a Dataloop item, as its annotations (docs/platforms/dataloop.md).
 
 What is sent is ``syncd.annotations.dataloop.to_dataloop``'s payload (the shapes dtlpy's
 annotation definitions build), the way dtlpy's ``item.annotations.upload`` sends it: ``POST
@@ -46,17 +46,14 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from syncd.annotations.dataloop import DataloopAnnotations, to_dataloop
 from syncd.errors import ItemError, LocalError, TransientError
 from syncd.targets.base import Upload
-from syncd.targets.dataloop_wire import MARKER, user_metadata
-from syncd.targets.http import describe, raise_for_status
-
-if TYPE_CHECKING:
-    from syncd.targets.dataloop import DataloopTarget
+from syncd.targets.dataloop.client import DataloopClient
+from syncd.targets.dataloop.wire import MARKER, user_metadata
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +149,10 @@ class Refused(Exception):
 
 
 class AnnotationSync:
-    """Makes one item's annotations equal to its labels and mask, through its target."""
+    """Makes one item's annotations equal to its labels and mask, through the target's client."""
 
-    def __init__(self, target: "DataloopTarget"):
-        self.target = target
+    def __init__(self, client: DataloopClient):
+        self.client = client
         self._lock = threading.Lock()
         self._ontology: tuple[str | None, dict[str, str], str | None] | None = None  # (id, tag -> colour, problem)
         self._email: str | None = None
@@ -178,14 +175,14 @@ class AnnotationSync:
             return SyncResult(digest)
         if digest == EMPTY and item.get("annotationsCount") == 0:
             return SyncResult(EMPTY)  # nothing to write and nothing to remove
-        what = f"{self.target.name}: item {upload.key!r}"
+        what = f"{self.client.name}: item {upload.key!r}"
         not_sent: list[str] = []
         wanted: list[dict[str, Any]] = []
         if digest != EMPTY:
             converted = self._convert(upload, not_sent)
             if converted is None:
                 return SyncResult(INCOMPLETE, tuple(not_sent))
-            wanted = [{**a, "itemId": str(item["id"]), "datasetId": self.target.dataset_id()}
+            wanted = [{**a, "itemId": str(item["id"]), "datasetId": self.client.dataset_id()}
                       for a in converted.annotations]
         try:
             stale, missing = difference(self._list_ours(item, upload.key), wanted)
@@ -215,17 +212,17 @@ class AnnotationSync:
         """One request. A 404 returns None, or raises TransientError when ``gone`` says what
         is gone (the next attempt starts over); a 401 pauses the target, transient statuses
         raise, other 4xx raise Refused with the server's message; a 2xx is returned."""
-        target = self.target
-        response = target._request(method, path, context=context, check=False, **kwargs)
+        client = self.client
+        response = client.request(method, path, context=context, **kwargs)
         status = response.status_code
         if status == 404 and gone is not None:
-            raise TransientError(f"{target.name}: {context}: {gone}; the next attempt starts over",
+            raise TransientError(f"{client.context(context)}: {gone}; the next attempt starts over",
                                  outcome_unknown=False)
         if status == 404 and method == "DELETE":
             return None
         if 400 <= status < 500 and status not in (401, 408, 425, 429):
-            raise Refused(f"{context}: Dataloop refused: {describe(response, (target._key or '',))}")
-        raise_for_status(response, context=f"{target.name}: {context}", secrets=(target._key or "",))
+            raise Refused(f"{context}: Dataloop refused: {client.describe(response)}")
+        client.raise_for_status(response, context)
         return response
 
     def _colours(self, not_sent: list[str]) -> dict[str, str]:
@@ -244,21 +241,21 @@ class AnnotationSync:
         return dict(cached[1])
 
     def _read_ontology(self) -> tuple[str | None, dict[str, str], str | None]:
-        target = self.target
-        dataset_id = target.dataset_id()
+        client = self.client
+        dataset_id = client.dataset_id()
         context = "reading the dataset's recipe"
-        dataset = target._json(self._call("GET", f"/datasets/{quote(dataset_id, safe='')}", context), context)
+        dataset = client.json(self._call("GET", f"/datasets/{quote(dataset_id, safe='')}", context), context)
         dataset = dataset if isinstance(dataset, dict) else {}
         recipes = ((dataset.get("metadata") or {}).get("system") or {}).get("recipes") or []
         if not recipes:
             return None, {}, "the dataset has no recipe"
-        recipe = target._json(self._call("GET", f"/recipes/{quote(str(recipes[0]), safe='')}", context), context)
+        recipe = client.json(self._call("GET", f"/recipes/{quote(str(recipes[0]), safe='')}", context), context)
         ontology_ids = (recipe.get("ontologyIds") or []) if isinstance(recipe, dict) else []
         if not ontology_ids:
             return None, {}, f"recipe {recipes[0]} has no ontology"
         context = "reading the dataset's ontology"
         ontology_id = str(ontology_ids[0])
-        ontology = target._json(self._call("GET", f"/ontologies/{quote(ontology_id, safe='')}", context), context)
+        ontology = client.json(self._call("GET", f"/ontologies/{quote(ontology_id, safe='')}", context), context)
         return ontology_id, label_colours(ontology), None
 
     def _add_labels(self, missing: dict[str, str], not_sent: list[str]) -> None:
@@ -274,7 +271,7 @@ class AnnotationSync:
         except Refused as exc:
             not_sent.append(f"labels not added to the ontology: {exc}")
             return
-        reply = self.target._json(response, context)
+        reply = self.client.json(response, context)
         colours = label_colours(reply) if isinstance(reply, dict) and "roots" in reply else {}
         with self._lock:
             if self._ontology is not None:
@@ -284,7 +281,7 @@ class AnnotationSync:
         """The item's annotations tagged with ``key``, every page (keyset paging on id)."""
         item_id = str(item["id"])
         context = f"listing the annotations of item {item_id}"
-        path = f"/datasets/{quote(self.target.dataset_id(), safe='')}/query"
+        path = f"/datasets/{quote(self.client.dataset_id(), safe='')}/query"
         ours: list[dict[str, Any]] = []
         last: str | None = None
         while True:
@@ -293,11 +290,11 @@ class AnnotationSync:
                 clauses.append({"id": {"$gt": last}})
             body = {"filter": {"$and": clauses}, "sort": {"id": "ascending"}, "page": 0, "pageSize": PAGE,
                     "resource": "annotations"}
-            reply = self.target._json(self._call("POST", path, context, json=body, headers={"user_query": "false"}),
+            reply = self.client.json(self._call("POST", path, context, json=body, headers={"user_query": "false"}),
                                       context)
             page = reply.get("items") if isinstance(reply, dict) else None
             if not isinstance(page, list):
-                raise TransientError(f"{self.target.name}: {context}: unexpected reply {str(reply)[:200]}")
+                raise TransientError(f"{self.client.context(context)}: unexpected reply {str(reply)[:200]}")
             ours += [a for a in page if is_ours(a, key) and a.get("itemId", item_id) == item_id]
             if not page or not reply.get("hasNextPage"):
                 return ours
@@ -319,7 +316,7 @@ class AnnotationSync:
             except Refused as exc:
                 not_sent.append(str(exc))
                 continue
-            created = self.target._json(response, context)
+            created = self.client.json(response, context)
             created = created if isinstance(created, list) else [created]
             if len(created) != len(batch):
                 not_sent.append(f"{context}: Dataloop created {len(created)} of them")
@@ -329,8 +326,8 @@ class AnnotationSync:
         with self._lock:
             if self._email is not None:
                 return self._email
-        response = self.target._request("GET", "/users/me", context="reading the API key's user")
-        self.remember_user(self.target._json(response, "reading the API key's user"))
+        response = self.client.request("GET", "/users/me", context="reading the API key's user", check=True)
+        self.remember_user(self.client.json(response, "reading the API key's user"))
         return self._email
 
 

@@ -1,11 +1,11 @@
 """The Scale Nucleus target: every item becomes one dataset item, keyed by reference_id.
 
-Wire protocol (platform reference, Part 1 §1, from the official ``scale-nucleus`` SDK):
-HTTP Basic auth with the API key as user name and an empty password; the image is sent
+Wire protocol (docs/platforms/nucleus.md, from the official ``scale-nucleus`` SDK): HTTP
+Basic auth with the API key as user name and an empty password (``client``); the image is sent
 exactly as the SDK sends local files, a multipart ``POST dataset/{id}/append?async=1``
 with an ``items`` part (a JSON list of one item payload carrying ``"update"``) and an
 ``image`` part whose file name is the item's ``image_url`` (percent-encoded like aiohttp
-does). The reply is an async job; ``nucleus_jobs`` waits for it and reads its errors.
+does; ``payload``). The reply is an async job; ``jobs`` waits for it and reads its errors.
 
 Idempotency and updates:
 - ``reference_id`` is the item key (``cam1/frame_0001``). Nucleus keeps one item per
@@ -23,13 +23,12 @@ Idempotency and updates:
 
 ``upload.metadata`` is sent unchanged (any JSON). Labels and masks become ground-truth
 annotations once the append's job has ended (``_deliver_annotations``, see
-``nucleus_annotations`` for how they are replaced, never duplicated); the receipt keeps
+``annotations`` for how they are replaced, never duplicated); the receipt keeps
 ``annotations_sha256`` so that unchanged labels are not sent again.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from typing import Any
@@ -38,10 +37,11 @@ from urllib.parse import quote
 from pydantic import Field, field_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
-from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
-from syncd.targets.http import SessionPool, json_body, raise_for_status, send
-from syncd.targets.nucleus_annotations import AnnotationWriter, Plan, plan
-from syncd.targets.nucleus_jobs import JobPending, JobResult, JobWaiter, classify
+from syncd.targets.base import Receipt, Target, TargetSettings, Upload
+from syncd.targets.nucleus.annotations import AnnotationWriter, Plan, plan
+from syncd.targets.nucleus.client import NucleusClient
+from syncd.targets.nucleus.jobs import ItemJobs, JobWaiter, classify
+from syncd.targets.nucleus.payload import image_url, item_payload, part_filename
 
 
 class NucleusSettings(TargetSettings):
@@ -70,34 +70,6 @@ class NucleusSettings(TargetSettings):
         return value
 
 
-def image_url(upload: Upload) -> str:
-    """The ``image_url`` of the item and the file name of its image part: the item key
-    with the image's suffix, a relative path as the SDK sends for local files (the
-    machine's own directories are not sent to the platform)."""
-    return upload.key + upload.image_suffix
-
-
-def part_filename(name: str) -> str:
-    """The file name as aiohttp (the SDK's multipart client) puts it on the wire:
-    percent-encoded with no safe characters (``cam1/a.png`` -> ``cam1%2Fa.png``)."""
-    return quote(name, safe="")
-
-
-def item_payload(upload: Upload) -> dict[str, Any]:
-    """The item JSON of the append's ``items`` part (the SDK's ``DatasetItem.to_payload``
-    plus ``update``)."""
-    payload: dict[str, Any] = {
-        "metadata": upload.metadata,
-        "reference_id": upload.key,
-        "image_url": image_url(upload),
-        "update": True,
-    }
-    # Privacy-mode datasets require the size; the SDK sends it only when truthy.
-    if upload.width and upload.height:
-        payload["width"], payload["height"] = upload.width, upload.height
-    return payload
-
-
 def created(counts: Any) -> bool:
     """Did the append create the item (counts of a synchronous reply or of a finished job's
     ``message``)? False when unknown: the shape of a job's message is not documented."""
@@ -114,75 +86,29 @@ class NucleusTarget(Target):
     def __init__(self, name: str, settings: NucleusSettings, **kwargs):
         super().__init__(name, settings, **kwargs)
         self.settings: NucleusSettings = settings
-        self._key: str | None = None
-        self._secrets: tuple[str, ...] = ()
-        self._pool: SessionPool | None = None
+        self.client = NucleusClient(name, key_env=settings.api_key_env, base_url=settings.base_url,
+                                    dataset_id=settings.dataset_id, timeout=settings.timeout, env=self.env)
         self._lock = threading.Lock()
-        # item key -> id of its last job that was not seen to end (see deliver()).
-        self._unfinished: dict[str, str] = {}
         # item keys whose annotations a failed attempt of this process may have half written.
         self._unsure: set[str] = set()
-        self.jobs = JobWaiter(self._get_json, interval=settings.job_poll_interval, timeout=settings.job_timeout)
-        self.annotations = AnnotationWriter(self)
-
-    # -- plumbing -----------------------------------------------------------------------------
-    def _session(self):
-        with self._lock:
-            if self._key is None:
-                key = read_secret(self.settings.api_key_env, target=self.name, env=self.env)
-                self._pool = SessionPool(auth=(key, ""))
-                # The key and its Basic header form: a server echoing headers must not leak either.
-                self._secrets = (key, base64.b64encode(f"{key}:".encode()).decode())
-                self._key = key
-        assert self._pool is not None
-        return self._pool.get()
-
-    def _request(self, method: str, route: str, *, context: str, **kwargs):
-        """One request to ``{base_url}/{route}``; non-2xx replies are returned, not raised."""
-        session = self._session()
-        return send(session, method, f"{self.settings.base_url}/{route}", context=f"{self.name}: {context}",
-                    timeout=self.settings.timeout, secrets=self._secrets, check=False, **kwargs)
-
-    def _raise(self, response, context: str) -> None:
-        raise_for_status(response, context=f"{self.name}: {context}", secrets=self._secrets)
-
-    def _json(self, response, context: str) -> Any:
-        return json_body(response, context=f"{self.name}: {context}", secrets=self._secrets)
-
-    def _get_json(self, route: str, context: str) -> Any:
-        """GET for job reads: every failure but bad credentials is transient (the append
-        is committed; a re-send is safe), so a 404 never fails the item."""
-        response = self._request("GET", route, context=context)
-        try:
-            self._raise(response, context)
-        except PermanentError as exc:
-            raise TransientError(str(exc)) from None
-        return self._json(response, context)
-
-    @property
-    def _dataset_route(self) -> str:
-        return f"dataset/{quote(self.settings.dataset_id, safe='')}"
-
-    def _missing_dataset(self) -> FatalTargetError:
-        return FatalTargetError(
-            f"target {self.name!r}: Nucleus dataset {self.settings.dataset_id!r} does not exist or this API key "
-            "cannot see it; check dataset_id (NucleusClient.list_datasets() shows the ids) or create the dataset"
-        )
+        self.jobs = ItemJobs(JobWaiter(self.client.get_json, interval=settings.job_poll_interval,
+                                       timeout=settings.job_timeout))
+        self.annotations = AnnotationWriter(self.client, self.jobs, settings.taxonomy_name)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
+        """Close the client's sessions (the target can still be used afterwards)."""
+        self.client.close()
 
     # -- check --------------------------------------------------------------------------------
     def check(self) -> list[str]:
         """Credentials and dataset: ``GET dataset/{id}/is_scene`` (cheap, answers 404 for an
         unknown dataset). A scene dataset cannot take image items: fatal."""
         context = f"checking dataset {self.settings.dataset_id}"
-        response = self._request("GET", f"{self._dataset_route}/is_scene", context=context)
+        response = self.client.request("GET", f"{self.client.dataset_route}/is_scene", context=context)
         if response.status_code in (400, 404):
-            raise self._missing_dataset()
-        self._raise(response, context)
-        reply = self._json(response, context)
+            raise self.client.missing_dataset()
+        self.client.raise_for_status(response, context)
+        reply = self.client.json(response, context)
         if isinstance(reply, dict) and reply.get("is_scene") is True:
             raise FatalTargetError(
                 f"target {self.name!r}: Nucleus dataset {self.settings.dataset_id!r} is a scene dataset (video/lidar); "
@@ -203,41 +129,16 @@ class NucleusTarget(Target):
         with self._lock:
             unsure = upload.key in self._unsure
         todo = plan(upload, self.settings.taxonomy_name, unsure=unsure)  # before sending: a bad mask fails here
-        self._finish_previous_job(upload.key, what)
+        self.jobs.finish_previous(upload.key, what)
         job_id, counts = self._append(upload, what)
         if job_id is not None:
-            result = self.wait_job(upload.key, job_id, what)
+            result = self.jobs.wait(upload.key, job_id, what)
             classify(result, what=what)
             counts = result.reply.get("message")
         extra = {"version": upload.version, "image_sha256": upload.image_sha256,
                  "dataset_id": self.settings.dataset_id, "job_id": job_id}
         extra.update(self._deliver_annotations(upload, todo, what, fresh=created(counts)))
         return Receipt(remote_id=upload.key, extra=extra)
-
-    def wait_job(self, key: str, job_id: str, what: str) -> JobResult:
-        """Wait for a job about item ``key``; one this target stops waiting for is waited
-        for before the item's next request (``_finish_previous_job``)."""
-        with self._lock:
-            self._unfinished[key] = job_id
-        result = self.jobs.wait(job_id, what=what)
-        with self._lock:
-            self._unfinished.pop(key, None)
-        return result
-
-    def _finish_previous_job(self, key: str, what: str) -> None:
-        with self._lock:
-            job_id = self._unfinished.get(key)
-        if job_id is None:
-            return
-        try:
-            self.jobs.wait(job_id, what=f"{what} (an earlier upload)")
-        except JobPending:
-            raise  # still queued on the server: appending now could be overtaken by it
-        except TransientError:
-            pass  # the job cannot be read (gone, server trouble): nothing to wait for
-        with self._lock:
-            if self._unfinished.get(key) == job_id:
-                del self._unfinished[key]
 
     def _append(self, upload: Upload, what: str) -> tuple[str | None, Any]:
         """Send the multipart append; return the job id and None, or None and the counts
@@ -255,12 +156,12 @@ class NucleusTarget(Target):
             ("image", (part_filename(image_url(upload)), upload.image, f"image/{suffix}")),
         ]
         context = f"appending {upload.key!r} to dataset {self.settings.dataset_id}"
-        response = self._request("POST", f"{self._dataset_route}/append", params={"async": "1"}, files=files,
-                                 context=context)
+        response = self.client.request("POST", f"{self.client.dataset_route}/append", params={"async": "1"},
+                                       files=files, context=context)
         if response.status_code == 404:
-            raise self._missing_dataset()
-        self._raise(response, context)
-        reply = self._json(response, context)
+            raise self.client.missing_dataset()
+        self.client.raise_for_status(response, context)
+        reply = self.client.json(response, context)
         if isinstance(reply, dict) and reply.get("job_id"):
             return str(reply["job_id"]), None
         if isinstance(reply, dict) and "upload_errors" in reply:  # synchronous count reply
@@ -289,11 +190,12 @@ class NucleusTarget(Target):
         None. Its version is unknown (syncd stores nothing in the metadata), so the receipt
         has no ``version``: a caller re-sends rather than adopts."""
         context = f"looking up {upload.key!r}"
-        response = self._request("GET", f"{self._dataset_route}/refloc/{quote(upload.key, safe='')}", context=context)
+        route = f"{self.client.dataset_route}/refloc/{quote(upload.key, safe='')}"
+        response = self.client.request("GET", route, context=context)
         if response.status_code == 404:
             return None
-        self._raise(response, context)
-        reply = self._json(response, context)
+        self.client.raise_for_status(response, context)
+        reply = self.client.json(response, context)
         item = reply.get("item") if isinstance(reply, dict) else None
         if not isinstance(item, dict):
             return None

@@ -23,6 +23,7 @@ delivery, which would re-upload the image.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,8 +71,9 @@ def error_message(row: Any) -> str:
 
 
 class JobWaiter:
-    """Polls one job to its end. ``get(route, context)`` is the target's JSON GET (it
-    raises syncd errors); ``sleep`` and ``clock`` are parameters so tests need no patching."""
+    """Polls one job to its end. ``get(route, context)`` is the client's JSON GET
+    (``NucleusClient.get_json``: it raises syncd errors); ``sleep`` and ``clock`` are
+    parameters so tests need no patching."""
 
     def __init__(
         self,
@@ -122,6 +124,46 @@ class JobWaiter:
                     raise
                 self._sleep(wait)
         raise AssertionError("unreachable")
+
+
+class ItemJobs:
+    """The jobs of each item: a job this process stopped waiting for (timeout, failing
+    polls) may still run later and would then write an older version over a newer one, so
+    it is remembered per item key and waited for before the item's next request.
+    Thread-safe (items are delivered from several workers)."""
+
+    def __init__(self, waiter: JobWaiter):
+        self.waiter = waiter
+        self._lock = threading.Lock()
+        self._unfinished: dict[str, str] = {}  # item key -> id of its last job not seen to end
+
+    def wait(self, key: str, job_id: str, what: str) -> JobResult:
+        """Wait for a job about item ``key``; if this raises, the job is remembered and
+        ``finish_previous`` waits for it before the item's next request."""
+        with self._lock:
+            self._unfinished[key] = job_id
+        result = self.waiter.wait(job_id, what=what)
+        with self._lock:
+            self._unfinished.pop(key, None)
+        return result
+
+    def finish_previous(self, key: str, what: str) -> None:
+        """Wait for the item's remembered job, if any. Raises JobPending when it is still
+        queued (appending now could be overtaken by it); a job that cannot be read (gone,
+        server trouble) is forgotten: there is nothing to wait for."""
+        with self._lock:
+            job_id = self._unfinished.get(key)
+        if job_id is None:
+            return
+        try:
+            self.waiter.wait(job_id, what=f"{what} (an earlier upload)")
+        except JobPending:
+            raise
+        except TransientError:
+            pass
+        with self._lock:
+            if self._unfinished.get(key) == job_id:
+                del self._unfinished[key]
 
 
 def classify(result: JobResult, *, what: str) -> None:

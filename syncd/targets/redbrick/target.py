@@ -1,6 +1,6 @@
 """The RedBrick AI target: one task per item in one project, named by the item key.
 
-Wire protocol: see ``redbrick_api`` (GraphQL, the official SDK's operations). A delivery:
+Wire protocol: see ``client`` (GraphQL, the official SDK's operations). A delivery:
 
 - First delivery (``upload.previous`` is None): the image is stored — direct upload
   (``storage = "direct"``): ``itemsUploadPresign`` + PUT of the bytes, the task's item is the
@@ -9,7 +9,7 @@ Wire protocol: see ``redbrick_api`` (GraphQL, the official SDK's operations). A 
   project, so a re-send can never make a second task: when ``createDatapoint`` is refused
   (a duplicate name, or any other refusal) the task is looked up by name, and if it
   exists it is adopted and updated instead. The labels and the mask go in that same
-  ``createDatapoint`` (``labelsData``, ``labelsMap``; see ``redbrick_labels``).
+  ``createDatapoint`` (``labelsData``, ``labelsMap``; see ``annotations``).
 - Update (``upload.previous`` set): a new image is stored first (when its hash differs
   from the receipt's), the labels are replaced with ``putLabels`` when they changed
   (``sync_labels``), and finally one ``updateTaskItems`` sets the new items (if any) and
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from typing import Any, Literal
 from urllib.parse import quote
@@ -44,23 +43,12 @@ from urllib.parse import quote
 from pydantic import Field, field_validator, model_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
-from syncd.targets.base import Receipt, Target, TargetSettings, Upload, read_secret
-from syncd.targets.redbrick_api import (
-    CREATE_DATAPOINT,
-    DEFAULT_URL,
-    GET_LABEL_STORAGE,
-    GET_PROJECT,
-    IMAGE_TYPES,
-    ITEMS_UPLOAD_PRESIGN,
-    KEY_LENGTH,
-    PUBLIC_STORAGE,
-    REDBRICK_STORAGE,
-    TASKS_LIST,
-    UPDATE_TASK_ITEMS,
-    GraphQLClient,
-    GraphQLRefused,
-)
-from syncd.targets.redbrick_labels import EMPTY, FIX_NIBABEL, LabelWriter, Labels, expected_digest, nibabel_available
+from syncd.targets.base import Receipt, Target, TargetSettings, Upload
+from syncd.targets.redbrick.annotations import (EMPTY, FIX_NIBABEL, LabelWriter, Labels, expected_digest,
+                                                nibabel_available)
+from syncd.targets.redbrick.client import (CREATE_DATAPOINT, DEFAULT_URL, GET_LABEL_STORAGE, GET_PROJECT, IMAGE_TYPES,
+                                           ITEMS_UPLOAD_PRESIGN, PUBLIC_STORAGE, REDBRICK_STORAGE, TASKS_LIST,
+                                           UPDATE_TASK_ITEMS, GraphQLRefused, RedBrickClient)
 
 log = logging.getLogger("syncd.targets.redbrick")
 
@@ -118,32 +106,20 @@ class RedBrickTarget(Target):
     def __init__(self, name: str, settings: RedBrickSettings, **kwargs):
         super().__init__(name, settings, **kwargs)
         self.settings: RedBrickSettings = settings
-        self._lock = threading.Lock()
-        self._client: GraphQLClient | None = None
-        self._labels = LabelWriter(name, self._api, self._ids)
-
-    # -- plumbing -----------------------------------------------------------------------------
-    def _api(self) -> GraphQLClient:
-        with self._lock:
-            if self._client is None:
-                key = read_secret(self.settings.api_key_env, target=self.name, env=self.env)
-                if len(key) != KEY_LENGTH:
-                    raise FatalTargetError(
-                        f"target {self.name!r}: the value of {self.settings.api_key_env} is not a RedBrick API key "
-                        f"(expected {KEY_LENGTH} characters, got {len(key)}); copy it again from RedBrick")
-                self._client = GraphQLClient(self.settings.url, key, timeout=self.settings.timeout, name=self.name)
-            return self._client
+        self.client = RedBrickClient(name, key_env=settings.api_key_env, url=settings.url, timeout=settings.timeout,
+                                     env=self.env)
+        self._labels = LabelWriter(self.client, self._ids())
 
     def _ids(self) -> dict[str, str]:
         return {"orgId": self.settings.org_id, "projectId": self.settings.project_id}
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        """Close the client's sessions (the target can still be used afterwards)."""
+        self.client.close()
 
     # -- check --------------------------------------------------------------------------------
     def check(self) -> list[str]:
-        api = self._api()
+        api = self.client
         s = self.settings
         project = api.execute(GET_PROJECT, self._ids(), context="reading the project", idempotent=True).get("project")
         if not project:
@@ -192,7 +168,7 @@ class RedBrickTarget(Target):
             raise PermanentError(
                 f"item {upload.key!r}: RedBrick direct upload takes {', '.join(IMAGE_TYPES)} images, not "
                 f"{upload.image_suffix or 'files without a suffix'}; convert it or use storage = \"public\"")
-        api = self._api()
+        api = self.client
         data = api.execute(ITEMS_UPLOAD_PRESIGN, {**self._ids(), "files": [upload.image_name], "fileType": [mime]},
                            context=f"asking where to upload {upload.key!r}", idempotent=True)
         granted = ((data.get("itemsUploadPresign") or {}).get("items") or [None])[0]
@@ -235,7 +211,7 @@ class RedBrickTarget(Target):
             "isGroundTruth": self.settings.ground_truth, "preAssign": "null", "priority": None, "attributes": None,
         }
         try:
-            data = self._api().execute(CREATE_DATAPOINT, variables, context=f"creating task {name!r}")
+            data = self.client.execute(CREATE_DATAPOINT, variables, context=f"creating task {name!r}")
         except GraphQLRefused as exc:
             found = self._find(name) if hops < MAX_HOPS else None
             if found is None:
@@ -280,7 +256,7 @@ class RedBrickTarget(Target):
             "heatMaps": None, "transforms": None, "centerline": None, "metaData": metadata,
         }
         try:
-            data = self._api().execute(UPDATE_TASK_ITEMS, variables, context=f"updating task {name!r} ({task_id})")
+            data = self.client.execute(UPDATE_TASK_ITEMS, variables, context=f"updating task {name!r} ({task_id})")
         except GraphQLRefused:
             # Refused: most likely the task was deleted in RedBrick (maybe replaced by
             # another task of that name). Anything else is raised as it is.
@@ -327,7 +303,7 @@ class RedBrickTarget(Target):
         for _ in range(MAX_PAGES):
             variables = {**self._ids(), "stageName": None, "taskSearch": name, "manualLabelingFilters": {},
                          "first": PAGE_SIZE, "after": after}
-            data = self._api().execute(TASKS_LIST, variables, context=f"looking up task {name!r}", idempotent=True)
+            data = self.client.execute(TASKS_LIST, variables, context=f"looking up task {name!r}", idempotent=True)
             page = data.get("genericTasks") or {}
             for entry in page.get("entries") or []:
                 if ((entry or {}).get("datapoint") or {}).get("name") == name and entry.get("taskId"):

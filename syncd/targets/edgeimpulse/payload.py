@@ -1,0 +1,117 @@
+"""Pure converters for both Edge Impulse targets (no I/O): names, metadata markers, the
+image as Edge Impulse takes it, and which listed sample is ours (docs/platforms/edgeimpulse.md).
+
+Names. Edge Impulse names a sample after its file name without the extension, and names
+need not be unique, so the name is derived from the item key alone (``sample_name``):
+``cam1/frame_0001`` -> ``cam1__frame_0001``. Keys made of plain words keep this readable
+form; any other key gets a sanitised form plus ``___`` and a hash of the key, so two keys
+never share a name (see ``sample_name``).
+
+Markers. Studio stores metadata as string -> string. Every sample / data item gets two
+extra keys that tell a later lookup what it holds: ``syncd_version`` (the item version)
+and ``syncd_image_sha256`` (the local image's SHA-256). They are reserved in sidecars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from typing import Any
+
+from syncd.errors import PermanentError
+from syncd.targets.base import Upload
+
+VERSION_KEY = "syncd_version"
+IMAGE_KEY = "syncd_image_sha256"
+RESERVED_KEYS = (VERSION_KEY, IMAGE_KEY)
+
+MAX_NAME = 120  # longer readable names are shortened and hashed (the platform limit is unknown)
+# A plain key part: words of letters, digits and '-' joined by single '.' or '_'. A key made
+# only of such parts maps to its parts joined by '__', which is reversible (no part
+# contains '__' or starts/ends with '_'), so plain keys never collide with each other.
+_PLAIN_PART = re.compile(r"[A-Za-z0-9-]+(?:[._][A-Za-z0-9-]+)*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+
+def sample_name(key: str) -> str:
+    """The Edge Impulse name of item ``key``: deterministic and different for every key.
+
+    ``cam1/frame_0001`` -> ``cam1__frame_0001`` when every part of the key is plain (letters,
+    digits, ``-``, and single ``.``/``_`` between them) and the result is short. Otherwise
+    ``<sanitised>___<12 hex of sha256(key)>``: plain names never contain ``___``, and the
+    hash separates the rest.
+    """
+    parts = key.split("/")
+    readable = "__".join(parts)
+    if all(_PLAIN_PART.fullmatch(p) for p in parts) and len(readable) <= MAX_NAME:
+        return readable
+    slug = _UNSAFE.sub("-", readable).strip("-._") or "item"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    return f"{slug[:MAX_NAME - 15]}___{digest}"
+
+
+def string_value(value: Any) -> str:
+    """Studio metadata values are strings: strings stay, anything else is its JSON text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def desired_metadata(upload: Upload, *, with_version: bool = True) -> dict[str, str]:
+    """The complete string -> string metadata the remote item must hold for ``upload``."""
+    clash = [k for k in RESERVED_KEYS if k in upload.metadata]
+    if clash:
+        raise PermanentError(
+            f"item {upload.key!r}: the sidecar metadata key {clash[0]!r} is reserved by syncd on Edge Impulse; rename it"
+        )
+    metadata = {str(k): string_value(v) for k, v in upload.metadata.items()}
+    metadata[IMAGE_KEY] = upload.image_sha256
+    if with_version:
+        metadata[VERSION_KEY] = upload.version
+    return metadata
+
+
+def user_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    """``metadata`` without syncd's markers (what the user wrote, as strings)."""
+    return {k: v for k, v in (metadata or {}).items() if k not in RESERVED_KEYS}
+
+
+def image_for_upload(upload: Upload) -> tuple[str, bytes, str]:
+    """``(suffix, bytes, mime type)`` of the image as Edge Impulse takes it: JPEG and PNG as
+    they are, anything else (TIFF, BMP, WebP) converted to PNG losslessly."""
+    if upload.image_format == "JPEG":
+        return ".jpg", upload.image, "image/jpeg"
+    if upload.image_format == "PNG":
+        return ".png", upload.image, "image/png"
+    from PIL import Image  # only needed for the rarer formats
+
+    with Image.open(io.BytesIO(upload.image)) as img:
+        if img.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "P"):
+            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+        buffer = io.BytesIO()
+        img.save(buffer, format="PNG")
+    return ".png", buffer.getvalue(), "image/png"
+
+
+def holds_image(candidate: dict[str, Any], upload: Upload) -> bool:
+    """Whether a listed sample / data item holds ``upload``'s image: by syncd's marker, or
+    (for samples uploaded by other tools) by the platform's own ``sha256Hash``."""
+    marker = (candidate.get("metadata") or {}).get(IMAGE_KEY)
+    if marker is not None:
+        return marker == upload.image_sha256
+    return candidate.get("sha256Hash") == upload.image_sha256
+
+
+def choose(candidates: list[dict[str, Any]], upload: Upload) -> tuple[dict[str, Any], list[int]]:
+    """Of the remote items carrying this item's name, the one to keep and the ids of the rest.
+
+    Prefer those holding this upload's image (``holds_image``), then the newest (highest
+    id). The rest are left-overs of an interrupted image replacement and are deleted by
+    ``deliver``. ``candidates`` are dicts with ``id`` and ``metadata``.
+    """
+    holding = [c for c in candidates if holds_image(c, upload)]
+    keep = max(holding or candidates, key=lambda c: int(c["id"]))
+    return keep, sorted(int(c["id"]) for c in candidates if c is not keep)
