@@ -1,6 +1,6 @@
 """Dataloop annotations (platform reference Part 2 §1.5): the JSON array for
 ``POST /items/{itemId}/annotations``, in the shapes dtlpy's annotation definitions build
-(tests/test_annotations_dataloop.py compares them):
+(tests/platforms/dataloop/test_payload.py compares them):
 
 - classification -> ``class`` (no coordinates); point -> ``point`` ``{"x", "y", "z": 0}``;
   box -> ``box`` ``[top-left, bottom-right]``; polygon -> ``segment`` (one ring);

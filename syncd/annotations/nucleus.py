@@ -2,7 +2,7 @@
 
 ``to_nucleus(upload)`` returns what ``POST dataset/{id}/annotate`` and
 ``POST dataset/{id}/add_taxonomy`` need, in the shapes scale-nucleus' ``to_payload()``
-builds (tests/test_annotations_nucleus.py compares them):
+builds (tests/platforms/nucleus/test_payload.py compares them):
 
 - box -> ``box``; polygon -> ``polygon``; polyline -> ``line``; keypoints -> ``keypoints``
   (unnamed keypoints are named by position, ``"0"``, ``"1"``...); point -> ``keypoints``

@@ -2,25 +2,18 @@
 
 A target is a small, synchronous adapter around one platform dataset. The daemon owns
 retries, backoff, journaling, logging and concurrency; a target only knows how to speak to
-its platform. Contract:
+its platform. What a platform can do is declared as class attributes (capabilities, read by
+the daemon, ``syncd check`` and the tests without an instance); what each method guarantees
+is in its docstring. Errors are the classes of ``syncd.errors``:
 
-- ``check()`` verifies credentials and that the dataset exists. It returns a list of
-  warnings (for example what the platform cannot represent). It raises
-  ``FatalTargetError`` when the target cannot work and ``TransientError`` when the
-  platform could not be reached.
-- ``deliver(upload)`` makes exactly one attempt to make the remote item equal to
-  ``upload`` and returns a ``Receipt``. ``upload.previous`` is the receipt of the last
-  acknowledged version (``None`` for a first delivery): with it, the target updates the
-  existing remote item instead of creating one. The remote key is derived from
-  ``upload.key`` only, so sending the same upload twice never creates two remote items on
-  upsert platforms. Raises ``TransientError``, ``PermanentError`` or ``FatalTargetError``.
-- ``lookup(upload)`` finds the remote item for ``upload.key`` after an unknown outcome
-  (crash, lost reply). It returns its receipt or ``None``. Create-only platforms
-  (``create_only = True``) are asked before any re-send; upsert platforms may return None.
-- ``close()`` releases sessions. Targets are used from several worker threads at once
-  and must keep per-thread HTTP sessions (see ``targets.http.SessionPool``).
+- ``TransientError``: try again later (``retry_after`` when the platform said when);
+  ``outcome_unknown`` says whether the remote side may have changed.
+- ``PermanentError``: this item cannot be delivered as it is; retried when its files change.
+- ``FatalTargetError``: the target cannot work (credentials, a missing dataset); it pauses.
 
 Secrets are read through ``read_secret`` and must never appear in an exception message.
+Targets are used from several worker threads at once: HTTP targets keep per-thread sessions
+through ``targets.http.HttpClient``.
 """
 
 from __future__ import annotations
@@ -138,28 +131,56 @@ def read_secret(env_name: str, *, target: str, env: Mapping[str, str] | None = N
 
 
 class Target(ABC):
-    """A platform adapter; see the module docstring for the contract."""
+    """A platform adapter (see the module docstring). Subclasses set ``platform`` and
+    ``Settings``, declare their capabilities and implement ``deliver``."""
 
     platform: ClassVar[str]
     Settings: ClassVar[type[TargetSettings]] = TargetSettings
+
+    # -- capabilities -------------------------------------------------------------------------
+    #: True when a re-send could create a second remote item: after an unknown outcome the
+    #: daemon calls ``lookup`` before sending again. False for upsert platforms (the remote
+    #: key makes a re-send overwrite).
     create_only: ClassVar[bool] = False
+    #: How many items one request may carry. 1 (the default) means one item per ``deliver``.
+    max_batch: ClassVar[int] = 1
 
     def __init__(self, name: str, settings: TargetSettings, *, env: Mapping[str, str] | None = None):
+        """Build the target without any I/O: credentials are read and the platform reached
+        on first use, so ``syncd check`` and the daemon can build every target up front.
+        ``env`` replaces ``os.environ`` (tests, the credentials of one target)."""
         self.name = name
         self.settings = settings
         self.env = os.environ if env is None else env
 
     def check(self) -> list[str]:
+        """Verify credentials and that the dataset exists; return warnings for the user
+        (e.g. what the platform will ignore). Raises ``FatalTargetError`` when the target
+        cannot work and ``TransientError`` when the platform could not be reached."""
         return []
 
     @abstractmethod
-    def deliver(self, upload: Upload) -> Receipt: ...
+    def deliver(self, upload: Upload) -> Receipt:
+        """Make exactly one attempt to make the remote item equal to ``upload``; return the
+        ``Receipt`` of what the platform now holds.
+
+        ``upload.previous`` is the receipt of the last acknowledged version (None for a first
+        delivery): with it, the existing remote item is updated, never a second one created.
+        The remote key is derived from ``upload.key`` only, so on upsert platforms sending
+        the same upload twice never creates two remote items. Raises ``TransientError``,
+        ``PermanentError`` or ``FatalTargetError``; a ``TransientError`` with
+        ``outcome_unknown`` means the remote item may or may not have changed."""
 
     def lookup(self, upload: Upload) -> Receipt | None:
+        """After an unknown outcome (a crash, a lost reply): the receipt of the remote item
+        for ``upload.key``, or None when there is none. ``extra["version"]`` is set only when
+        the remote item is known to equal ``upload`` completely (the daemon then adopts it
+        without sending). Create-only targets must implement it; upsert targets may return
+        None (the daemon then simply sends again). Raises as ``deliver``."""
         return None
 
     def close(self) -> None:
-        pass
+        """Release sessions and other resources; the target may be used again afterwards."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

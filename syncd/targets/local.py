@@ -50,6 +50,8 @@ class LocalTarget(Target):
         self._log_lock = threading.Lock()
 
     def check(self) -> list[str]:
+        """The dataset directory exists (created if missing) and is writable; FatalTargetError
+        otherwise. No warnings: a directory holds everything."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -73,6 +75,9 @@ class LocalTarget(Target):
             return None  # a damaged record is rewritten by the next delivery
 
     def deliver(self, upload: Upload) -> Receipt:
+        """Write the image, the mask (or remove an old one) and then the record, each
+        atomically; the record is the commit point. A re-send overwrites the same files, so
+        it can never make a second item. A key escaping the directory is a PermanentError."""
         image_path, mask_path, record_path = self._paths(upload.key, upload.image_suffix)
         for path in (image_path, mask_path, record_path):
             _remove_stale_temps(path)
@@ -107,6 +112,8 @@ class LocalTarget(Target):
             log.write(line)
 
     def lookup(self, upload: Upload) -> Receipt | None:
+        """The record of ``upload.key``, or None (none, or damaged); ``extra["version"]`` is
+        the version the record says is complete."""
         _, _, record_path = self._paths(upload.key, upload.image_suffix)
         record = self._read_record(record_path)
         if record is None or record.get("key") != upload.key:

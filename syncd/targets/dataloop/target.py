@@ -147,6 +147,14 @@ class DataloopTarget(Target):
 
     # -- deliver ------------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
+        """Make the item at ``remote_path(upload)`` hold this image, metadata and annotations.
+
+        A first delivery uploads with ``mode=skip`` (a re-send gets the same item back), an
+        image change overwrites the binary at the same path, a metadata-only change sends no
+        binary. Then the annotations, then one PATCH of ``metadata.user`` whose marker says
+        what the item now holds. A stored size that differs from the bytes sent is a
+        TransientError (the next attempt overwrites); a reserved metadata key a
+        PermanentError before any request."""
         dataset_id = self.dataset_id()
         path = self.remote_path(upload)
         digest = annotations_digest(upload)

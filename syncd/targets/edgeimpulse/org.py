@@ -95,6 +95,7 @@ class EdgeImpulseOrgTarget(Target):
 
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> list[str]:
+        """The key reads the organization dataset ``dataset``; FatalTargetError otherwise."""
         s = self.settings
         try:
             self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"), context=f"reading dataset {s.dataset!r}")
@@ -106,6 +107,9 @@ class EdgeImpulseOrgTarget(Target):
 
     # -- deliver --------------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
+        """Make the data item named after ``upload.key`` hold this image and metadata: the
+        same image is updated in place (metadata read back); a new image deletes the old
+        item first, then creates the new one (see the module docstring)."""
         desired = desired_metadata(upload)
         previous = self._previous(upload)
         stale = [int(i) for i in (previous.extra.get("stale_ids") or [])] if previous else []

@@ -47,8 +47,14 @@ from syncd.annotations.edgeimpulse import EdgeImpulseLabels, to_edgeimpulse
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
 from syncd.targets.base import Receipt, Target, Upload
 from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
-from syncd.targets.edgeimpulse.payload import (IMAGE_KEY, choose, desired_metadata, holds_image, image_for_upload,
-                                               sample_name)
+from syncd.targets.edgeimpulse.payload import (
+    IMAGE_KEY,
+    choose,
+    desired_metadata,
+    holds_image,
+    image_for_upload,
+    sample_name,
+)
 
 UPLOAD_SOURCE = "SYNCD"
 # x-metadata travels in a header; beyond this size it is set through Studio after the upload
@@ -172,6 +178,9 @@ class EdgeImpulseTarget(Target):
 
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> list[str]:
+        """The key reads the project ``project_id`` (FatalTargetError otherwise, naming both);
+        warns when the project's labeling method ignores what syncd would send (sample labels
+        in an object detection project, boxes in a classification project)."""
         project_id = self.settings.project_id
         try:
             body = self.client.call("GET", self.studio(""), context=f"reading project {project_id}")
@@ -203,6 +212,11 @@ class EdgeImpulseTarget(Target):
                       annotations=to_edgeimpulse(upload, min_region_pixels=self.settings.min_region_pixels))
 
     def deliver(self, upload: Upload) -> Receipt:
+        """Make the sample named after ``upload.key`` hold this image, label, metadata and
+        boxes: a new image is a new sample (uploaded first, then the superseded one deleted,
+        so the item is never missing); the same image is updated in place through Studio.
+        A sample refused as a duplicate is adopted when it holds this image. Superseded
+        samples that cannot be deleted make the outcome unknown (the next attempt does)."""
         wanted = self.wanted(upload)
         previous = self._previous(upload)
         stale = [int(i) for i in (previous.extra.get("stale_ids") or [])] if previous else []

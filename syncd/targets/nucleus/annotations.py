@@ -52,8 +52,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 import threading
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 

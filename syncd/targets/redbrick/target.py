@@ -44,11 +44,28 @@ from pydantic import Field, field_validator, model_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
-from syncd.targets.redbrick.annotations import (EMPTY, FIX_NIBABEL, LabelWriter, Labels, expected_digest,
-                                                nibabel_available)
-from syncd.targets.redbrick.client import (CREATE_DATAPOINT, DEFAULT_URL, GET_LABEL_STORAGE, GET_PROJECT, IMAGE_TYPES,
-                                           ITEMS_UPLOAD_PRESIGN, PUBLIC_STORAGE, REDBRICK_STORAGE, TASKS_LIST,
-                                           UPDATE_TASK_ITEMS, GraphQLRefused, RedBrickClient)
+from syncd.targets.redbrick.annotations import (
+    EMPTY,
+    FIX_NIBABEL,
+    Labels,
+    LabelWriter,
+    expected_digest,
+    nibabel_available,
+)
+from syncd.targets.redbrick.client import (
+    CREATE_DATAPOINT,
+    DEFAULT_URL,
+    GET_LABEL_STORAGE,
+    GET_PROJECT,
+    IMAGE_TYPES,
+    ITEMS_UPLOAD_PRESIGN,
+    PUBLIC_STORAGE,
+    REDBRICK_STORAGE,
+    TASKS_LIST,
+    UPDATE_TASK_ITEMS,
+    GraphQLRefused,
+    RedBrickClient,
+)
 
 log = logging.getLogger("syncd.targets.redbrick")
 
@@ -119,6 +136,9 @@ class RedBrickTarget(Target):
 
     # -- check --------------------------------------------------------------------------------
     def check(self) -> list[str]:
+        """The key (43 characters) reads project ``project_id`` of ``org_id`` and its label
+        storage. A project still being created is transient, an archived or failed one
+        fatal. Warns when masks cannot be sent (nibabel missing)."""
         api = self.client
         s = self.settings
         project = api.execute(GET_PROJECT, self._ids(), context="reading the project", idempotent=True).get("project")
@@ -193,6 +213,11 @@ class RedBrickTarget(Target):
 
     # -- deliver ------------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
+        """Create the task named ``upload.key`` (first delivery; a name already taken is
+        adopted and updated), or update the task of ``upload.previous`` (new image, labels
+        when they changed, then items and metadata with the version marker last). A task
+        deleted in RedBrick meanwhile is created again. Labels RedBrick refuses and masks
+        that cannot be sent go to the receipt's ``not_sent``, never stop the image."""
         metadata = self.metadata_string(upload)
         previous = upload.previous
         if previous is not None and previous.extra.get("taskId"):
