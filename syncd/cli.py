@@ -73,7 +73,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from syncd import annotations
     from syncd.daemon import build_targets
 
     config = _config(args)
@@ -105,7 +104,7 @@ def cmd_check(args) -> int:
             print(f"target {name} ({target.platform}): ok")
             for warning in warnings:
                 print(f"  warning: {warning}")
-            lost = annotations.unsupported_types(target.platform) if target.platform in annotations.SUPPORTED else []
+            lost = target.unsupported_types()
             if lost:
                 print(f"  note: {target.platform} cannot represent {', '.join(lost)}: such labels are reported, not sent")
         except SyncdError as exc:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd import annotations, delivery, limits, metrics
+from syncd import delivery, limits, metrics
 from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
 from syncd.items.content import read_item, stat_signature
@@ -394,11 +394,9 @@ class Daemon:
         """Per target: what its platform cannot represent of this item (reported, not hidden)."""
         notes: dict[str, str | None] = {}
         for name in folder.targets:
-            platform = self.targets[name].platform
-            if platform not in annotations.SUPPORTED:
-                continue
-            lost = annotations.unsupported_labels(platform, content.sidecar.labels, has_mask=content.mask is not None)
-            notes[name] = f"{platform} cannot represent: {', '.join(lost)}" if lost else None
+            target = self.targets[name]
+            lost = target.unsupported_labels(content.sidecar.labels, has_mask=content.mask is not None)
+            notes[name] = f"{target.platform} cannot represent: {', '.join(lost)}" if lost else None
         return notes
 
     def _record_sig(self, item_id: int, sig: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from syncd.errors import FatalTargetError
+from syncd.labels.support import FEATURES, unsupported_labels, unsupported_types
 
 
 class TargetSettings(BaseModel):
@@ -138,12 +139,33 @@ class Target(ABC):
     Settings: ClassVar[type[TargetSettings]] = TargetSettings
 
     # -- capabilities -------------------------------------------------------------------------
+    #: What the platform can represent of an item's labels: label types plus "mask" and
+    #: "attributes" (``syncd.labels.support.FEATURES``). The rest is never sent: the daemon
+    #: reports it per item (``syncd status``) and ``syncd check`` per target. The default,
+    #: everything, fits a target that stores labels as they are (local); a platform declares
+    #: its own, and its converter (``payload.py``) honours the same declaration.
+    label_types: ClassVar[frozenset[str]] = frozenset(FEATURES)
+    #: True when the platform keeps one classification per item: the first is sent, more
+    #: are reported as "multiple classifications".
+    single_classification: ClassVar[bool] = False
     #: True when a re-send could create a second remote item: after an unknown outcome the
     #: daemon calls ``lookup`` before sending again. False for upsert platforms (the remote
     #: key makes a re-send overwrite).
     create_only: ClassVar[bool] = False
     #: How many items one request may carry. 1 (the default) means one item per ``deliver``.
     max_batch: ClassVar[int] = 1
+
+    @classmethod
+    def unsupported_types(cls) -> list[str]:
+        """What this platform can never represent, in FEATURES order (for ``syncd check``)."""
+        return unsupported_types(cls.label_types)
+
+    @classmethod
+    def unsupported_labels(cls, labels: Iterable[Mapping[str, Any]], *, has_mask: bool = False) -> list[str]:
+        """What one item with ``labels`` (and a mask, with ``has_mask``) would lose on this
+        platform (for ``syncd status``)."""
+        return unsupported_labels(labels, label_types=cls.label_types, single_classification=cls.single_classification,
+                                  has_mask=has_mask)
 
     def __init__(self, name: str, settings: TargetSettings, *, env: Mapping[str, str] | None = None):
         """Build the target without any I/O: credentials are read and the platform reached

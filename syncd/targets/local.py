@@ -27,6 +27,7 @@ from pydantic import Field
 
 from syncd.errors import FatalTargetError, PermanentError
 from syncd.fsutil import write_atomic
+from syncd.labels.support import FEATURES
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
 
 DELIVERY_LOG = ".syncd-deliveries.jsonl"
@@ -43,6 +44,8 @@ class LocalTarget(Target):
     platform = "local"
     Settings = LocalSettings
     create_only = True  # lookup() is cheap and exact: use it to skip re-sends after a crash
+    label_types = frozenset(FEATURES)  # the record keeps the labels and the mask as they are
+    single_classification = False
 
     def __init__(self, name: str, settings: LocalSettings, **kwargs):
         super().__init__(name, settings, **kwargs)

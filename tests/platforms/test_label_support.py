@@ -1,11 +1,14 @@
-"""What each platform can represent, and what one item would lose there."""
+"""What each platform can represent (its Target's ``label_types`` and
+``single_classification``), and what one item would lose there."""
 
 from __future__ import annotations
 
 import pytest
 
-from syncd.annotations import FEATURES, SUPPORTED, unsupported_labels, unsupported_types
-from syncd.targets import REGISTRY
+from syncd.errors import ConfigError
+from syncd.labels.support import FEATURES
+from syncd.targets import REGISTRY, target_class
+from syncd.targets.base import Target
 
 LABELS = [
     {"type": "classification", "label": "day", "attributes": {}},
@@ -14,9 +17,13 @@ LABELS = [
 ]
 
 
-def test_every_registered_platform_has_a_row():
-    assert set(SUPPORTED) == set(REGISTRY)
-    assert unsupported_types("local") == []
+def test_every_registered_platform_declares_what_it_can_represent():
+    for platform in REGISTRY:
+        cls = target_class(platform)
+        declared = {name for klass in cls.__mro__ if klass is not Target for name in vars(klass)}
+        assert {"label_types", "single_classification"} <= declared, platform
+        assert cls.label_types <= set(FEATURES), platform
+    assert target_class("local").unsupported_types() == []
     assert set(FEATURES) == {"classification", "box", "point", "polygon", "polyline", "keypoints", "mask", "attributes"}
 
 
@@ -30,15 +37,15 @@ def test_every_registered_platform_has_a_row():
      ("edgeimpulse-org", ["classification", "keypoints", "mask", "attributes"])],
 )
 def test_what_an_item_would_lose(platform, expected):
-    assert unsupported_labels(platform, LABELS, has_mask=True) == expected
+    assert target_class(platform).unsupported_labels(LABELS, has_mask=True) == expected
 
 
 def test_nothing_to_lose_without_labels_and_one_classification_is_fine():
-    for platform in SUPPORTED:
-        assert unsupported_labels(platform, []) == []
-    assert unsupported_labels("edgeimpulse", LABELS[:1] * 2) == []  # the same class twice is one label
+    for platform in REGISTRY:
+        assert target_class(platform).unsupported_labels([]) == []
+    assert target_class("edgeimpulse").unsupported_labels(LABELS[:1] * 2) == []  # the same class twice is one label
 
 
 def test_unknown_platform():
-    with pytest.raises(ValueError, match="unknown platform 'scale'; known: dataloop, edgeimpulse"):
-        unsupported_types("scale")
+    with pytest.raises(ConfigError, match="unknown platform 'scale'; known platforms: dataloop, edgeimpulse"):
+        target_class("scale")

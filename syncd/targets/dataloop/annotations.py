@@ -1,6 +1,6 @@
 """Labels and masks of a Dataloop item, as its annotations (docs/platforms/dataloop.md).
 
-What is sent is ``syncd.annotations.dataloop.to_dataloop``'s payload (the shapes dtlpy's
+What is sent is ``payload.to_dataloop``'s payload (the shapes dtlpy's
 annotation definitions build), the way dtlpy's ``item.annotations.upload`` sends it: ``POST
 /items/{id}/annotations`` with a JSON array of at most 100 annotations, each with its
 ``itemId`` and ``datasetId``. Labels the dataset's ontology lacks are added first, as
@@ -49,10 +49,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from syncd.annotations.dataloop import DataloopAnnotations, to_dataloop
 from syncd.errors import ItemError, LocalError, TransientError
 from syncd.targets.base import Upload
 from syncd.targets.dataloop.client import DataloopClient
+from syncd.targets.dataloop.payload import DataloopAnnotations, to_dataloop
 from syncd.targets.dataloop.wire import MARKER, user_metadata
 
 log = logging.getLogger(__name__)

@@ -38,6 +38,7 @@ from pydantic import Field, field_validator, model_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
+from syncd.targets.dataloop import payload
 from syncd.targets.dataloop.annotations import EMPTY, PENDING, AnnotationSync, annotations_digest, annotations_state
 from syncd.targets.dataloop.client import DataloopClient
 from syncd.targets.dataloop.wire import MARKER, drop_nulls, metadata_diff, same_json, stored_size, user_metadata
@@ -85,6 +86,8 @@ class DataloopTarget(Target):
     # lookup() is one exact query by path: after an unknown outcome it saves re-uploading
     # the binary. Re-sends are safe without it too (mode=skip + metadata PATCH).
     create_only = True
+    label_types = payload.LABEL_TYPES
+    single_classification = payload.SINGLE_CLASSIFICATION
 
     def __init__(self, name: str, settings: DataloopSettings, **kwargs):
         super().__init__(name, settings, **kwargs)

@@ -19,7 +19,7 @@ briefly absent; a crash in that window is repaired by the next attempt (lookup f
 nothing, so the item is created).
 
 Labels and masks are not sent: organization data items hold files and metadata, no
-annotations (``syncd.annotations.SUPPORTED["edgeimpulse-org"]`` is empty, so the daemon
+annotations (``EdgeImpulseOrgTarget.label_types`` is empty, so the daemon
 reports every item's labels and mask as not representable). The mask is deliberately not
 added as an extra file: Edge Impulse would not read it as a label, and it would have to
 follow the item through every delete-and-create of an image change.
@@ -64,6 +64,8 @@ class EdgeImpulseOrgTarget(Target):
     platform = "edgeimpulse-org"
     Settings = EdgeImpulseOrgSettings
     create_only = True  # a re-send of data/add would create a second item: look it up first
+    label_types = frozenset()  # data items hold files and metadata, no annotations
+    single_classification = False
 
     def __init__(self, name: str, settings: EdgeImpulseOrgSettings, **kwargs):
         super().__init__(name, settings, **kwargs)

@@ -9,7 +9,7 @@ changes use Studio (``{api_url}/api/{projectId}/raw-data/...``): ``.../{sampleId
 with the complete map, ``.../{sampleId}/edit-label``, ``.../{sampleId}/bounding-boxes``
 (the complete list), ``DELETE .../{sampleId}``, and the list route for lookups by name.
 
-Annotations (``syncd.annotations.edgeimpulse.to_edgeimpulse``): box labels and the mask's
+Annotations (``payload.to_edgeimpulse``): box labels and the mask's
 connected regions become the sample's bounding boxes, whole pixels. A new sample gets them
 with its upload (``x-bounding-boxes``, as the official SDK sends them; a list too long for a
 header travels as a ``bounding_boxes.labels`` part, as the CLI uploader sends it). On an
@@ -17,7 +17,7 @@ update the sample, read back anyway, is compared with the wanted list and the co
 is set only when it differs: the route replaces the list, so a re-send after a lost reply
 never duplicates boxes and a metadata-only change sends none. What Edge Impulse cannot hold
 (points, polygons, polylines, keypoints, attributes, extra classifications) is reported by
-the daemon (``syncd.annotations.unsupported_labels``), never sent.
+the daemon (``label_types``, see ``syncd.labels.support``), never sent.
 
 Idempotency (see ``payload`` for names and markers):
 - The sample name comes from the item key; a lookup lists the samples with that name.
@@ -43,17 +43,19 @@ from urllib.parse import quote
 
 from pydantic import Field, field_validator
 
-from syncd.annotations.edgeimpulse import EdgeImpulseLabels, to_edgeimpulse
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
 from syncd.targets.base import Receipt, Target, Upload
+from syncd.targets.edgeimpulse import payload
 from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
 from syncd.targets.edgeimpulse.payload import (
     IMAGE_KEY,
+    EdgeImpulseLabels,
     choose,
     desired_metadata,
     holds_image,
     image_for_upload,
     sample_name,
+    to_edgeimpulse,
 )
 
 UPLOAD_SOURCE = "SYNCD"
@@ -130,6 +132,8 @@ class EdgeImpulseTarget(Target):
     platform = "edgeimpulse"
     Settings = EdgeImpulseSettings
     create_only = True  # a re-send could create a second sample: look it up first
+    label_types = payload.LABEL_TYPES  # a classification is the sample's label; masks become boxes
+    single_classification = payload.SINGLE_CLASSIFICATION
 
     def __init__(self, name: str, settings: EdgeImpulseSettings, **kwargs):
         super().__init__(name, settings, **kwargs)

@@ -1,7 +1,7 @@
 """Labels and masks of a Nucleus item, as ground-truth annotations (docs/platforms/nucleus.md;
 ``Dataset.delete_annotations`` of scale-nucleus 0.22.3).
 
-The payloads are ``syncd.annotations.nucleus.to_nucleus``'s, sent as the SDK sends them:
+The payloads are ``payload.to_nucleus``'s, sent as the SDK sends them:
 non-mask annotations as JSON ``POST dataset/{id}/annotate {"update": true, "annotations"}``
 (batches of 5000), the mask as a multipart ``POST dataset/{id}/annotate`` with a
 ``serialized_request`` part ``{"segmentations": [...], "update": true}`` and a ``mask`` part
@@ -57,11 +57,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from syncd.annotations.nucleus import NucleusAnnotations, to_nucleus
 from syncd.errors import PermanentError, TransientError
 from syncd.targets.base import Upload
 from syncd.targets.nucleus.client import NucleusClient
 from syncd.targets.nucleus.jobs import ItemJobs, classify
+from syncd.targets.nucleus.payload import NucleusAnnotations, to_nucleus
 
 log = logging.getLogger(__name__)
 

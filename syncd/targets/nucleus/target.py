@@ -38,6 +38,7 @@ from pydantic import Field, field_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
+from syncd.targets.nucleus import payload
 from syncd.targets.nucleus.annotations import AnnotationWriter, Plan, plan
 from syncd.targets.nucleus.client import NucleusClient
 from syncd.targets.nucleus.jobs import ItemJobs, JobWaiter, classify
@@ -82,6 +83,8 @@ class NucleusTarget(Target):
     platform = "nucleus"
     Settings = NucleusSettings
     create_only = False  # appends upsert by reference_id
+    label_types = payload.LABEL_TYPES
+    single_classification = payload.SINGLE_CLASSIFICATION  # one category per item
 
     def __init__(self, name: str, settings: NucleusSettings, **kwargs):
         super().__init__(name, settings, **kwargs)

@@ -2,7 +2,7 @@
 
 What goes where, as the official ``redbrick-sdk`` 2.35.4 sends it:
 
-- The labels are the converter's internal import-format labels (``syncd.annotations.redbrick``),
+- The labels are the converter's internal import-format labels (``payload.to_redbrick``),
   sent as ``labelsData``: one compact JSON string (the SDK's ``json.dumps(labels,
   separators=(",", ":"))``).
 - A mask becomes a gzipped NIfTI instance map, uploaded with ``presignUploadsSDK`` (its
@@ -29,7 +29,7 @@ reply never overwrites the work annotators did in RedBrick on a task syncd only 
 Nothing is dropped silently: a mask that cannot be sent (``nibabel`` is not installed) and
 labels RedBrick refused are listed in ``Labels.not_sent`` (the receipt's ``not_sent``) and
 logged; the image and metadata are delivered regardless. Label types RedBrick has no form for
-(keypoints) are reported by the core (``syncd.annotations.unsupported_labels``).
+(keypoints) are reported by the core (``RedBrickTarget.label_types``).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from syncd.annotations.redbrick import to_redbrick
 from syncd.errors import ItemError, LocalError, TransientError
 from syncd.targets.base import Upload
 from syncd.targets.redbrick.client import PRESIGN_UPLOADS, PUT_LABELS, GraphQLRefused, RedBrickClient
+from syncd.targets.redbrick.payload import to_redbrick
 
 LABELS_ARRAY_LIMIT = 1000  # the SDK's: more labels than this go as a labelsDataPath file
 EMPTY = "empty"  # the digest of an item without labels and mask

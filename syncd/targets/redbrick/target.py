@@ -44,6 +44,7 @@ from pydantic import Field, field_validator, model_validator
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
+from syncd.targets.redbrick import payload
 from syncd.targets.redbrick.annotations import (
     EMPTY,
     FIX_NIBABEL,
@@ -119,6 +120,8 @@ class RedBrickTarget(Target):
     platform = "redbrick"
     Settings = RedBrickSettings
     create_only = True  # createDatapoint is not idempotent: look up by name before re-sending
+    label_types = payload.LABEL_TYPES
+    single_classification = payload.SINGLE_CLASSIFICATION
 
     def __init__(self, name: str, settings: RedBrickSettings, **kwargs):
         super().__init__(name, settings, **kwargs)

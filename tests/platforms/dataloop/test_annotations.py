@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from syncd import delivery
-from syncd.annotations.dataloop import to_dataloop
 from syncd.errors import FatalTargetError, TransientError
 from syncd.store import DueDelivery
 from syncd.targets.dataloop import annotations as dataloop_annotations
 from syncd.targets.dataloop.annotations import EMPTY, annotations_digest, signature
+from syncd.targets.dataloop.payload import to_dataloop
 from syncd.targets.dataloop.target import DataloopSettings, DataloopTarget
 from syncd.targets.dataloop.wire import MARKER
 from tests.emulators.dataloop import DataloopEmulator

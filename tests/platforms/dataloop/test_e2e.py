@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from syncd.annotations.dataloop import to_dataloop
 from syncd.targets.dataloop.annotations import signature
+from syncd.targets.dataloop.payload import to_dataloop
 from syncd.targets.dataloop.wire import MARKER
 from tests.daemon_harness import write_config
 from tests.emulators.dataloop import DataloopEmulator

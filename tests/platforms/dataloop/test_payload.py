@@ -52,9 +52,10 @@ import io  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from syncd.annotations import labels_of, unsupported_types  # noqa: E402
-from syncd.annotations.dataloop import to_dataloop  # noqa: E402
 from syncd.labels.masks import mask_of, name_colour  # noqa: E402
+from syncd.labels.support import labels_of  # noqa: E402
+from syncd.targets.dataloop.payload import to_dataloop  # noqa: E402
+from syncd.targets.dataloop.target import DataloopTarget  # noqa: E402
 from tests.helpers import make_upload  # noqa: E402
 
 CLASS_MAP = {"road": [128, 64, 128], "car": [0, 0, 142], "sky": [70, 130, 180]}
@@ -106,7 +107,7 @@ def test_annotations_for_labels_and_one_binary_per_mask_class():
                              "nose": "#%02x%02x%02x" % name_colour("nose"), "roof": "#%02x%02x%02x" % name_colour("roof"),
                              "lane": "#%02x%02x%02x" % name_colour("lane"), "road": "#804080", "sky": "#0a0b0c"}
     assert result.unsupported == ["keypoints"]
-    assert unsupported_types("dataloop") == ["keypoints"]
+    assert DataloopTarget.unsupported_types() == ["keypoints"]
 
 
 def test_same_input_same_annotations():

@@ -67,8 +67,8 @@ import io  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from syncd.annotations import labels_of  # noqa: E402
 from syncd.labels.masks import mask_of  # noqa: E402
+from syncd.labels.support import labels_of  # noqa: E402
 from syncd.targets.dataloop.target import DataloopSettings, DataloopTarget  # noqa: E402
 from syncd.targets.dataloop.wire import MARKER  # noqa: E402
 from tests.emulators.dataloop import DataloopEmulator  # noqa: E402

@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from syncd.annotations import unsupported_labels
-from syncd.annotations.edgeimpulse import to_edgeimpulse
 from syncd.errors import PermanentError, TransientError
-from syncd.targets.edgeimpulse.payload import sample_name, user_metadata
+from syncd.targets.edgeimpulse.payload import sample_name, to_edgeimpulse, user_metadata
 from syncd.targets.edgeimpulse.target import EdgeImpulseSettings, EdgeImpulseTarget
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import make_upload
@@ -192,9 +190,9 @@ def test_what_edge_impulse_cannot_hold_is_reported_and_the_item_delivered(world)
     assert sample["label"] == "day"
     assert sample["boundingBoxes"] == [{"label": "car", "x": 1, "y": 1, "width": 4, "height": 4}]
     # The rest is not sent, and it is listed (the daemon shows this per item in `syncd status`).
-    assert unsupported_labels("edgeimpulse", labels) == [
+    assert EdgeImpulseTarget.unsupported_labels(labels) == [
         "point", "polygon", "polyline", "keypoints", "attributes", "multiple classifications"]
-    assert to_edgeimpulse(upload).unsupported == unsupported_labels("edgeimpulse", labels)
+    assert to_edgeimpulse(upload).unsupported == EdgeImpulseTarget.unsupported_labels(labels)
 
 
 def test_single_label_project_drops_ingested_boxes_and_the_lookup_notices(world):

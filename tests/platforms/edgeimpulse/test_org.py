@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from syncd.annotations import FEATURES, unsupported_labels, unsupported_types
 from syncd.errors import FatalTargetError, PermanentError, TransientError
+from syncd.labels.support import FEATURES
 from syncd.targets.edgeimpulse.org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
 from syncd.targets.edgeimpulse.payload import IMAGE_KEY, VERSION_KEY, sample_name, user_metadata
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
@@ -199,5 +199,5 @@ def test_labels_and_mask_are_reported_not_sent(world):
     assert receipt.extra["version"] == upload.version
     assert world.emulator.files_of(item["id"]) == {"1.png": upload.image}
     assert user_metadata(item["metadata"]) == {"a": "1"}
-    assert unsupported_labels("edgeimpulse-org", labels, has_mask=True) == ["classification", "box", "mask"]
-    assert unsupported_types("edgeimpulse-org") == list(FEATURES)
+    assert EdgeImpulseOrgTarget.unsupported_labels(labels, has_mask=True) == ["classification", "box", "mask"]
+    assert EdgeImpulseOrgTarget.unsupported_types() == list(FEATURES)

@@ -16,8 +16,9 @@ from edgeimpulse_api.models.bounding_box import BoundingBox
 from edgeimpulse_api.models.sample_bounding_boxes_request import SampleBoundingBoxesRequest
 from PIL import Image
 
-from syncd.annotations import unsupported_types
-from syncd.annotations.edgeimpulse import pixel_box, to_edgeimpulse
+from syncd.targets.edgeimpulse.org import EdgeImpulseOrgTarget
+from syncd.targets.edgeimpulse.payload import pixel_box, to_edgeimpulse
+from syncd.targets.edgeimpulse.target import EdgeImpulseTarget
 from tests.helpers import make_upload
 
 CLASS_MAP = {"road": [128, 64, 128], "car": [0, 0, 142]}
@@ -90,6 +91,6 @@ def test_pixel_box_stays_inside_and_non_empty(box, expected):
 
 
 def test_the_platform_limits():
-    assert unsupported_types("edgeimpulse") == ["point", "polygon", "polyline", "keypoints", "attributes"]
-    assert unsupported_types("edgeimpulse-org") == ["classification", "box", "point", "polygon", "polyline",
+    assert EdgeImpulseTarget.unsupported_types() == ["point", "polygon", "polyline", "keypoints", "attributes"]
+    assert EdgeImpulseOrgTarget.unsupported_types() == ["classification", "box", "point", "polygon", "polyline",
                                                     "keypoints", "mask", "attributes"]

@@ -13,7 +13,8 @@ targets side by side with them.
 
 The SDKs run in-process (their only global state is the module-level key and endpoints,
 set with monkeypatch). Both are pinned in tests/requirements-sdk.txt. Known SDK bug, not
-exercised: ``add_organization_data_item`` raises TypeError in 1.96.3 (platform reference §2.4).
+exercised: ``add_organization_data_item`` raises TypeError in 1.96.3
+(docs/platforms/edgeimpulse.md).
 """
 
 from __future__ import annotations

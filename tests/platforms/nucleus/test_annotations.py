@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from syncd.annotations import unsupported_labels
-from syncd.annotations.nucleus import to_nucleus
 from syncd.errors import FatalTargetError, TransientError
 from syncd.targets.base import Receipt
 from syncd.targets.nucleus.annotations import plan
+from syncd.targets.nucleus.payload import to_nucleus
 from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget, created
 from tests.emulators.nucleus import NucleusEmulator
 from tests.helpers import make_upload
@@ -255,7 +254,7 @@ def test_a_deletion_job_still_pending_is_waited_for_before_the_item_is_touched_a
 # -- refusals and what cannot be represented ---------------------------------------------------
 def test_a_second_classification_is_reported_and_the_item_delivered(target, emulator, dataset_id):
     up = upload(LABELS)
-    assert unsupported_labels("nucleus", up.labels) == ["multiple classifications"]
+    assert NucleusTarget.unsupported_labels(up.labels) == ["multiple classifications"]
     target.deliver(up)
     assert remote(emulator, dataset_id)["category"] == [("daytime", "syncd", {"source": "cam"})]
     assert emulator.item(dataset_id, KEY) is not None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from syncd.annotations.nucleus import to_nucleus
+from syncd.targets.nucleus.payload import to_nucleus
 from tests.daemon_harness import write_config
 from tests.emulators.nucleus import NucleusEmulator
 from tests.helpers import image_bytes, make_upload, mask_bytes, write_atomic, write_item

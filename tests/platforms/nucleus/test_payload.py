@@ -71,9 +71,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from syncd.annotations import unsupported_labels, unsupported_types  # noqa: E402
-from syncd.annotations.nucleus import to_nucleus  # noqa: E402
 from syncd.errors import ItemError  # noqa: E402
+from syncd.targets.nucleus.payload import to_nucleus  # noqa: E402
+from syncd.targets.nucleus.target import NucleusTarget  # noqa: E402
 from tests.daemon_harness import REPO  # noqa: E402
 from tests.helpers import make_upload  # noqa: E402
 
@@ -155,8 +155,8 @@ def test_labels_are_validated_again():
 
 
 def test_nucleus_represents_every_label_type():
-    assert unsupported_types("nucleus") == []
-    assert unsupported_labels("nucleus", LABELS[:6], has_mask=True) == []
+    assert NucleusTarget.unsupported_types() == []
+    assert NucleusTarget.unsupported_labels(LABELS[:6], has_mask=True) == []
 
 
 def test_payloads_equal_the_sdks(tmp_path):
@@ -180,6 +180,6 @@ def test_payloads_equal_the_sdks(tmp_path):
 
 
 def ours_labels(upload):
-    from syncd.annotations import labels_of
+    from syncd.labels.support import labels_of
 
     return labels_of(upload)

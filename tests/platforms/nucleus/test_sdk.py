@@ -155,8 +155,8 @@ def test_sdk_round_trip_is_stored_as_sent(emulator, tmp_path):
 
 
 def test_sdk_stops_waiting_on_queued_which_the_target_does_not(emulator, tmp_path):
-    """The SDK's sleep_until_complete returns while a job is still Queued (platform
-    reference §1.5): the item is not there yet. The target polls on to Completed."""
+    """The SDK's sleep_until_complete returns while a job is still Queued
+    (docs/platforms/nucleus.md): the item is not there yet. The target polls on to Completed."""
     dataset_id = emulator.add_dataset("quirk")
     emulator.job_script = ["Queued", "Running"]
     seen = sdk(emulator, tmp_path, phase="queued-quirk")

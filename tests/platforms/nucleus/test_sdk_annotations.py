@@ -80,8 +80,8 @@ if __name__ == "__main__":
 
 import subprocess  # noqa: E402
 
-from syncd.annotations import labels_of  # noqa: E402
-from syncd.annotations.nucleus import to_nucleus  # noqa: E402
+from syncd.labels.support import labels_of  # noqa: E402
+from syncd.targets.nucleus.payload import to_nucleus  # noqa: E402
 from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget  # noqa: E402
 from tests.daemon_harness import REPO  # noqa: E402
 from tests.emulators.nucleus import NucleusEmulator  # noqa: E402

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from syncd.annotations.redbrick import to_redbrick
 from syncd.errors import FatalTargetError, TransientError
 from syncd.targets.redbrick.annotations import EMPTY, FIX_NIBABEL, MASK_NEEDS_NIBABEL, expected_digest
+from syncd.targets.redbrick.payload import to_redbrick
 from syncd.targets.redbrick.target import VERSION_KEY, RedBrickSettings, RedBrickTarget
 from tests.emulators.redbrick import RedBrickEmulator
 from tests.helpers import make_upload

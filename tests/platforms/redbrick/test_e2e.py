@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from syncd.annotations.redbrick import to_redbrick
+from syncd.targets.redbrick.payload import to_redbrick
 from syncd.targets.redbrick.target import VERSION_KEY
 from tests.daemon_harness import write_config
 from tests.emulators.redbrick import RedBrickEmulator

@@ -41,8 +41,8 @@ import io  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from syncd.annotations import unsupported_types  # noqa: E402
-from syncd.annotations.redbrick import to_redbrick  # noqa: E402
+from syncd.targets.redbrick.payload import to_redbrick  # noqa: E402
+from syncd.targets.redbrick.target import RedBrickTarget  # noqa: E402
 from tests.daemon_harness import REPO  # noqa: E402
 from tests.helpers import make_upload  # noqa: E402
 
@@ -97,7 +97,7 @@ def test_internal_labels_are_normalised_and_masks_become_instances():
                                                "hNorm": 0.5, "category": "car", "attributes": {"occluded": True}}]
     assert result.nifti[:2] == b"\x1f\x8b"
     assert result.unsupported == ["keypoints"]
-    assert unsupported_types("redbrick") == ["keypoints"]
+    assert RedBrickTarget.unsupported_types() == ["keypoints"]
 
 
 def test_without_a_mask_there_is_no_nifti():

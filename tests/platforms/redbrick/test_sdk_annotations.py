@@ -40,7 +40,7 @@ if __name__ == "__main__":
 
 import uuid  # noqa: E402  (the test side; the script side above needs only the SDK)
 
-from syncd.annotations.redbrick import to_redbrick  # noqa: E402
+from syncd.targets.redbrick.payload import to_redbrick  # noqa: E402
 from syncd.targets.redbrick.target import RedBrickSettings, RedBrickTarget  # noqa: E402
 from tests.daemon_harness import REPO  # noqa: E402
 from tests.emulators.redbrick import RedBrickEmulator  # noqa: E402

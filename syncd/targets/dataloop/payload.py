@@ -1,4 +1,4 @@
-"""Dataloop annotations (platform reference Part 2 §1.5): the JSON array for
+"""Dataloop annotations (docs/platforms/dataloop.md): the JSON array for
 ``POST /items/{itemId}/annotations``, in the shapes dtlpy's annotation definitions build
 (tests/platforms/dataloop/test_payload.py compares them):
 
@@ -24,11 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.annotations import labels_of, unsupported_labels
 from syncd.labels.classmap import Colour
 from syncd.labels.masks import Mask, binary_rgba_pngs, mask_of, name_colour, png_data_url
+from syncd.labels.support import labels_of, unsupported_labels
 
 MARKER = "syncd"  # the key in metadata.user, as the Dataloop target uses for items
+
+#: What Dataloop can represent (DataloopTarget.label_types): keypoints are not.
+LABEL_TYPES = frozenset({"classification", "box", "point", "polygon", "polyline", "mask", "attributes"})
+SINGLE_CLASSIFICATION = False
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,9 @@ def to_dataloop(upload, *, label_colors: Mapping[str, str] | None = None) -> Dat
             annotations.append(_annotation("binary", name, png_data_url(png), {}, tag))
             names[name] = colours[name]
     palette = {name: label_colors.get(name) or hex_colour(colour or name_colour(name)) for name, colour in names.items()}
-    return DataloopAnnotations(annotations=annotations, labels=palette,
-                               unsupported=unsupported_labels("dataloop", labels, has_mask=mask is not None))
+    lost = unsupported_labels(labels, label_types=LABEL_TYPES, single_classification=SINGLE_CLASSIFICATION,
+                              has_mask=mask is not None)
+    return DataloopAnnotations(annotations=annotations, labels=palette, unsupported=lost)
 
 
 SUPPORTED_TYPES = frozenset({"classification", "point", "box", "polygon", "polyline"})

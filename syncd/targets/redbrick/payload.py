@@ -1,4 +1,4 @@
-"""RedBrick AI labels (platform reference Part 2 §2.4), normalised to 0..1.
+"""RedBrick AI labels (docs/platforms/redbrick.md), normalised to 0..1.
 
 ``to_redbrick(upload)`` gives both forms RedBrick reads, built from the same labels:
 
@@ -11,7 +11,7 @@
   ``polylines``, ``classifications``, ``segmentMap``), which RedBrick's SDK produces from
   the internal form (tests compare with its ``dicom_rb_series`` when available);
 - ``nifti``: the mask as a gzipped NIfTI instance map, one instance id per class present
-  (1..N, platform reference §2.4(c)); the target uploads it and points ``labelsMap`` /
+  (1..N, docs/platforms/redbrick.md); the target uploads it and points ``labelsMap`` /
   ``segmentations`` at it. Needs the optional ``nibabel`` (``pip install 'syncd[redbrick]'``).
 
 Keypoints are not represented (reported in ``unsupported``).
@@ -22,10 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.annotations import attribute_list, labels_of, unsupported_labels
 from syncd.labels.masks import mask_of, nifti_instances
+from syncd.labels.support import attribute_list, labels_of, unsupported_labels
 
 SUPPORTED_TYPES = frozenset({"classification", "box", "point", "polygon", "polyline"})
+
+#: What RedBrick can represent (RedBrickTarget.label_types): keypoints are not.
+LABEL_TYPES = frozenset({"classification", "box", "point", "polygon", "polyline", "mask", "attributes"})
+SINGLE_CLASSIFICATION = False
 
 
 @dataclass(frozen=True)
@@ -94,5 +98,6 @@ def to_redbrick(upload) -> RedBrickLabels:
         for instance, name in instances:
             internal.append({"category": name, "attributes": [], "dicom": {"instanceid": instance}, "volumeindex": 0})
         series["segmentMap"] = {str(instance): {"category": name} for instance, name in instances}
-    return RedBrickLabels(labels=internal, series=series, nifti=nifti,
-                          unsupported=unsupported_labels("redbrick", labels, has_mask=mask is not None))
+    lost = unsupported_labels(labels, label_types=LABEL_TYPES, single_classification=SINGLE_CLASSIFICATION,
+                              has_mask=mask is not None)
+    return RedBrickLabels(labels=internal, series=series, nifti=nifti, unsupported=lost)
