@@ -344,7 +344,7 @@ def fill_journal(config_path: Path, *, mix: JournalMix = JournalMix(), now: floa
     spread over states by ``mix``. Returns the number of items."""
     from syncd.config import load_config
     from syncd.items import IgnoreRules, stat_signature, walk
-    from syncd.store import Store
+    from syncd.journal.store import Store
 
     now = time.time() if now is None else now
     config = load_config(config_path)

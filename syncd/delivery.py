@@ -21,7 +21,7 @@ from typing import Any
 from syncd import limits
 from syncd.errors import FatalTargetError, ItemError, LocalError, PermanentError, SyncdError, TransientError
 from syncd.items import ItemFiles, read_item, to_upload
-from syncd.store import DueDelivery
+from syncd.journal.store import DueDelivery
 from syncd.targets.base import Receipt, Target
 
 log = logging.getLogger("syncd.delivery")

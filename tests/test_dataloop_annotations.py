@@ -18,7 +18,7 @@ from PIL import Image
 from syncd import delivery
 from syncd.annotations.dataloop import to_dataloop
 from syncd.errors import FatalTargetError, TransientError
-from syncd.store import DueDelivery
+from syncd.journal.store import DueDelivery
 from syncd.targets import dataloop_annotations
 from syncd.targets.dataloop import MARKER, DataloopSettings, DataloopTarget
 from syncd.targets.dataloop_annotations import EMPTY, annotations_digest, signature
