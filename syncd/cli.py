@@ -116,7 +116,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    from syncd.store import Store
+    from syncd.journal.store import Store
 
     config = _config(args)
     if not args.keys and not args.failed and not args.incomplete:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from syncd import delivery
 from syncd.errors import FatalTargetError, TransientError
-from syncd.store import DueDelivery
+from syncd.journal.store import DueDelivery
 from syncd.targets.dataloop import annotations as dataloop_annotations
 from syncd.targets.dataloop.annotations import EMPTY, annotations_digest, signature
 from syncd.targets.dataloop.payload import to_dataloop

@@ -7,7 +7,7 @@ import threading
 import time
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
-from syncd.store import Store
+from syncd.journal.store import Store
 from tests.conftest import ScriptedTarget, drive
 from tests.helpers import age_files, image_bytes, write_item
 

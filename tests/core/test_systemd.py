@@ -6,12 +6,11 @@ import re
 import shutil
 import socket
 import subprocess
-from pathlib import Path
 
-from tests.daemon_harness import DaemonProcess, wait_for, write_config
+from tests.daemon_harness import REPO, DaemonProcess, wait_for, write_config
 from tests.helpers import write_item
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "syncd.service"
+UNIT = REPO / "systemd" / "syncd.service"
 
 
 def test_unit_exposure_is_2_or_lower():

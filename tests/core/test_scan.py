@@ -10,7 +10,7 @@ import shutil
 import time
 
 from syncd.scan import Scan
-from syncd.store import Store
+from syncd.journal.store import Store
 from tests.conftest import drive
 from tests.helpers import age_files, image_bytes, mask_bytes, write_item
 

@@ -9,9 +9,7 @@ import pytest
 
 from syncd.config import load_config
 from syncd.errors import ConfigError
-from tests.daemon_harness import run_cli
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.daemon_harness import REPO, run_cli
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from syncd import status
 from syncd.config import load_config
-from syncd.store import Store, connect_readonly
+from syncd.journal.queries import JournalReader
+from syncd.journal.store import Store
 from tests.daemon_harness import write_config
 
 
@@ -31,12 +32,12 @@ def test_counts_with_one_folder_and_with_two_agree(tmp_path):
     store = Store.open(config.daemon.state_dir)
     try:
         fill(store, a, STATES)
-        conn = connect_readonly(config.daemon.state_dir)
-        assert status._only_folder(conn, a)
-        fast = status._delivery_counts(conn, a, "t", True)
-        joined = status._delivery_counts(conn, a, "t", False)
+        journal = JournalReader.open_readonly(config.daemon.state_dir)
+        assert journal.only_folder(a)
+        fast = journal.delivery_counts(a, "t", True)
+        joined = journal.delivery_counts(a, "t", False)
         assert {k: v for k, v in fast.items() if v} == joined == {"acked": 6, "pending": 2, "failed": 1}
-        conn.close()
+        journal.close()
         fill(store, b, [("ready", "acked")] * 3 + [("gone", "pending")])
     finally:
         store.close()
@@ -53,7 +54,7 @@ def test_status_on_a_journal_of_an_older_syncd_migrates_it_first(tmp_path):
 
     from syncd.config import load_config
     from syncd.status import collect
-    from syncd.store import MIGRATIONS
+    from syncd.journal.schema import MIGRATIONS
     from tests.daemon_harness import write_config
 
     config = load_config(write_config(tmp_path, {"local": {"platform": "local", "path": "synced"}}))
