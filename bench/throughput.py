@@ -173,10 +173,11 @@ def run_contender(kind: str, platform: str, creds: dict, listing, images, workdi
     from bench.common import PYTHON, REPO, env_with_repo
 
     if kind == "syncd":
+        from bench.configs import API_KEY_ENV
+
         config = syncd_config(platform, creds, images, workdir, workers)
-        key_env = {"nucleus": "NUCLEUS_API_KEY", "edgeimpulse": "EI_API_KEY"}[platform]
         command = [PYTHON, "-m", "syncd", "once", "--config", str(config)]
-        env = env_with_repo({key_env: creds["api_key"]})
+        env = env_with_repo({API_KEY_ENV[platform]: creds["api_key"]})
     elif kind == "hand":
         command = [PYTHON, str(REPO / "bench" / "throughput.py"), "--hand", platform, json.dumps(creds), str(listing),
                    str(workers)]
@@ -201,20 +202,12 @@ def run_contender(kind: str, platform: str, creds: dict, listing, images, workdi
 def syncd_config(platform: str, creds: dict, images, workdir, workers: int):
     import shutil
 
-    from tests.daemon_harness import write_config
+    from bench.configs import write_platform_config
 
     run_dir = workdir / f"syncd-{platform}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    if platform == "nucleus":
-        table = {"platform": "nucleus", "dataset_id": creds["dataset_id"], "base_url": creds["endpoint"],
-                 "workers": workers}
-    else:
-        table = {"platform": "edgeimpulse", "project_id": creds["project_id"], "ingestion_url": creds["url"],
-                 "api_url": creds["url"] + "/v1", "category": "training", "label_source": "none", "workers": workers}
-    return write_config(run_dir, {platform: table}, folders=[{"path": str(images), "targets": [platform]}],
-                        daemon={"state_dir": str(run_dir / "state"), "settle_seconds": 2.0})
+    return write_platform_config(run_dir, platform, creds, images, workers=workers)
 
 
 def main(argv: list[str] | None = None):
