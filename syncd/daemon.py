@@ -195,6 +195,7 @@ class Daemon:
         try:
             with self.store.transaction():
                 work(now)
+                self.health.record_rates()
         except LocalError:
             self.dispatcher.rolled_back(saved[0])
             self.health.restore(saved[1])
@@ -217,7 +218,6 @@ class Daemon:
             self.dispatcher.next_due.pop(name, None)
         self.settler.newly_due.clear()
         self.dispatcher.dispatch(now)
-        self.health.record_rates()
 
     def _collect(self, now: float, block: float = 0.0) -> None:
         """Record the reports on the inbox (waiting up to ``block`` seconds for one)."""

@@ -23,7 +23,6 @@ Per target, each pass (inside the coordinator's pass transaction):
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -309,7 +308,9 @@ class Dispatcher:
             if self.jobs.count(name):
                 self._jobs_step(name, now)
             free = self.health.slots(name, now) - self.tasks[name]
-            if free <= 0 or (target.has_jobs and self.jobs.full(name)):
+            if target.has_jobs:  # each batch may become a job: stay under the cap
+                free = min(free, self.jobs.room(name) - self.tasks[name])
+            if free <= 0:
                 continue
             if 0 < self.next_due.get(name, 0.0) - now <= DUE_RECHECK:
                 continue  # nothing is due before then (a report or a settled item makes it sooner)
@@ -327,7 +328,7 @@ class Dispatcher:
         assert self.store is not None
         solo = [[row] for row in rows if row.solo]
         rest = [row for row in rows if not row.solo]
-        size = max(1, min(target.max_batch, math.ceil(len(rest) / max(1, free - len(solo)))))
+        size = target.max_batch  # full batches first: fewer requests (rate limits), the rest in parallel
         batches = (solo + [rest[i:i + size] for i in range(0, len(rest), size)])[:free]
         handed = 0
         for batch in batches:
@@ -364,7 +365,7 @@ class Dispatcher:
         for name, target in self.targets.items():
             if name in self.health.paused or self.health.slots(name, now) - self.tasks[name] <= 0:
                 continue
-            if not (target.has_jobs and self.jobs.full(name)):
+            if not target.has_jobs or self.jobs.room(name) > self.tasks[name]:
                 times.append(self.next_due.get(name, now))
         jobs = self.jobs.next_deadline(self.health.paused)
         if jobs is not None:

@@ -33,7 +33,8 @@ class Job:
     target: str
     job_id: str
     submitted_at: float
-    timer_start: float  # job_timeout counts from here (a restart gives a job its full time again)
+    timer_start: float | None  # job_timeout counts from here (None: from the next pass; a restart
+    # gives a job its full time again)
     next_poll_at: float
     polls: int = 0
     items: list[tuple[DueDelivery, Upload | None, ItemFiles | None]] = field(default_factory=list)
@@ -57,7 +58,8 @@ class JobBook:
         job = self.jobs[target].get(job_id)
         if job is None:
             delay = min(FIRST_POLL * 2 ** polls, self._setting(target, "job_poll_interval", DEFAULT_POLL_INTERVAL))
-            job = Job(target, job_id, submitted_at if submitted_at is not None else now, now, now + delay, polls)
+            restored = submitted_at is not None
+            job = Job(target, job_id, submitted_at if restored else now, None if restored else now, now + delay, polls)
             self.jobs[target][job_id] = job
         job.items.append(item)
         return job
@@ -71,9 +73,9 @@ class JobBook:
     def count(self, target: str) -> int:
         return len(self.jobs[target])
 
-    def full(self, target: str) -> bool:
-        """True when ``target`` holds as many jobs as it may: no new batch until one ends."""
-        return len(self.jobs[target]) >= int(self._setting(target, "max_jobs", DEFAULT_MAX_JOBS))
+    def room(self, target: str) -> int:
+        """How many more jobs ``target`` may hold (no new batch while there is no room)."""
+        return int(self._setting(target, "max_jobs", DEFAULT_MAX_JOBS)) - len(self.jobs[target])
 
     def due_polls(self, target: str, now: float) -> list[str]:
         """Jobs of ``target`` to read now (none while its poll task is out)."""
@@ -93,7 +95,7 @@ class JobBook:
         timeout = self._setting(target, "job_timeout", DEFAULT_JOB_TIMEOUT)
         out = []
         for job in self.jobs[target].values():
-            if job.timer_start > now:  # the clock was set back
+            if job.timer_start is None or job.timer_start > now:  # restored, or the clock was set back
                 job.timer_start = now
             if not job.finishing and now - job.timer_start > timeout:
                 out.append(job)
@@ -114,7 +116,7 @@ class JobBook:
             timeout = self._setting(target, "job_timeout", DEFAULT_JOB_TIMEOUT)
             for job in jobs.values():
                 if not job.finishing:
-                    times.append(job.timer_start + timeout)
+                    times.append(job.timer_start + timeout if job.timer_start is not None else 0.0)
                     if target not in self.polling:
                         times.append(job.next_poll_at)
         return min(times) if times else None
