@@ -48,6 +48,7 @@ log = logging.getLogger("syncd.daemon")
 
 LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
 CACHE_BYTES = 64 << 20  # settled content kept in memory for the workers (read once)
+PRESENCE_EVERY = 0.5  # seconds between looks at the folders' presence when nothing else asks
 
 
 def build_targets(config: Config) -> dict[str, Target]:
@@ -82,6 +83,7 @@ class Daemon:
                                      stopping=self.stop_event.is_set)
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
         self.local_retry_at = 0.0
+        self._presence_at = float("-inf")
         self.metrics = Metrics(config.metrics)
 
     # -- what the parts hold (for the loops, status lines and tests) -----------------------------
@@ -152,6 +154,7 @@ class Daemon:
         if held:
             log.info("%d deliveries are held by remote jobs; the next start waits for those jobs", held)
         self.dispatcher.shutdown()
+        self.settler.close()
         for target in self.targets.values():
             target.close()
         if self.store:
@@ -204,8 +207,13 @@ class Daemon:
         self.dispatcher.committed()
 
     def _pass(self, now: float) -> None:
-        self.folders.check_presence(self.watcher, watching=self.watch)
-        for path in dict.fromkeys(self.watcher.drain()):  # a burst names a path many times
+        events = self.watcher.drain()
+        # Whether the folders are there (mounted) is looked at before anything could read an
+        # absent folder as "every item was deleted": events, a rescan; else twice a second.
+        if events or self.settler.rescan_due(now) or not 0 <= now - self._presence_at < PRESENCE_EVERY:
+            self._presence_at = now
+            self.folders.check_presence(self.watcher, watching=self.watch)
+        for path in dict.fromkeys(events):  # a burst names a path many times
             self.settler.hint(Path(path), now)
         if self.watch:
             self.watcher.supervise()

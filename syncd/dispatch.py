@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -42,6 +41,7 @@ from syncd.journal.store import DueDelivery, Store
 from syncd.settle import Settler
 from syncd.targets import Target
 from syncd.targets.base import JobState
+from syncd.workers import Workers
 
 log = logging.getLogger("syncd.dispatch")
 
@@ -84,7 +84,7 @@ class Dispatcher:
         self.rng = rng
         self.stopping: Callable[[], bool] = stopping
         self.store: Store | None = None  # set by the daemon once the journal is open
-        self.executors: dict[str, ThreadPoolExecutor] = {}
+        self.executors: dict[str, Workers] = {}
         self.jobs = JobBook(targets)
         self.in_flight: dict[tuple[int, str], str] = {}
         self.tasks: Counter = Counter()  # target -> send and finish tasks out
@@ -103,7 +103,7 @@ class Dispatcher:
         """Start the workers; take over the jobs the journal lists (polled, not re-sent)."""
         assert self.store is not None
         for name, target in self.targets.items():
-            self.executors[name] = ThreadPoolExecutor(target.settings.workers, thread_name_prefix=f"upload-{name}")
+            self.executors[name] = Workers(target.settings.workers, f"upload-{name}")
         for job in self.store.outstanding_jobs():
             if job.target not in self.targets:
                 continue

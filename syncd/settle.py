@@ -23,13 +23,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.config import DaemonSettings
 from syncd.errors import ItemError
 from syncd.folders import Folder, Folders
-from syncd.items.content import ContentCache, read_item, stat_signature
+from syncd.items.content import ContentCache, ItemContent, read_item, stat_signature
 from syncd.items.convention import ItemFiles, printable, probe_item, role_of
 from syncd.journal.store import Store
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
@@ -40,6 +41,8 @@ from syncd.watcher import FolderWatcher
 log = logging.getLogger("syncd.settle")
 
 SETTLE_SLICE = 0.02  # seconds of reading settled items per pass
+READERS = min(4, os.cpu_count() or 1)  # threads reading complete items in parallel
+READ_CHUNK = 4 * READERS  # complete items read together
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Settler:
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
+        self._readers: ThreadPoolExecutor | None = None
 
     # -- scans and hints --------------------------------------------------------------------
     def scan(self, now: float) -> None:
@@ -221,15 +225,6 @@ class Settler:
             heapq.heappop(self._heap)  # superseded
         return None
 
-    def _due(self, now: float) -> list[Settling]:
-        due = []
-        while self._heap and self._heap[0][0] <= now:
-            _, ticket, item_id = heapq.heappop(self._heap)
-            entry = self.settling.get(item_id)
-            if entry is not None and entry.ticket == ticket:
-                due.append(entry)
-        return due
-
     # -- settling -----------------------------------------------------------------------------
     def settle(self, now: float) -> None:
         """Look at the settling items whose deadline came; read those that are complete."""
@@ -239,14 +234,32 @@ class Settler:
                 entry.since, entry.first = min(entry.since, now), min(entry.first, now)
                 self._schedule(entry, now)
         self._last_now = now
-        settle = self.cfg.settle_seconds
         # Reading (decoding, hashing) items is the expensive part: a pass reads for at most
         # SETTLE_SLICE seconds, so a burst of thousands of files is delivered while the rest
         # of it is still being read instead of after all of it.
         deadline = time.monotonic() + SETTLE_SLICE
-        due = self._due(now)
-        for position, entry in enumerate(due):
-            item_id = entry.item_id
+        later: list[Settling] = []  # looked at again by the next pass
+        while self._heap and self._heap[0][0] <= now:
+            if time.monotonic() > deadline:
+                self.wake.set()  # more is due: the next pass goes on right after dispatching
+                break
+            ready = self._complete(now, READ_CHUNK, later)
+            if ready:
+                self._read_all(ready, now)
+        for entry in later:
+            self._push(entry, now)
+
+    def _complete(self, now: float, limit: int, later: list[Settling]) -> list[Settling]:
+        """Up to ``limit`` due items whose files are complete (no longer settling); the other
+        due items get their next deadline."""
+        assert self.store is not None
+        settle = self.cfg.settle_seconds
+        ready: list[Settling] = []
+        while self._heap and self._heap[0][0] <= now and len(ready) < limit:
+            _, ticket, item_id = heapq.heappop(self._heap)
+            entry = self.settling.get(item_id)
+            if entry is None or entry.ticket != ticket:
+                continue  # superseded
             if entry.folder.missing:
                 self._push(entry, now + settle)
                 continue
@@ -258,32 +271,27 @@ class Settler:
                     self._observed_invalid(entry.folder, entry.files, str(exc), now, None)
                     continue
                 except OSError:
-                    self._refind(entry, now)
+                    self._refind(entry, now, later)
                     continue
                 entry.observed_at = now
                 if sig != entry.sig:
                     entry.sig, entry.since, entry.quiet = sig, now, quiet
             if entry.since > now:  # the clock was set back: quiet from now on
                 entry.since, entry.first = now, min(entry.first, now)
-            quiet_enough = now - entry.since >= settle or (entry.quiet <= now and now - entry.quiet >= settle)
-            if not quiet_enough:
-                if now - entry.first >= self.cfg.max_settle_seconds and not entry.reported:
-                    message = (f"{entry.files.image}: still being written after {now - entry.first:.0f}s; "
-                               "it is delivered once it stops changing")
-                    log.warning(message)
-                    self.store.settling_error(item_id, message, now)
-                    entry.reported = True
-                self._schedule(entry, now)
+            if now - entry.since >= settle or (entry.quiet <= now and now - entry.quiet >= settle):
+                del self.settling[item_id]
+                ready.append(entry)
                 continue
-            if time.monotonic() > deadline:
-                for rest in due[position:]:  # due now still: the next pass goes on right after dispatching
-                    self._push(rest, rest.check_at)
-                self.wake.set()
-                break
-            del self.settling[item_id]
-            self._read(entry, now)
+            if now - entry.first >= self.cfg.max_settle_seconds and not entry.reported:
+                message = (f"{entry.files.image}: still being written after {now - entry.first:.0f}s; "
+                           "it is delivered once it stops changing")
+                log.warning(message)
+                self.store.settling_error(item_id, message, now)
+                entry.reported = True
+            self._schedule(entry, now)
+        return ready
 
-    def _refind(self, entry: Settling, now: float) -> None:
+    def _refind(self, entry: Settling, now: float, later: list[Settling]) -> None:
         """A file of the settling item vanished: find what it is now, or mark it gone."""
         assert self.store is not None
         files = entry.files
@@ -294,17 +302,37 @@ class Settler:
             self.store.gone(entry.item_id, now)
             self.on_gone(entry.item_id)
             return
-        entry.files, entry.sig, entry.since = fresh, "", now  # observed again at its next deadline
-        self._push(entry, now)
+        entry.files, entry.sig, entry.since = fresh, "", now  # observed again by the next pass
+        later.append(entry)
 
-    def _read(self, entry: Settling, now: float) -> None:
+    def _read_all(self, ready: list[Settling], now: float) -> None:
+        """Read, validate and hash ``ready`` items (in parallel: decoding and hashing release the
+        GIL), then journal each one's outcome in order."""
+        if len(ready) == 1 or READERS < 2:
+            results = _load(ready, self.read_options)
+        else:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(READERS - 1, thread_name_prefix="read")
+            # One part per thread, this one included (not one task per item).
+            parts = [ready[i::READERS] for i in range(READERS)]
+            others = [self._readers.submit(_load, part, self.read_options) for part in parts[1:] if part]
+            loaded = [_load(parts[0], self.read_options)] + [future.result() for future in others]
+            by_entry = {id(entry): result for part, results in zip(parts, loaded) for entry, result in zip(part, results)}
+            results = [by_entry[id(entry)] for entry in ready]
+        for entry, result in zip(ready, results):
+            self._settled(entry, result, now)
+
+    def close(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=False, cancel_futures=True)
+            self._readers = None
+
+    def _settled(self, entry: Settling, content: ItemContent | ItemError, now: float) -> None:
         assert self.store is not None
         item_id, folder = entry.item_id, entry.folder
-        try:
-            content = read_item(entry.files, **self.read_options)
-        except ItemError as exc:
-            log.warning("item %s is invalid: %s", entry.files.key, exc)
-            self.store.invalid(item_id, str(exc), folder.targets, now)
+        if isinstance(content, ItemError):
+            log.warning("item %s is invalid: %s", entry.files.key, content)
+            self.store.invalid(item_id, str(content), folder.targets, now)
             self.store.record_stat_sig(item_id, entry.sig)
             return
         label_error = "; ".join(content.label_errors) or None
@@ -324,6 +352,17 @@ class Settler:
             lost = target.unsupported_labels(content.sidecar.labels, has_mask=content.mask is not None)
             notes[name] = f"{target.platform} cannot represent: {', '.join(lost)}" if lost else None
         return notes
+
+
+def _load(entries: list[Settling], read_options: dict) -> list[ItemContent | ItemError]:
+    """Each entry's content, or the ItemError that makes it invalid."""
+    results: list[ItemContent | ItemError] = []
+    for entry in entries:
+        try:
+            results.append(read_item(entry.files, **read_options))
+        except ItemError as exc:
+            results.append(exc)
+    return results
 
 
 def _opt(path: Path | None) -> str | None:

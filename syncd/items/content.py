@@ -172,10 +172,11 @@ class ContentCache:
 
 
 def display_name(files: ItemFiles, path: Path) -> str:
-    try:
-        return f"{files.root.name}/{path.relative_to(files.root).as_posix()}"
-    except ValueError:
-        return str(path)
+    """``path`` as messages show it: from the watched folder's name down (``inbox/cam1/f.png``)."""
+    root, text = str(files.root), str(path)  # strings: this runs for every file read
+    if text.startswith(root) and text[len(root):len(root) + 1] == "/":
+        return f"{files.root.name}{text[len(root):]}"
+    return text
 
 
 def _read(path: Path, files: ItemFiles) -> bytes:

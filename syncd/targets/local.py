@@ -15,7 +15,6 @@ the exactly-once tests).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import threading
@@ -51,6 +50,10 @@ class LocalTarget(Target):
         super().__init__(name, settings, **kwargs)
         self.root: Path = settings.path
         self._log_lock = threading.Lock()
+        self._resolved_root: Path | None = None
+        self._started = time.time()
+        self._swept: set[Path] = set()  # directories whose stale temp files are removed
+        self._sweep_lock = threading.Lock()
 
     def check(self) -> list[str]:
         """The dataset directory exists (created if missing) and is writable; FatalTargetError
@@ -64,8 +67,10 @@ class LocalTarget(Target):
         return []
 
     def _paths(self, key: str, suffix: str) -> tuple[Path, Path, Path]:
+        if self._resolved_root is None:
+            self._resolved_root = self.root.resolve()
         base = (self.root / key).resolve()
-        if not base.is_relative_to(self.root.resolve()):
+        if not base.is_relative_to(self._resolved_root):
             raise PermanentError(f"item key {key!r} escapes the dataset directory {self.root}")
         return base.with_name(base.name + suffix), base.with_name(base.name + ".mask.png"), base.with_name(base.name + ".json")
 
@@ -82,8 +87,7 @@ class LocalTarget(Target):
         atomically; the record is the commit point. A re-send overwrites the same files, so
         it can never make a second item. A key escaping the directory is a PermanentError."""
         image_path, mask_path, record_path = self._paths(upload.key, upload.image_suffix)
-        for path in (image_path, mask_path, record_path):
-            _remove_stale_temps(path)
+        self._sweep(image_path.parent)
         fsync = self.settings.fsync
         write_atomic(image_path, upload.image, fsync=fsync)
         if upload.mask is not None:
@@ -104,7 +108,8 @@ class LocalTarget(Target):
             "source_path": str(upload.source_path),
             "delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_atomic(record_path, json.dumps(record, indent=2, sort_keys=True).encode(), fsync=fsync)
+        # Compact: json's indenting encoder is pure Python (several times the C one's cost).
+        write_atomic(record_path, json.dumps(record, sort_keys=True).encode(), fsync=fsync)
         if self.settings.log_deliveries:
             self._log(upload)
         return Receipt(remote_id=str(record_path.relative_to(self.root)), extra={"version": upload.version})
@@ -124,8 +129,23 @@ class LocalTarget(Target):
         return Receipt(remote_id=str(record_path.relative_to(self.root)), extra={"version": record.get("version")})
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Remove temp files a killed earlier delivery of this file left behind (see fsutil)."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            stale.unlink(missing_ok=True)
+    def _sweep(self, directory: Path) -> None:
+        """Remove the temp files a killed earlier process left in ``directory`` (see fsutil),
+        once per directory and process, before the first delivery into it: those older than
+        this process. (Listing the directory for every file made a delivery cost as much as
+        the directory is large.) The temp files of this process's own writes are younger."""
+        with self._sweep_lock:
+            if directory in self._swept:
+                return
+            self._swept.add(directory)
+        try:
+            with os.scandir(directory) as entries:
+                stale = [entry for entry in entries if entry.name.startswith(".") and entry.name.endswith(".tmp")]
+        except FileNotFoundError:
+            return
+        for entry in stale:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < self._started:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
