@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -77,19 +77,30 @@ def backoff_delay(attempts: int, retry_after: float | None, *, base: float, cap:
     return delay
 
 
-def prepare(due: DueDelivery, files: ItemFiles, *, cache: ContentCache | None,
-            read_options: dict[str, Any]) -> Upload | Outcome:
-    """The ``Upload`` of exactly the journaled version of ``due``, or its outcome (stale, invalid)."""
+def prepare(due: DueDelivery, files: ItemFiles | None, *, cache: ContentCache | None,
+            read_options: dict[str, Any], files_for: Callable[[DueDelivery], ItemFiles | None] | None = None
+            ) -> Upload | Outcome:
+    """The ``Upload`` of exactly the journaled version of ``due``, or its outcome (stale, invalid).
+
+    ``files``: the item's files, or None to take those its content was cached with (else
+    ``files_for(due)``: from the paths the journal has)."""
     content = None
-    if cache is not None:
+    entry = cache.entry(due.item_id) if cache is not None else None
+    if entry is not None and entry[1].version == due.version:
+        files = files or entry[2]
         try:
-            sig = stat_signature(files)[0]
+            sig = stat_signature(files)[0] if files is not None else None
         except (OSError, ItemError):
             sig = None  # the read below says what is wrong
-        content = cache.get(due.item_id, sig) if sig is not None else None
-        if content is not None and not verified(content, due.version):
-            log.warning("cached content of %s does not hash to version %s: reading it again", due.key, due.version)
-            content = None
+        if sig == entry[0]:
+            content = entry[1]
+            if not verified(content, due.version):
+                log.warning("cached content of %s does not hash to version %s: reading it again", due.key, due.version)
+                content = None
+    if files is None and files_for is not None:
+        files = files_for(due)
+    if files is None:
+        return Outcome(due, INVALID, message=f"{due.key}: its image is gone")
     if content is None:
         try:
             content = read_item(files, **read_options, expect_version=due.version)
@@ -100,14 +111,15 @@ def prepare(due: DueDelivery, files: ItemFiles, *, cache: ContentCache | None,
     return to_upload(files, content, Receipt.from_json(due.receipt))
 
 
-def send_batch(batch: Sequence[tuple[DueDelivery, ItemFiles]], target: Target, *, cache: ContentCache | None,
-               read_options: dict[str, Any]) -> list[Outcome]:
+def send_batch(batch: Sequence[tuple[DueDelivery, ItemFiles | None]], target: Target, *,
+               cache: ContentCache | None, read_options: dict[str, Any],
+               files_for: Callable[[DueDelivery], ItemFiles | None] | None = None) -> list[Outcome]:
     """One attempt for each item of ``batch`` (at most ``target.max_batch``); never raises.
     Returns one outcome per item, in order."""
     outcomes: list[Outcome | None] = []
     ready: list[tuple[DueDelivery, Upload]] = []
     for due, files in batch:
-        prepared = prepare(due, files, cache=cache, read_options=read_options)
+        prepared = prepare(due, files, cache=cache, read_options=read_options, files_for=files_for)
         outcomes.append(prepared if isinstance(prepared, Outcome) else None)
         if not isinstance(prepared, Outcome):
             ready.append((due, prepared))
@@ -116,11 +128,6 @@ def send_batch(batch: Sequence[tuple[DueDelivery, ItemFiles]], target: Target, *
             sent = iter(send_uploads(ready, target))
         outcomes = [outcome if outcome is not None else next(sent) for outcome in outcomes]
     return outcomes  # type: ignore[return-value]
-
-
-def attempt(due: DueDelivery, files: ItemFiles, target: Target, *, read_options: dict[str, Any]) -> Outcome:
-    """One delivery attempt of one item (files read again); never raises."""
-    return send_batch([(due, files)], target, cache=None, read_options=read_options)[0]
 
 
 def _send(due: DueDelivery, upload: Upload, target: Target) -> Outcome:
@@ -236,6 +243,9 @@ def finish_job(target: Target, job_id: str, state: JobState,
     kept: list[tuple[DueDelivery, Upload]] = []
     for due, upload, files in items:
         if upload is None:
+            if files is None:
+                outcomes.append(Outcome(due, STALE, message=f"{due.key}: its folder is not configured any more"))
+                continue
             prepared = prepare(due, files, cache=None, read_options=read_options)
             if isinstance(prepared, Outcome):
                 outcomes.append(replace(prepared, kind=STALE) if prepared.kind == INVALID else prepared)

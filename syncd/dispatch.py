@@ -97,6 +97,7 @@ class Dispatcher:
         self._staged: list = []  # handed to the executors once the pass committed
         self._acked: list[DueDelivery] = []  # for after_upload, once the pass committed
         self._deleted: list[int] = []  # deleted after upload: journaled by the next pass
+        self._succeeded: set[str] = set()  # targets that acked something in this pass
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -164,6 +165,7 @@ class Dispatcher:
         reports = self.unrecorded + self.inbox.drain()
         self.unrecorded = []
         self._taken = reports
+        self._succeeded: set[str] = set()
         for report in reports:
             if isinstance(report, SendReport):
                 self.tasks[report.target] -= 1
@@ -176,6 +178,8 @@ class Dispatcher:
             elif isinstance(report, CheckReport):
                 self.health.checked(report, now)
                 self.next_due.pop(report.target, None)
+        for name in self._succeeded:
+            self.store.target_succeeded(name, now)
 
     def _record(self, outcome: Outcome, now: float) -> None:
         assert self.store is not None
@@ -190,7 +194,8 @@ class Dispatcher:
             gate.served(now)
         if kind == delivery.ACKED:
             assert outcome.receipt is not None
-            self.store.acked(due.item_id, name, outcome.receipt.to_json(), now)
+            self.store.acked(due.item_id, name, outcome.receipt.to_json(), now, succeeded=False)
+            self._succeeded.add(name)
             not_sent = outcome.receipt.extra.get("not_sent")
             if not_sent:
                 self.store.add_note(due.item_id, name, "not sent: " + "; ".join(map(str, not_sent)))
@@ -337,13 +342,12 @@ class Dispatcher:
                 folder = self.folders.named(due.folder)
                 if folder is None or folder.missing:
                     continue
-                files = folder.files(due.key, due.image, due.sidecar, due.mask)
-                if files is None:
+                if not due.image:
                     self.store.gone(due.item_id, now)
                     continue
                 self.store.intend(due.item_id, name, due.version, now)
                 self.in_flight[(due.item_id, name)] = due.key
-                items.append((due, files))
+                items.append((due, None))  # its files: the worker takes them from the cache or the row
             if items:
                 handed += 1
                 self.tasks[name] += 1
@@ -378,7 +382,8 @@ class Dispatcher:
 
     def _send_task(self, name: str, items: list) -> None:
         try:
-            outcomes = delivery.send_batch(items, self.targets[name], cache=self.cache, read_options=self.read_options)
+            outcomes = delivery.send_batch(items, self.targets[name], cache=self.cache, read_options=self.read_options,
+                                           files_for=self._files_for)
         except Exception as exc:  # a bug: each item is retried, its outcome unknown
             log.exception("unexpected error sending a batch to %s", name)
             outcomes = [delivery.error_outcome(due, exc, self.targets[name]) for due, _ in items]
@@ -399,6 +404,11 @@ class Dispatcher:
             log.exception("unexpected error finishing job %s of %s", job_id, name)
             result = TransientError(f"internal error finishing job {job_id}: {exc}")
         self.inbox.put(FinishReport(name, job_id, result))
+
+    def _files_for(self, due: DueDelivery):
+        """The item's files at the paths the journal has (in a worker: no journal access)."""
+        folder = self.folders.named(due.folder)
+        return folder.files(due.key, due.image, due.sidecar, due.mask) if folder is not None else None
 
     # -- after upload ---------------------------------------------------------------------------
     def _after_upload(self, due: DueDelivery) -> None:

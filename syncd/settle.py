@@ -9,7 +9,8 @@ for the upload workers (read once). Bad files make it ``invalid``; a file still 
 after ``max_settle_seconds`` is reported, not sent half-written.
 
 Cheap per item: each settling item has its own deadline (a heap), so a pass stats only the
-items whose deadline came, and an item observed in this very pass is not stat'ed again.
+items whose deadline came, and an item observed less than ``FRESH`` ago (by the scan that
+found it, usually in the same pass) is not stat'ed again.
 Reading is bounded per pass (``SETTLE_SLICE``) so a burst is delivered while the rest of it
 is still being read.
 """
@@ -43,6 +44,7 @@ log = logging.getLogger("syncd.settle")
 SETTLE_SLICE = 0.02  # seconds of reading settled items per pass
 READERS = min(4, os.cpu_count() or 1)  # threads reading complete items in parallel
 READ_CHUNK = 4 * READERS  # complete items read together
+FRESH = 1.0  # seconds: an item stat'ed this recently (by the scan that found it) is not stat'ed again
 
 
 @dataclass
@@ -263,7 +265,7 @@ class Settler:
             if entry.folder.missing:
                 self._push(entry, now + settle)
                 continue
-            if entry.observed_at != now:  # stat'ed in this very pass: that is its latest look
+            if not 0 <= now - entry.observed_at < FRESH:  # stat'ed just now: that is its latest look
                 try:
                     sig, quiet = stat_signature(entry.files)
                 except ItemError as exc:
@@ -340,7 +342,7 @@ class Settler:
             log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
         self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
                            notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
-        self.cache.put(item_id, entry.sig, content)
+        self.cache.put(item_id, entry.sig, content, entry.files)
         self.newly_due.update(folder.targets)
         log.debug("item %s settled at version %s", entry.files.key, content.version)
 

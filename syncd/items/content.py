@@ -138,16 +138,17 @@ class ContentCache:
 
     def __init__(self, max_bytes: int = 64 << 20):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[int, tuple[str, ItemContent]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[str, ItemContent, ItemFiles | None]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, item_id: int, sig: str, content: ItemContent) -> None:
+    def put(self, item_id: int, sig: str, content: ItemContent, files: ItemFiles | None = None) -> None:
+        """Keep ``content`` read from ``files`` at stat signature ``sig``."""
         if content.size > self.max_bytes:
             return
         with self._lock:
             self._pop(item_id)
-            self._entries[item_id] = (sig, content)
+            self._entries[item_id] = (sig, content, files)
             self._bytes += content.size
             while self._bytes > self.max_bytes:
                 self._pop(next(iter(self._entries)))
@@ -157,6 +158,11 @@ class ContentCache:
         with self._lock:
             entry = self._entries.get(item_id)
         return entry[1] if entry is not None and entry[0] == sig else None
+
+    def entry(self, item_id: int) -> tuple[str, ItemContent, ItemFiles | None] | None:
+        """``(sig, content, files)`` cached for the item, whatever its signature, or None."""
+        with self._lock:
+            return self._entries.get(item_id)
 
     def drop(self, item_id: int) -> None:
         with self._lock:
@@ -179,13 +185,26 @@ def display_name(files: ItemFiles, path: Path) -> str:
     return text
 
 
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+
+
 def _read(path: Path, files: ItemFiles) -> bytes:
-    if path.is_symlink() and not path.resolve().is_relative_to(files.root.resolve()):
-        raise ItemError(
-            f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: copy the file in instead"
-        )
     try:
-        with open(path, "rb") as handle:
+        try:
+            fd = os.open(path, _READ_FLAGS | os.O_NOFOLLOW)  # no lstat first: this refuses a symlink
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            # A symlink: read only if it leads to a file inside the watched folder.
+            try:
+                inside = path.resolve().is_relative_to(files.root.resolve())
+            except RuntimeError:  # a loop (Python < 3.13)
+                raise OSError(errno.ELOOP, "Too many levels of symbolic links") from None
+            if not inside:
+                raise ItemError(f"{display_name(files, path)}: a symlink leading outside the watched folder is "
+                                "refused: copy the file in instead") from None
+            fd = os.open(path, _READ_FLAGS)
+        with open(fd, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
         raise ItemError(f"{display_name(files, path)}: the file disappeared before it could be read") from None

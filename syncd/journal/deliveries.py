@@ -125,25 +125,27 @@ class Deliveries(Writer):
             ]
         )
 
-    def acked(self, item_id: int, target: str, receipt: dict[str, Any], now: float) -> None:
-        self._tx(
-            [
-                (
-                    "UPDATE deliveries SET acked_version=inflight_version, inflight_version=NULL, receipt=?, "
-                    "job_id=NULL, solo=0, "
-                    "state=CASE WHEN want_version=inflight_version THEN 'acked' ELSE 'pending' END, "
-                    "pending_since=CASE WHEN want_version=inflight_version THEN NULL ELSE pending_since END, "
-                    "attempts=0, next_attempt_at=0, outcome_unknown=0, error=NULL, acked_at=?, updated_at=? "
-                    "WHERE item_id=? AND target=?",
-                    (json.dumps(receipt), now, now, item_id, target),
-                ),
-                (
-                    "INSERT INTO targets (name, last_success) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET last_success=excluded.last_success",
-                    (target, now),
-                ),
-            ]
-        )
+    def acked(self, item_id: int, target: str, receipt: dict[str, Any], now: float, *, succeeded: bool = True) -> None:
+        """The in-flight version is remote (``receipt``); a newer wanted version goes next.
+        ``succeeded=False``: the caller records the target's last success itself (once for
+        a pass's acks, ``target_succeeded``)."""
+        statements = [(
+            "UPDATE deliveries SET acked_version=inflight_version, inflight_version=NULL, receipt=?, "
+            "job_id=NULL, solo=0, "
+            "state=CASE WHEN want_version=inflight_version THEN 'acked' ELSE 'pending' END, "
+            "pending_since=CASE WHEN want_version=inflight_version THEN NULL ELSE pending_since END, "
+            "attempts=0, next_attempt_at=0, outcome_unknown=0, error=NULL, acked_at=?, updated_at=? "
+            "WHERE item_id=? AND target=?",
+            (json.dumps(receipt), now, now, item_id, target),
+        )]
+        self._tx(statements)
+        if succeeded:
+            self.target_succeeded(target, now)
+
+    def target_succeeded(self, target: str, now: float) -> None:
+        """``target`` acknowledged a delivery at ``now`` (status: its last success)."""
+        self._tx([("INSERT INTO targets (name, last_success) VALUES (?, ?) "
+                   "ON CONFLICT (name) DO UPDATE SET last_success=excluded.last_success", (target, now))])
 
     def failed(self, item_id: int, target: str, error: str, now: float) -> None:
         """A permanent failure of the in-flight version (a newer wanted version still goes)."""
