@@ -27,13 +27,13 @@ from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
 from syncd.items.content import read_item, stat_signature
 from syncd.items.convention import IgnoreRules, ItemFiles, make_key, printable, probe_item, role_of
-from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
-from syncd.labels.validate import read_options
-from syncd.scan import Scan
 from syncd.journal.schema import StateLock
 from syncd.journal.store import Store
-from syncd.targets import Target, target_class
+from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
+from syncd.labels.validate import read_options
 from syncd.metrics import Metrics
+from syncd.scan import Scan
+from syncd.targets import Target, target_class
 from syncd.watcher import FolderWatcher
 
 log = logging.getLogger("syncd.daemon")

@@ -53,8 +53,8 @@ def test_status_on_a_journal_of_an_older_syncd_migrates_it_first(tmp_path):
     import sqlite3
 
     from syncd.config import load_config
-    from syncd.status import collect
     from syncd.journal.schema import MIGRATIONS
+    from syncd.status import collect
     from tests.daemon_harness import write_config
 
     config = load_config(write_config(tmp_path, {"local": {"platform": "local", "path": "synced"}}))

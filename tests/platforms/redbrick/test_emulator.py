@@ -46,8 +46,8 @@ def create(rb, name: str, **more):
 
 
 def test_gzip_and_plain_json_bodies_and_auth(rb):
-    for gzip in (True, False):
-        reply = call(rb, "getProjectSDK", ids(rb), gzip=gzip)
+    for compressed in (True, False):
+        reply = call(rb, "getProjectSDK", ids(rb), gzip=compressed)
         assert reply.status_code == 200 and reply.json()["data"]["project"]["projectId"] == rb.project_id
     assert call(rb, "getProjectSDK", ids(rb), key="k" * 43).status_code == 401
     assert call(rb, "noSuchOperation", {}).status_code == 400
