@@ -74,6 +74,7 @@ def cmd_status(args) -> int:
 
 def cmd_check(args) -> int:
     from syncd.daemon import build_targets
+    from syncd.journal.inspect import inspect_journal
 
     config = _config(args)
     print(f"configuration {config.config_path}: ok")
@@ -90,6 +91,16 @@ def cmd_check(args) -> int:
     except OSError as exc:
         ok = False
         print(f"state directory {state_dir}: NOT writable: {exc.strerror}; fix its permissions or set [daemon] state_dir")
+    journal = inspect_journal(state_dir)
+    if not journal.exists:
+        print(f"journal {journal.path}: none yet (made at the first start)")
+    elif journal.problems:
+        ok = False
+        for problem in journal.problems:
+            print(f"journal {journal.path}: {problem}")
+    else:
+        counts = ", ".join(f"{n} {name}" for name, n in journal.rows.items())
+        print(f"journal {journal.path}: ok (schema {journal.version}; {counts})")
     for folder in config.folders:
         if folder.path.is_dir():
             print(f"folder {folder.path}: ok -> {', '.join(folder.targets)}")

@@ -23,11 +23,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from syncd.errors import FatalTargetError
+from syncd.errors import FatalTargetError, SyncdError
 from syncd.labels.support import FEATURES, unsupported_labels, unsupported_types
 
 
@@ -107,6 +108,33 @@ class Upload:
         }.get(self.image_format, "application/octet-stream")
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """The platform took the item into an asynchronous job and has not written it yet: the
+    delivery stays in flight (the journal records ``job_id``) until ``finish_job`` settles it."""
+
+    job_id: str
+
+
+#: One item's result of ``deliver_batch`` or ``finish_job``: written (Receipt), held by a job
+#: (Submitted), or that item's own failure as an error instance (``TransientError``,
+#: ``PermanentError``, ``ItemError``, ``FatalTargetError``, ``SendAlone``).
+ItemResult = Union[Receipt, Submitted, SyncdError]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One read of an asynchronous job (``Target.job_state``).
+
+    ``status``: ``"running"`` (poll again later), ``"done"`` (it ended, successfully or not:
+    ``finish_job`` reads the rest) or ``"lost"`` (the platform no longer knows it: its items
+    are sent again). ``reply`` is what the platform answered, for ``finish_job``.
+    """
+
+    status: Literal["running", "done", "lost"]
+    reply: dict[str, Any] = field(default_factory=dict)
+
+
 def read_secret(env_name: str, *, target: str, env: Mapping[str, str] | None = None) -> str:
     """Return the secret held in environment variable ``env_name``.
 
@@ -152,8 +180,11 @@ class Target(ABC):
     #: daemon calls ``lookup`` before sending again. False for upsert platforms (the remote
     #: key makes a re-send overwrite).
     create_only: ClassVar[bool] = False
-    #: How many items one request may carry. 1 (the default) means one item per ``deliver``.
+    #: How many items one request may carry (``deliver_batch``); 1 means one item per request.
     max_batch: ClassVar[int] = 1
+    #: True when ``deliver_batch`` may answer ``Submitted``: the platform writes items in
+    #: asynchronous jobs, read with ``job_state`` and settled with ``finish_job``.
+    has_jobs: ClassVar[bool] = False
 
     @classmethod
     def unsupported_types(cls) -> list[str]:
@@ -192,6 +223,38 @@ class Target(ABC):
         the same upload twice never creates two remote items. Raises ``TransientError``,
         ``PermanentError`` or ``FatalTargetError``; a ``TransientError`` with
         ``outcome_unknown`` means the remote item may or may not have changed."""
+
+    def deliver_batch(self, uploads: Sequence[Upload]) -> list[ItemResult]:
+        """One attempt for each upload (``1 <= len(uploads) <= max_batch``, distinct keys), in as
+        few requests as the platform allows; return one ``ItemResult`` per upload, in order.
+
+        An item's own failure is returned as an error instance for that item alone (the others
+        go on). Raised instead, for the request as a whole: ``TransientError`` (every item is
+        retried; ``outcome_unknown`` applies to each), ``FatalTargetError`` (the target pauses,
+        the items stay due), ``SendAlone`` (the platform refused the request without saying
+        which item: each is sent again by itself). The default sends each upload with
+        ``deliver``, one request each, and captures each item's error."""
+        results: list[ItemResult] = []
+        for upload in uploads:
+            try:
+                results.append(self.deliver(upload))
+            except SyncdError as exc:
+                results.append(exc)
+        return results
+
+    def job_state(self, job_id: str) -> JobState:
+        """One cheap read of a job this target answered ``Submitted`` for. Raises
+        ``TransientError`` when the job cannot be read now (the daemon reads it again later)
+        and ``FatalTargetError`` when the target cannot work. Only for ``has_jobs`` targets."""
+        raise NotImplementedError(f"{type(self).__name__} has no jobs")
+
+    def finish_job(self, job_id: str, state: JobState, uploads: Sequence[Upload]) -> list[ItemResult]:
+        """The job ended (``state.status == "done"``): read its errors, pin each on its item,
+        and do any per-item follow-up (Nucleus: labels and masks). ``uploads`` are the job's
+        items at the versions it carried (``image`` may be empty: the job has the bytes).
+        Returns one ``Receipt``, error instance or ``SendAlone`` (an error that names no item)
+        per upload, in order; ``Submitted`` is not allowed here. Raises as ``job_state``."""
+        raise NotImplementedError(f"{type(self).__name__} has no jobs")
 
     def lookup(self, upload: Upload) -> Receipt | None:
         """After an unknown outcome (a crash, a lost reply): the receipt of the remote item

@@ -201,3 +201,37 @@ def test_no_sql_outside_the_journal_package():
                if "journal" not in path.relative_to(REPO / "syncd").parts
                for n, line in enumerate(path.read_text().splitlines(), 1) if SQL.search(line)]
     assert outside == []
+
+
+def test_check_reports_the_journal_sound_changed_or_damaged(tmp_path):
+    """`syncd check` looks at the journal: none yet, sound (with its row counts), a schema
+    changed by hand, a file that is not a journal: each is one line that says what to do."""
+    from tests.daemon_harness import run_cli
+    from tests.helpers import write_item
+
+    config = write_config(tmp_path, {"local": {"platform": "local", "path": "out"}})
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    first = run_cli("check", "--config", str(config))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "none yet" in first.stdout
+
+    write_item(tmp_path / "inbox", "a")
+    assert run_cli("once", "--config", str(config)).returncode == 0
+    sound = run_cli("check", "--config", str(config))
+    assert sound.returncode == 0, sound.stdout
+    assert f"ok (schema {SCHEMA_VERSION}; 1 items, 1 deliveries)" in sound.stdout
+
+    db = tmp_path / "state" / DB_NAME
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX deliveries_noted")
+    changed = run_cli("check", "--config", str(config))
+    assert changed.returncode == 1
+    assert "indexes differ" in changed.stdout and "move" in changed.stdout
+
+    db.unlink()
+    for extra in ("-wal", "-shm"):
+        db.with_name(DB_NAME + extra).unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    garbage = run_cli("check", "--config", str(config))
+    assert garbage.returncode == 1
+    assert "cannot be read" in garbage.stdout and "Traceback" not in garbage.stdout + garbage.stderr
