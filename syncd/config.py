@@ -11,7 +11,7 @@ variable that holds their key.
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from syncd.errors import ConfigError
 from syncd.targets import target_class
 from syncd.targets.base import TargetSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04, JetPack 6): the same parser, published as tomli
+    import tomli as tomllib
 
 CONFIG_ENV = "SYNCD_CONFIG"
 

@@ -96,8 +96,7 @@ def test_check_reports_ok_targets(tmp_path):
 
 def test_commented_platform_examples_in_the_example_config_are_valid(tmp_path):
     """Every [targets.*] example in config.example.toml validates when uncommented."""
-    import tomllib
-
+    from syncd.config import tomllib
     from syncd.targets import target_class
 
     lines = (REPO / "config.example.toml").read_text().splitlines()
