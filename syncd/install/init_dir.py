@@ -156,7 +156,7 @@ def _user(name: str | None) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        hint = (" (create it: syncd systemd-unit --sysusers > /etc/sysusers.d/syncd.conf && systemd-sysusers)"
+        hint = (" (create it: syncd systemd-unit --sysusers | systemd-sysusers -)"
                 if name == SERVICE_USER else "")
         raise ConfigError(f"--user {name}: no such user{hint}") from None
 
@@ -167,7 +167,7 @@ def _group(name: str | None, user: pwd.struct_passwd) -> grp.struct_group:
     try:
         return grp.getgrnam(name)
     except KeyError:
-        hint = (" (create it: syncd systemd-unit --sysusers > /etc/sysusers.d/syncd.conf && systemd-sysusers)"
+        hint = (" (create it: syncd systemd-unit --sysusers | systemd-sysusers -)"
                 if name == WRITER_GROUP else f" (create it: groupadd --system {name})")
         raise ConfigError(f"--group {name}: no such group{hint}") from None
 
