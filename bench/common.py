@@ -343,7 +343,8 @@ def fill_journal(config_path: Path, *, mix: JournalMix = JournalMix(), now: floa
     (taken with syncd's own walk and stat_signature) and one delivery row per target,
     spread over states by ``mix``. Returns the number of items."""
     from syncd.config import load_config
-    from syncd.items import IgnoreRules, stat_signature, walk
+    from syncd.items.content import stat_signature
+    from syncd.items.convention import IgnoreRules, walk
     from syncd.store import Store
 
     now = time.time() if now is None else now

@@ -26,9 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syncd.classmap import parse_class_map  # noqa: E402
-from syncd.masks import binary_rgba_pngs, index_png, nifti_instances, read_mask  # noqa: E402
-from syncd.regions import region_boxes  # noqa: E402
+from syncd.labels.classmap import parse_class_map  # noqa: E402
+from syncd.labels.masks import binary_rgba_pngs, index_png, nifti_instances, read_mask  # noqa: E402
+from syncd.labels.regions import region_boxes  # noqa: E402
 
 
 def make_mask(width: int, height: int, classes: int, seed: int = 0) -> tuple[bytes, dict]:

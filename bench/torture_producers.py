@@ -31,8 +31,9 @@ import numpy as np
 from PIL import Image
 
 from syncd.errors import ItemError
-from syncd.items import IgnoreRules, probe_item, read_item
-from syncd.validation import read_options
+from syncd.items.content import read_item
+from syncd.items.convention import IgnoreRules, probe_item
+from syncd.labels.validate import read_options
 
 CLASS_MAP = {"car": [255, 0, 0], "person": [0, 0, 255]}
 CREATE_METHODS = ("plain", "slow", "copy", "rename", "editor")

@@ -138,7 +138,7 @@ def cmd_retry(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from syncd.sidecar import sidecar_json_schema
+    from syncd.labels.sidecar import sidecar_json_schema
 
     print(json.dumps(sidecar_json_schema(), indent=2))
     return EXIT_OK

@@ -25,11 +25,13 @@ from pathlib import Path
 from syncd import annotations, delivery, limits, metrics
 from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
-from syncd.items import IgnoreRules, ItemFiles, printable, probe_item, read_item, role_of, stat_signature
+from syncd.items.content import read_item, stat_signature
+from syncd.items.convention import IgnoreRules, ItemFiles, make_key, printable, probe_item, role_of
+from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
+from syncd.labels.validate import read_options
 from syncd.scan import Scan
 from syncd.store import StateLock, Store
 from syncd.targets import Target, target_class
-from syncd.validation import read_options
 from syncd.metrics import Metrics
 from syncd.watcher import FolderWatcher
 
@@ -275,7 +277,7 @@ class Daemon:
         if path.is_dir():
             self._scan_tree(folder, path, now, full=False)
             return
-        if path.name in ("class_map.json", "datapoint_map.json"):
+        if path.name in (CLASS_MAP_NAME, DATAPOINT_MAP_NAME):
             self._scan_tree(folder, path.parent, now, full=False)
             return
         if folder.rules.ignored(path.name):
@@ -601,8 +603,6 @@ def _opt(path: Path | None) -> str | None:
 
 
 def _key_for(folder: Folder, directory: Path, stem: str) -> str:
-    from syncd.items import make_key
-
     return make_key(folder.root, directory, stem, folder.settings.key_prefix)
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from syncd import limits
 from syncd.errors import FatalTargetError, ItemError, LocalError, PermanentError, SyncdError, TransientError
-from syncd.items import ItemFiles, read_item, to_upload
+from syncd.items.content import read_item, to_upload
+from syncd.items.convention import ItemFiles
 from syncd.store import DueDelivery
 from syncd.targets.base import Receipt, Target
 

@@ -12,7 +12,7 @@ journal row by row. Two fast paths, both decided from one ``DirEntry.stat()`` pe
    migration 3), so a digest only ever vouches for items that are settled at exactly those
    files. RedBrick export folders (whose items depend on a map file) never use digests.
 2. **Listing signatures.** In any other directory, each plain item's stat signature is
-   built from the listing (the same string ``items.stat_signature`` gives) and compared with
+   built from the listing (the same string ``items.content.stat_signature`` gives) and compared with
    the journal's; only items that differ — or that are unusual in any way — are yielded for
    the daemon to observe with its full checks.
 
@@ -31,10 +31,11 @@ from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
-from syncd.classmap import find_class_map
 from syncd.errors import ItemError
-from syncd.exports import Export
-from syncd.items import IgnoreRules, ItemFiles, _file_sig, printable, role_of, unsafe_name, walk
+from syncd.items.content import file_signature
+from syncd.items.convention import IgnoreRules, ItemFiles, printable, role_of, unsafe_name, walk
+from syncd.items.redbrick_export import Export
+from syncd.labels.classmap import find_class_map
 from syncd.store import Store
 
 SETTLED = ("ready", "invalid")
@@ -108,7 +109,7 @@ class Scan:
         try:
             stats = [entry.stat() for entry in entries]  # cached on the entries: reused below
             class_map = find_class_map(directory, self.root)
-            class_sig = _file_sig(class_map)[0] if class_map is not None else "-"
+            class_sig = file_signature(class_map)[0] if class_map is not None else "-"
         except (OSError, ItemError):
             return None
         joined = "/".join([entry.name for entry in entries])
@@ -180,7 +181,7 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
                     parts[2] = _entry_sig(mask)
                     if class_map is False:
                         found_map = find_class_map(directory, root)
-                        class_map = _file_sig(found_map)[0] if found_map is not None else "-"
+                        class_map = file_signature(found_map)[0] if found_map is not None else "-"
                     parts[3] = class_map
             except (OSError, ItemError):
                 parts = None  # vanished, special or unreadable: stat_signature reports it properly
@@ -195,7 +196,7 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
 
 
 def _entry_sig(entry: os.DirEntry) -> str:
-    """``items._file_sig`` of a listed file from its DirEntry (follows symlinks, like os.stat)."""
+    """``items.content.file_signature`` of a listed file from its DirEntry (follows symlinks, like os.stat)."""
     st = entry.stat()
     if not stat_module.S_ISREG(st.st_mode):
         raise ItemError("not a regular file")

@@ -10,7 +10,7 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]' -r tests/requirements-sdk.txt
 
-# Python 3.10 (Ubuntu 22.04, JetPack 6): .ci/run runs the suite again in .venv310, where syncd is
+# Python 3.10 (Ubuntu 22.04, JetPack 6): tests/pytest310.sh runs the suite again in .venv310, where syncd is
 # installed from its wheel (not editable), so the 3.10 install is tested too. pyenv's 3.10 first.
 python310() {
   local candidate
@@ -28,7 +28,7 @@ if [ -n "$py310" ]; then
   rm -rf build  # setuptools' build directory keeps modules that have since moved
   .venv310/bin/pip install -q '.[test]' -r tests/requirements-sdk.txt
 else
-  echo "!!! WARNING: no Python 3.10 (pyenv or python3.10 on PATH): .venv310 not made, the suite runs on 3.11 only !!!" >&2
+  echo "!!! WARNING: no Python 3.10 (pyenv, or python3.10 on PATH): .venv310 not made, the suite runs on Python 3.11 only !!!" >&2
 fi
 
 # Official SDKs used as oracles whose pinned dependencies clash with ours get their own venvs;

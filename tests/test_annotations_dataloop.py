@@ -54,7 +54,7 @@ from PIL import Image  # noqa: E402
 
 from syncd.annotations import labels_of, unsupported_types  # noqa: E402
 from syncd.annotations.dataloop import to_dataloop  # noqa: E402
-from syncd.masks import mask_of, name_colour  # noqa: E402
+from syncd.labels.masks import mask_of, name_colour  # noqa: E402
 from tests.helpers import make_upload  # noqa: E402
 
 CLASS_MAP = {"road": [128, 64, 128], "car": [0, 0, 142], "sky": [70, 130, 180]}

@@ -68,7 +68,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from syncd.annotations import labels_of  # noqa: E402
-from syncd.masks import mask_of  # noqa: E402
+from syncd.labels.masks import mask_of  # noqa: E402
 from syncd.targets.dataloop import MARKER, DataloopSettings, DataloopTarget  # noqa: E402
 from tests.emulators.dataloop import DataloopEmulator  # noqa: E402
 from tests.test_dataloop_annotations import LABELS, labelled  # noqa: E402

@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from syncd.labels import LABEL_TYPES, parse_labels
+from syncd.labels.model import LABEL_TYPES
+from syncd.labels.validate import parse_labels
 
 #: What can be represented: label types, plus "mask" and "attributes" (per-label attributes).
 FEATURES = (*LABEL_TYPES, "mask", "attributes")

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.annotations import labels_of, unsupported_labels
-from syncd.classmap import Colour
-from syncd.masks import Mask, binary_rgba_pngs, mask_of, name_colour, png_data_url
+from syncd.labels.classmap import Colour
+from syncd.labels.masks import Mask, binary_rgba_pngs, mask_of, name_colour, png_data_url
 
 MARKER = "syncd"  # the key in metadata.user, as the Dataloop target uses for items
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.annotations import labels_of, unsupported_labels
-from syncd.masks import mask_of, region_boxes
+from syncd.labels.masks import mask_of
+from syncd.labels.regions import region_boxes
 
 
 @dataclass(frozen=True)

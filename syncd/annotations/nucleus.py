@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.annotations import labels_of, unsupported_labels
-from syncd.masks import index_png, mask_of, segments
+from syncd.labels.masks import index_png, mask_of, segments
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.annotations import attribute_list, labels_of, unsupported_labels
-from syncd.masks import mask_of, nifti_instances
+from syncd.labels.masks import mask_of, nifti_instances
 
 SUPPORTED_TYPES = frozenset({"classification", "box", "point", "polygon", "polyline"})
 

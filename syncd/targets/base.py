@@ -79,7 +79,7 @@ class Upload:
 
     ``key`` is the item key (``cam1/frame_0001``, with the folder's ``key_prefix``); every
     remote idempotency key is derived from it. ``labels`` are the sidecar's labels as
-    plain dicts (see syncd.sidecar); ``class_map`` is the class map that applies to the
+    plain dicts (see syncd.labels.sidecar); ``class_map`` is the class map that applies to the
     mask, if any.
     """
 

@@ -67,7 +67,7 @@ BOXES_HEADER_LIMIT = 4096
 BOX_FIELDS = ("label", "x", "y", "width", "height")
 PAGE = 100
 MAX_PAGES = 100
-CLASS_LABEL_TYPES = ("classification",)  # syncd.labels
+CLASS_LABEL_TYPES = ("classification",)  # syncd.labels.model
 
 
 class EdgeImpulseSettings(EdgeImpulseSettingsBase):

@@ -1,4 +1,4 @@
-"""Label objects in RedBrick's format, accepted in sidecars and converted to syncd's schema.
+"""RedBrick's label objects in a sidecar -> syncd's labels (syncd.labels.model).
 
 RedBrick's label objects (its import format and what its exports contain) carry no
 ``type``; the geometry key says what they are and coordinates are normalised to 0..1::
@@ -22,15 +22,15 @@ from typing import Annotated, Any, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from syncd.labels import (
+from syncd.labels.model import (
     AttributeValue,
     Box,
-    ClassName,
     Classification,
+    ClassName,
+    LabelProblem,
     Point,
     Polygon,
     Polyline,
-    _Problem,
     describe_error,
 )
 
@@ -140,25 +140,25 @@ def _attributes(raw: Any, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, pair in enumerate(raw):
         if pair.name in out:
-            raise _Problem(f"{where}.attributes[{i}].name: attribute {pair.name!r} is given twice")
+            raise LabelProblem(f"{where}.attributes[{i}].name: attribute {pair.name!r} is given twice")
         out[pair.name] = pair.value
     return out
 
 
 def from_redbrick(raw: dict[str, Any], *, width: int, height: int, where: str) -> BaseModel:
     """Convert one RedBrick label object to syncd's label model, in pixels of a ``width`` x
-    ``height`` image. Raises pydantic's ValidationError (located by the caller) or _Problem."""
+    ``height`` image. Raises pydantic's ValidationError (located by the caller) or LabelProblem."""
     for key in UNSUPPORTED:
         if key in raw:
-            raise _Problem(f"{where}.{key}: RedBrick {key!r} labels are not supported: use bbox2d, point, polygon, "
+            raise LabelProblem(f"{where}.{key}: RedBrick {key!r} labels are not supported: use bbox2d, point, polygon, "
                            "polyline, a classification or a mask")
     try:
         label = RedBrickLabel.model_validate(raw)
     except ValidationError as exc:
-        raise _Problem(describe_error(exc, where, tagged=False)) from None
+        raise LabelProblem(describe_error(exc, where, tagged=False)) from None
     common = {"label": category_name(label.category), "attributes": _attributes(label.attributes, where)}
     if not common["label"].strip():
-        raise _Problem(f"{where}.category: the category is empty")
+        raise LabelProblem(f"{where}.category: the category is empty")
 
     def px(p: NormPoint) -> tuple[float, float]:
         return _unit(p.xnorm) * width, _unit(p.ynorm) * height
@@ -180,7 +180,7 @@ def from_redbrick(raw: dict[str, Any], *, width: int, height: int, where: str) -
         # Located at RedBrick's key: "points" of our model is "polygon"/"polyline" there.
         geometry = next((key for key in GEOMETRY if getattr(label, key) is not None), "category")
         first = exc.errors()[0]
-        raise _Problem(f"{where}.{geometry}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise LabelProblem(f"{where}.{geometry}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _unit(value: float) -> float:

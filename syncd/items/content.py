@@ -1,265 +1,44 @@
-"""The drop-folder convention: which files form an item, its key, its version.
+"""An item's content: cheap change detection, then its bytes read, decoded, validated and versioned.
 
-An item is an image plus optional companions sharing its stem in one directory::
+``stat_signature`` is size, mtime and inode of every file of an item: what a scan compares
+before reading anything. ``read_item`` reads the files of an ``ItemFiles``
+(syncd.items.convention), fully decodes the image, parses the sidecar, runs the label and
+mask checks it is given (syncd.labels.validate) and returns an ``ItemContent``; every problem
+with the input is an ``ItemError`` naming the file and what to do.
 
-    frame_0001.jpg        the image (.jpg .jpeg .png .tif .tiff .bmp .webp): makes the item exist
-    frame_0001.json       the sidecar (syncd.sidecar)
-    frame_0001.mask.png   the segmentation mask
-    class_map.json        in the item's directory or a parent up to the root
-
-The key is the path relative to the watched root without extension, plus the folder's
-``key_prefix``. The version is a SHA-256 over the image bytes, the canonical sidecar, the
-mask bytes and (for masked items) the class map, so a rename of whitespace in a sidecar is
-not a change but any content change is.
+The version is a SHA-256 over the image bytes, the canonical sidecar, the mask bytes and (for
+masked items) the class map, so a change of whitespace in a sidecar is not a change but any
+content change is. ``to_upload`` turns files and content into the ``Upload`` a target sends.
 """
 
 from __future__ import annotations
 
 import errno
-import fnmatch
 import hashlib
 import io
 import os
-import re
 import stat as stat_module
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from syncd.classmap import find_class_map
 from syncd.errors import ItemError
-from syncd.exports import Export, find_export, load_export
-from syncd.sidecar import Sidecar, canonical, parse_sidecar
+from syncd.items.convention import ItemFiles, printable
+from syncd.labels.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-MASK_SUFFIX = ".mask.png"
-SIDECAR_SUFFIX = ".json"
-CLASS_MAP_NAME = "class_map.json"
-RESERVED_NAMES = frozenset({CLASS_MAP_NAME, "datapoint_map.json"})
-# Temporary and hidden files of editors, browsers, rsync and friends are never items.
-DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", ".goutputstream-*", "4913", "#*#")
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: every complete PNG has it
 FORMAT_BY_SUFFIX = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP",
 }
 
 
-class IgnoreRules:
-    """Decides which names are never items: the defaults, the daemon's and the folder's globs."""
-
-    def __init__(self, extra: Iterable[str] = (), include: Iterable[str] = ()):
-        self.patterns = tuple(DEFAULT_IGNORES) + tuple(extra)
-        self.include = tuple(include)
-        # One compiled alternation per rule set instead of one fnmatchcase call per pattern:
-        # the same matches (fnmatchcase compiles fnmatch.translate too), ~10x faster per name,
-        # which a rescan of 100,000 files notices.
-        self._name = _globs(self.patterns)
-        self._path = _globs(p for p in self.patterns if "/" in p)
-        self._include = _globs(self.include)
-
-    def ignored(self, name: str, relpath: str = "") -> bool:
-        if self._name(name) is not None:
-            return True
-        return bool(relpath and self._path is not None and self._path(relpath) is not None)
-
-    def included(self, image_name: str) -> bool:
-        return self._include is None or self._include(image_name) is not None
-
-
-def _globs(patterns: Iterable[str]):
-    """``match`` of one regex matching any of the glob ``patterns`` (None when there are none)."""
-    patterns = list(patterns)
-    if not patterns:
-        return None
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
-
-
-def role_of(name: str) -> tuple[str, str] | None:
-    """``(stem, role)`` for a file name, role in image/sidecar/mask; None for anything else.
-
-    Image suffixes match in any case (``photo.JPG``); the companions' suffixes are exact
-    (``.json``, ``.mask.png``), so a scan and a probe of one stem always agree.
-    """
-    lower = name.lower()
-    if name.endswith(MASK_SUFFIX):
-        return name[: -len(MASK_SUFFIX)], "mask"
-    if name in RESERVED_NAMES:
-        return None
-    if name.endswith(SIDECAR_SUFFIX):
-        return name[: -len(SIDECAR_SUFFIX)], "sidecar"
-    suffix = os.path.splitext(lower)[1]
-    if suffix in IMAGE_SUFFIXES:
-        return name[: -len(suffix)], "image"
-    return None
-
-
-@dataclass
-class ItemFiles:
-    """The files of one item as found on disk (absolute paths)."""
-
-    root: Path
-    key: str
-    image: Path
-    sidecar: Path | None = None
-    mask: Path | None = None
-    class_map: Path | None = None
-    extra_images: list[Path] = field(default_factory=list)
-    problem: str | None = None  # a name syncd refuses (see unsafe_name); the item is invalid
-
-    def paths(self) -> list[Path]:
-        return [p for p in (self.image, self.sidecar, self.mask) if p is not None]
-
-
-def printable(text: str) -> str:
-    """``text`` with undecodable bytes (surrogate escapes) and control characters as ``\\xNN``.
-
-    File names are bytes on Linux; keys, journal rows and log lines must be valid, single-line
-    text, so a name that is not is shown (and keyed) this way and refused (``unsafe_name``).
-    """
-    if text.isprintable():
-        return text
-    out = []
-    for char in text:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 32 or code == 127:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def unsafe_name(relpath: str) -> str | None:
-    """Why a relative path cannot become an item key, or None when it can."""
-    if relpath.isprintable() and "\\" not in relpath:
-        return None  # the common case: surrogates and control characters are not printable
-    if any(0xDC80 <= ord(c) <= 0xDCFF for c in relpath):
-        return "is not valid UTF-8"
-    if any(ord(c) < 32 or ord(c) == 127 for c in relpath):
-        return "contains a control character (a newline, a tab...)"
-    if "\\" in relpath:
-        # ``..\\..\\x`` or ``C:\\x``: some platforms read a backslash as a folder separator.
-        return "contains a backslash, which some platforms read as a folder separator"
-    return None
-
-
-def make_key(root: Path, directory: Path, stem: str, prefix: str) -> str:
-    rel = directory.relative_to(root).as_posix()
-    key = stem if rel == "." else f"{rel}/{stem}"
-    return printable(f"{prefix.rstrip('/')}/{key}" if prefix else key)
-
-
-def group_directory(root: Path, directory: Path, names: Iterable[str], rules: IgnoreRules, prefix: str,
-                    export: Export | None = None) -> Iterator[ItemFiles]:
-    """Group the file names of one directory into items (images with their companions).
-
-    Inside a RedBrick ``export`` the masks come from its datapoint map instead.
-    """
-    by_stem: dict[str, dict[str, list[str]]] = {}
-    if export is not None:
-        names = [n for n in names if directory / n not in export.masks]
-    for name in names:
-        if rules.ignored(name):
-            continue
-        found = role_of(name)
-        if found is None:
-            continue
-        stem, role = found
-        by_stem.setdefault(stem, {}).setdefault(role, []).append(name)
-    class_map: Path | None | bool = False  # False: not looked up yet
-    for stem, roles in sorted(by_stem.items()):
-        images = sorted(roles.get("image", []))
-        if not images or not rules.included(images[0]):
-            continue
-        files = ItemFiles(root=root, key=make_key(root, directory, stem, prefix), image=directory / images[0])
-        relpath = (directory / images[0]).relative_to(root).as_posix()
-        reason = unsafe_name(relpath)
-        if reason:
-            files.problem = f"{root.name}/{printable(relpath)}: the file name {reason}: rename it"
-        files.extra_images = [directory / n for n in images[1:]]
-        if "sidecar" in roles:
-            files.sidecar = directory / roles["sidecar"][0]
-        if "mask" in roles:
-            files.mask = directory / roles["mask"][0]
-            if class_map is False:
-                class_map = find_class_map(directory, root)
-            files.class_map = class_map or None
-        if export is not None and files.image in export.mask_of:
-            files.mask = export.mask_of[files.image]
-            files.class_map = export.class_map
-        yield files
-
-
-_PROBED_SUFFIXES = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES), SIDECAR_SUFFIX, MASK_SUFFIX)
-
-
-def probe_item(root: Path, image_dir: Path, stem: str, rules: IgnoreRules, prefix: str) -> ItemFiles | None:
-    """Find the item with ``stem`` in ``image_dir`` by probing its possible names (no listing)."""
-    base = os.path.join(image_dir, "")
-    isfile = os.path.isfile
-    present = [stem + suffix for suffix in _PROBED_SUFFIXES if isfile(base + stem + suffix)]
-    if not any(role_of(name) == (stem, "image") for name in present):
-        # An image suffix in mixed case (photo.Png) is not among the probed names: list the
-        # directory, only in this rare case, rather than treat the item as gone.
-        try:
-            names = [n for n in os.listdir(image_dir) if n.startswith(stem)]
-        except OSError:
-            names = []
-        present = sorted({*present, *(n for n in names if (role_of(n) or ("",))[0] == stem and isfile(base + n))})
-    for item in group_directory(root, image_dir, present, rules, prefix, find_export(image_dir, root)):
-        if item.key.rsplit("/", 1)[-1] == stem:
-            return item
-    return None
-
-
-ListingFilter = Callable[[Path, list[os.DirEntry], "Export | None"], list[str]]
-
-
-def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = None, follow_symlinks: bool = False,
-         filter_listing: ListingFilter | None = None) -> Iterator[ItemFiles]:
-    """All items below ``start`` (default ``root``), keyed relative to ``root``.
-
-    Depth first; hidden and ignored directories are skipped; symlinked directories are not
-    followed (they could lead outside the watched folder or loop).
-
-    ``filter_listing(directory, entries, export)``: when given, it receives each directory's
-    file entries (``os.DirEntry``, stat results cached on them) and returns the names still
-    to group into items; the rescans of ``syncd.scan`` use it to drop unchanged items
-    without building an ``ItemFiles`` for each.
-    """
-    first = start or root
-    stack: list[tuple[str, Export | None]] = [(os.fspath(first), find_export(first, root))]
-    while stack:
-        directory, export = stack.pop()
-        path = Path(directory)
-        export = load_export(path) or export
-        entries: list[os.DirEntry] = []
-        try:
-            with os.scandir(directory) as listing:
-                for entry in listing:
-                    if entry.is_dir(follow_symlinks=follow_symlinks):
-                        if not rules.ignored(entry.name):
-                            stack.append((entry.path, export))
-                    else:
-                        entries.append(entry)
-        except OSError:
-            continue  # vanished or unreadable directory: the next scan sees it again
-        if filter_listing is not None:
-            names = filter_listing(path, entries, export)
-        else:
-            names = [entry.name for entry in entries]
-        if names:
-            yield from group_directory(root, path, names, rules, prefix, export)
-
-
-def _file_sig(path: Path | None) -> tuple[str, float]:
+def file_signature(path: Path | None) -> tuple[str, float]:
+    """``(size:mtime_ns:inode, latest of mtime and ctime)`` of one file; ``("-", 0.0)`` for None."""
     if path is None:
         return "-", 0.0
     try:
@@ -290,7 +69,7 @@ def stat_signature(files: ItemFiles) -> tuple[str, float]:
         raise ItemError(files.problem)
     sigs, quiet = [], 0.0
     for path in (files.image, files.sidecar, files.mask, files.class_map):
-        sig, since = _file_sig(path)
+        sig, since = file_signature(path)
         sigs.append(sig)
         quiet = max(quiet, since)
     return "|".join(sigs), quiet

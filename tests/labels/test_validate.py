@@ -1,14 +1,14 @@
-"""The sidecar label schema: normalised output, precise errors, the JSON Schema."""
+"""A sidecar's labels validated against the image: normalised output, precise errors."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from pydantic import Field, TypeAdapter
 
 from syncd.errors import ItemError
-from syncd.labels import LABEL_TYPES, Label, LabelList, parse_labels, sidecar_json_schema, validate_labels
+from syncd.labels.model import LABEL_TYPES
+from syncd.labels.validate import parse_labels, validate_labels
 
 W, H = 640, 480
 
@@ -146,96 +146,3 @@ def test_several_problems_are_reported_together_and_counted():
 def test_labels_must_be_a_list():
     with pytest.raises(ItemError, match=r"^cam1/a.json: labels: must be a list of label objects, not dict$"):
         parse({"type": "point"})
-
-
-# -- RedBrick's label objects --------------------------------------------------------------
-
-def test_redbrick_objects_are_converted_to_pixels():
-    out = parse([
-        {"category": "car", "attributes": [{"name": "occluded", "value": True}, {"name": "make", "value": "vw"}],
-         "labelid": "l1", "classid": 3, "bbox2d": {"xnorm": 0.1, "ynorm": 0.25, "wnorm": 0.5, "hnorm": 0.5}},
-        {"category": [["object", "person"]], "point": {"xnorm": 0.5, "ynorm": 1}},
-        {"category": [["object", "vehicle", "truck"]], "polygon": [{"xnorm": 0, "ynorm": 0}, {"xnorm": 1, "ynorm": 0},
-                                                                     {"xnorm": 1, "ynorm": 1}]},
-        {"category": ["road", "lane"], "polyline": [{"xnorm": 0, "ynorm": 0.5}, {"xnorm": 1, "ynorm": 0.5}],
-         "volumeindex": 0},
-        {"category": "daytime", "seriesclassify": True, "attributes": {"weather": "rain"}},
-        {"category": "night"},
-    ])
-    assert out == [
-        {"type": "box", "label": "car", "x": 64.0, "y": 120.0, "width": 320.0, "height": 240.0,
-         "attributes": {"occluded": True, "make": "vw"}},
-        {"type": "point", "label": "person", "x": 320.0, "y": 480.0, "attributes": {}},
-        {"type": "polygon", "label": "vehicle::truck", "points": [[0.0, 0.0], [640.0, 0.0], [640.0, 480.0]],
-         "attributes": {}},
-        {"type": "polyline", "label": "road::lane", "points": [[0.0, 240.0], [640.0, 240.0]], "attributes": {}},
-        {"type": "classification", "label": "daytime", "attributes": {"weather": "rain"}},
-        {"type": "classification", "label": "night", "attributes": {}},
-    ]
-
-
-def test_redbrick_float_noise_at_the_edge_is_clamped():
-    out = parse([{"category": "c", "bbox2d": {"xnorm": 0.7, "ynorm": -1e-12, "wnorm": 0.3000000000001, "hnorm": 1}}])
-    box = out[0]
-    assert box["y"] == 0.0 and box["x"] + box["width"] <= W and box["height"] == H
-
-
-@pytest.mark.parametrize(
-    ("label", "expected"),
-    [
-        ({"category": "c", "bbox2d": {"xnorm": 2, "ynorm": 0, "wnorm": 0.1, "hnorm": 0.1}},
-         "labels[0].bbox2d.xnorm: 2 is not a normalised coordinate: RedBrick coordinates are 0..1"),
-        ({"category": "c", "bbox2d": {"xnorm": 0.5, "ynorm": 0, "wnorm": 0.6, "hnorm": 0.1}},
-         "labels[0].bbox2d: xnorm + wnorm = 1.1 is past the image's right edge (1)"),
-        ({"category": "c", "bbox2d": {"xnorm": 0.5, "ynorm": 0, "wnorm": 0, "hnorm": 0.1}},
-         "labels[0].bbox2d.wnorm: 0 is not a normalised size"),
-        ({"category": "c", "bbox2d": {"xnorm": 0.5, "ynorm": 0, "hnorm": 0.1}}, "labels[0].bbox2d.wnorm: field required"),
-        ({"category": "c", "point": {"xnorm": 0.5, "ynorm": -0.1}}, "labels[0].point.ynorm: -0.1 is not a normalised"),
-        ({"category": "c", "polygon": [{"xnorm": 0, "ynorm": 0}]}, "labels[0].polygon: polygon needs at least 3 points"),
-        ({"category": "c", "polygon": [{"xnorm": 0, "ynorm": 0}, {"xnorm": 0.5, "ynorm": 7}]},
-         "labels[0].polygon[1].ynorm: 7 is not a normalised coordinate"),
-        ({"category": "c", "ellipse": {}}, "labels[0].ellipse: RedBrick 'ellipse' labels are not supported"),
-        ({"category": "c", "dicom": {"instanceid": 1}}, "labels[0].dicom: RedBrick 'dicom' labels are not supported"),
-        ({"category": "c", "trackid": "x"}, "labels[0].trackid: unknown key"),
-        ({"category": "c", "volumeindex": 1}, "labels[0].volumeindex"),
-        ({"category": 3, "point": {"xnorm": 0, "ynorm": 0}}, "labels[0].category"),
-        ({"category": "c", "point": {"xnorm": 0, "ynorm": 0}, "polygon": []},
-         "labels[0]: one geometry per label, this one has point and polygon"),
-        ({"category": "c", "attributes": [{"name": "a", "value": 1}, {"name": "a", "value": 2}]},
-         "labels[0].attributes[1].name: attribute 'a' is given twice"),
-        ({"bbox2d": {"xnorm": 0, "ynorm": 0, "wnorm": 1, "hnorm": 1}}, "labels[0].category: field required"),
-    ],
-)
-def test_redbrick_errors_are_located_at_redbricks_keys(label, expected):
-    message = error([label])
-    assert message.startswith("cam1/a.json: ")
-    assert expected in message
-
-
-# -- the union type and the JSON Schema ------------------------------------------------------
-
-def test_label_and_label_list_are_usable_pydantic_types():
-    adapter = TypeAdapter(LabelList)
-    parsed = adapter.validate_python([{"type": "point", "label": "p", "x": 1, "y": 2}])
-    assert parsed[0].type == "point" and parsed[0].x == 1.0
-    assert TypeAdapter(Label).validate_python({"type": "classification", "label": "c"}).attributes == {}
-
-
-def test_sidecar_json_schema_documents_metadata_labels_and_extra_keys():
-    schema = sidecar_json_schema({"priority": (int, Field(0, description="higher first"))})
-    assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"metadata", "labels", "priority"}
-    assert schema["properties"]["priority"]["description"] == "higher first"
-    assert schema["properties"]["metadata"]["type"] == "object"
-    items = schema["properties"]["labels"]["items"]["anyOf"]
-    mapping = items[0]["discriminator"]["mapping"]
-    assert sorted(mapping) == sorted(LABEL_TYPES)
-    assert items[1] == {"$ref": "#/$defs/RedBrickLabel"}
-    defs = schema["$defs"]
-    assert defs["Polygon"]["properties"]["points"]["minItems"] == 3
-    assert defs["Polyline"]["properties"]["points"]["minItems"] == 2
-    assert defs["Box"]["required"] == ["type", "label", "x", "y", "width", "height"]
-    assert defs["Box"]["additionalProperties"] is False
-    assert "bbox2d" in defs["RedBrickLabel"]["properties"]
-    json.dumps(schema)
-    assert set(sidecar_json_schema()["properties"]) == {"metadata", "labels"}

@@ -1,4 +1,4 @@
-"""The label schema of the sidecar's ``labels`` list, and its validation.
+"""The label schema: the pydantic models of syncd's labels, and their error messages.
 
 Every label is a JSON object with a ``type``, a ``label`` (the class name) and optional
 ``attributes`` (name -> string, number, boolean or list of strings). Coordinates are pixels of
@@ -12,15 +12,12 @@ the image, origin top-left, x to the right, y down::
     {"type": "keypoints", "label": "person", "points": [{"name": "head", "x": 5, "y": 5},
         {"name": "hand", "visible": false}], "skeleton": [[0, 1]]}
 
-Label objects in RedBrick's format (no ``type``; ``category``, normalised ``bbox2d``,
-``point``, ``polygon``/``polyline``, ``attributes`` as ``[{"name", "value"}]``) are accepted
-too and converted to this schema (syncd.labels_redbrick).
-
-``parse_labels`` validates a raw list against the image size and returns plain dicts in
-this schema (defaults filled in, numbers as floats): the form ``Upload.labels`` carries.
-Problems are one ``ItemError`` naming the file, the label's position and the field, e.g.
-``cam1/a.json: labels[2].points: polygon needs at least 3 points``.
-``sidecar_json_schema()`` is the JSON Schema of the whole sidecar (``syncd schema``).
+``Label`` (one label, a union on ``type``) and ``LabelList`` are usable pydantic types.
+``describe_error`` turns a pydantic error into one located sentence and ``LabelProblem`` carries
+it; ``label_dict`` is the plain-dict form ``Upload.labels`` carries. Validating a sidecar's
+labels against the image (ours or RedBrick's form, syncd.labels.redbrick) is
+syncd.labels.validate; the JSON Schema of the sidecar is syncd.labels.sidecar. The schema is
+documented for users in docs/labels-and-masks.md.
 """
 
 from __future__ import annotations
@@ -35,16 +32,11 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
 
-from syncd.errors import ItemError
-
 LABEL_TYPES = ("classification", "box", "point", "polygon", "polyline", "keypoints")
-MAX_REPORTED = 3  # problems spelled out in one error message
-EPS = 1e-6  # pixels of slack for coordinates on the image's edge (float rounding)
 
 Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -185,8 +177,8 @@ LabelList = list[Label]
 LABEL_ADAPTER: TypeAdapter = TypeAdapter(Label)
 
 
-class _Problem(Exception):
-    pass
+class LabelProblem(Exception):
+    """One located problem with one label (``labels[2].points: ...``); callers collect them."""
 
 
 def _field_path(where: str, loc: tuple) -> str:
@@ -220,93 +212,9 @@ def describe_error(exc: ValidationError, where: str, *, tagged: bool = True) -> 
     return f"{path}: {msg}"
 
 
-def _check_x(value: float | None, where: str, width: int) -> None:
-    if value is not None and not -EPS <= value <= width + EPS:
-        raise _Problem(f"{where}: x={value:g} is outside the image (0..{width})")
-
-
-def _check_y(value: float | None, where: str, height: int) -> None:
-    if value is not None and not -EPS <= value <= height + EPS:
-        raise _Problem(f"{where}: y={value:g} is outside the image (0..{height})")
-
-
-def check_bounds(label: BaseModel, where: str, width: int, height: int) -> None:
-    """Raise _Problem when a coordinate of ``label`` lies outside a ``width`` x ``height`` image."""
-    if isinstance(label, (Box, Point)):
-        _check_x(label.x, f"{where}.x", width)
-        _check_y(label.y, f"{where}.y", height)
-    if isinstance(label, Box):
-        if label.x + label.width > width + EPS:
-            raise _Problem(f"{where}.width: the box ends at x={label.x + label.width:g}, past the image's width {width}")
-        if label.y + label.height > height + EPS:
-            raise _Problem(f"{where}.height: the box ends at y={label.y + label.height:g}, "
-                           f"past the image's height {height}")
-    if isinstance(label, (Polygon, Polyline, Keypoints)):
-        for i, point in enumerate(label.points):
-            x, y = (point.x, point.y) if isinstance(point, Keypoint) else point
-            _check_x(x, f"{where}.points[{i}]", width)
-            _check_y(y, f"{where}.points[{i}]", height)
-
-
-def _dump(label: BaseModel) -> dict[str, Any]:
+def label_dict(label: BaseModel) -> dict[str, Any]:
+    """A validated label as the plain JSON-ready dict ``Upload.labels`` carries."""
     data = label.model_dump(mode="json")
     if "points" in data and isinstance(label, (Polygon, Polyline)):
         data["points"] = [list(p) for p in data["points"]]
     return data
-
-
-def parse_label(raw: Any, *, width: int, height: int, where: str) -> dict[str, Any]:
-    """Validate one label (ours or RedBrick's form); raise _Problem with a located message."""
-    from syncd.labels_redbrick import from_redbrick, looks_like_redbrick
-
-    try:
-        if looks_like_redbrick(raw):
-            label = from_redbrick(raw, width=width, height=height, where=where)
-        else:
-            label = LABEL_ADAPTER.validate_python(raw)
-    except ValidationError as exc:
-        raise _Problem(describe_error(exc, where)) from None
-    check_bounds(label, where, width, height)
-    return _dump(label)
-
-
-def parse_labels(raw: Any, *, width: int, height: int, source: str) -> list[dict[str, Any]]:
-    """Validate a sidecar's ``labels`` against a ``width`` x ``height`` image.
-
-    Returns the labels as plain dicts in syncd's schema (RedBrick objects converted). Raises
-    one ``ItemError`` prefixed with ``source`` that spells out up to three problems.
-    """
-    if not isinstance(raw, list):
-        raise ItemError(f"{source}: labels: must be a list of label objects, not {type(raw).__name__}")
-    out, problems = [], []
-    for i, item in enumerate(raw):
-        try:
-            out.append(parse_label(item, width=width, height=height, where=f"labels[{i}]"))
-        except _Problem as problem:
-            problems.append(str(problem))
-    if problems:
-        more = len(problems) - MAX_REPORTED
-        raise ItemError(f"{source}: " + "; ".join(problems[:MAX_REPORTED]) + (f" (and {more} more)" if more > 0 else ""))
-    return out
-
-
-def validate_labels(labels: list, width: int, height: int, name: str) -> list[dict[str, Any]]:
-    """The item-validation hook (``items.read_item(validate_labels=...)``)."""
-    return parse_labels(labels, width=width, height=height, source=name)
-
-
-def sidecar_json_schema(extra_fields: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON Schema of the sidecar file: ``metadata``, ``labels`` (syncd's label union or
-    RedBrick's label objects) and any ``extra_fields`` given as pydantic field definitions
-    ``{"name": (type, Field(...))}`` (per-item settings the sidecar model adds)."""
-    from syncd.labels_redbrick import RedBrickLabel
-
-    model = create_model(
-        "Sidecar",
-        __config__=ConfigDict(extra="forbid", title="syncd sidecar"),
-        metadata=(dict[str, Any], Field(default_factory=dict, description="free-form item metadata (a JSON object)")),
-        labels=(list[Union[Label, RedBrickLabel]], Field(
-            default_factory=list, description="labels in pixel coordinates of the image (or RedBrick label objects)")),
-        **(extra_fields or {}),
-    )
-    return model.model_json_schema()

@@ -30,9 +30,12 @@ from typing import Any, Literal
 from syncd.errors import ItemError
 
 CLASS_MAP_NAME = "class_map.json"
+# The second file of a RedBrick export folder (syncd.items.redbrick_export); named here so
+# that both reserved file names are defined once.
+DATAPOINT_MAP_NAME = "datapoint_map.json"
 MAX_CLASS_MAP_BYTES = 1024 * 1024
 # Class indices are stored in uint8 masks: in the RGB form index 0 is background and 255 marks
-# unknown colours while converting (syncd.masks), which leaves 254 classes.
+# unknown colours while converting (syncd.labels.masks), which leaves 254 classes.
 MAX_RGB_CLASSES = 254
 
 Colour = tuple[int, int, int]
@@ -59,7 +62,7 @@ class ClassMap:
         return parse_class_map(data, source=source)
 
     def index_names(self) -> dict[int, str]:
-        """Class index (the value in a class-index array, see syncd.masks) -> class name.
+        """Class index (the value in a class-index array, see syncd.labels.masks) -> class name.
 
         Index form: the map's own indices. RGB form: the class's position in the file + 1, so
         that 0 stays "background" (black without an entry).

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from syncd.classmap import parse_class_map
 from syncd.errors import ItemError
-from syncd.masks import (
+from syncd.labels.classmap import parse_class_map
+from syncd.labels.masks import (
     binary_rgba_pngs,
     check_mask,
     index_png,

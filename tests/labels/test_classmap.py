@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from syncd.classmap import ClassMap, find_class_map, load_class_map, parse_class_map
 from syncd.errors import ItemError
+from syncd.labels.classmap import ClassMap, find_class_map, load_class_map, parse_class_map
 
 
 def parse(data) -> ClassMap:

@@ -8,8 +8,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from syncd.masks import Mask
-from syncd.regions import Region, region_boxes
+from syncd.labels.masks import Mask
+from syncd.labels.regions import Region, region_boxes
 
 
 def make_mask(index: np.ndarray, names: dict[int, str]) -> Mask:

@@ -1,4 +1,4 @@
-"""RedBrick's exported mask folder, read as (image, mask) pairs.
+"""A RedBrick export folder dropped in, read as items: images with masks from its map.
 
 RedBrick's PNG export (``redbrick export --format png`` / ``redbrick_png()``) writes::
 
@@ -6,6 +6,12 @@ RedBrick's PNG export (``redbrick export --format png`` / ``redbrick_png()``) wr
       class_map.json        class name -> [r, g, b]
       datapoint_map.json    mask file name -> the image's "items" path
       masks/<taskId>.png    (older SDKs: <taskId>.png next to the JSON files)
+
+A folder holding both JSON files is an export (``is_redbrick_export``). Inside such a folder
+(and its subfolders) the images named in its ``datapoint_map.json`` get their masks from the
+map, the mask files themselves are not items, and the folder's ``class_map.json`` applies
+(``load_export``, ``find_export``: what syncd.items.convention groups with). Problems in the
+map are logged once per change of the map file.
 
 The image paths in ``datapoint_map.json`` are what was uploaded to RedBrick: a URL, or a
 storage path such as ``uuid/images/uuid/frame.png``. syncd reads the folder as items when
@@ -22,13 +28,17 @@ ItemError listing the problems, if any.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from syncd.classmap import CLASS_MAP_NAME
 from syncd.errors import ItemError
+from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
 
-DATAPOINT_MAP_NAME = "datapoint_map.json"
+log = logging.getLogger("syncd.items.redbrick_export")
+
+# The image suffixes of syncd.items.convention (which imports this module, so not from there).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_MAP_BYTES = 64 * 1024 * 1024
 MAX_LISTED = 5
@@ -140,3 +150,59 @@ def read_datapoint_map(directory: Path) -> list[tuple[Path, Path]]:
         more = len(result.problems) - MAX_LISTED
         raise ItemError("; ".join(result.problems[:MAX_LISTED]) + (f" (and {more} more)" if more > 0 else ""))
     return result.pairs
+
+
+# -- the folder as items ----------------------------------------------------------------------
+
+_cache: dict[Path, tuple[tuple[int, int], "Export"]] = {}
+
+
+@dataclass(frozen=True)
+class Export:
+    directory: Path
+    class_map: Path
+    mask_of: dict[Path, Path] = field(default_factory=dict)  # image -> mask
+    masks: frozenset[Path] = frozenset()
+
+
+def load_export(directory: Path) -> Export | None:
+    """The export in ``directory`` (cached while its map file is unchanged), or None."""
+    if not is_redbrick_export(directory):
+        return None
+    map_path = directory / DATAPOINT_MAP_NAME
+    try:
+        st = os.stat(map_path)
+    except OSError:
+        return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _cache.get(directory)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    try:
+        result = scan_datapoint_map(directory)
+    except ItemError as exc:
+        log.warning("RedBrick export %s is not usable: %s", directory, exc)
+        export = Export(directory, directory / CLASS_MAP_NAME)
+    else:
+        for problem in result.problems:
+            log.warning("RedBrick export %s: %s", directory, problem)
+        export = Export(
+            directory,
+            directory / CLASS_MAP_NAME,
+            {image: mask for image, mask in result.pairs},
+            frozenset(mask for _, mask in result.pairs),
+        )
+    _cache[directory] = (stamp, export)
+    return export
+
+
+def find_export(directory: Path, root: Path) -> Export | None:
+    """The export that ``directory`` is in (itself or a parent up to ``root``), or None."""
+    current = directory
+    while True:
+        export = load_export(current)
+        if export is not None:
+            return export
+        if current == root or root not in current.parents:
+            return None
+        current = current.parent

@@ -59,7 +59,7 @@ def _components(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def region_boxes(mask, *, min_pixels: int = 1) -> list[Region]:
-    """Boxes of the 8-connected regions of every class present in ``mask`` (a syncd.masks.Mask).
+    """Boxes of the 8-connected regions of every class present in ``mask`` (a syncd.labels.masks.Mask).
 
     Regions smaller than ``min_pixels`` are left out (specks from anti-aliasing). The result is
     ordered by class index, then top-to-bottom, left-to-right: the same mask gives the same list.

@@ -1,7 +1,7 @@
 """Segmentation masks ``<stem>.mask.png``: read, validate and convert, vectorised (numpy/pillow).
 
 A mask is one PNG the size of its image, read through the item's class map
-(syncd.classmap):
+(syncd.labels.classmap):
 
 - RGB class map: the pixel's colour is its class (RGB, RGBA with alpha ignored, or a palette
   PNG). Black without a class-map entry is background.
@@ -15,11 +15,11 @@ and per-class facts. Every failure is an ``ItemError`` naming the mask file: not
 lacks (the error lists them with their pixel counts, largest first).
 
 The converters only read the given bytes and return bytes or plain data, for the platform
-targets: ``index_png`` (Nucleus), ``binary_rgba_pngs`` (Dataloop), ``region_boxes`` (Edge
-Impulse, see syncd.regions) and ``nifti_instances`` (RedBrick, needs the optional
-``nibabel``). No per-pixel Python loops: a 4K mask with 20 classes is read and converted in
-well under a second, except for Dataloop, whose format is one full-size PNG per class
-(about 80 ms per class at 4K; bench/masks.py, docs/benchmarks.md).
+targets: ``index_png`` (Nucleus), ``binary_rgba_pngs`` (Dataloop), ``nifti_instances``
+(RedBrick, needs the optional ``nibabel``); Edge Impulse's boxes are
+``syncd.labels.regions.region_boxes``. No per-pixel Python loops: a 4K mask with 20 classes
+is read and converted in well under a second, except for Dataloop, whose format is one
+full-size PNG per class (about 80 ms per class at 4K; bench/masks.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from syncd.classmap import CLASS_MAP_NAME, ClassMap, Colour, parse_class_map
 from syncd.errors import ItemError, LocalError
+from syncd.labels.classmap import CLASS_MAP_NAME, ClassMap, Colour, parse_class_map
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_LISTED = 8  # unknown colours named in one error message
@@ -188,7 +188,7 @@ def read_mask(data: bytes, class_map: ClassMap, *, width: int, height: int, sour
 
 def check_mask(mask: bytes, class_map_bytes: bytes | None, width: int, height: int, name: str,
                *, class_map_name: str | None = None) -> dict:
-    """The item-validation hook (``items.read_item(validate_mask=...)``).
+    """The item-validation hook (``syncd.items.content.read_item(validate_mask=...)``).
 
     Validates the mask and returns the class map as a plain dict for ``Upload.class_map``.
     A mask without a class map is an ItemError that says where to put one.
@@ -290,10 +290,3 @@ def nifti_instances(mask: Mask) -> tuple[bytes, list[tuple[int, str]]]:
     image.header.set_data_dtype(np.uint8)
     data = gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
     return data, [(instance, mask.names[k]) for instance, k in enumerate(present, start=1)]
-
-
-def region_boxes(mask: Mask, *, min_pixels: int = 1):
-    """Bounding boxes of the connected regions of each class (see syncd.regions)."""
-    from syncd.regions import region_boxes as _region_boxes
-
-    return _region_boxes(mask, min_pixels=min_pixels)

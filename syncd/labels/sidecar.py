@@ -3,7 +3,7 @@
 Schema (see ``syncd schema`` for the JSON Schema)::
 
     {"metadata": {...any JSON object...},   # optional, default {}
-     "labels": [ ...label objects... ]}      # optional, default [] (see syncd.labels)
+     "labels": [ ...label objects... ]}      # optional, default [] (see syncd.labels.model)
 
 An unknown top-level key, a wrong type, broken JSON, non-UTF-8 bytes or absurd nesting is an
 ``ItemError`` naming the file and the field; the item waits until the file is fixed.
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from syncd.errors import ItemError
+from syncd.labels.model import Label
+from syncd.labels.redbrick import RedBrickLabel
 
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 
@@ -26,7 +28,7 @@ class Sidecar(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metadata: dict[str, Any] = Field(default_factory=dict, description="free-form item metadata (a JSON object)")
-    # Validated (and RedBrick-format objects converted) by syncd.labels once the image size
+    # Validated (and RedBrick-format objects converted) by syncd.labels.validate once the image size
     # is known, so the messages can name the label's position and field.
     labels: list[Any] = Field(default_factory=list, description="annotations in pixel coordinates (see docs)")
 
@@ -96,8 +98,17 @@ def canonical(sidecar: Sidecar) -> bytes:
     ).encode("utf-8")
 
 
-def sidecar_json_schema() -> dict:
-    """The JSON Schema of the sidecar file (``syncd schema``), labels fully specified."""
-    from syncd.labels import sidecar_json_schema as with_labels
-
-    return with_labels()
+def sidecar_json_schema(extra_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON Schema of the sidecar file (``syncd schema``): ``metadata``, ``labels`` (syncd's
+    label union or RedBrick's label objects, fully specified) and any ``extra_fields`` given as
+    pydantic field definitions ``{"name": (type, Field(...))}`` (per-item settings the sidecar
+    model adds)."""
+    model = create_model(
+        "Sidecar",
+        __config__=ConfigDict(extra="forbid", title="syncd sidecar"),
+        metadata=(dict[str, Any], Field(default_factory=dict, description="free-form item metadata (a JSON object)")),
+        labels=(list[Union[Label, RedBrickLabel]], Field(
+            default_factory=list, description="labels in pixel coordinates of the image (or RedBrick label objects)")),
+        **(extra_fields or {}),
+    )
+    return model.model_json_schema()
