@@ -86,23 +86,8 @@ def render_unit(config: Config, *, user: str = "syncd", command: list[str] | Non
         "ReadWritePaths": [f"ReadWritePaths={' '.join(_path(p) for p in writable)}"],
         "ProtectHome": [f"ProtectHome={'read-only' if homes else 'yes'}"],
     }
-    lines, seen = [], set()
-    for line in shipped_text("syncd.service").splitlines():
-        key = line.split("=", 1)[0] if "=" in line and not line.startswith("#") else None
-        if key == "EnvironmentFile":
-            lines += [f"LoadCredential={name}:{_path(path)}" for name, path in keys.items()]
-            seen.add("LoadCredential")
-        if key in generated:
-            if key not in seen:
-                lines += generated[key]
-            seen.add(key)
-            continue
-        if key == "LoadCredential":
-            continue
-        lines.append(line)
-    missing = {*generated, "LoadCredential"} - seen
-    if missing:  # the shipped unit changed shape; tests/install catches this before a release
-        raise LocalError(f"the shipped syncd.service has no {', '.join(sorted(missing))} line; reinstall syncd")
+    credential_lines = [f"LoadCredential={name}:{_path(path)}" for name, path in keys.items()]
+    text = _fill(shipped_text("syncd.service"), generated, credential_lines)
 
     warnings = []
     if homes:
@@ -114,7 +99,28 @@ def render_unit(config: Config, *, user: str = "syncd", command: list[str] | Non
     warnings += [f"{path} is missing: put the {name} key in it (install -Dm600 /dev/null {path}; "
                  "then write the key) or the unit will not start" for name, path in keys.items() if not path.exists()]
     warnings += _unreachable(user, config.config_path, interpreter.resolve() if interpreter else None, writable)
-    return "\n".join(lines) + "\n", warnings
+    return text, warnings
+
+
+def _fill(template: str, generated: dict[str, list[str]], credential_lines: list[str]) -> str:
+    """``template`` with the first line of each key in ``generated`` replaced by its lines (later
+    ones dropped), any LoadCredential= replaced by ``credential_lines`` before EnvironmentFile=."""
+    lines, seen = [], set()
+    for line in template.splitlines():
+        key = line.split("=", 1)[0] if "=" in line and not line.startswith("#") else None
+        if key == "EnvironmentFile":
+            lines += credential_lines
+            seen.add("LoadCredential")
+        if key in generated:
+            if key not in seen:
+                lines += generated[key]
+            seen.add(key)
+        elif key != "LoadCredential":
+            lines.append(line)
+    missing = {*generated, "LoadCredential"} - seen
+    if missing:  # the shipped unit changed shape; tests/install catches this before a release
+        raise LocalError(f"the shipped syncd.service has no {', '.join(sorted(missing))} line; reinstall syncd")
+    return "\n".join(lines) + "\n"
 
 
 def _interpreter(program: Path) -> Path | None:
