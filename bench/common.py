@@ -345,7 +345,7 @@ def fill_journal(config_path: Path, *, mix: JournalMix = JournalMix(), now: floa
     from syncd.config import load_config
     from syncd.items.content import stat_signature
     from syncd.items.convention import IgnoreRules, walk
-    from syncd.store import Store
+    from syncd.journal.store import Store
 
     now = time.time() if now is None else now
     config = load_config(config_path)

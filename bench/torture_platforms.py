@@ -216,7 +216,7 @@ class NucleusPlatform(Platform):
 
 class EdgeImpulsePlatform(Platform):
     def start(self, workdir: Path) -> None:
-        from syncd.targets.edgeimpulse_common import sample_name
+        from syncd.targets.edgeimpulse.payload import sample_name
         from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 
         self.emulator = EdgeImpulseEmulator(seed=25).start()
@@ -234,7 +234,7 @@ class EdgeImpulsePlatform(Platform):
         self.emulator._route = route
 
     def _observe(self, request, response) -> None:
-        from syncd.targets.edgeimpulse_common import VERSION_KEY
+        from syncd.targets.edgeimpulse.payload import VERSION_KEY
 
         body = response.body
         if response.status != 200 or not isinstance(body, dict) or not body.get("success"):
@@ -260,7 +260,7 @@ class EdgeImpulsePlatform(Platform):
                 "api_url": f"{url}/v1", "label_source": "folder", "timeout": 5.0, "workers": workers}
 
     def remote(self) -> dict[str, list[Remote]]:
-        from syncd.targets.edgeimpulse_common import VERSION_KEY, user_metadata
+        from syncd.targets.edgeimpulse.payload import VERSION_KEY, user_metadata
 
         out: dict[str, list[Remote]] = {}
         for sample in self.emulator.samples_in(self.project["id"]):
@@ -283,7 +283,7 @@ class RedBrickPlatform(Platform):
             self._hook(op)
 
     def _hook(self, op: str) -> None:
-        from syncd.targets.redbrick import VERSION_KEY
+        from syncd.targets.redbrick.target import VERSION_KEY
 
         original = getattr(self.emulator, f"op_{op}")
 
@@ -307,7 +307,7 @@ class RedBrickPlatform(Platform):
                 "url": f"http://localhost:{self.emulator.port}", "timeout": 5.0, "workers": workers}
 
     def remote(self) -> dict[str, list[Remote]]:
-        from syncd.targets.redbrick import VERSION_KEY
+        from syncd.targets.redbrick.target import VERSION_KEY
 
         out: dict[str, list[Remote]] = {}
         for task in self.emulator.tasks_in(self.org, self.project):

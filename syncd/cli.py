@@ -75,8 +75,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from syncd import annotations
     from syncd.daemon import build_targets
+    from syncd.journal.inspect import inspect_journal
 
     config = _config(args)
     print(f"configuration {config.config_path}: ok")
@@ -93,6 +93,16 @@ def cmd_check(args) -> int:
     except OSError as exc:
         ok = False
         print(f"state directory {state_dir}: NOT writable: {exc.strerror}; fix its permissions or set [daemon] state_dir")
+    journal = inspect_journal(state_dir)
+    if not journal.exists:
+        print(f"journal {journal.path}: none yet (made at the first start)")
+    elif journal.problems:
+        ok = False
+        for problem in journal.problems:
+            print(f"journal {journal.path}: {problem}")
+    else:
+        counts = ", ".join(f"{n} {name}" for name, n in journal.rows.items())
+        print(f"journal {journal.path}: ok (schema {journal.version}; {counts})")
     for folder in config.folders:
         if folder.path.is_dir():
             print(f"folder {folder.path}: ok -> {', '.join(folder.targets)}")
@@ -107,7 +117,7 @@ def cmd_check(args) -> int:
             print(f"target {name} ({target.platform}): ok")
             for warning in warnings:
                 print(f"  warning: {warning}")
-            lost = annotations.unsupported_types(target.platform) if target.platform in annotations.SUPPORTED else []
+            lost = target.unsupported_types()
             if lost:
                 print(f"  note: {target.platform} cannot represent {', '.join(lost)}: such labels are reported, not sent")
         except SyncdError as exc:
@@ -119,7 +129,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    from syncd.store import Store
+    from syncd.journal.store import Store
 
     config = _config(args)
     if not args.keys and not args.failed and not args.incomplete:

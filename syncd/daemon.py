@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd import annotations, delivery, limits, metrics
+from syncd import delivery, limits, metrics
 from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
 from syncd.items.content import read_item, stat_signature
@@ -30,7 +30,8 @@ from syncd.items.convention import IgnoreRules, ItemFiles, make_key, printable, 
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
 from syncd.labels.validate import read_options
 from syncd.scan import Scan
-from syncd.store import StateLock, Store
+from syncd.journal.schema import StateLock
+from syncd.journal.store import Store
 from syncd.targets import Target, target_class
 from syncd.metrics import Metrics
 from syncd.watcher import FolderWatcher
@@ -253,8 +254,7 @@ class Daemon:
         settling_keys = {entry.files.key for entry in self.settling.values() if entry.folder is folder}
         scan = Scan(self.store, folder.name, folder.root, folder.rules, folder.settings.key_prefix, settling_keys)
         for files in scan.items(start):
-            row = self.store.query("SELECT id, stat_sig, state FROM items WHERE folder=? AND key=?", (folder.name, files.key))
-            self._observe(folder, files, now, (row[0]["id"], row[0]["stat_sig"], row[0]["state"]) if row else None)
+            self._observe(folder, files, now, self.store.observed_item(folder.name, files.key))
         scan.finish()
         if not full:
             return
@@ -264,8 +264,8 @@ class Daemon:
 
     def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
         assert self.store is not None
-        rows = self.store.query("SELECT image FROM items WHERE id=?", (item_id,))
-        if rows and os.path.exists(rows[0]["image"]):
+        image = self.store.item_image(item_id)
+        if image is not None and os.path.exists(image):
             return  # unreadable directory or a race: not gone
         log.info("item %s is gone from %s", key, folder.root)
         self.store.gone(item_id, now)
@@ -295,9 +295,7 @@ class Daemon:
                 self.settling.pop(item_id, None)
                 self._vanished(folder, key, item_id, now)
             return
-        row = self.store.query("SELECT id, stat_sig, state FROM items WHERE folder=? AND key=?", (folder.name, files.key))
-        known = (row[0]["id"], row[0]["stat_sig"], row[0]["state"]) if row else None
-        self._observe(folder, files, now, known)
+        self._observe(folder, files, now, self.store.observed_item(folder.name, files.key))
 
     def _observe(self, folder: Folder, files: ItemFiles, now: float, known: tuple[int, str | None, str] | None) -> None:
         try:
@@ -380,7 +378,7 @@ class Daemon:
             except ItemError as exc:
                 log.warning("item %s is invalid: %s", entry.files.key, exc)
                 self.store.invalid(item_id, str(exc), entry.folder.targets, now)
-                self._record_sig(item_id, sig)
+                self.store.record_stat_sig(item_id, sig)
                 continue
             label_error = "; ".join(content.label_errors) or None
             if label_error:
@@ -394,16 +392,10 @@ class Daemon:
         """Per target: what its platform cannot represent of this item (reported, not hidden)."""
         notes: dict[str, str | None] = {}
         for name in folder.targets:
-            platform = self.targets[name].platform
-            if platform not in annotations.SUPPORTED:
-                continue
-            lost = annotations.unsupported_labels(platform, content.sidecar.labels, has_mask=content.mask is not None)
-            notes[name] = f"{platform} cannot represent: {', '.join(lost)}" if lost else None
+            target = self.targets[name]
+            lost = target.unsupported_labels(content.sidecar.labels, has_mask=content.mask is not None)
+            notes[name] = f"{target.platform} cannot represent: {', '.join(lost)}" if lost else None
         return notes
-
-    def _record_sig(self, item_id: int, sig: str) -> None:
-        assert self.store is not None
-        self.store._tx([("UPDATE items SET stat_sig=? WHERE id=?", (sig, item_id))])
 
     # -- delivering -----------------------------------------------------------------------
     def _dispatch(self, now: float) -> None:
@@ -467,8 +459,7 @@ class Daemon:
         while self.unrecorded:
             outcome = self.unrecorded[0]
             due = outcome.due
-            row = self.store.query("SELECT state FROM deliveries WHERE item_id=? AND target=?", (due.item_id, due.target))
-            if row and row[0]["state"] == "in_flight":
+            if self.store.delivery_state(due.item_id, due.target) == "in_flight":
                 self._record_or_keep(outcome, now)
             else:  # its outcome was journaled before the write that failed
                 self.in_flight.pop((due.item_id, due.target), None)
@@ -564,7 +555,7 @@ class Daemon:
         assert self.store is not None
         if not self.store.fully_acked(due.item_id, folder.targets):
             return
-        row = self.store.query("SELECT image, sidecar, mask, stat_sig FROM items WHERE id=?", (due.item_id,))[0]
+        acked_sig = self.store.item_stat_sig(due.item_id)
         files = self._files_for(folder, due.key)
         if files is None:
             return
@@ -572,7 +563,7 @@ class Daemon:
             sig, _ = stat_signature(files)
         except (OSError, ItemError):
             return
-        if sig != row["stat_sig"]:
+        if sig != acked_sig:
             return  # changed since the acked version: keep it, it will be delivered again
         for path in files.paths():
             try:
@@ -587,14 +578,9 @@ class Daemon:
 
     # -- service loop ---------------------------------------------------------------------
     def pending_total(self) -> int:
-        """Deliveries pending or in flight plus items settling (the systemd STATUS line).
-
-        Counted from the state indexes, so it costs what is queued, not what was delivered:
-        it runs every 5 s of an idle daemon tracking 100,000 items."""
+        """Deliveries pending or in flight plus items settling (the systemd STATUS line)."""
         assert self.store is not None
-        conn = self.store.conn
-        queued = conn.execute("SELECT count(*) FROM deliveries WHERE state IN ('pending','in_flight')").fetchone()[0]
-        return queued + conn.execute("SELECT count(*) FROM items WHERE state='settling'").fetchone()[0]
+        return self.store.unfinished_count()
 
 
 def _opt(path: Path | None) -> str | None:

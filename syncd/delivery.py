@@ -22,7 +22,7 @@ from syncd import limits
 from syncd.errors import FatalTargetError, ItemError, LocalError, PermanentError, SyncdError, TransientError
 from syncd.items.content import read_item, to_upload
 from syncd.items.convention import ItemFiles
-from syncd.store import DueDelivery
+from syncd.journal.store import DueDelivery
 from syncd.targets.base import Receipt, Target
 
 log = logging.getLogger("syncd.delivery")

@@ -37,16 +37,28 @@ class TransientError(SyncdError):
     ``outcome_unknown`` is True when the request may have reached the platform (timeout,
     connection reset after sending, 5xx): before re-sending, create-only targets look the
     item up remotely.
+
+    ``throttled`` is True when the platform said it is overloaded or rate-limiting (429, or
+    503 with ``Retry-After``): that is about the target as a whole, not this item, so the
+    daemon slows the target (syncd.health) instead of backing this item off.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, outcome_unknown: bool = True):
+    def __init__(self, message: str, *, retry_after: float | None = None, outcome_unknown: bool = True,
+                 throttled: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
         self.outcome_unknown = outcome_unknown
+        self.throttled = throttled
 
 
 class PermanentError(SyncdError):
     """The platform rejected this item; not retried until the item changes."""
+
+
+class SendAlone(SyncdError):
+    """A batch failed in a way that cannot be pinned on one of its items (the platform refused
+    the request as a whole, or a job's error names no item): each item is sent again by itself,
+    so a bad one fails alone. Not counted as an attempt."""
 
 
 class FatalTargetError(SyncdError):

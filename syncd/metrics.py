@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from syncd import __version__
 from syncd.config import MetricsSettings
 from syncd.fsutil import write_atomic
+from syncd.journal.queries import JournalReader
 
 log = logging.getLogger("syncd.metrics")
 
@@ -29,7 +30,7 @@ def _escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(store, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter, now: float) -> str:
+def render(store: JournalReader, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter, now: float) -> str:
     """The metrics text for the journal ``store`` plus the coordinator's in-memory counters."""
     lines = [
         "# HELP syncd_build_info syncd version.",
@@ -38,9 +39,7 @@ def render(store, *, targets: list[str], paused: set[str], in_flight: Counter, a
         "# HELP syncd_deliveries Deliveries by target and state (waiting, pending, in_flight, acked, failed).",
         "# TYPE syncd_deliveries gauge",
     ]
-    by_state = {(t, s): n for t, s, n in store.conn.execute(
-        "SELECT d.target, d.state, count(*) FROM deliveries d JOIN items i ON i.id=d.item_id "
-        "WHERE i.state!='gone' GROUP BY d.target, d.state")}
+    by_state = store.deliveries_by_target_and_state()
     for target in targets:
         for state in ("pending", "in_flight", "acked", "failed"):
             lines.append(f"syncd_deliveries{_labels(target=target, state=state)} {by_state.get((target, state), 0)}")
@@ -48,10 +47,8 @@ def render(store, *, targets: list[str], paused: set[str], in_flight: Counter, a
               "# TYPE syncd_delivery_attempts_total counter"]
     for (target, outcome), count in sorted(attempts.items()):
         lines.append(f"syncd_delivery_attempts_total{_labels(target=target, outcome=outcome)} {count}")
-    oldest = dict(store.conn.execute(
-        "SELECT d.target, min(d.pending_since) FROM deliveries d JOIN items i ON i.id=d.item_id "
-        "WHERE d.state IN ('pending','in_flight') AND i.state='ready' GROUP BY d.target").fetchall())
-    success = dict(store.conn.execute("SELECT name, last_success FROM targets").fetchall())
+    oldest = store.oldest_pending_by_target()
+    success = store.last_success_by_target()
     lines += ["# HELP syncd_oldest_pending_seconds Age of the oldest pending delivery.",
               "# TYPE syncd_oldest_pending_seconds gauge"]
     for target in targets:
@@ -65,7 +62,7 @@ def render(store, *, targets: list[str], paused: set[str], in_flight: Counter, a
     lines += [f"syncd_target_last_success_timestamp_seconds{_labels(target=t)} {success.get(t) or 0}" for t in targets]
     lines += ["# HELP syncd_in_flight Deliveries currently on the wire.", "# TYPE syncd_in_flight gauge"]
     lines += [f"syncd_in_flight{_labels(target=t)} {in_flight.get(t, 0)}" for t in targets]
-    settling = store.conn.execute("SELECT count(*) FROM items WHERE state='settling'").fetchone()[0]
+    settling = store.settling_count()
     lines += ["# HELP syncd_items_settling Items waiting for their files to be complete.",
               "# TYPE syncd_items_settling gauge", f"syncd_items_settling {settling}"]
     return "\n".join(lines) + "\n"

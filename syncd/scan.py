@@ -8,9 +8,9 @@ journal row by row. Two fast paths, both decided from one ``DirEntry.stat()`` pe
    the directory's digest: a hash of each file's name, size, mtime_ns and inode, of the
    class map that applies there and of the folder's rules. A later scan whose listing gives
    the same digest skips the directory whole. The journal forgets a directory's digest
-   whenever one of its items changes state, signature or image (a trigger, see store
-   migration 3), so a digest only ever vouches for items that are settled at exactly those
-   files. RedBrick export folders (whose items depend on a map file) never use digests.
+   whenever one of its items changes state, signature or image (a trigger: migration 3 in
+   syncd.journal.schema), so a digest only ever vouches for items that are settled at exactly
+   those files. RedBrick export folders (whose items depend on a map file) never use digests.
 2. **Listing signatures.** In any other directory, each plain item's stat signature is
    built from the listing (the same string ``items.content.stat_signature`` gives) and compared with
    the journal's; only items that differ — or that are unusual in any way — are yielded for
@@ -35,8 +35,8 @@ from syncd.errors import ItemError
 from syncd.items.content import file_signature
 from syncd.items.convention import IgnoreRules, ItemFiles, printable, role_of, unsafe_name, walk
 from syncd.items.redbrick_export import Export
+from syncd.journal.store import Store
 from syncd.labels.classmap import find_class_map
-from syncd.store import Store
 
 SETTLED = ("ready", "invalid")
 

@@ -115,23 +115,13 @@ def _waiting(daemon: Daemon) -> int:
     active = [name for name in daemon.targets if name not in daemon.paused]
     if not active:
         return 0
-    marks = ",".join("?" * len(active))
-    row = daemon.store.conn.execute(
-        f"SELECT count(*) FROM deliveries d JOIN items i ON i.id=d.item_id "
-        f"WHERE d.state IN ('pending','in_flight') AND i.state='ready' AND d.target IN ({marks})",
-        active,
-    ).fetchone()
-    return row[0]
+    return daemon.store.waiting_count(active)
 
 
 def _once_result(daemon: Daemon) -> OnceResult:
     assert daemon.store is not None
     result = OnceResult()
-    rows = daemon.store.query(
-        "SELECT i.key, d.target, d.state, d.error, i.state AS item_state, i.error AS item_error "
-        "FROM deliveries d JOIN items i ON i.id=d.item_id WHERE i.state NOT IN ('gone')"
-    )
-    for row in rows:
+    for row in daemon.store.deliveries_of_present_items():
         if row["state"] == "acked":
             result.delivered += 1
         elif row["state"] == "failed":
@@ -139,10 +129,10 @@ def _once_result(daemon: Daemon) -> OnceResult:
         elif row["item_state"] != "deleted":
             reason = row["error"] or ("paused target" if row["target"] in daemon.paused else "not delivered yet")
             result.pending.append((row["key"], row["target"], reason))
-    for row in daemon.store.query("SELECT key, label_error FROM items WHERE state='ready' AND label_error IS NOT NULL"):
-        result.failed.append((row["key"], "(labels)", f"delivered without labels/mask: {row['label_error']}"))
-    for row in daemon.store.query("SELECT key, error FROM items WHERE state='settling'"):
-        result.pending.append((row["key"], "-", row["error"] or "still being written"))
-    paused = daemon.store.query("SELECT name, paused_reason FROM targets WHERE paused_reason IS NOT NULL")
-    result.paused = {row["name"]: row["paused_reason"] for row in paused if row["name"] in daemon.targets}
+    for key, label_error in daemon.store.delivered_without_labels():
+        result.failed.append((key, "(labels)", f"delivered without labels/mask: {label_error}"))
+    for key, error in daemon.store.settling_items():
+        result.pending.append((key, "-", error or "still being written"))
+    paused = daemon.store.paused_targets()
+    result.paused = {name: reason for name, reason in paused.items() if name in daemon.targets}
     return result

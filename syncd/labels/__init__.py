@@ -7,4 +7,5 @@
 ``classmap``   ``class_map.json`` (and the reserved file names of the convention)
 ``masks``      segmentation masks read through a class map, and their converters
 ``regions``    connected regions of a mask as boxes
+``support``    what a platform can represent of labels, and what an item would lose there
 """

@@ -9,11 +9,11 @@ from syncd.targets.base import Receipt, Target, TargetSettings, Upload
 
 REGISTRY: dict[str, str] = {
     "local": "syncd.targets.local:LocalTarget",
-    "nucleus": "syncd.targets.nucleus:NucleusTarget",
-    "edgeimpulse": "syncd.targets.edgeimpulse:EdgeImpulseTarget",
-    "edgeimpulse-org": "syncd.targets.edgeimpulse_org:EdgeImpulseOrgTarget",
-    "dataloop": "syncd.targets.dataloop:DataloopTarget",
-    "redbrick": "syncd.targets.redbrick:RedBrickTarget",
+    "nucleus": "syncd.targets.nucleus.target:NucleusTarget",
+    "edgeimpulse": "syncd.targets.edgeimpulse.target:EdgeImpulseTarget",
+    "edgeimpulse-org": "syncd.targets.edgeimpulse.org:EdgeImpulseOrgTarget",
+    "dataloop": "syncd.targets.dataloop.target:DataloopTarget",
+    "redbrick": "syncd.targets.redbrick.target:RedBrickTarget",
 }
 
 

@@ -2,39 +2,34 @@
 
 A target is a small, synchronous adapter around one platform dataset. The daemon owns
 retries, backoff, journaling, logging and concurrency; a target only knows how to speak to
-its platform. Contract:
+its platform. What a platform can do is declared as class attributes (capabilities, read by
+the daemon, ``syncd check`` and the tests without an instance); what each method guarantees
+is in its docstring. Errors are the classes of ``syncd.errors``:
 
-- ``check()`` verifies credentials and that the dataset exists. It returns a list of
-  warnings (for example what the platform cannot represent). It raises
-  ``FatalTargetError`` when the target cannot work and ``TransientError`` when the
-  platform could not be reached.
-- ``deliver(upload)`` makes exactly one attempt to make the remote item equal to
-  ``upload`` and returns a ``Receipt``. ``upload.previous`` is the receipt of the last
-  acknowledged version (``None`` for a first delivery): with it, the target updates the
-  existing remote item instead of creating one. The remote key is derived from
-  ``upload.key`` only, so sending the same upload twice never creates two remote items on
-  upsert platforms. Raises ``TransientError``, ``PermanentError`` or ``FatalTargetError``.
-- ``lookup(upload)`` finds the remote item for ``upload.key`` after an unknown outcome
-  (crash, lost reply). It returns its receipt or ``None``. Create-only platforms
-  (``create_only = True``) are asked before any re-send; upsert platforms may return None.
-- ``close()`` releases sessions. Targets are used from several worker threads at once
-  and must keep per-thread HTTP sessions (see ``targets.http.SessionPool``).
+- ``TransientError``: try again later (``retry_after`` when the platform said when);
+  ``outcome_unknown`` says whether the remote side may have changed.
+- ``PermanentError``: this item cannot be delivered as it is; retried when its files change.
+- ``FatalTargetError``: the target cannot work (credentials, a missing dataset); it pauses.
 
 Secrets are read through ``read_secret`` and must never appear in an exception message.
+Targets are used from several worker threads at once: HTTP targets keep per-thread sessions
+through ``targets.http.HttpClient``.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from syncd.errors import FatalTargetError
+from syncd.errors import FatalTargetError, SyncdError
+from syncd.labels.support import FEATURES, unsupported_labels, unsupported_types
 
 
 class TargetSettings(BaseModel):
@@ -113,6 +108,33 @@ class Upload:
         }.get(self.image_format, "application/octet-stream")
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """The platform took the item into an asynchronous job and has not written it yet: the
+    delivery stays in flight (the journal records ``job_id``) until ``finish_job`` settles it."""
+
+    job_id: str
+
+
+#: One item's result of ``deliver_batch`` or ``finish_job``: written (Receipt), held by a job
+#: (Submitted), or that item's own failure as an error instance (``TransientError``,
+#: ``PermanentError``, ``ItemError``, ``FatalTargetError``, ``SendAlone``).
+ItemResult = Union[Receipt, Submitted, SyncdError]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One read of an asynchronous job (``Target.job_state``).
+
+    ``status``: ``"running"`` (poll again later), ``"done"`` (it ended, successfully or not:
+    ``finish_job`` reads the rest) or ``"lost"`` (the platform no longer knows it: its items
+    are sent again). ``reply`` is what the platform answered, for ``finish_job``.
+    """
+
+    status: Literal["running", "done", "lost"]
+    reply: dict[str, Any] = field(default_factory=dict)
+
+
 def read_secret(env_name: str, *, target: str, env: Mapping[str, str] | None = None) -> str:
     """Return the secret held in environment variable ``env_name``.
 
@@ -138,28 +160,112 @@ def read_secret(env_name: str, *, target: str, env: Mapping[str, str] | None = N
 
 
 class Target(ABC):
-    """A platform adapter; see the module docstring for the contract."""
+    """A platform adapter (see the module docstring). Subclasses set ``platform`` and
+    ``Settings``, declare their capabilities and implement ``deliver``."""
 
     platform: ClassVar[str]
     Settings: ClassVar[type[TargetSettings]] = TargetSettings
+
+    # -- capabilities -------------------------------------------------------------------------
+    #: What the platform can represent of an item's labels: label types plus "mask" and
+    #: "attributes" (``syncd.labels.support.FEATURES``). The rest is never sent: the daemon
+    #: reports it per item (``syncd status``) and ``syncd check`` per target. The default,
+    #: everything, fits a target that stores labels as they are (local); a platform declares
+    #: its own, and its converter (``payload.py``) honours the same declaration.
+    label_types: ClassVar[frozenset[str]] = frozenset(FEATURES)
+    #: True when the platform keeps one classification per item: the first is sent, more
+    #: are reported as "multiple classifications".
+    single_classification: ClassVar[bool] = False
+    #: True when a re-send could create a second remote item: after an unknown outcome the
+    #: daemon calls ``lookup`` before sending again. False for upsert platforms (the remote
+    #: key makes a re-send overwrite).
     create_only: ClassVar[bool] = False
+    #: How many items one request may carry (``deliver_batch``); 1 means one item per request.
+    max_batch: ClassVar[int] = 1
+    #: True when ``deliver_batch`` may answer ``Submitted``: the platform writes items in
+    #: asynchronous jobs, read with ``job_state`` and settled with ``finish_job``.
+    has_jobs: ClassVar[bool] = False
+
+    @classmethod
+    def unsupported_types(cls) -> list[str]:
+        """What this platform can never represent, in FEATURES order (for ``syncd check``)."""
+        return unsupported_types(cls.label_types)
+
+    @classmethod
+    def unsupported_labels(cls, labels: Iterable[Mapping[str, Any]], *, has_mask: bool = False) -> list[str]:
+        """What one item with ``labels`` (and a mask, with ``has_mask``) would lose on this
+        platform (for ``syncd status``)."""
+        return unsupported_labels(labels, label_types=cls.label_types, single_classification=cls.single_classification,
+                                  has_mask=has_mask)
 
     def __init__(self, name: str, settings: TargetSettings, *, env: Mapping[str, str] | None = None):
+        """Build the target without any I/O: credentials are read and the platform reached
+        on first use, so ``syncd check`` and the daemon can build every target up front.
+        ``env`` replaces ``os.environ`` (tests, the credentials of one target)."""
         self.name = name
         self.settings = settings
         self.env = os.environ if env is None else env
 
     def check(self) -> list[str]:
+        """Verify credentials and that the dataset exists; return warnings for the user
+        (e.g. what the platform will ignore). Raises ``FatalTargetError`` when the target
+        cannot work and ``TransientError`` when the platform could not be reached."""
         return []
 
     @abstractmethod
-    def deliver(self, upload: Upload) -> Receipt: ...
+    def deliver(self, upload: Upload) -> Receipt:
+        """Make exactly one attempt to make the remote item equal to ``upload``; return the
+        ``Receipt`` of what the platform now holds.
+
+        ``upload.previous`` is the receipt of the last acknowledged version (None for a first
+        delivery): with it, the existing remote item is updated, never a second one created.
+        The remote key is derived from ``upload.key`` only, so on upsert platforms sending
+        the same upload twice never creates two remote items. Raises ``TransientError``,
+        ``PermanentError`` or ``FatalTargetError``; a ``TransientError`` with
+        ``outcome_unknown`` means the remote item may or may not have changed."""
+
+    def deliver_batch(self, uploads: Sequence[Upload]) -> list[ItemResult]:
+        """One attempt for each upload (``1 <= len(uploads) <= max_batch``, distinct keys), in as
+        few requests as the platform allows; return one ``ItemResult`` per upload, in order.
+
+        An item's own failure is returned as an error instance for that item alone (the others
+        go on). Raised instead, for the request as a whole: ``TransientError`` (every item is
+        retried; ``outcome_unknown`` applies to each), ``FatalTargetError`` (the target pauses,
+        the items stay due), ``SendAlone`` (the platform refused the request without saying
+        which item: each is sent again by itself). The default sends each upload with
+        ``deliver``, one request each, and captures each item's error."""
+        results: list[ItemResult] = []
+        for upload in uploads:
+            try:
+                results.append(self.deliver(upload))
+            except SyncdError as exc:
+                results.append(exc)
+        return results
+
+    def job_state(self, job_id: str) -> JobState:
+        """One cheap read of a job this target answered ``Submitted`` for. Raises
+        ``TransientError`` when the job cannot be read now (the daemon reads it again later)
+        and ``FatalTargetError`` when the target cannot work. Only for ``has_jobs`` targets."""
+        raise NotImplementedError(f"{type(self).__name__} has no jobs")
+
+    def finish_job(self, job_id: str, state: JobState, uploads: Sequence[Upload]) -> list[ItemResult]:
+        """The job ended (``state.status == "done"``): read its errors, pin each on its item,
+        and do any per-item follow-up (Nucleus: labels and masks). ``uploads`` are the job's
+        items at the versions it carried (``image`` may be empty: the job has the bytes).
+        Returns one ``Receipt``, error instance or ``SendAlone`` (an error that names no item)
+        per upload, in order; ``Submitted`` is not allowed here. Raises as ``job_state``."""
+        raise NotImplementedError(f"{type(self).__name__} has no jobs")
 
     def lookup(self, upload: Upload) -> Receipt | None:
+        """After an unknown outcome (a crash, a lost reply): the receipt of the remote item
+        for ``upload.key``, or None when there is none. ``extra["version"]`` is set only when
+        the remote item is known to equal ``upload`` completely (the daemon then adopts it
+        without sending). Create-only targets must implement it; upsert targets may return
+        None (the daemon then simply sends again). Raises as ``deliver``."""
         return None
 
     def close(self) -> None:
-        pass
+        """Release sessions and other resources; the target may be used again afterwards."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from syncd.errors import FatalTargetError, PermanentError
 from syncd.fsutil import write_atomic
+from syncd.labels.support import FEATURES
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
 
 DELIVERY_LOG = ".syncd-deliveries.jsonl"
@@ -43,6 +44,8 @@ class LocalTarget(Target):
     platform = "local"
     Settings = LocalSettings
     create_only = True  # lookup() is cheap and exact: use it to skip re-sends after a crash
+    label_types = frozenset(FEATURES)  # the record keeps the labels and the mask as they are
+    single_classification = False
 
     def __init__(self, name: str, settings: LocalSettings, **kwargs):
         super().__init__(name, settings, **kwargs)
@@ -50,6 +53,8 @@ class LocalTarget(Target):
         self._log_lock = threading.Lock()
 
     def check(self) -> list[str]:
+        """The dataset directory exists (created if missing) and is writable; FatalTargetError
+        otherwise. No warnings: a directory holds everything."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -73,6 +78,9 @@ class LocalTarget(Target):
             return None  # a damaged record is rewritten by the next delivery
 
     def deliver(self, upload: Upload) -> Receipt:
+        """Write the image, the mask (or remove an old one) and then the record, each
+        atomically; the record is the commit point. A re-send overwrites the same files, so
+        it can never make a second item. A key escaping the directory is a PermanentError."""
         image_path, mask_path, record_path = self._paths(upload.key, upload.image_suffix)
         for path in (image_path, mask_path, record_path):
             _remove_stale_temps(path)
@@ -107,6 +115,8 @@ class LocalTarget(Target):
             log.write(line)
 
     def lookup(self, upload: Upload) -> Receipt | None:
+        """The record of ``upload.key``, or None (none, or damaged); ``extra["version"]`` is
+        the version the record says is complete."""
         _, _, record_path = self._paths(upload.key, upload.image_suffix)
         record = self._read_record(record_path)
         if record is None or record.get("key") != upload.key:
