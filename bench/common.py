@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "bench" / "out"
+OUT = Path(os.environ.get("SYNCD_BENCH_OUT", REPO / "bench" / "out"))  # where reports are saved
 PYTHON = sys.executable
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -314,18 +314,6 @@ def shared_tree(items: int) -> tuple[Path, int]:
     if time.perf_counter() - started > 1:
         print(f"wrote the tree of {items} items ({files} files) in {time.perf_counter() - started:.0f}s")
     return root, files
-
-
-def write_local_config(workdir: Path, folder: Path, *, state_dir: Path | None = None, daemon: dict | None = None) -> Path:
-    """A configuration: ``folder`` feeding one local target in ``workdir/dataset``."""
-    from tests.daemon_harness import write_config
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    table = {"state_dir": str(state_dir or workdir / "state"), "settle_seconds": 2.0, "rescan_seconds": 300.0,
-             "log_level": "WARNING"}
-    table.update(daemon or {})
-    return write_config(workdir, {"local": {"platform": "local", "path": str(workdir / "dataset")}},
-                        folders=[{"path": str(folder), "targets": ["local"]}], daemon=table)
 
 
 @dataclass

@@ -1,14 +1,29 @@
-"""A platform emulator in its own process, for the throughput benchmark.
+"""A platform emulator in its own process, with the costs of the real service.
 
-The code under test never shares a GIL with the server. ``EmulatorServer`` starts
-``python -m bench.emulator_server PLATFORM [OPTIONS_JSON]`` and drives it over a line
-protocol on stdin/stdout; the server reports the *window* of a run: from the first request it
-received to the end of the last (its own monotonic clock).
+    .venv/bin/python -m bench.emulator_server nucleus --job-seconds 1 --rate-limit 40 \\
+        --fault-rate 0.1 --latency 0.02
+
+The code under test never shares a GIL with the server. ``EmulatorServer`` starts this
+module and drives it over a line protocol on stdin/stdout (one JSON object per line each
+way; the first line out is ``{"url": ...}``). The server reports the *window* of a run:
+from the first request it received to the end of the last (its own monotonic clock).
+
+Knobs (tests/emulators/knobs.py; all off by default):
+
+- ``--job-seconds S`` (Nucleus): an async job stays ``Running`` S seconds, then completes;
+  without it jobs complete as soon as they are created (``--job-script`` gives the statuses
+  of the first polls instead, e.g. ``Queued,Running``);
+- ``--rate-limit N``: N requests/s served across all clients, 429 + ``Retry-After`` beyond;
+- ``--latency S``: every served request waits S seconds before it is handled;
+- ``--fault-rate F`` and ``--fault-kinds K,K``: a seeded random fault on a fraction F of
+  the served requests (500, 502, 503, 429, reset, slow, lost_reply).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,27 +32,65 @@ from typing import Any
 
 from bench.common import PYTHON, REPO, env_with_repo
 
+PLATFORMS = ("nucleus", "edgeimpulse")
+
+
+def parser() -> argparse.ArgumentParser:
+    parse = argparse.ArgumentParser(prog="python -m bench.emulator_server",
+                                    description="a platform emulator with the costs of the real service")
+    parse.add_argument("platform", choices=PLATFORMS)
+    parse.add_argument("--job-seconds", type=float, default=None,
+                       help="Nucleus: seconds an async job stays Running (default: jobs follow --job-script)")
+    parse.add_argument("--job-script", default="",
+                       help="Nucleus: statuses of a job's first polls, comma-separated (default: done at once)")
+    parse.add_argument("--rate-limit", type=int, default=0, help="requests/s served across all clients (0: none)")
+    parse.add_argument("--retry-after", type=int, default=1, help="Retry-After of a rate-limited reply, seconds")
+    parse.add_argument("--latency", type=float, default=0.0, help="seconds each served request waits")
+    parse.add_argument("--fault-rate", type=float, default=0.0, help="fraction of served requests given a fault")
+    parse.add_argument("--fault-kinds", default="500,502,503,reset,lost_reply",
+                       help="faults to pick from, comma-separated (default: %(default)s)")
+    parse.add_argument("--seed", type=int, default=1234, help="seed of the fault injection")
+    return parse
+
+
+def command_line(platform_name: str, options: dict[str, Any]) -> list[str]:
+    """The arguments of this module for ``options`` named like its flags (``job_seconds=1``)."""
+    args = [platform_name]
+    for name, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if flag not in parser()._option_string_actions:
+            raise ValueError(f"the emulator server has no option {flag}")
+        args += [flag, ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
+    return args
+
 
 class EmulatorServer:
-    """A platform emulator served by a child process (``python -m bench.common serve ...``).
+    """A platform emulator served by a child process (``python -m bench.emulator_server``).
 
-    Commands (one JSON object per line each way): ``new`` makes a fresh dataset/project and
-    returns its credentials; ``count`` the items it holds; ``mark`` starts a new request
-    window; ``window`` returns it (first request start, last request end, request count, in
-    the server's monotonic clock); ``purge`` drops every stored item (memory).
+    Commands: ``new`` makes a fresh dataset/project and returns its credentials; ``count``
+    the items it holds; ``keys`` their keys (Nucleus reference ids, Edge Impulse sample
+    names); ``mark`` starts a new request window and zeroes the counters; ``window`` returns
+    it (first request start, last request end, request count, in the server's monotonic
+    clock); ``stats`` the requests served and refused by the rate limit and the faults
+    injected since ``mark``; ``purge`` drops every stored item (memory).
     """
 
-    def __init__(self, platform_name: str, **options: Any):
+    def __init__(self, platform_name: str, *, cpus: set[int] | None = None, **options: Any):
         self.platform = platform_name
-        self.options = options
+        self.args = command_line(platform_name, options)
+        self.cpus = cpus
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self._lock = threading.Lock()
 
     def __enter__(self) -> "EmulatorServer":
+        cpus = self.cpus
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "bench.emulator_server", self.platform, json.dumps(self.options)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_with_repo(), cwd=REPO)
+            [PYTHON, "-m", "bench.emulator_server", *self.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, env=env_with_repo(), cwd=REPO,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         hello = json.loads(self.proc.stdout.readline())
         self.url = hello["url"]
         return self
@@ -70,48 +123,58 @@ class EmulatorServer:
         return reply
 
 
-def _serve(platform_name: str, options: dict[str, Any]) -> None:
-    """The child side of EmulatorServer."""
-    sys.path.insert(0, str(REPO))
-    window: list[tuple[float, float]] = []
-
-    if platform_name == "nucleus":
+def _emulator(args: argparse.Namespace):
+    """The emulator with its knobs set, and its new/keys/purge commands."""
+    if args.platform == "nucleus":
         from tests.emulators.nucleus import NucleusEmulator
 
-        emulator = NucleusEmulator(job_script=tuple(options.get("job_script", ())))
+        emulator = NucleusEmulator(seed=args.seed, job_script=tuple(s for s in args.job_script.split(",") if s),
+                                   job_seconds=args.job_seconds)
 
         def new() -> dict[str, Any]:
             return {"dataset_id": emulator.add_dataset("bench"), "api_key": emulator.api_key,
                     "endpoint": emulator.endpoint}
 
-        def count(creds: dict[str, Any]) -> int:
-            return len(emulator.items(creds["dataset_id"]))
+        def keys(creds: dict[str, Any]) -> list[str]:
+            return [item["reference_id"] for item in emulator.items(creds["dataset_id"])]
 
         def purge() -> None:
             with emulator.lock:
                 emulator.state.items.clear()
                 emulator.state.images.clear()
                 emulator.state.jobs.clear()
-    elif platform_name == "edgeimpulse":
+                emulator.state.due.clear()
+    else:
         from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 
-        emulator = EdgeImpulseEmulator()
+        emulator = EdgeImpulseEmulator(seed=args.seed)
 
         def new() -> dict[str, Any]:
             project = emulator.add_project("bench")
             return {"project_id": project["id"], "api_key": emulator.make_key(project["id"]), "url": emulator.url}
 
-        def count(creds: dict[str, Any]) -> int:
+        def keys(creds: dict[str, Any]) -> list[str]:
             with emulator.lock:
-                return sum(1 for s in emulator.samples.values() if s["projectId"] == creds["project_id"])
+                return [s["filename"] for s in emulator.samples.values() if s["projectId"] == creds["project_id"]]
 
         def purge() -> None:
             with emulator.lock:
                 emulator.samples.clear()
                 emulator.sample_data.clear()
-    else:
-        raise SystemExit(f"unknown platform {platform_name!r}")
 
+    emulator.rate_limit.set(args.rate_limit, retry_after=args.retry_after)
+    emulator.latency = args.latency
+    if args.fault_rate:
+        emulator.faults.set_rate(args.fault_rate, tuple(k for k in args.fault_kinds.split(",") if k))
+    return emulator, new, keys, purge
+
+
+def _serve(argv: list[str]) -> None:
+    """The child side of EmulatorServer."""
+    sys.path.insert(0, str(REPO))
+    args = parser().parse_args(argv)
+    emulator, new, keys, purge = _emulator(args)
+    window: list[tuple[float, float, str]] = []
     dispatch = emulator._dispatch
 
     def timed(http, body):
@@ -131,15 +194,24 @@ def _serve(platform_name: str, options: dict[str, Any]) -> None:
             if command == "new":
                 reply: dict[str, Any] = new()
             elif command == "count":
-                reply = {"count": count(request["creds"])}
+                reply = {"count": len(keys(request["creds"]))}
+            elif command == "keys":
+                reply = {"keys": keys(request["creds"])}
             elif command == "mark":
                 window.clear()
                 emulator.requests.clear()
+                emulator.rate_limit.reset_counts()
+                emulator.faults.injected.clear()
                 reply = {}
             elif command == "window":
                 spans = list(window)
                 reply = {"start": min(s for s, _, _ in spans) if spans else None,
                          "end": max(e for _, e, _ in spans) if spans else None, "requests": len(spans)}
+            elif command == "stats":
+                injected: dict[str, int] = {}
+                for kind, _, _ in list(emulator.faults.injected):
+                    injected[kind] = injected.get(kind, 0) + 1
+                reply = {**emulator.rate_limit.counts(), "faults": injected}
             elif command == "spans":
                 reply = {"spans": list(window)}
             elif command == "purge":
@@ -154,7 +226,4 @@ def _serve(platform_name: str, options: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 2:
-        _serve(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
-    else:
-        raise SystemExit("usage: python -m bench.emulator_server nucleus|edgeimpulse [OPTIONS_JSON]")
+    _serve(sys.argv[1:])

@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import BENCH_ROOT, Report, SyncdRun, base_jpeg, env_with_repo, percentile, unique_jpeg, \
-    write_local_config
+from bench.common import BENCH_ROOT, Report, SyncdRun, base_jpeg, env_with_repo, percentile, unique_jpeg
+from bench.configs import write_local_config
 
 
 def baseline_watcher(source: str, target: str, settle: float) -> None:

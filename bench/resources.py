@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from bench.common import BENCH_ROOT, ProcessProbe, Report, SyncdRun as Daemon, env_with_repo, fill_journal, \
-    shared_tree, write_local_config
+    shared_tree
+from bench.configs import write_local_config
 
 MB = 1024 * 1024
 

@@ -32,7 +32,8 @@ import os
 import time
 from pathlib import Path
 
-from bench.common import BENCH_ROOT, Report, fill_journal, median, shared_tree, write_local_config
+from bench.common import BENCH_ROOT, Report, fill_journal, median, shared_tree
+from bench.configs import write_local_config
 
 
 def scandir_walk(root: str) -> int:

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import BENCH_ROOT, JournalMix, Report, env_with_repo, fill_journal, median, shared_tree, \
-    write_local_config
+from bench.common import BENCH_ROOT, JournalMix, Report, env_with_repo, fill_journal, median, shared_tree
+from bench.configs import write_local_config
 
 MIX = JournalMix(pending=0.02, failed=0.005, in_flight=0.002)
 

@@ -2,31 +2,38 @@
 
     .venv/bin/python -m bench.throughput                       # 600 frames, 3 rounds, both platforms
     .venv/bin/python -m bench.throughput --items 300 --rounds 1 --platforms edgeimpulse
+    .venv/bin/python -m bench.throughput --taskset 0           # uploaders pinned to CPU 0 (an edge board)
 
-The data: ``--items`` unique camera frames (640x480 JPEG, ~40 KB) in 4 folders, each with
-a sidecar of metadata (4 keys). Three uploaders deliver the same set to a fresh dataset /
+The data: ``--items`` unique camera frames (640x480 JPEG) in 4 folders, each with a
+sidecar of metadata (4 keys). The uploaders deliver the same set to a fresh dataset /
 project of the same emulator, one after the other, ``--rounds`` times (interleaved, so
-machine noise hits all three alike):
+machine noise hits all of them alike):
 
 - **syncd**: ``syncd once`` on the folder (scan, settle, read and verify each item, one
   request per item through the platform adapter, journal every step), ``workers`` =
   ``--workers``;
 - **hand loop**: a minimal hand-written ``requests`` loop at the same concurrency
-  (``--workers`` threads, one Session each) making the same requests per item as syncd's
-  adapter: Nucleus append (``async=1``), job status, job errors; Edge Impulse one ingestion
-  POST. It reads each image and sidecar and sends them; nothing else;
+  (``--workers`` threads, one Session each), one item per request: Nucleus a synchronous
+  multipart append (no job), Edge Impulse one ingestion POST. It reads each image and
+  sidecar and sends them; nothing else;
 - **SDK**: the official SDK's own upload with its defaults — scale-nucleus 0.22.3
   ``dataset.append(items, update=True)`` of local ``DatasetItem``s (batches of 10 files per
-  request, 10 in flight; it runs in ``.venv-sdk-nucleus``), edgeimpulse 1.0.20
-  ``data.upload_samples`` (one file per request, its thread pool: min(32, CPUs + 4)).
+  request, 10 in flight, then a wait for each job that sleeps 5 s per poll; it runs in
+  ``.venv-sdk-nucleus``, on ``--shipped-sdk-items`` frames), edgeimpulse 1.0.20
+  ``data.upload_samples`` (one file per request, its thread pool: min(32, CPUs + 4));
+- **sdk-fastpoll** (Nucleus): the same SDK with its job poll sleep set to 0.2 s (the hand
+  loop's), all frames: what its batching does without the sleep.
 
 The emulator runs in its own process (bench.emulator_server) and times each run from
 the first request it receives to the end of the last one; images/s = items / that window.
-It counts what the dataset holds afterwards (must be every item). Nucleus jobs complete as
-soon as they are created, the fastest a server can be: what is measured is the uploaders.
-Process wall times (start to exit, imports included) are recorded too.
+It counts what the dataset holds afterwards (must be every item). Nucleus async jobs stay
+``Running`` for ``--job-seconds`` (1 s by default, as real jobs take seconds; 0: done at
+once). ``--taskset CPU`` runs every uploader under ``taskset -c CPU`` and the emulator on
+the other CPUs: one core for the client, as on an edge board. Process wall times and CPU
+(uploader, emulator) are recorded too.
 
-Goals: syncd at least 0.9x the hand loop and faster than the SDK.
+Goals (issue 9): Nucleus with 1 s jobs >= 1.0x the hand loop and >= 10x the SDK as shipped;
+Edge Impulse >= 1.0x the hand loop and the SDK; CPU per frame <= 1.5x the hand loop's.
 """
 
 from __future__ import annotations
@@ -66,24 +73,19 @@ def hand_loop(platform: str, creds: dict, listing: str, workers: int) -> None:
     errors: list[str] = []
 
     def nucleus(session, key, path, metadata):
+        """One item per synchronous multipart append (no async job to wait for)."""
         endpoint, dataset = creds["endpoint"], creds["dataset_id"]
         with open(path, "rb") as handle:
             data = handle.read()
         name = key + ".jpg"
         items = json.dumps([{"metadata": metadata, "reference_id": key, "image_url": name, "update": True}])
-        reply = session.post(f"{endpoint}/dataset/{dataset}/append", params={"async": "1"}, timeout=120,
+        reply = session.post(f"{endpoint}/dataset/{dataset}/append", timeout=120,
                              files=[("items", (None, items, "application/json")),
                                     ("image", (quote(name, safe=""), data, "image/jpeg"))])
         reply.raise_for_status()
-        job = reply.json()["job_id"]
-        while True:
-            status = session.get(f"{endpoint}/job/{job}", timeout=120).json()["status"]
-            if status not in ("Queued", "Running"):
-                break
-            time.sleep(0.2)
-        failures = session.get(f"{endpoint}/job/{job}/errors", timeout=120).json()
-        if status != "Completed" or failures:
-            errors.append(f"{key}: {status} {failures}")
+        counts = reply.json()
+        if counts.get("upload_errors") or counts.get("new_items", 0) + counts.get("updated_items", 0) != 1:
+            errors.append(f"{key}: {counts}")
 
     def edgeimpulse(session, key, path, metadata):
         with open(path, "rb") as handle:
@@ -121,15 +123,16 @@ def hand_loop(platform: str, creds: dict, listing: str, workers: int) -> None:
 
 
 def sdk_upload(platform: str, creds: dict, listing: str, variant: str = "shipped") -> None:
-    """The official SDK's own upload, with its defaults. ``nosleep``: scale-nucleus without
-    the 5 s sleep its job wait makes after every status poll (even of a finished job)."""
+    """The official SDK's own upload, with its defaults. ``fastpoll``: scale-nucleus with
+    0.2 s instead of the 5 s sleep its job wait makes after every status poll (even of a
+    finished job)."""
     items = _items(listing)
     if platform == "nucleus":
         import nucleus.async_job
         from nucleus import DatasetItem, NucleusClient
 
-        if variant == "nosleep":
-            nucleus.async_job.JOB_POLLING_INTERVAL = 0
+        if variant == "fastpoll":
+            nucleus.async_job.JOB_POLLING_INTERVAL = 0.2
 
         client = NucleusClient(api_key=creds["api_key"], endpoint=creds["endpoint"])
         dataset = client.get_dataset(creds["dataset_id"])
@@ -161,17 +164,20 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_contender(kind: str, platform: str, creds: dict, listing, images, workdir, workers: int) -> float:
-    """Run one uploader to completion in its own process; returns its wall time (s)."""
+def run_contender(kind: str, platform: str, creds: dict, listing, images, workdir, workers: int,
+                  cpu: int | None = None) -> float:
+    """Run one uploader to completion in its own process (under ``taskset -c cpu`` when
+    given); returns its wall time (s)."""
     import subprocess
 
     from bench.common import PYTHON, REPO, env_with_repo
 
     if kind == "syncd":
+        from bench.configs import API_KEY_ENV
+
         config = syncd_config(platform, creds, images, workdir, workers)
-        key_env = {"nucleus": "NUCLEUS_API_KEY", "edgeimpulse": "EI_API_KEY"}[platform]
         command = [PYTHON, "-m", "syncd", "once", "--config", str(config)]
-        env = env_with_repo({key_env: creds["api_key"]})
+        env = env_with_repo({API_KEY_ENV[platform]: creds["api_key"]})
     elif kind == "hand":
         command = [PYTHON, str(REPO / "bench" / "throughput.py"), "--hand", platform, json.dumps(creds), str(listing),
                    str(workers)]
@@ -181,8 +187,10 @@ def run_contender(kind: str, platform: str, creds: dict, listing, images, workdi
         if not python.exists():
             raise SystemExit(f"{python} is missing: run tests/install.sh (it makes the SDK venvs)")
         command = [str(python), str(REPO / "bench" / "throughput.py"), "--sdk", platform, json.dumps(creds),
-                   str(listing), "nosleep" if kind == "sdk-nosleep" else "shipped"]
+                   str(listing), "fastpoll" if kind == "sdk-fastpoll" else "shipped"]
         env = env_with_repo()
+    if cpu is not None:
+        command = ["taskset", "-c", str(cpu), *command]
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=workdir, timeout=900)
     elapsed = time.perf_counter() - start
@@ -194,20 +202,12 @@ def run_contender(kind: str, platform: str, creds: dict, listing, images, workdi
 def syncd_config(platform: str, creds: dict, images, workdir, workers: int):
     import shutil
 
-    from tests.daemon_harness import write_config
+    from bench.configs import write_platform_config
 
     run_dir = workdir / f"syncd-{platform}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    if platform == "nucleus":
-        table = {"platform": "nucleus", "dataset_id": creds["dataset_id"], "base_url": creds["endpoint"],
-                 "workers": workers}
-    else:
-        table = {"platform": "edgeimpulse", "project_id": creds["project_id"], "ingestion_url": creds["url"],
-                 "api_url": creds["url"] + "/v1", "category": "training", "label_source": "none", "workers": workers}
-    return write_config(run_dir, {platform: table}, folders=[{"path": str(images), "targets": [platform]}],
-                        daemon={"state_dir": str(run_dir / "state"), "settle_seconds": 2.0})
+    return write_platform_config(run_dir, platform, creds, images, workers=workers)
 
 
 def main(argv: list[str] | None = None):
@@ -224,7 +224,15 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--contenders", default="syncd,hand,sdk")
     parser.add_argument("--shipped-sdk-items", type=int, default=100,
                         help="frames for scale-nucleus as shipped (it sleeps 5 s per request of 10)")
+    parser.add_argument("--job-seconds", type=float, default=1.0,
+                        help="Nucleus: seconds an async job stays Running (1; 0: done at once)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds the emulator waits per request")
+    parser.add_argument("--taskset", type=int, default=None, metavar="CPU",
+                        help="run the uploaders on this CPU only (taskset -c CPU), the emulator on the others")
+    parser.add_argument("--name", default="throughput", help="name of the saved report (bench/out/NAME.json)")
     args = parser.parse_args(argv)
+    uploader_cpu = args.taskset
+    emulator_cpus = (set(os.sched_getaffinity(0)) - {uploader_cpu}) or None if uploader_cpu is not None else None
 
     workdir = BENCH_ROOT / "throughput"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -238,15 +246,18 @@ def main(argv: list[str] | None = None):
     size = sum(path.stat().st_size for _, path in pairs) / len(pairs)
     contenders = args.contenders.split(",")
 
-    report = Report("throughput", ["platform", "uploader", "images/s (median)", "vs hand loop",
+    report = Report(args.name, ["platform", "uploader", "images/s (median)", "vs hand loop",
                                    "vs hand loop, per round", "vs SDK", "requests/item", "CPU ms/frame: uploader, emulator"])
     for platform in args.platforms.split(","):
-        kinds = contenders + (["sdk-nosleep"] if platform == "nucleus" and "sdk" in contenders else [])
+        kinds = contenders + (["sdk-fastpoll"] if platform == "nucleus" and "sdk" in contenders else [])
         rates = {k: [] for k in kinds}
         walls = {k: [] for k in kinds}
         requests = {k: [] for k in kinds}
         cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
-        with EmulatorServer(platform) as emulator:
+        knobs = {"latency": args.latency or None}
+        if platform == "nucleus":
+            knobs["job_seconds"] = args.job_seconds
+        with EmulatorServer(platform, cpus=emulator_cpus, **knobs) as emulator:
             for round_no in range(args.rounds):
                 order = kinds[round_no % len(kinds):] + kinds[:round_no % len(kinds)]
                 for kind in order:
@@ -259,7 +270,8 @@ def main(argv: list[str] | None = None):
                     client_cpu_before = _children_cpu()
                     emulator.call("mark")
                     server_cpu = ProcessProbe(emulator.pid).cpu_seconds()
-                    wall = run_contender(kind, platform, creds, kind_listing, images, workdir, args.workers)
+                    wall = run_contender(kind, platform, creds, kind_listing, images, workdir, args.workers,
+                                         uploader_cpu)
                     server_cpu = ProcessProbe(emulator.pid).cpu_seconds() - server_cpu
                     window = emulator.call("window")
                     held = emulator.call("count", creds=creds)["count"]
@@ -285,9 +297,12 @@ def main(argv: list[str] | None = None):
                        median(requests[kind]) / frames,
                        f"{median([u for u, _ in used]):.1f}, {median([e for _, e in used]):.1f}")
         report.facts[platform] = {"rates": rates, "walls": walls, "requests": requests, "cpu_uploader_emulator": cpu}
-    report.facts.update(items=args.items, rounds=args.rounds, workers=args.workers, mean_image_bytes=size)
+    report.facts.update(items=args.items, rounds=args.rounds, workers=args.workers, mean_image_bytes=size,
+                        job_seconds=args.job_seconds, latency=args.latency, taskset=args.taskset)
     report.notes.append(f"{args.items} frames of {size / 1024:.0f} KB with sidecars; syncd workers = hand-loop "
-                        f"threads = {args.workers}; median of {args.rounds} rounds")
+                        f"threads = {args.workers}; median of {args.rounds} rounds; Nucleus jobs Running "
+                        f"{args.job_seconds:g} s" + (f"; uploaders on CPU {args.taskset}" if args.taskset is not None
+                                                      else ""))
     report.finish()
     return report
 

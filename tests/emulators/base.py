@@ -1,27 +1,22 @@
-"""A small stateful HTTP emulator framework with fault injection.
+"""A small stateful HTTP emulator framework with fault injection and service costs.
 
 Each platform emulator subclasses ``Emulator``, registers routes with ``@route`` and keeps
 its state (datasets, items, jobs) in plain dicts guarded by ``self.lock``. The server is a
 real ``ThreadingHTTPServer`` on 127.0.0.1 with keep-alive, so clients talk real HTTP.
 
-Faults are injected per request by ``self.faults``:
+What a request meets before its handler runs (the knobs, ``tests/emulators/knobs.py``):
 
-- ``"500"``, ``"502"``, ``"503"``: answer that status before touching state;
-- ``"429"``: answer 429 with ``Retry-After`` (``faults.retry_after`` seconds);
-- ``"reset"``: drop the connection (TCP RST) before touching state;
-- ``"slow"``: wait ``faults.slow_seconds`` and then answer normally;
-- ``"lost_reply"``: run the handler (state is committed) and then drop the connection
-  without answering: the case that makes naive uploaders duplicate data.
-
-Use ``faults.next(kind, ...)`` to queue faults for the next matching requests, or
-``faults.set_rate(rate, kinds)`` to inject them at random (seeded) on a fraction of
-requests. ``faults.outage(True)`` refuses every request (network gone).
+- ``faults.outage(True)``: every connection is reset (the network is gone);
+- ``rate_limit``: at most ``rate_limit.set(per_second)`` requests served per second across
+  all clients; beyond it 429 with ``Retry-After`` (counted in ``rate_limit.refused``);
+- ``latency``: seconds each served request waits (a slow network or a busy service);
+- ``faults``: one injected fault (500/502/503/429/reset/slow/lost_reply), queued with
+  ``faults.next(kind, ...)`` or at random with ``faults.set_rate(rate, kinds)``.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import socket
 import struct
@@ -34,7 +29,7 @@ from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-FAULT_KINDS = ("500", "502", "503", "429", "reset", "slow", "lost_reply")
+from tests.emulators.knobs import Faults, RateLimit
 
 
 @dataclass
@@ -141,62 +136,6 @@ def route(method: str, pattern: str):
     return mark
 
 
-class Faults:
-    """Decides, per request, which fault (if any) to inject. Thread-safe and seeded."""
-
-    def __init__(self, seed: int = 1234):
-        self._lock = threading.Lock()
-        self._rng = random.Random(seed)
-        self._queued: list[tuple[str, re.Pattern | None, str | None]] = []
-        self.rate = 0.0
-        self.kinds: tuple[str, ...] = FAULT_KINDS
-        self.path_filter: re.Pattern | None = None
-        self.retry_after = 1
-        self.slow_seconds = 0.5
-        self.down = False
-        self.injected: list[tuple[str, str, str]] = []
-
-    def next(self, kind: str, *, path: str | None = None, method: str | None = None, times: int = 1) -> None:
-        """Queue ``kind`` for the next ``times`` requests whose path matches regex ``path``."""
-        assert kind in FAULT_KINDS, kind
-        with self._lock:
-            for _ in range(times):
-                self._queued.append((kind, re.compile(path) if path else None, method))
-
-    def set_rate(self, rate: float, kinds: tuple[str, ...] = FAULT_KINDS, *, path: str | None = None) -> None:
-        """Inject one of ``kinds`` at random on a fraction ``rate`` of matching requests."""
-        with self._lock:
-            self.rate = rate
-            self.kinds = kinds
-            self.path_filter = re.compile(path) if path else None
-
-    def outage(self, down: bool) -> None:
-        """While ``down``, every connection is reset (the network is gone)."""
-        self.down = down
-
-    def clear(self) -> None:
-        with self._lock:
-            self._queued.clear()
-            self.rate = 0.0
-            self.down = False
-
-    def pick(self, method: str, path: str) -> str | None:
-        with self._lock:
-            if self.down:
-                return "reset"
-            for index, (kind, pattern, want_method) in enumerate(self._queued):
-                if (pattern is None or pattern.search(path)) and (want_method in (None, method)):
-                    del self._queued[index]
-                    self.injected.append((kind, method, path))
-                    return kind
-            if self.rate and (self.path_filter is None or self.path_filter.search(path)):
-                if self._rng.random() < self.rate:
-                    kind = self._rng.choice(self.kinds)
-                    self.injected.append((kind, method, path))
-                    return kind
-        return None
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -210,6 +149,8 @@ class Emulator:
     def __init__(self, *, seed: int = 1234):
         self.lock = threading.RLock()
         self.faults = Faults(seed)
+        self.rate_limit = RateLimit()
+        self.latency = 0.0  # seconds each served request waits before it is handled
         self.requests: list[tuple[str, str]] = []
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         for attr in dir(type(self)):
@@ -310,7 +251,15 @@ class Emulator:
         )
         with self.lock:
             self.requests.append((request.method, request.path))
-        fault = self.faults.pick(request.method, self.fault_path(request))
+        if self.faults.down:  # the network is gone: the service never sees the request
+            return self._reset(http)
+        path = self.fault_path(request)
+        if not self.rate_limit.admit(path):
+            return self._write(http, json_response({"error": "rate limit exceeded, retry later"}, 429,
+                                                   **{"Retry-After": str(self.rate_limit.retry_after)}))
+        if self.latency > 0:
+            time.sleep(self.latency)
+        fault = self.faults.pick(request.method, path)
         if fault in ("reset",):
             return self._reset(http)
         if fault in ("500", "502", "503"):

@@ -13,7 +13,8 @@ Served:
   unauthenticated NDJSON ``PUT`` to the signed URL, and the legacy synchronous JSON
   ``{"items": [...], "update"}`` (≤ 0.18) answering counts. Without ``async=1`` a
   multipart append is synchronous too. A malformed request is 400 with an error body.
-- ``GET job/{id}``, ``job/{id}/errors``, ``job/{id}/info`` (jobs progress over polls).
+- ``GET job/{id}``, ``job/{id}/errors``, ``job/{id}/info`` (jobs progress over polls, or
+  with ``job_seconds`` stay Running that long, as real jobs take seconds).
 - ``GET|DELETE dataset/{id}/refloc/{ref}``, ``GET dataset/{id}/datasetItems`` (items carry
   ``ref_id``, the backend quirk the SDK handles), ``POST dataset/{id}/itemsPage``,
   ``POST dataset/{id}/metadata?async=0|1`` (merge), and ``GET /images/{item id}``.
@@ -51,12 +52,14 @@ def error(status: int, message: str) -> Response:
 class NucleusEmulator(AnnotationRoutes, Emulator):
     name = "nucleus"
 
-    def __init__(self, *, seed: int = 1234, api_key: str = DEFAULT_KEY, job_script=("Queued", "Running")):
+    def __init__(self, *, seed: int = 1234, api_key: str = DEFAULT_KEY, job_script=("Queued", "Running"),
+                 job_seconds: float | None = None):
         super().__init__(seed=seed)
         self.api_key = api_key
         self.keys = {api_key}
         self.state = NucleusState()
         self.state.job_script = list(job_script)
+        self.state.job_seconds = job_seconds
         self.signed: dict[str, bytes] = {}  # request id -> NDJSON uploaded to its signed URL
         self.record = False
         self.journal: list[dict] = []
@@ -91,19 +94,23 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
 
     def items(self, dataset_id: str) -> list[dict]:
         with self.lock:
+            self.state.run_due()
             return copy.deepcopy(list(self.state.items.get(dataset_id, {}).values()))
 
     def item(self, dataset_id: str, ref: str) -> dict | None:
         with self.lock:
+            self.state.run_due()
             return copy.deepcopy(self.state.items.get(dataset_id, {}).get(ref))
 
     def image(self, dataset_id: str, ref: str) -> bytes | None:
         with self.lock:
+            self.state.run_due()
             item = self.state.items.get(dataset_id, {}).get(ref)
             return None if item is None else self.state.images.get(item["id"])
 
     def jobs(self) -> list[Job]:
         with self.lock:
+            self.state.run_due()
             return sorted(self.state.jobs.values(), key=lambda j: j.seq)
 
     def run_jobs(self) -> None:
@@ -146,9 +153,11 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
         return dataset_id
 
     def _call(self, fn, request: Request) -> Response:
-        """Run a handler under the lock; LookupError is 404, BadRequest 400."""
+        """Run a handler under the lock, after the jobs that are due; LookupError is 404,
+        BadRequest 400."""
         try:
             with self.lock:
+                self.state.run_due()
                 return fn(request)
         except LookupError as exc:
             return error(404, str(exc.args[0]))

@@ -16,9 +16,11 @@ Kept apart from the HTTP routes (tests/emulators/nucleus.py) so the rules are in
 
 from __future__ import annotations
 
+import heapq
 import io
 import itertools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +95,7 @@ class Job:
     # returns the job's error rows.
     action: Callable[[], list[str]] | None = None
     created: str = "2026-01-01T00:00:00.000Z"
+    due: float | None = None  # with job_seconds: when the job runs (NucleusState.clock)
 
     @property
     def done(self) -> bool:
@@ -122,6 +125,9 @@ class NucleusState:
         self.reject: dict[str, str] = {}  # reference_id -> row error message (test hook)
         self.forced: list[tuple[str, str, bool]] = []  # scripted ends of the next jobs
         self.job_script: list[str] = ["Queued", "Running"]
+        self.job_seconds: float | None = None  # a job's time Running (None: follow job_script)
+        self.clock: Callable[[], float] = time.monotonic  # replaceable by tests
+        self.due: list[tuple[float, int, Job]] = []  # heap of jobs waiting for their time
         self.fifo = True  # False: a job runs alone, older pending jobs of its dataset may run later
         self._seq = itertools.count(1)
 
@@ -219,18 +225,25 @@ class NucleusState:
                   action=action)
         job.forced = self.forced.pop(0) if self.forced else None
         self.jobs[job.job_id] = job
-        if self.job_script:
+        if self.job_seconds is not None and self.job_seconds > 0:
+            job.status, job.due = "Running", self.clock() + self.job_seconds
+            heapq.heappush(self.due, (job.due, job.seq, job))
+        elif self.job_script and self.job_seconds is None:
             job.status = self.job_script[0]
         else:
             self.run_job(job)
         return job
 
     def poll(self, job: Job) -> Job:
-        """One ``GET job/{id}``: the job moves one step along ``job_script`` or runs."""
+        """One ``GET job/{id}``: the job moves one step along ``job_script`` or runs (with
+        ``job_seconds``: runs once it is due, else stays Running)."""
         if job.done:
             return job
         job.polls += 1
-        if job.polls <= len(self.job_script):
+        if job.due is not None:
+            if self.clock() >= job.due:
+                self.run_job(job)
+        elif job.polls <= len(self.job_script):
             job.status = self.job_script[job.polls - 1]
         else:
             self.run_job(job)
@@ -242,6 +255,17 @@ class NucleusState:
                         and j.seq < job.seq and self.fifo), key=lambda j: j.seq)
         for other in older + [job]:
             self._run(other)
+
+    def run_due(self) -> None:
+        """Run every job whose ``job_seconds`` are over (the server works unpolled too).
+
+        In order of due time, which is creation order while ``job_seconds`` stays the same:
+        no scan for older jobs per job (a bench makes thousands)."""
+        now = self.clock()
+        while self.due and self.due[0][0] <= now:
+            job = heapq.heappop(self.due)[2]
+            if not job.done and job.job_id in self.jobs:
+                self._run(job)
 
     def run_all(self) -> None:
         for job in sorted(self.jobs.values(), key=lambda j: j.seq):
