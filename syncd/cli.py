@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="deliver again items a target took without some parts (status: 'not sent'), e.g. after installing nibabel")
     schema = sub.add_parser("schema", help="print the JSON Schema of the sidecar file")
     schema.set_defaults(func=cmd_schema)
-    init_help = "make DIR ready for the service: DIR/config.toml, the inbox (group-writable), the dataset and state directories"
+    init_help = ("make DIR ready for the service: DIR/config.toml, the inbox (group-writable), "
+                 "the dataset and state directories")
     init = sub.add_parser("init", help=init_help, description=init_help)
     init.add_argument("--dir", required=True, help="directory to set up, e.g. /srv/syncd")
     init.add_argument("--user", help="service user that owns the directories (default: syncd as root, else you)")
@@ -213,10 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--mode", help="inbox mode, octal (default 2770: the group writes, new files get the group)")
     init.add_argument("--state-dir", help="state directory (default DIR/state)")
     init.set_defaults(func=cmd_init)
-    unit = add("systemd-unit", cmd_systemd_unit, "print the hardened systemd unit for this installation and configuration")
+    unit = add("systemd-unit", cmd_systemd_unit,
+               "print the hardened systemd unit for this installation and configuration")
     unit.add_argument("--user", default="syncd", help="service user (default syncd)")
     unit.add_argument("--credentials-dir", default="/etc/syncd/credentials",
-                      help="directory of the API key files loaded with LoadCredential= (default /etc/syncd/credentials)")
+                      help="directory of the API key files loaded with LoadCredential= "
+                           "(default /etc/syncd/credentials)")
     unit.add_argument("--sysusers", action="store_true",
                       help="print the sysusers.d file instead (user syncd, group syncd-writers); needs no --config")
     return parser

@@ -83,7 +83,8 @@ class FolderSettings(BaseModel):
     targets: list[str] = Field(min_length=1, description="names of [targets.*] tables this folder feeds")
     include: list[str] = Field(default_factory=list, description="only file names matching one of these globs")
     exclude: list[str] = Field(default_factory=list, description="file names or relative paths to ignore")
-    key_prefix: str = Field("", description="prepended to every item key of this folder; {hostname} and {machine_id} expand")
+    key_prefix: str = Field("", description="prepended to every item key of this folder; "
+                                            "{hostname} and {machine_id} expand")
     after_upload: Literal["keep", "delete"] = Field("keep", description="delete local files once every target acked")
     poll: bool = Field(False, description="poll instead of inotify (network filesystems)")
     poll_seconds: float = Field(2.0, gt=0, description="polling interval when polling")

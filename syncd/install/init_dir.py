@@ -98,7 +98,8 @@ def render_config(result: InitPlan) -> str:
         out.append(line)
     missing = set(wanted) - replaced
     if missing:  # the example changed shape; tests/install catches this before a release
-        raise LocalError(f"config.example.toml has no {', '.join(f'[{t}] {k}' for t, k in sorted(missing))}; reinstall syncd")
+        keys = ", ".join(f"[{table}] {key}" for table, key in sorted(missing))
+        raise LocalError(f"config.example.toml has no {keys}; reinstall syncd")
     intro = (f"# Written by `syncd init --dir {result.directory}`: the paths below are absolute; the\n"
              f"# inbox is writable by the group {result.group.gr_name}. Install the service with\n"
              f"# `syncd systemd-unit --config {result.config}` (README: Running under systemd).\n#\n")
@@ -140,7 +141,7 @@ def next_steps(result: InitPlan) -> str:
     return "\n".join([
         "",
         f"Writers: add each user that drops files to the group {group} (usermod -aG {group} camera);",
-        f"  they need a umask of 002 so that syncd may delete what it delivered (after_upload = \"delete\").",
+        "  they need a umask of 002 so that syncd may delete what it delivered (after_upload = \"delete\").",
         "  Another group or mode: syncd init --group NAME --mode 2775 (in a new --dir, or after removing config.toml).",
         "Next:",
         f"  edit {result.config} (folders, targets; README: Configuration)",

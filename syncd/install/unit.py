@@ -63,7 +63,8 @@ def writable_paths(config: Config) -> list[Path]:
 def credentials(config: Config, directory: Path) -> dict[str, Path]:
     """api_key_env name -> credential file, for every target a folder uses."""
     used = config.folder_targets()
-    names = {getattr(settings, "api_key_env", None) for name, settings in config.target_settings.items() if name in used}
+    names = {getattr(settings, "api_key_env", None)
+             for name, settings in config.target_settings.items() if name in used}
     return {name: directory / name for name in sorted(n for n in names if n)}
 
 

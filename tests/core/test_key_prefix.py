@@ -15,7 +15,8 @@ MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
 
 def write(tmp_path: Path, *prefixes: str) -> Path:
-    folders = "".join(f'[[folders]]\npath = "in{i}"\ntargets = ["local"]\nkey_prefix = "{p}"\n' for i, p in enumerate(prefixes))
+    folders = "".join(f'[[folders]]\npath = "in{i}"\ntargets = ["local"]\nkey_prefix = "{p}"\n'
+                      for i, p in enumerate(prefixes))
     path = tmp_path / "c.toml"
     path.write_text(folders + '[targets.local]\nplatform = "local"\npath = "out"\n')
     return path

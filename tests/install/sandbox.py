@@ -37,7 +37,9 @@ echo "apt-get $*" >> "{log}"
 shift
 for package in "$@"; do
   case "$package" in -*) continue;; esac
-  dpkg -s "$package" >/dev/null 2>&1 || {{ echo "apt-get shim: $package is not installed on this machine" >&2; exit 1; }}
+  dpkg -s "$package" >/dev/null 2>&1 && continue
+  echo "apt-get shim: $package is not installed on this machine" >&2
+  exit 1
 done
 """
 SYSTEMCTL = """#!/bin/sh
@@ -164,8 +166,8 @@ class Services:
         return self.machine.path(f"/etc/systemd/system/{name}.service")
 
     def verify(self, name: str) -> None:
-        result = subprocess.run(self.machine.enter(["systemd-analyze", "verify", f"/etc/systemd/system/{name}.service"]),
-                                capture_output=True, text=True)
+        command = ["systemd-analyze", "verify", f"/etc/systemd/system/{name}.service"]
+        result = subprocess.run(self.machine.enter(command), capture_output=True, text=True)
         assert result.returncode == 0 and not result.stderr.strip(), f"systemd-analyze verify {name}: {result.stderr}"
 
     def start(self, name: str, timeout: float = 60) -> None:

@@ -53,7 +53,8 @@ def test_init_writes_an_absolute_configuration_and_gives_the_folders_to_the_serv
     assert owner_group_mode(directory / "config.toml") == (0, USER.pw_gid, 0o640)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755
     # The output says which group and mode the inbox got, and what comes next.
-    assert f"{directory / 'inbox'}: inbox, watched; owner {USER.pw_name}, group {GROUP.gr_name}, mode 2770" in result.stdout
+    inbox_line = f"{directory / 'inbox'}: inbox, watched; owner {USER.pw_name}, group {GROUP.gr_name}, mode 2770"
+    assert inbox_line in result.stdout
     assert f"usermod -aG {GROUP.gr_name} camera" in result.stdout
     assert f"syncd systemd-unit --config {directory / 'config.toml'}" in result.stdout
     check = run_cli("check", "--config", str(directory / "config.toml"))
@@ -85,7 +86,8 @@ def test_init_never_overwrites_a_configuration(tmp_path):
 def test_unknown_user_group_or_mode_is_exit_2_and_creates_nothing(tmp_path):
     cases = [
         (["--user", "no-such-user-syncd"], "--user no-such-user-syncd: no such user"),
-        (["--user", "nobody", "--group", "no-such-group-syncd"], "--group no-such-group-syncd: no such group (create it: groupadd --system no-such-group-syncd)"),
+        (["--user", "nobody", "--group", "no-such-group-syncd"],
+         "--group no-such-group-syncd: no such group (create it: groupadd --system no-such-group-syncd)"),
         (["--user", "nobody", "--group", GROUP.gr_name, "--mode", "rwx"], "--mode rwx: not an octal mode such as 2770"),
     ]
     for args, message in cases:

@@ -18,8 +18,8 @@ MIRROR_NOTE = re.compile(r"WARNING: Location 'file://.*' is ignored")
 
 def test_the_wheel_ships_the_service_files_and_builds_without_warnings(tmp_path):
     source = copy_checkout(tmp_path / "syncd")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(source)],
-                           capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(source)]
+    build = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout + build.stderr
     noise = [line for line in (build.stdout + build.stderr).splitlines()
              if re.search(r"(?i)warn|deprecat", line) and not MIRROR_NOTE.search(line)]

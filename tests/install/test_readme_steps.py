@@ -62,7 +62,7 @@ def test_the_readme_steps_make_a_service_that_delivers_what_a_camera_drops(tmp_p
         assert "syncd" in services.running, "the README's steps did not start the service"
         shipped = list(machine.path("/opt/syncd/lib").glob("python3*/site-packages/syncd/install/data/*"))
         assert sorted(p.name for p in shipped) == ["config.example.toml", "syncd.service", "syncd.sysusers"]
-        assert f"/srv/syncd/inbox: 0 items" in outputs[-1]  # status by hand, right after the start
+        assert "/srv/syncd/inbox: 0 items" in outputs[-1]  # status by hand, right after the start
 
         # The unit as installed: hardened, run from the venv with the configuration's absolute path.
         unit = services.unit("syncd")
@@ -73,7 +73,8 @@ def test_the_readme_steps_make_a_service_that_delivers_what_a_camera_drops(tmp_p
         image = machine.path("/srv/frame.jpg")
         Image.new("RGB", (32, 24), "teal").save(image)
         image.chmod(0o644)
-        assert machine.run("useradd --system --no-create-home camera && usermod -aG syncd-writers camera").returncode == 0
+        camera = machine.run("useradd --system --no-create-home camera && usermod -aG syncd-writers camera")
+        assert camera.returncode == 0, camera.stderr
         drop = ("runuser -u camera -- sh -c 'umask 002 && mkdir -p /srv/syncd/inbox/cam1 "
                 "&& cp /srv/frame.jpg /srv/syncd/inbox/cam1/frame_{}.jpg'")
         result = machine.run(drop.format("0001"))
@@ -85,7 +86,8 @@ def test_the_readme_steps_make_a_service_that_delivers_what_a_camera_drops(tmp_p
 
         # By hand, as the service user: the same journal, the state directory writable.
         status = machine.run(f"runuser -u syncd -- {SYNCD} status --config {CONFIG}")
-        assert status.returncode == 0 and "-> local: 1 delivered, 0 pending, 0 failed" in status.stdout, status.stdout + status.stderr
+        assert status.returncode == 0, status.stderr
+        assert "-> local: 1 delivered, 0 pending, 0 failed" in status.stdout, status.stdout
         check = machine.run(f"setpriv --reuid=syncd --regid=syncd --init-groups -- {SYNCD} check --config {CONFIG}")
         assert check.returncode == 0, check.stdout + check.stderr
         assert "state directory /srv/syncd/state: writable" in check.stdout
@@ -93,7 +95,8 @@ def test_the_readme_steps_make_a_service_that_delivers_what_a_camera_drops(tmp_p
         # after_upload = "delete": the README's "Changes" steps; the service removes what a camera
         # dropped into a folder of its own once it is delivered.
         change = (f"sed -i 's/^after_upload = \"keep\"/after_upload = \"delete\"/' {CONFIG} && "
-                  f"{SYNCD} systemd-unit --config {CONFIG} > /etc/systemd/system/syncd.service && systemctl restart syncd")
+                  f"{SYNCD} systemd-unit --config {CONFIG} > /etc/systemd/system/syncd.service && "
+                  "systemctl restart syncd")
         result = machine.run(change)
         assert result.returncode == 0, result.stderr
         services.apply(machine.systemctl_calls())

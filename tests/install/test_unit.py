@@ -84,9 +84,11 @@ def test_deleting_folders_the_local_dataset_and_the_metrics_file_are_writable_ne
     extra = '[targets.copy]\nplatform = "local"\npath = "state/copy"\n'
     folder = 'after_upload = "delete"\n[[folders]]\npath = "kept"\ntargets = ["copy"]\nkey_prefix = "k/"\n'
     path = write_config(tmp_path, extra=extra, folder=folder)
-    path.write_text(path.read_text().replace("[daemon]", f'[metrics]\ntextfile = "{tmp_path}/prom/syncd.prom"\n[daemon]'))
+    metrics = f'[metrics]\ntextfile = "{tmp_path}/prom/syncd.prom"\n'
+    path.write_text(path.read_text().replace("[daemon]", metrics + "[daemon]"))
     text, _ = render_unit(load_config(path), command=COMMAND)
-    assert dict(settings(text))["ReadWritePaths"] == " ".join(str(tmp_path / p) for p in ("inbox", "prom", "state", "synced"))
+    expected = " ".join(str(tmp_path / p) for p in ("inbox", "prom", "state", "synced"))
+    assert dict(settings(text))["ReadWritePaths"] == expected
 
 
 def test_api_keys_come_from_credential_files_for_the_targets_in_use(tmp_path):
@@ -95,8 +97,9 @@ def test_api_keys_come_from_credential_files_for_the_targets_in_use(tmp_path):
     path = write_config(tmp_path, extra=nucleus + unused)
     path.write_text(path.read_text().replace('targets = ["local"]', 'targets = ["local", "nucleus"]'))
     text, warnings = render_unit(load_config(path), command=COMMAND, credentials_dir=tmp_path / "creds")
-    assert [v for k, v in settings(text) if k == "LoadCredential"] == [f"NUCLEUS_API_KEY:{tmp_path}/creds/NUCLEUS_API_KEY"]
-    assert any(w.startswith(f"{tmp_path}/creds/NUCLEUS_API_KEY is missing: put the NUCLEUS_API_KEY key in it") for w in warnings)
+    key_file = tmp_path / "creds" / "NUCLEUS_API_KEY"
+    assert [v for k, v in settings(text) if k == "LoadCredential"] == [f"NUCLEUS_API_KEY:{key_file}"]
+    assert any(w.startswith(f"{key_file} is missing: put the NUCLEUS_API_KEY key in it") for w in warnings)
 
 
 def test_paths_with_spaces_and_specifiers_survive_and_systemd_analyze_verify_accepts_the_unit(tmp_path):
@@ -111,7 +114,8 @@ def test_paths_with_spaces_and_specifiers_survive_and_systemd_analyze_verify_acc
     text, _ = render_unit(load_config(write_config(home)), user="root", command=[str(program)])
     values = dict(settings(text))
     # systemd expands $ in the arguments, not in the program's path
-    assert values["ExecStart"] == f'"{tmp_path}/my $data %%n/bin/syncd" run --config "{tmp_path}/my $$data %%n/config.toml"'
+    assert values["ExecStart"] == (f'"{tmp_path}/my $data %%n/bin/syncd" run '
+                                   f'--config "{tmp_path}/my $$data %%n/config.toml"')
     assert values["ReadWritePaths"] == f'"{tmp_path}/my $data %%n/state" "{tmp_path}/my $data %%n/synced"'
     unit = tmp_path / "syncd.service"
     unit.write_text(text)
@@ -125,7 +129,8 @@ def test_warnings_name_what_would_stop_the_service(tmp_path):
     text, warnings = render_unit(load_config(config_path), user="nobody", command=COMMAND)
     state = tmp_path / "state"
     assert f"{state} does not exist: create it before starting the unit (syncd init does)" in warnings
-    assert f"{config_path} is under /tmp, which the service does not see (PrivateTmp=yes): choose another directory" in warnings
+    hidden = f"{config_path} is under /tmp, which the service does not see (PrivateTmp=yes): choose another directory"
+    assert hidden in warnings
     assert any(w.startswith(f"user nobody cannot read the configuration {config_path}: ") for w in warnings), warnings
     _, warnings = render_unit(load_config(config_path), user="no-such-user-syncd", command=COMMAND)
     assert any(w.startswith("user no-such-user-syncd does not exist yet") for w in warnings)
