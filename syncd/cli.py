@@ -92,7 +92,8 @@ def cmd_check(args) -> int:
         print(f"state directory {state_dir}: writable")
     except OSError as exc:
         ok = False
-        print(f"state directory {state_dir}: NOT writable: {exc.strerror}; fix its permissions or set [daemon] state_dir")
+        print(f"state directory {state_dir}: NOT writable: {exc.strerror}; "
+              "fix its permissions or set [daemon] state_dir")
     journal = inspect_journal(state_dir)
     if not journal.exists:
         print(f"journal {journal.path}: none yet (made at the first start)")
@@ -119,7 +120,8 @@ def cmd_check(args) -> int:
                 print(f"  warning: {warning}")
             lost = target.unsupported_types()
             if lost:
-                print(f"  note: {target.platform} cannot represent {', '.join(lost)}: such labels are reported, not sent")
+                print(f"  note: {target.platform} cannot represent {', '.join(lost)}: "
+                      "such labels are reported, not sent")
         except SyncdError as exc:
             ok = False
             print(f"target {name} ({target.platform}): FAILED: {exc}")
@@ -180,7 +182,8 @@ def cmd_systemd_unit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="syncd", description="Deliver drop-folder items exactly once to ML data platforms.")
+    parser = argparse.ArgumentParser(
+        prog="syncd", description="Deliver drop-folder items exactly once to ML data platforms.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -202,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("keys", nargs="*", help="item keys, e.g. cam1/frame_0001")
     retry.add_argument("--failed", action="store_true", help="requeue every failed item")
     retry.add_argument("--incomplete", action="store_true",
-                       help="deliver again items a target took without some parts (status: 'not sent'), e.g. after installing nibabel")
+                       help="deliver again items a target took without some parts (status: 'not sent'), "
+                            "e.g. after installing nibabel")
     schema = sub.add_parser("schema", help="print the JSON Schema of the sidecar file")
     schema.set_defaults(func=cmd_schema)
     init_help = ("make DIR ready for the service: DIR/config.toml, the inbox (group-writable), "
