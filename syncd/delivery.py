@@ -267,3 +267,58 @@ def finish_job(target: Target, job_id: str, state: JobState,
                          for (due, upload), result in zip(kept, results)])
         outcomes = [outcome if outcome is not None else next(finished) for outcome in outcomes]
     return outcomes  # type: ignore[return-value]
+
+
+# -- the tasks a worker runs: each reports once, on the coordinator's inbox (``put``) -----------
+@dataclass
+class SendReport:
+    """A batch was sent: one outcome per item."""
+
+    target: str
+    outcomes: list[Outcome]
+
+
+@dataclass
+class PollReport:
+    """Jobs were read: each one's state, or the error that kept it from being read."""
+
+    target: str
+    states: list[tuple[str, JobState | SyncdError]]
+
+
+@dataclass
+class FinishReport:
+    """A job's end was read: one outcome per item, or the error to try again after."""
+
+    target: str
+    job_id: str
+    result: list[Outcome] | SyncdError
+
+
+def send_task(put: Callable[[object], None], target: Target, items: list, cache: ContentCache | None,
+              read_options: dict[str, Any], files_for: Callable[[DueDelivery], ItemFiles | None]) -> None:
+    try:
+        outcomes = send_batch(items, target, cache=cache, read_options=read_options, files_for=files_for)
+    except Exception as exc:  # a bug: each item is retried, its outcome unknown
+        log.exception("unexpected error sending a batch to %s", target.name)
+        outcomes = [error_outcome(due, exc, target) for due, _ in items]
+    put(SendReport(target.name, outcomes))
+
+
+def poll_task(put: Callable[[object], None], target: Target, job_ids: list[str]) -> None:
+    try:
+        states = poll_jobs(target, job_ids)
+    except Exception:  # a bug: the jobs are polled again later
+        log.exception("unexpected error polling the jobs of %s", target.name)
+        states = [(job_id, TransientError("internal error polling the job")) for job_id in job_ids]
+    put(PollReport(target.name, states))
+
+
+def finish_task(put: Callable[[object], None], target: Target, job_id: str, state: JobState, items: list,
+                read_options: dict[str, Any]) -> None:
+    try:
+        result = finish_job(target, job_id, state, items, read_options=read_options)
+    except Exception as exc:  # a bug: the job is finished again later
+        log.exception("unexpected error finishing job %s of %s", job_id, target.name)
+        result = TransientError(f"internal error finishing job {job_id}: {exc}")
+    put(FinishReport(target.name, job_id, result))

@@ -25,12 +25,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 from syncd import delivery
 from syncd.config import DaemonSettings
-from syncd.delivery import Outcome
+from syncd.delivery import FinishReport, Outcome, PollReport, SendReport
 from syncd.errors import FatalTargetError, ItemError, SyncdError, TransientError
 from syncd.folders import Folders
 from syncd.health import CheckReport, Health
@@ -46,25 +45,6 @@ from syncd.workers import Workers
 log = logging.getLogger("syncd.dispatch")
 
 DUE_RECHECK = 5.0  # seconds: the journal is asked again for due rows at least this often (syncd retry)
-
-
-@dataclass
-class SendReport:
-    target: str
-    outcomes: list[Outcome]
-
-
-@dataclass
-class PollReport:
-    target: str
-    states: list[tuple[str, JobState | SyncdError]]
-
-
-@dataclass
-class FinishReport:
-    target: str
-    job_id: str
-    result: list[Outcome] | SyncdError
 
 
 class Dispatcher:
@@ -148,7 +128,8 @@ class Dispatcher:
         for entry in staged:
             if isinstance(entry, tuple):
                 name, items = entry
-                self.executors[name].submit(self._send_task, name, items)
+                self.executors[name].submit(delivery.send_task, self.inbox.put, self.targets[name], items,
+                                            self.cache, self.read_options, self._files_for)
             else:
                 entry()
         acked, self._acked = self._acked, []
@@ -252,8 +233,9 @@ class Dispatcher:
                 elif state.status == "done":
                     job.finishing = True
                     self.tasks[name] += 1
-                    self._staged.append(partial(self._submit, name, self._finish_task, name, job_id, state,
-                                                list(job.items)))
+                    self._staged.append(partial(self._submit, name, delivery.finish_task, self.inbox.put,
+                                                self.targets[name], job_id, state, list(job.items),
+                                                self.read_options))
                 else:
                     self._give_up(job, now, f"job {job_id} of {name} was lost: its items are sent again")
             elif isinstance(state, FatalTargetError):
@@ -361,7 +343,8 @@ class Dispatcher:
         ids = self.jobs.due_polls(name, now)
         if ids:
             self.jobs.polling.add(name)
-            self._staged.append(partial(self._submit, name, self._poll_task, name, ids))
+            self._staged.append(partial(self._submit, name, delivery.poll_task, self.inbox.put, self.targets[name],
+                                        ids))
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest time dispatch has something to do without being woken (None: nothing)."""
@@ -379,31 +362,6 @@ class Dispatcher:
     # -- in the workers -------------------------------------------------------------------------
     def _submit(self, name: str, task, *args) -> None:
         self.executors[name].submit(task, *args)
-
-    def _send_task(self, name: str, items: list) -> None:
-        try:
-            outcomes = delivery.send_batch(items, self.targets[name], cache=self.cache, read_options=self.read_options,
-                                           files_for=self._files_for)
-        except Exception as exc:  # a bug: each item is retried, its outcome unknown
-            log.exception("unexpected error sending a batch to %s", name)
-            outcomes = [delivery.error_outcome(due, exc, self.targets[name]) for due, _ in items]
-        self.inbox.put(SendReport(name, outcomes))
-
-    def _poll_task(self, name: str, job_ids: list[str]) -> None:
-        try:
-            states = delivery.poll_jobs(self.targets[name], job_ids)
-        except Exception:  # a bug: the jobs are polled again later
-            log.exception("unexpected error polling the jobs of %s", name)
-            states = [(job_id, TransientError("internal error polling the job")) for job_id in job_ids]
-        self.inbox.put(PollReport(name, states))
-
-    def _finish_task(self, name: str, job_id: str, state: JobState, items: list) -> None:
-        try:
-            result = delivery.finish_job(self.targets[name], job_id, state, items, read_options=self.read_options)
-        except Exception as exc:  # a bug: the job is finished again later
-            log.exception("unexpected error finishing job %s of %s", job_id, name)
-            result = TransientError(f"internal error finishing job {job_id}: {exc}")
-        self.inbox.put(FinishReport(name, job_id, result))
 
     def _files_for(self, due: DueDelivery):
         """The item's files at the paths the journal has (in a worker: no journal access)."""

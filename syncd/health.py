@@ -64,7 +64,8 @@ class RateGate:
         self.throttles += 1
         hold = retry_after if retry_after is not None else min(MAX_HOLD, FIRST_HOLD * 2 ** (self.throttles - 1))
         self.hold_until = max(self.hold_until, now + min(hold, MAX_HOLD))
-        self.reason = f"held until {time.strftime('%H:%M:%S', time.localtime(self.hold_until))} after a throttled request"
+        until = time.strftime("%H:%M:%S", time.localtime(self.hold_until))
+        self.reason = f"held until {until} after a throttled request"
 
     def served(self, now: float) -> None:
         """A request was answered (not throttled)."""

@@ -69,7 +69,8 @@ def run_service(config: Config) -> int:
             _sleep(daemon, now, next_status, *((next_ping,) if ping_every else ()))
     finally:
         sdnotify.notify("STOPPING=1")
-        log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds, len(daemon.in_flight))
+        log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds,
+                 len(daemon.in_flight))
         daemon.close()
     log.info("stopped")
     return 0

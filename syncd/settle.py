@@ -319,7 +319,8 @@ class Settler:
             parts = [ready[i::READERS] for i in range(READERS)]
             others = [self._readers.submit(_load, part, self.read_options) for part in parts[1:] if part]
             loaded = [_load(parts[0], self.read_options)] + [future.result() for future in others]
-            by_entry = {id(entry): result for part, results in zip(parts, loaded) for entry, result in zip(part, results)}
+            by_entry = {id(entry): result for part, results in zip(parts, loaded)
+                        for entry, result in zip(part, results)}
             results = [by_entry[id(entry)] for entry in ready]
         for entry, result in zip(ready, results):
             self._settled(entry, result, now)

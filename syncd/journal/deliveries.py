@@ -107,7 +107,8 @@ class Deliveries(Writer):
         """
         rows = self.conn.execute(
             f"SELECT {_DUE_COLUMNS} FROM deliveries d JOIN items i ON i.id = d.item_id "
-            "WHERE d.target=? AND d.state='pending' AND (d.next_attempt_at<=? OR d.next_attempt_at>?) AND i.state='ready' "
+            "WHERE d.target=? AND d.state='pending' AND (d.next_attempt_at<=? OR d.next_attempt_at>?) "
+            "AND i.state='ready' "
             "ORDER BY d.next_attempt_at, d.item_id LIMIT ?",
             (target, now, now + horizon, limit),
         ).fetchall()
@@ -162,7 +163,8 @@ class Deliveries(Writer):
             ]
         )
 
-    def retry_later(self, item_id: int, target: str, error: str | None, at: float, outcome_unknown: bool, now: float, *, count: bool = True) -> None:
+    def retry_later(self, item_id: int, target: str, error: str | None, at: float, outcome_unknown: bool, now: float,
+                    *, count: bool = True) -> None:
         """A transient failure (or a paused target): due again at ``at``."""
         statements = [
             (
@@ -192,7 +194,8 @@ class Deliveries(Writer):
         """The platform took the in-flight delivery into job ``job_id``: it stays in flight,
         held by the job, until the job ends (``job_ended`` and the item's own outcome)."""
         self._tx([
-            ("UPDATE deliveries SET job_id=?, updated_at=? WHERE item_id=? AND target=?", (job_id, now, item_id, target)),
+            ("UPDATE deliveries SET job_id=?, updated_at=? WHERE item_id=? AND target=?",
+             (job_id, now, item_id, target)),
             ("INSERT INTO jobs (target, job_id, submitted_at, next_poll_at) VALUES (?, ?, ?, ?) "
              "ON CONFLICT (target, job_id) DO NOTHING", (target, job_id, now, now)),
         ])

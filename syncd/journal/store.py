@@ -64,7 +64,8 @@ class Store(Deliveries, JournalReader):
             where, args = self._children(base)
             statements.append((
                 "INSERT OR REPLACE INTO scanned_dirs (folder, dir, digest, items) SELECT ?, ?, ?, ? WHERE NOT EXISTS "
-                f"(SELECT 1 FROM items WHERE folder=? AND {where} AND state NOT IN ('ready','invalid','gone','deleted'))",
+                f"(SELECT 1 FROM items WHERE folder=? AND {where} "
+                "AND state NOT IN ('ready','invalid','gone','deleted'))",
                 (folder, directory, digest, items, folder, *args)))
         if statements:
             self._tx(statements)
@@ -74,14 +75,15 @@ class Store(Deliveries, JournalReader):
             self._tx([("DELETE FROM scanned_dirs WHERE folder=? AND dir=?", (folder, d)) for d in dirs])
 
     # -- items ----------------------------------------------------------------------------
-    def observe(self, folder: str, key: str, image: str, sidecar: str | None, mask: str | None, sig: str, now: float) -> int:
+    def observe(self, folder: str, key: str, image: str, sidecar: str | None, mask: str | None, sig: str,
+                now: float) -> int:
         """Record that the item's files changed (new signature): it must settle again. Returns its id."""
         rows = self._write_returning(
             "INSERT INTO items (folder, key, image, sidecar, mask, stat_sig, state, first_seen, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, 'settling', ?, ?) "
             "ON CONFLICT (folder, key) DO UPDATE SET image=excluded.image, sidecar=excluded.sidecar, "
-            "mask=excluded.mask, stat_sig=excluded.stat_sig, state='settling', error=NULL, updated_at=excluded.updated_at "
-            "RETURNING id",
+            "mask=excluded.mask, stat_sig=excluded.stat_sig, state='settling', error=NULL, "
+            "updated_at=excluded.updated_at RETURNING id",
             (folder, key, image, sidecar, mask, sig, now, now),
         )
         return rows[0][0]
@@ -110,9 +112,11 @@ class Store(Deliveries, JournalReader):
                     "state=CASE "
                     "  WHEN deliveries.state='in_flight' THEN 'in_flight' "
                     "  WHEN deliveries.acked_version=excluded.want_version THEN 'acked' "
-                    "  WHEN deliveries.state='failed' AND deliveries.failed_version=excluded.want_version THEN 'failed' "
+                    "  WHEN deliveries.state='failed' AND deliveries.failed_version=excluded.want_version "
+                    "    THEN 'failed' "
                     "  ELSE 'pending' END, "
-                    "attempts=CASE WHEN deliveries.state IN ('in_flight','pending') THEN deliveries.attempts ELSE 0 END, "
+                    "attempts=CASE WHEN deliveries.state IN ('in_flight','pending') THEN deliveries.attempts "
+                    "  ELSE 0 END, "
                     "next_attempt_at=CASE WHEN deliveries.state='pending' THEN deliveries.next_attempt_at ELSE 0 END, "
                     "pending_since=COALESCE(CASE WHEN deliveries.state IN ('pending','in_flight') "
                     "  THEN deliveries.pending_since END, excluded.pending_since), "
@@ -148,7 +152,8 @@ class Store(Deliveries, JournalReader):
             [
                 ("UPDATE items SET state=?, stat_sig=NULL, updated_at=? WHERE id=?", (state, now, item_id)),
                 (
-                    "UPDATE deliveries SET state=CASE WHEN acked_version IS NOT NULL AND state!='in_flight' THEN 'acked' "
+                    "UPDATE deliveries SET state=CASE "
+                    "WHEN acked_version IS NOT NULL AND state!='in_flight' THEN 'acked' "
                     "WHEN state='in_flight' THEN 'in_flight' ELSE 'waiting' END, updated_at=? "
                     "WHERE item_id=? AND state!='acked'",
                     (now, item_id),
