@@ -47,7 +47,7 @@ from syncd.watcher import FolderWatcher
 log = logging.getLogger("syncd.daemon")
 
 LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
-CACHE_BYTES = 64 << 20  # settled content kept in memory for the workers (read once)
+CACHE_BYTES = 16 << 20  # settled content kept for the workers (read once); small: RSS < 80 MB at 100k items
 PRESENCE_EVERY = 0.5  # seconds between looks at the folders' presence when nothing else asks
 
 

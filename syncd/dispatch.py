@@ -231,6 +231,8 @@ class Dispatcher:
                     self.jobs.poll_later(job, now)
                     self.store.job_polled(name, job_id, job.next_poll_at, job.polls)
                 elif state.status == "done":
+                    if self.stopping():
+                        continue  # shutting down: the next start polls it again and finishes it
                     job.finishing = True
                     self.tasks[name] += 1
                     self._staged.append(partial(self._submit, name, delivery.finish_task, self.inbox.put,
