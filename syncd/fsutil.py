@@ -10,6 +10,15 @@ from pathlib import Path
 from syncd.errors import LocalError
 
 _serial = itertools.count()  # with the pid: temp names no other writer uses (O_EXCL checks anyway)
+_pid = os.getpid()  # (a syscall per file otherwise)
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def write_atomic(path: Path | str, data: bytes, *, fsync: bool = True, make_parents: bool = True) -> None:
@@ -25,17 +34,20 @@ def write_atomic(path: Path | str, data: bytes, *, fsync: bool = True, make_pare
     directory, name = os.path.split(path)
     if make_parents:
         os.makedirs(directory or ".", exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}-{next(_serial)}.tmp")
+    tmp = os.path.join(directory, f".{name}.{_pid}-{next(_serial)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         _raise_local(exc, path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:  # plain os calls: a file object would add a buffer and a tty check per file
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         try:

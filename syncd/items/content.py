@@ -204,8 +204,10 @@ def _read(path: Path, files: ItemFiles) -> bytes:
                 raise ItemError(f"{display_name(files, path)}: a symlink leading outside the watched folder is "
                                 "refused: copy the file in instead") from None
             fd = os.open(path, _READ_FLAGS)
-        with open(fd, "rb") as handle:
-            return handle.read()
+        try:
+            return _read_all(fd)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ItemError(f"{display_name(files, path)}: the file disappeared before it could be read") from None
     except PermissionError:
@@ -218,6 +220,19 @@ def _read(path: Path, files: ItemFiles) -> bytes:
         if exc.errno == errno.EIO:
             raise ItemError(f"{display_name(files, path)}: I/O error reading the file (failing disk?)") from None
         raise ItemError(f"{display_name(files, path)}: cannot read: {exc.strerror}") from None
+
+
+def _read_all(fd: int) -> bytes:
+    """The file's bytes: its size from fstat, then read until a short read (a file object
+    would add a buffer and a tty check per file)."""
+    want = os.fstat(fd).st_size + 1  # one more: a file that grew since is read on
+    chunks = []
+    while True:
+        chunk = os.read(fd, want)
+        chunks.append(chunk)
+        if len(chunk) < want:  # end of file (a short read of a regular file)
+            return b"".join(chunks) if len(chunks) > 1 else chunk
+        want = 1 << 20
 
 
 # Images (by SHA-256) that decoded completely in this process, most recent last: an item is
