@@ -41,7 +41,7 @@ from syncd.watcher import FolderWatcher
 
 log = logging.getLogger("syncd.settle")
 
-SETTLE_SLICE = 0.02  # seconds of reading settled items per pass
+SETTLE_SLICE = 0.005  # seconds of reading per pass: the pass then dispatches, so sending keeps up with reading
 READERS = min(4, os.cpu_count() or 1)  # threads reading complete items in parallel
 READ_CHUNK = 4 * READERS  # complete items read together
 FRESH = 1.0  # seconds: an item stat'ed this recently (by the scan that found it) is not stat'ed again
