@@ -98,7 +98,10 @@ class Dispatcher:
                      len(job.items))
 
     def busy(self) -> bool:
-        return bool(self.in_flight or self.jobs.polling or self.unrecorded) or any(self.tasks.values())
+        """Work out or unrecorded (items held by jobs of a paused target wait for its resumption)."""
+        paused = self.health.paused
+        return (bool(self.jobs.polling or self.unrecorded) or any(self.tasks.values())
+                or any(target not in paused for _, target in self.in_flight))
 
     def tasks_out(self) -> bool:
         """Work handed to the workers and not reported yet (jobs are safe in the journal)."""

@@ -8,7 +8,7 @@ import pytest
 
 from syncd.config import load_config
 from syncd.daemon import Daemon
-from syncd.errors import SendAlone, SyncdError, TransientError
+from syncd.errors import FatalTargetError, SendAlone, SyncdError, TransientError
 from syncd.targets.base import JobState, Receipt, Submitted, Target, TargetSettings, Upload
 from tests.daemon_harness import write_config
 
@@ -34,7 +34,8 @@ class ScriptedTarget(Target):
     job answers ``running`` to its first ``job_polls`` reads, then ``done``; its items are
     written when it is finished (``finish_job``), where ``script`` applies. ``job_script``
     maps a job number (1, 2, ...) to ``"lost"`` (the platform forgets it), ``"stuck"`` (it
-    runs for ever) or ``"unpinned"`` (an error that names no item: every item gets SendAlone).
+    runs for ever), ``"unpinned"`` (an error that names no item: every item gets SendAlone) or
+    ``"revoked"`` (its first read answers that the key was revoked: FatalTargetError).
     """
 
     platform = "scripted"
@@ -100,6 +101,9 @@ class ScriptedTarget(Target):
             job = self.jobs.get(job_id)
             if job is None or job["fate"] == "lost":
                 return JobState("lost")
+            if job["fate"] == "revoked":
+                job["fate"] = None
+                raise FatalTargetError("HTTP 401: the API key was revoked")
             job["reads"] += 1
             return JobState("running" if job["reads"] <= self.job_polls or job["fate"] == "stuck" else "done")
 

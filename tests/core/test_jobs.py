@@ -146,3 +146,18 @@ def test_a_restart_with_jobs_outstanding_polls_them_instead_of_sending_again(mak
     assert target.batches == [keys, ["f2"]]  # only the changed item is sent again
     assert {r["state"] for r in rows(again).values()} == {"acked"}
     assert target.items["f2"]["metadata"] == {"i": 2, "edited": True}
+
+
+def test_a_job_that_cannot_be_read_pauses_the_target_and_is_read_after_it_resumes(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    write_items(inbox, 2)
+    target.job_script = {1: "revoked"}
+    daemon = make_daemon({"fake": target}, daemon={"target_recheck_seconds": 30})
+    clock = drive(daemon, until=lambda: "fake" in daemon.paused)
+    # Paused with its job outstanding: the job holds its items (in flight), nothing is polled,
+    # and `once` would not wait for it (the daemon is not busy).
+    assert {r["state"] for r in rows(daemon).values()} == {"in_flight"}
+    assert not daemon.busy() and daemon.dispatcher.jobs.next_deadline(daemon.paused) is None
+    drive(daemon, now=clock - 3600, step=40)  # the re-check passes: resumed, the job read again
+    assert "fake" not in daemon.paused and target.finished == [("job-1", ["f0", "f1"])]
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and len(target.batches) == 1
