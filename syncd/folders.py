@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.config import FolderSettings
-from syncd.items.convention import IgnoreRules, ItemFiles, make_key, probe_item
+from syncd.items.convention import IgnoreRules, ItemFiles, make_key, probe_item, walk
 from syncd.labels.classmap import find_class_map
 from syncd.watcher import FolderWatcher
 
@@ -28,6 +28,7 @@ class Folder:
     targets: list[str]
     missing: bool = False
     mount_point: bool | None = None  # whether the folder itself is a mount point (once seen)
+    unreadable: dict[str, str] = field(default_factory=dict)  # subdirectories that cannot be listed -> why
 
     @property
     def name(self) -> str:
@@ -54,6 +55,19 @@ class Folder:
         if files.mask is not None:
             files.class_map = find_class_map(files.image.parent, self.root)
         return files
+
+
+def unreadable_dirs(root: Path, rules: IgnoreRules) -> dict[str, str]:
+    """``path -> reason`` of the directories below ``root`` that cannot be listed (``syncd
+    check``; the daemon's scans find the same). One listing per directory, no stat per file."""
+    found: dict[str, str] = {}
+
+    def note(path: Path, error: OSError) -> None:
+        found[str(path)] = error.strerror or str(error)
+
+    for _ in walk(root, rules, "", filter_listing=lambda directory, entries, export: [], unreadable=note):
+        pass
+    return found
 
 
 class Folders:
@@ -97,7 +111,7 @@ class Folders:
     def check_presence(self, watcher: FolderWatcher, *, watching: bool) -> None:
         """Notice folders that went missing or came back (a rescan is requested for those)."""
         for folder in self.all:
-            present = folder.root.is_dir()
+            present = os.path.isdir(folder.root)  # False, not an error, when it cannot be reached
             if present:
                 # An unmounted folder usually leaves its mount point behind: an empty directory
                 # that must not be read as "every item was deleted".

@@ -66,10 +66,15 @@ class Scan:
         self.candidates: dict[str, int] = {}  # live journal items listed but not found unchanged: key -> id
         self.yielded: set[str] = set()  # keys of the items yielded
         self._save: list[tuple[str, str, str, int]] = []
+        self.unreadable: dict[str, str] = {}  # directories that could not be listed -> why
+
+    def _unreadable(self, directory: Path, error: OSError) -> None:
+        self.unreadable[str(directory)] = error.strerror or str(error)
 
     # -- walking --------------------------------------------------------------------------
     def items(self, start: Path | None = None) -> Iterator[ItemFiles]:
-        for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter):
+        for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter,
+                          unreadable=self._unreadable):
             self.yielded.add(files.key)
             yield files
 
@@ -135,14 +140,16 @@ class Scan:
         self._save = []
 
     def vanished(self) -> list[tuple[str, int]]:
-        """``(key, id)`` of live journal items this (full) scan did not find."""
+        """``(key, id)`` of live journal items this (full) scan did not find. Items below a
+        directory that could not be read are not among them: they may well be there."""
         missing = [(key, item_id) for key, item_id in self.candidates.items() if key not in self.yielded]
         if self.store.live_count(self.folder) == self.accounted:
             return missing  # every live item is in a directory that was listed
-        # Some live items are in directories that were not listed (removed, now ignored).
+        # Some live items are in directories that were not listed (removed, now ignored, unreadable).
         visited = self.visited
+        hidden = tuple(self._base(Path(path)) for path in self.unreadable)
         return missing + [(key, item_id) for key, item_id in self.store.live_items(self.folder)
-                          if key[: key.rfind("/") + 1] not in visited]
+                          if key[: key.rfind("/") + 1] not in visited and not key.startswith(hidden)]
 
 
 def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirEntry], rules: IgnoreRules,

@@ -82,10 +82,11 @@ class OnceResult:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, target, reason)
     pending: list[tuple[str, str, str]] = field(default_factory=list)
     paused: dict[str, str] = field(default_factory=dict)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (directory, reason): skipped
 
     @property
     def exit_code(self) -> int:
-        return 0 if not (self.failed or self.pending or self.paused) else 1
+        return 0 if not (self.failed or self.pending or self.paused or self.unreadable) else 1
 
 
 def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceResult:
@@ -144,6 +145,8 @@ def _once_result(daemon: Daemon) -> OnceResult:
         result.failed.append((key, "(labels)", f"delivered without labels/mask: {label_error}"))
     for key, error in daemon.store.settling_items():
         result.pending.append((key, "-", error or "still being written"))
+    for folder in daemon.folders:
+        result.unreadable += sorted(folder.unreadable.items())
     paused = daemon.store.paused_targets()
     result.paused = {name: reason for name, reason in paused.items() if name in daemon.targets}
     return result

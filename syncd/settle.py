@@ -88,6 +88,7 @@ class Settler:
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
         self._readers: ThreadPoolExecutor | None = None
+        self._unreadable_unsaved = {folder.name for folder in folders}  # folder.unreadable not journaled yet
 
     # -- scans and hints --------------------------------------------------------------------
     def scan(self, now: float) -> None:
@@ -95,7 +96,7 @@ class Settler:
         self.watcher.rescan_needed.clear()
         self.next_rescan = now + self.cfg.rescan_seconds * self.rng.uniform(0.9, 1.1)
         for folder in self.folders:
-            if folder.missing or not folder.root.is_dir():
+            if folder.missing or not os.path.isdir(folder.root):
                 continue
             self._scan_tree(folder, folder.root, now, full=True)
 
@@ -113,16 +114,36 @@ class Settler:
         for files in scan.items(start):
             self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
         scan.finish()
+        self._unreadable(folder, start, scan.unreadable, now)
         if not full:
             return
         for key, item_id in scan.vanished():
             if item_id not in self.settling:
                 self._vanished(folder, key, item_id, now)
 
+    def _unreadable(self, folder: Folder, start: Path, found: dict[str, str], now: float) -> None:
+        """Note the directories below ``start`` a scan could not list (skipped, each named once
+        in the log while it stays so; journaled for ``syncd status``)."""
+        assert self.store is not None
+        below = os.path.join(start, "")
+        known = folder.unreadable
+        current = {path: reason for path, reason in known.items() if path != str(start) and not path.startswith(below)}
+        current.update(found)
+        for path, reason in found.items():
+            if path not in known:
+                log.warning("cannot read the directory %s: %s; skipped, nothing in it is delivered: give the user "
+                            "syncd runs as read access to it, or add its name to the folder's exclude", path, reason)
+        for path in known.keys() - current.keys():
+            log.info("the directory %s can be read again", path)
+        if current != known or folder.name in self._unreadable_unsaved:
+            self.store.set_unreadable_dirs(folder.name, current, now)
+            folder.unreadable = current
+            self._unreadable_unsaved.discard(folder.name)
+
     def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
         assert self.store is not None
         image = self.store.item_image(item_id)
-        if image is not None and os.path.exists(image):
+        if image is not None and _may_exist(image):
             return  # unreadable directory or a race: not gone
         log.info("item %s is gone from %s", key, folder.root)
         self.store.gone(item_id, now)
@@ -133,7 +154,7 @@ class Settler:
         folder = self.folders.of(path)
         if folder is None or folder.missing:
             return
-        if path.is_dir():
+        if os.path.isdir(path):
             self._scan_tree(folder, path, now, full=False)
             return
         if path.name in (CLASS_MAP_NAME, DATAPOINT_MAP_NAME):
@@ -202,6 +223,7 @@ class Settler:
         self.settling.clear()
         self._heap.clear()
         self.newly_due.clear()
+        self._unreadable_unsaved = {folder.name for folder in self.folders}  # journaled again by the next scans
 
     # -- deadlines ---------------------------------------------------------------------------
     def _schedule(self, entry: Settling, now: float) -> None:
@@ -366,6 +388,18 @@ def _load(entries: list[Settling], read_options: dict) -> list[ItemContent | Ite
         except ItemError as exc:
             results.append(exc)
     return results
+
+
+def _may_exist(path: str) -> bool:
+    """False only when ``path`` is certainly not there (a directory that cannot be read hides
+    its files: they are not gone)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _opt(path: Path | None) -> str | None:

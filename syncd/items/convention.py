@@ -18,6 +18,7 @@ the masks come from its datapoint map (``syncd.items.redbrick_export``).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -33,7 +34,9 @@ MASK_SUFFIX = ".mask.png"
 SIDECAR_SUFFIX = ".json"
 RESERVED_NAMES = frozenset({CLASS_MAP_NAME, DATAPOINT_MAP_NAME})
 # Temporary and hidden files of editors, browsers, rsync and friends are never items.
-DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", ".goutputstream-*", "4913", "#*#")
+# lost+found: what fsck recovered on a mounted drive (root's alone; never a drop).
+DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", ".goutputstream-*", "4913", "#*#",
+                   "lost+found")
 
 
 class IgnoreRules:
@@ -209,10 +212,11 @@ def probe_item(root: Path, image_dir: Path, stem: str, rules: IgnoreRules, prefi
 
 
 ListingFilter = Callable[[Path, list[os.DirEntry], "Export | None"], list[str]]
+Unreadable = Callable[[Path, OSError], None]
 
 
 def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = None, follow_symlinks: bool = False,
-         filter_listing: ListingFilter | None = None) -> Iterator[ItemFiles]:
+         filter_listing: ListingFilter | None = None, unreadable: Unreadable | None = None) -> Iterator[ItemFiles]:
     """All items below ``start`` (default ``root``), keyed relative to ``root``.
 
     Depth first; hidden and ignored directories are skipped; symlinked directories are not
@@ -222,6 +226,9 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
     file entries (``os.DirEntry``, stat results cached on them) and returns the names still
     to group into items; the rescans of ``syncd.scan`` use it to drop unchanged items
     without building an ``ItemFiles`` for each.
+
+    A directory that cannot be listed (no permission: a root-owned ``lost+found``) is skipped;
+    ``unreadable(directory, error)`` hears about it. One that vanished is skipped silently.
     """
     first = start or root
     stack: list[tuple[str, Export | None]] = [(os.fspath(first), find_export(first, root))]
@@ -238,7 +245,9 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
                             stack.append((entry.path, export))
                     else:
                         entries.append(entry)
-        except OSError:
+        except OSError as exc:
+            if unreadable is not None and exc.errno in (errno.EACCES, errno.EPERM):
+                unreadable(path, exc)
             continue  # vanished or unreadable directory: the next scan sees it again
         if filter_listing is not None:
             names = filter_listing(path, entries, export)

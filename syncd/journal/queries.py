@@ -242,6 +242,11 @@ class JournalReader:
             "ORDER BY i.key LIMIT ?",
             (target, folder, limit)).fetchall()
 
+    def unreadable_dirs(self, folder: str) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the subdirectories of ``folder`` the daemon could not read, by path."""
+        return self.conn.execute("SELECT path, reason FROM unreadable_dirs WHERE folder=? ORDER BY path",
+                                 (folder,)).fetchall()
+
     def slow_settling(self, folder: str, limit: int) -> list[tuple[str, str]]:
         """``(key, note)`` of up to ``limit`` items of ``folder`` settling for longer than they should."""
         return self.conn.execute(

@@ -123,6 +123,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE targets ADD COLUMN rate REAL;                -- requests/s the target is held to (NULL: unlimited)
     ALTER TABLE targets ADD COLUMN rate_reason TEXT;         -- why: "configured limit", "slowed by 429 at ..."
     """,
+    # 6: subdirectories of a watched folder the daemon cannot read (skipped; `syncd status` names them)
+    """
+    CREATE TABLE unreadable_dirs (
+        folder TEXT NOT NULL,
+        path TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since REAL NOT NULL,
+        PRIMARY KEY (folder, path)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)  # the user_version of an up-to-date journal
