@@ -21,12 +21,15 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-def write_atomic(path: Path | str, data: bytes, *, fsync: bool = True, make_parents: bool = True) -> None:
+def write_atomic(path: Path | str, data: bytes, *, fsync: bool = True, make_parents: bool = True,
+                 mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace``.
 
     Readers see the old content or the new content, never a half-written file. Raises
     LocalError with the fix when the disk is full or the directory is not writable.
     ``make_parents=False``: the caller knows the directory exists (FileNotFoundError if not).
+    The file gets ``mode``, or by default what ``cp`` gives a new file: 0666 minus the umask
+    (directories made: 0777 minus it).
     The temp file is ``.<name>.<pid>-<n>.tmp``: a process killed while writing leaves it
     behind, for whoever writes that directory next to sweep (syncd.targets.local).
     """
@@ -36,11 +39,15 @@ def write_atomic(path: Path | str, data: bytes, *, fsync: bool = True, make_pare
         os.makedirs(directory or ".", exist_ok=True)
     tmp = os.path.join(directory, f".{name}.{_pid}-{next(_serial)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # 0o666: the kernel takes the umask off (no process-wide os.umask() call, which threads race).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666 if mode is None else 0o600)
     except OSError as exc:
         _raise_local(exc, path)
     try:
         try:  # plain os calls: a file object would add a buffer and a tty check per file
+            if mode is not None:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

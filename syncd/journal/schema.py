@@ -178,6 +178,7 @@ def connect(state_dir: Path) -> sqlite3.Connection:
     path = state_dir / DB_NAME
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
+        _private(path)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -192,6 +193,21 @@ def connect(state_dir: Path) -> sqlite3.Connection:
         raise LocalError(
             f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
     return conn
+
+
+def _private(path: Path) -> None:
+    """Make the journal file (created empty if missing) and its WAL files readable by this
+    user only, whatever the umask: SQLite gives the WAL files the main file's mode."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if name == path else 0), 0o600)
+        except FileNotFoundError:
+            continue
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def connect_readonly(state_dir: Path) -> sqlite3.Connection:
