@@ -15,6 +15,7 @@ the exactly-once tests).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -24,8 +25,8 @@ from typing import Any
 
 from pydantic import Field
 
-from syncd.errors import FatalTargetError, PermanentError
-from syncd.fsutil import write_atomic
+from syncd.errors import FatalTargetError, LocalError, PermanentError
+from syncd.fsutil import NAME_MAX, write_atomic, write_error
 from syncd.labels.support import FEATURES
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
 
@@ -37,6 +38,13 @@ class LocalSettings(TargetSettings):
     path: Path = Field(description="directory of the dataset; created if missing")
     log_deliveries: bool = Field(False, description=f"append each delivery to {DELIVERY_LOG}")
     fsync: bool = Field(True, description="fsync each file before it is renamed into place")
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
 
 
 class LocalTarget(Target):
@@ -95,7 +103,33 @@ class LocalTarget(Target):
     def deliver(self, upload: Upload) -> Receipt:
         """Write the image, the mask (or remove an old one) and then the record, each
         atomically; the record is the commit point. A re-send overwrites the same files, so
-        it can never make a second item. A key escaping the directory is a PermanentError."""
+        it can never make a second item. A key escaping the directory, or a name too long for
+        its filesystem, is a PermanentError; a destination that is full, read-only or not
+        writable is a FatalTargetError naming the fix (the target pauses)."""
+        try:
+            receipt = self._write(upload)
+        except (OSError, LocalError) as exc:
+            raise self._write_failed(exc, upload) from None
+        return receipt
+
+    def _write_failed(self, exc: OSError | LocalError, upload: Upload) -> Exception:
+        """The error to raise for a write that failed (see ``deliver``)."""
+        cause = exc.__cause__ if isinstance(exc, LocalError) else exc
+        if isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG:
+            name = os.path.basename(cause.filename or "") or upload.key
+            if cause.filename and not os.path.basename(cause.filename).endswith(".tmp"):
+                size = len(os.fsencode(name))
+                return PermanentError(f"the name {name} is too long for {self.root} ({size} bytes; its filesystem "
+                                      f"takes {_name_max(self.root)}): rename {upload.image_name} to a shorter name")
+            return PermanentError(f"a name of {upload.key} is too long for {self.root}: rename "
+                                  f"{upload.image_name} to a shorter name")
+        if isinstance(exc, OSError):
+            exc = write_error(exc, exc.filename or str(self.root)) or exc
+        if isinstance(exc, LocalError):
+            return FatalTargetError(f"target {self.name!r}: {exc}")
+        return exc
+
+    def _write(self, upload: Upload) -> Receipt:
         image_path, mask_path, record_path = self._paths(upload.key, upload.image_suffix)
         directory = os.path.dirname(image_path)
         self._prepare(directory)
@@ -113,6 +147,9 @@ class LocalTarget(Target):
                 os.unlink(mask_path)  # of an earlier version
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:  # a name that cannot exist there
+                    raise
         record = {
             "key": upload.key,
             "version": upload.version,
