@@ -164,6 +164,7 @@ class Dispatcher:
                 self.next_due.pop(report.target, None)
         for name in self._succeeded:
             self.store.target_succeeded(name, now)
+            self.health.succeeded(name)
 
     def _record(self, outcome: Outcome, now: float) -> None:
         assert self.store is not None

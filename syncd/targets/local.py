@@ -63,16 +63,29 @@ class LocalTarget(Target):
         self._parents: dict[str, str] = {}  # key's directory -> its resolved path
         self._ready: set[str] = set()  # directories made and swept of stale temp files
         self._sweep_lock = threading.Lock()
+        self._needs_bytes = 0  # what the write that failed for want of space needed (check() waits for it)
 
     def check(self) -> list[str]:
-        """The dataset directory exists (created if missing) and is writable; FatalTargetError
-        otherwise. No warnings: a directory holds everything."""
+        """The dataset directory exists (created if missing), is writable, and its filesystem
+        is not read-only nor full (has room for the write that last failed for want of it);
+        FatalTargetError otherwise. No warnings: a directory holds everything."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            info = os.statvfs(self.root)
         except OSError as exc:
-            raise FatalTargetError(f"target {self.name!r}: cannot create {self.root}: {exc.strerror}") from exc
+            error = write_error(exc, str(self.root / "x"))
+            raise FatalTargetError(f"target {self.name!r}: "
+                                   + (str(error) if error else f"cannot create {self.root}: {exc.strerror}")) from exc
+        if info.f_flag & os.ST_RDONLY:
+            raise FatalTargetError(f"target {self.name!r}: {self.root} is on a read-only filesystem: "
+                                   "remount it read-write")
         if not os.access(self.root, os.W_OK):
-            raise FatalTargetError(f"target {self.name!r}: {self.root} is not writable by this user")
+            raise FatalTargetError(f"target {self.name!r}: {self.root} is not writable by the user syncd runs as: "
+                                   "give it write access")
+        free = info.f_bavail * info.f_frsize
+        if free < max(1, self._needs_bytes) or (info.f_files and not info.f_favail):
+            raise FatalTargetError(f"target {self.name!r}: no space left on the device holding {self.root} "
+                                   f"({free} bytes free): free some space")
         return []
 
     def _paths(self, key: str, suffix: str) -> tuple[str, str, str]:
@@ -110,6 +123,7 @@ class LocalTarget(Target):
             receipt = self._write(upload)
         except (OSError, LocalError) as exc:
             raise self._write_failed(exc, upload) from None
+        self._needs_bytes = 0
         return receipt
 
     def _write_failed(self, exc: OSError | LocalError, upload: Upload) -> Exception:
@@ -123,6 +137,8 @@ class LocalTarget(Target):
                                       f"takes {_name_max(self.root)}): rename {upload.image_name} to a shorter name")
             return PermanentError(f"a name of {upload.key} is too long for {self.root}: rename "
                                   f"{upload.image_name} to a shorter name")
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._needs_bytes = len(upload.image) + len(upload.mask or b"") + 64 * 1024  # + the record
         if isinstance(exc, OSError):
             exc = write_error(exc, exc.filename or str(self.root)) or exc
         if isinstance(exc, LocalError):

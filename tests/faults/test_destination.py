@@ -9,9 +9,17 @@ root, as CI does, see tests/faults/test_disk.py).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
+import time
 
-from tests.daemon_harness import run_cli, run_once, write_config
+import pytest
+
+from syncd.errors import FatalTargetError
+from tests.conftest import ScriptedTarget, drive
+from tests.daemon_harness import run_cli, run_once, wait_for, write_config
+from tests.faults.test_disk import fill, small_filesystem
 from tests.helpers import age_files, image_bytes, write_item
 
 
@@ -64,3 +72,81 @@ def test_a_name_that_cannot_fit_at_the_destination_fails_once_and_clearly(tmp_pa
     status = run_cli("status", "--config", str(config)).stdout
     assert "1 failed" in status and "too long" in status
 
+
+# -- item 9: a destination read-only or full ---------------------------------------------------
+def tick_for(daemon, clock: float, seconds: int) -> float:
+    """Drive ``daemon`` pass by pass, one simulated second each, letting re-checks finish."""
+    for _ in range(seconds):
+        clock += 1
+        daemon.tick(clock)
+        daemon._collect(clock, block=0.01)
+        while daemon.checking:  # its result is recorded by the coordinator (a report)
+            wait_for(lambda: not daemon.results.empty(), timeout=10, message="a target check")
+            daemon._collect(clock)
+    return clock
+
+
+def pauses(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "syncd.health" and "paused" in r.getMessage()]
+
+
+@pytest.fixture
+def destination(tmp_path):
+    """The local target's dataset directory, on a tmpfs of its own (1 MB)."""
+    with small_filesystem(tmp_path / "remote-local", "1m") as path:
+        yield path
+
+
+def test_a_full_destination_pauses_the_target_once_and_resumes_when_space_returns(destination, make_daemon,
+                                                                                    inbox, caplog):
+    caplog.set_level(logging.INFO)
+    filler = fill(destination)
+    for i in range(3):
+        write_item(inbox, f"f{i}", metadata={"i": i}, seed=i)
+    daemon = make_daemon(daemon={"target_recheck_seconds": 2})
+    clock = tick_for(daemon, time.time() + 3600, 60)
+    assert daemon.paused.keys() == {"local"}
+    reason = daemon.store.paused_targets()["local"]
+    assert reason.startswith("target 'local': no space left on the device holding ") and "free some space" in reason
+    assert len(pauses(caplog)) <= 3, pauses(caplog)  # re-checked, not resumed into the same wall
+    assert not any("internal error" in r.getMessage() for r in caplog.records)
+    filler.unlink()
+    clock = tick_for(daemon, clock, 10)
+    drive(daemon, now=clock - 3600)
+    assert not daemon.paused
+    assert sorted(p.name for p in destination.glob("f*.json")) == ["f0.json", "f1.json", "f2.json"]
+
+
+def test_a_read_only_destination_pauses_the_target_with_the_fix(destination, make_daemon, inbox, caplog):
+    caplog.set_level(logging.INFO)
+    write_item(inbox, "a", metadata={"n": 1})
+    subprocess.run(["mount", "-o", "remount,ro", str(destination)], check=True)
+    daemon = make_daemon(daemon={"target_recheck_seconds": 2})
+    clock = tick_for(daemon, time.time() + 3600, 30)
+    reason = daemon.store.paused_targets()["local"]
+    assert reason == f"target 'local': {destination} is on a read-only filesystem: remount it read-write", reason
+    assert not any("internal error" in r.getMessage() or r.exc_info for r in caplog.records)
+    assert len(pauses(caplog)) <= 2  # a failed re-check for the same reason is not logged again
+    status = run_cli("status", "--config", str(daemon.config.config_path)).stdout
+    assert "PAUSED: target 'local'" in status and "read-only filesystem" in status
+    subprocess.run(["mount", "-o", "remount,rw", str(destination)], check=True)
+    clock = tick_for(daemon, clock, 5)
+    drive(daemon, now=clock - 3600)
+    assert not daemon.paused and (destination / "a.json").exists()
+
+
+def test_a_target_failing_right_after_each_resumption_is_rechecked_with_backoff(make_daemon, inbox, caplog):
+    """A cause its check cannot see: the target does not flap every re-check period."""
+    caplog.set_level(logging.INFO)
+    target = ScriptedTarget("fake")
+    target.script["a"] = [FatalTargetError("the dataset is locked") for _ in range(1000)]
+    write_item(inbox, "a")
+    daemon = make_daemon({"fake": target}, daemon={"target_recheck_seconds": 2})
+    clock = tick_for(daemon, time.time() + 3600, 120)
+    flaps = len([m for m in pauses(caplog) if "again right after resuming" in m])
+    assert 3 <= flaps <= 6, pauses(caplog)  # 2, 4, 8, 16, 32, 64 s: not 30 pauses in 2 minutes
+    target.script["a"] = []
+    clock = tick_for(daemon, clock, 300)
+    drive(daemon, now=clock - 3600)
+    assert target.sent and not daemon.paused
+    assert daemon.health.interval.get("fake") is None  # a success: back to target_recheck_seconds
