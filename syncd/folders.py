@@ -38,6 +38,23 @@ class Folder:
         """The item key of ``stem`` in ``directory``."""
         return make_key(self.root, directory, stem, self.settings.key_prefix)
 
+    def note_unreadable(self, start: Path, found: dict[str, str]) -> bool:
+        """A scan below ``start`` could not list the directories ``found`` (path -> why): each
+        new one is named once in the log, one readable again too. True when ``unreadable``
+        changed."""
+        below = os.path.join(start, "")
+        known = self.unreadable
+        current = {path: why for path, why in known.items() if path != str(start) and not path.startswith(below)}
+        current.update(found)
+        for path, reason in found.items():
+            if path not in known:
+                log.warning("cannot read the directory %s: %s; skipped, nothing in it is delivered: give the user "
+                            "syncd runs as read access to it, or add its name to the folder's exclude", path, reason)
+        for path in known.keys() - current.keys():
+            log.info("the directory %s can be read again", path)
+        self.unreadable = current
+        return current != known
+
     def probe(self, key: str) -> ItemFiles | None:
         """The item ``key`` as it is on disk now (probing its possible names), or None."""
         prefix = self.settings.key_prefix
@@ -55,6 +72,18 @@ class Folder:
         if files.mask is not None:
             files.class_map = find_class_map(files.image.parent, self.root)
         return files
+
+
+def may_exist(path: str) -> bool:
+    """False only when ``path`` is certainly not there (a directory that cannot be read hides
+    its files: they are not gone)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def unreadable_dirs(root: Path, rules: IgnoreRules) -> dict[str, str]:

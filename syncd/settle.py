@@ -30,7 +30,7 @@ from pathlib import Path
 
 from syncd.config import DaemonSettings
 from syncd.errors import ItemError
-from syncd.folders import Folder, Folders
+from syncd.folders import Folder, Folders, may_exist
 from syncd.items.content import ContentCache, ItemContent, read_item, stat_signature
 from syncd.items.convention import ItemFiles, printable, probe_item, role_of
 from syncd.journal.store import Store
@@ -60,6 +60,7 @@ class Settling:
     first: float  # when it started settling
     observed_at: float  # when its files were last stat'ed
     reported: bool = False  # "still being written" was reported
+    was_deleted: bool = False  # its key is that of an item delivered and deleted after upload
     check_at: float = field(default=0.0)  # its next look
     ticket: int = -1  # its live entry in the deadline heap (older ones are superseded)
 
@@ -87,6 +88,10 @@ class Settler:
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
+        # An item settled at a version every target has (a file delivered and deleted came back
+        # the same): the dispatcher applies after_upload to it again.
+        self.on_delivered: Callable[[Folder, int, str], None] = lambda folder, item_id, key: None
+        self.deleting: set[int] = set()  # items whose files after_upload removed, not journaled yet
         self._readers: ThreadPoolExecutor | None = None
         self._unreadable_unsaved = {folder.name for folder in folders}  # folder.unreadable not journaled yet
 
@@ -122,32 +127,30 @@ class Settler:
                 self._vanished(folder, key, item_id, now)
 
     def _unreadable(self, folder: Folder, start: Path, found: dict[str, str], now: float) -> None:
-        """Note the directories below ``start`` a scan could not list (skipped, each named once
-        in the log while it stays so; journaled for ``syncd status``)."""
+        """Journal the directories below ``start`` a scan could not list, when that changed."""
         assert self.store is not None
-        below = os.path.join(start, "")
-        known = folder.unreadable
-        current = {path: reason for path, reason in known.items() if path != str(start) and not path.startswith(below)}
-        current.update(found)
-        for path, reason in found.items():
-            if path not in known:
-                log.warning("cannot read the directory %s: %s; skipped, nothing in it is delivered: give the user "
-                            "syncd runs as read access to it, or add its name to the folder's exclude", path, reason)
-        for path in known.keys() - current.keys():
-            log.info("the directory %s can be read again", path)
-        if current != known or folder.name in self._unreadable_unsaved:
-            self.store.set_unreadable_dirs(folder.name, current, now)
-            folder.unreadable = current
+        if folder.note_unreadable(start, found) or folder.name in self._unreadable_unsaved:
+            self.store.set_unreadable_dirs(folder.name, folder.unreadable, now)
             self._unreadable_unsaved.discard(folder.name)
 
     def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
+        """The live item ``key`` was not found: it is gone (once), unless its files are only
+        hidden (an unreadable directory) or after_upload removed them."""
         assert self.store is not None
+        if item_id in self.deleting:
+            return  # after_upload removed its files: the dispatcher journals it as deleted
         image = self.store.item_image(item_id)
-        if image is not None and _may_exist(image):
+        if image is not None and may_exist(image):
             return  # unreadable directory or a race: not gone
+        self.on_gone(item_id)
+        if folder.settings.after_upload == "delete" and self.store.fully_acked(item_id, folder.targets):
+            # Delivered everywhere and its files removed (by after_upload before a crash kept it
+            # from being journaled, or by the user): it counts as delivered and deleted.
+            log.info("item %s was delivered and its files are gone: counted as deleted after upload", key)
+            self.store.gone(item_id, now, state="deleted")
+            return
         log.info("item %s is gone from %s", key, folder.root)
         self.store.gone(item_id, now)
-        self.on_gone(item_id)
 
     def hint(self, path: Path, now: float) -> None:
         """A file event named ``path``: observe what it may have changed."""
@@ -170,10 +173,11 @@ class Settler:
         assert self.store is not None
         if files is None:
             key = folder.key_for(path.parent, stem)
-            item_id = self.store.item_id(folder.name, key)
-            if item_id is not None:
-                self.settling.pop(item_id, None)
-                self._vanished(folder, key, item_id, now)
+            known = self.store.observed_item(folder.name, key)
+            if known is not None:
+                self.settling.pop(known[0], None)
+                if known[2] not in ("gone", "deleted"):  # (one event per file: said once)
+                    self._vanished(folder, key, known[0], now)
             return
         self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
 
@@ -202,7 +206,8 @@ class Settler:
         assert self.store is not None
         item_id = self.store.observe(folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask),
                                      sig, now)
-        entry = Settling(folder, item_id, files, sig, now, quiet, now, now)
+        entry = Settling(folder, item_id, files, sig, now, quiet, now, now,
+                         was_deleted=known is not None and known[2] == "deleted")
         self.settling[item_id] = entry
         self._schedule(entry, now)
 
@@ -365,6 +370,12 @@ class Settler:
             log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
         self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
                            notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
+        if entry.was_deleted:  # a file with the name of an item delivered and deleted after upload
+            if self.store.fully_acked(item_id, folder.targets):
+                self.on_delivered(folder, item_id, entry.files.key)  # the same again: nothing to send
+                return
+            log.warning("%s was delivered and deleted before: this new file replaces it on %s (the same key); "
+                        "give new files new names to keep both", entry.files.key, ", ".join(folder.targets))
         self.cache.put(item_id, entry.sig, content, entry.files)
         self.newly_due.update(folder.targets)
         log.debug("item %s settled at version %s", entry.files.key, content.version)
@@ -388,18 +399,6 @@ def _load(entries: list[Settling], read_options: dict) -> list[ItemContent | Ite
         except ItemError as exc:
             results.append(exc)
     return results
-
-
-def _may_exist(path: str) -> bool:
-    """False only when ``path`` is certainly not there (a directory that cannot be read hides
-    its files: they are not gone)."""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _opt(path: Path | None) -> str | None:
