@@ -145,7 +145,7 @@ def _explain(error: dict) -> str:
         return "unknown key (check the spelling against config.example.toml)"
     if kind == "missing":
         return "required key is missing"
-    return error.get("msg", "invalid value")
+    return error.get("msg", "invalid value").removeprefix("Value error, ")
 
 
 def _format_errors(prefix: str, exc: ValidationError, source: Path) -> list[str]:
