@@ -5,7 +5,9 @@ line per problem, each naming the key as it is spelt in the file (``folders[0].t
 Environment variables override file values with ``__`` between levels, for example
 ``SYNCD_DAEMON__STATE_DIR=/var/lib/syncd``. Relative paths resolve against the directory of
 the configuration file. A folder's ``key_prefix`` may hold ``{hostname}`` and ``{machine_id}``,
-expanded once at load (``expand_key_prefix``), so one file serves a fleet. Secrets are never
+expanded once at load (``expand_key_prefix``), so one file serves a fleet, and is normalised
+(``normalise_key_prefix``). Folders, destinations and key prefixes that overlap are refused
+(``syncd.overlap``). Secrets are never
 read from the file: targets name the environment variable that holds their key.
 """
 
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from syncd.errors import ConfigError
+from syncd.overlap import overlap_problems
 from syncd.targets import target_class
 from syncd.targets.base import TargetSettings
 
@@ -93,9 +96,20 @@ class FolderSettings(BaseModel):
     @field_validator("key_prefix")
     @classmethod
     def _clean_prefix(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("key_prefix must be a relative path without '..'")
-        return value
+        return normalise_key_prefix(value)
+
+
+def normalise_key_prefix(value: str) -> str:
+    """``value`` as one spelling: ``/`` between components (a backslash is one too), no empty
+    or ``.`` components, no trailing ``/`` (``"cam/"``, ``"./cam"`` and ``"cam"`` are the same
+    prefix; ``"a\\b"`` and ``"a/./b"`` are ``"a/b"``). Raises ValueError for an absolute
+    prefix, ``..``, or characters a key cannot hold."""
+    if not value.isprintable():
+        raise ValueError(f"key_prefix {value!r} holds a control character")
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or ".." in parts:
+        raise ValueError(f"key_prefix {value!r} must be a relative path without '..'")
+    return "/".join(part for part in parts if part not in ("", "."))
 
 
 class Config(BaseSettings):
@@ -259,18 +273,13 @@ def load_config(path: Path) -> Config:
                 setattr(settings, field_name, _resolve(base, value))
         config.target_settings[name] = settings
 
-    seen_prefix: dict[tuple[str, str], int] = {}
     for index, folder in enumerate(config.folders):
         for target in folder.targets:
             if target not in config.targets:
                 known = ", ".join(sorted(config.targets)) or "none"
                 problems.append(f"{path}: folders[{index}].targets: unknown target {target!r} (defined: {known})")
-            other = seen_prefix.setdefault((target, folder.key_prefix), index)
-            if other != index:
-                problems.append(
-                    f"{path}: folders[{index}].key_prefix: folders[{other}] and folders[{index}] both feed "
-                    f"target {target!r} with key_prefix {folder.key_prefix!r}; give one of them a distinct key_prefix"
-                )
+    if not problems:
+        problems += overlap_problems(config, path)
     for name in sorted(set(config.targets) - config.folder_targets()):
         config.warnings.append(f"{path}: targets.{name}: defined but no folder uses it")
     if problems:
