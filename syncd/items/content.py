@@ -19,7 +19,6 @@ import io
 import os
 import stat as stat_module
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,13 @@ from syncd.errors import ItemError
 from syncd.items.convention import ItemFiles, printable
 from syncd.labels.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
+
+# syncd applies its own limit, [daemon] max_image_pixels, to every image it decodes: per call,
+# from the header, before any pixel is decoded (_decode_image; a mask must have its image's
+# size). pillow's own limit is one number for the whole process (89.5 MP: a warning above it,
+# an error above twice that) that cannot be changed per call without a race between threads,
+# and it refused every frame between 89.5 MP and the configured limit, so it is off.
+Image.MAX_IMAGE_PIXELS = None
 
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: every complete PNG has it
 FORMAT_BY_SUFFIX = {
@@ -155,30 +161,28 @@ def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: i
     if not data:
         raise ItemError(f"{name}: the file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ItemError(
-                        f"{name}: {width}x{height} pixels exceeds max_image_pixels={max_pixels} "
-                        "(a decompression bomb?): raise [daemon] max_image_pixels if it is genuine"
-                    )
-                fmt = image.format or "?"
-                if fmt == "JPEG":
-                    # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
-                    # or corrupt file fails exactly as in a full decode: checked on 1,200
-                    # fuzzed files) but skips most of the inverse DCT and colour work, which
-                    # halves the cost of validating a camera frame.
-                    image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-                image.load()
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ItemError(
+                    f"{name}: {width}x{height} pixels exceeds max_image_pixels={max_pixels} "
+                    "(a decompression bomb?): raise [daemon] max_image_pixels if it is genuine"
+                )
+            fmt = image.format or "?"
+            if fmt == "JPEG":
+                # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
+                # or corrupt file fails exactly as in a full decode: checked on 1,200
+                # fuzzed files) but skips most of the inverse DCT and colour work, which
+                # halves the cost of validating a camera frame.
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            image.load()
     except ItemError:
         raise
     except UnidentifiedImageError:
         raise ItemError(
             f"{name}: not an image pillow can read (the content is not JPEG/PNG/TIFF/BMP/WebP): replace the file"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:  # only if something set pillow's limit again
         raise ItemError(f"{name}: refused as a possible decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ItemError(f"{name}: the image is truncated or corrupt: {exc}") from None
