@@ -38,6 +38,8 @@ from syncd.targets.base import Receipt, Upload
 Image.MAX_IMAGE_PIXELS = None
 
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: every complete PNG has it
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: how to turn the stored pixels for display, 1-8
+SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations that turn the image by 90 degrees
 FORMAT_BY_SUFFIX = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP",
 }
@@ -95,6 +97,7 @@ class ItemContent:
     version: str
     image_sha256: str
     label_errors: list[str] = field(default_factory=list)  # labels/mask left out, and why
+    orientation: int = 1  # a JPEG's EXIF orientation; width and height are as displayed
 
 
 def display_name(files: ItemFiles, path: Path) -> str:
@@ -131,13 +134,16 @@ def _read(path: Path, files: ItemFiles) -> bytes:
 # decoded when it settles, and its upload workers re-read the same bytes (verified against the
 # version, which covers their hash) — one full decode of those bytes is enough.
 _DECODED_MAX = 2048
-_decoded: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
+_decoded: OrderedDict[str, tuple[str, int, int, int]] = OrderedDict()
 _decoded_lock = threading.Lock()
 
 
 def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
-                 sha256: str | None = None) -> tuple[str, int, int]:
-    """Fully decode image bytes; return ``(format, width, height)`` or raise ItemError.
+                 sha256: str | None = None) -> tuple[str, int, int, int]:
+    """Fully decode image bytes; return ``(format, width, height, orientation)`` or raise ItemError.
+
+    ``width`` and ``height`` are as the image is displayed: a JPEG's EXIF orientation
+    (``orientation``, 1-8, see ``displayed_size``) that turns it by 90 degrees swaps them.
 
     ``sha256`` (the hash of ``data``): bytes with this hash that decoded completely before
     in this process are not decoded again.
@@ -157,7 +163,27 @@ def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: in
     return result
 
 
-def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int) -> tuple[str, int, int]:
+def displayed_size(image: Image.Image) -> tuple[int, int, int]:
+    """``(width, height, orientation)`` of an open image as viewers display it.
+
+    Only a JPEG's EXIF Orientation is read: it is what cameras write and what every viewer,
+    browser (so every platform's web page) and pillow's ``ImageOps.exif_transpose`` apply.
+    Other formats, and values outside 1-8 or an unreadable EXIF block, are taken as stored (1).
+    """
+    width, height = image.size
+    orientation = 1
+    if image.format == "JPEG" and "exif" in image.info:
+        try:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+        except Exception:  # a damaged EXIF block does not make the pixels unreadable
+            value = 1
+        orientation = value if isinstance(value, int) and 1 <= value <= 8 else 1
+    if orientation in SWAPS_AXES:
+        width, height = height, width
+    return width, height, orientation
+
+
+def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int) -> tuple[str, int, int, int]:
     if not data:
         raise ItemError(f"{name}: the file is empty (0 bytes)")
     try:
@@ -169,6 +195,7 @@ def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: i
                     "(a decompression bomb?): raise [daemon] max_image_pixels if it is genuine"
                 )
             fmt = image.format or "?"
+            shown_width, shown_height, orientation = displayed_size(image)
             if fmt == "JPEG":
                 # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
                 # or corrupt file fails exactly as in a full decode: checked on 1,200
@@ -197,7 +224,7 @@ def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: i
     if fmt == "PNG" and data.rfind(PNG_END) == -1:
         raise ItemError(f"{name}: the image is truncated or corrupt: the PNG file has no end chunk (IEND); "
                         "it is cut short or still being written")
-    return fmt, width, height
+    return fmt, shown_width, shown_height, orientation
 
 
 def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, validate_mask=None) -> ItemContent:
@@ -216,8 +243,8 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     image = _read(files.image, files)
     image_sha = hashlib.sha256(image).hexdigest()
     suffix = files.image.suffix.lower()
-    fmt, width, height = decode_image(image, name=image_name, expected_format=FORMAT_BY_SUFFIX[suffix],
-                                      max_pixels=max_pixels, sha256=image_sha)
+    fmt, width, height, orientation = decode_image(image, name=image_name, max_pixels=max_pixels,
+                                                   expected_format=FORMAT_BY_SUFFIX[suffix], sha256=image_sha)
     sidecar = Sidecar()
     if files.sidecar is not None:
         sidecar = parse_sidecar(_read(files.sidecar, files), name=display_name(files, files.sidecar))
@@ -229,20 +256,21 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     for part in (image_sha.encode(), canonical(sidecar), mask or b"", class_map_bytes or b""):
         digest.update(hashlib.sha256(part).digest())
     # Bad labels or a bad mask do not hold the image back: it is delivered without them and the
-    # problem is reported (status, once) until the files are fixed.
+    # problem is reported (status, once) until the files are fixed. Both are read in the
+    # displayed orientation (width and height above), which a turned JPEG's error says.
     label_errors: list[str] = []
     if validate_labels is not None and sidecar.labels:
         try:
             sidecar.labels = validate_labels(sidecar.labels, width, height, display_name(files, files.sidecar))
         except ItemError as exc:
-            label_errors.append(str(exc))
+            label_errors.append(_as_displayed(str(exc), width, height, orientation))
             sidecar.labels = []
     class_map = None
     if mask is not None and validate_mask is not None:
         try:
             class_map = validate_mask(mask, class_map_bytes, width, height, display_name(files, files.mask))
         except ItemError as exc:
-            label_errors.append(str(exc))
+            label_errors.append(_as_displayed(str(exc), width, height, orientation))
             mask = None
     return ItemContent(
         image=image,
@@ -255,7 +283,15 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
         version=digest.hexdigest()[:32],
         image_sha256=image_sha,
         label_errors=label_errors,
+        orientation=orientation,
     )
+
+
+def _as_displayed(error: str, width: int, height: int, orientation: int) -> str:
+    if orientation == 1:
+        return error
+    return (f"{error} (the image is {width}x{height} as displayed, turned by its EXIF orientation {orientation}: "
+            "labels and masks are in the displayed orientation)")
 
 
 def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) -> Upload:
@@ -268,6 +304,7 @@ def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) 
         image_format=content.image_format,
         width=content.width,
         height=content.height,
+        orientation=content.orientation,
         metadata=content.sidecar.metadata,
         labels=list(content.sidecar.labels),
         source_path=files.image,

@@ -87,7 +87,9 @@ class Upload:
     ``key`` is the item key (``cam1/frame_0001``, with the folder's ``key_prefix``); every
     remote idempotency key is derived from it. ``labels`` are the sidecar's labels as
     plain dicts (see syncd.labels.sidecar); ``class_map`` is the class map that applies to the
-    mask, if any.
+    mask, if any. ``width`` and ``height`` are the image's as displayed, and labels and mask
+    are in that orientation: ``orientation`` is a JPEG's EXIF orientation (1-8), which turns
+    the stored pixels for display (5-8 swap width and height); the image bytes are unchanged.
     """
 
     key: str
@@ -104,6 +106,7 @@ class Upload:
     mask: bytes | None = None
     class_map: dict[str, Any] | None = None
     previous: Receipt | None = None
+    orientation: int = 1
 
     @property
     def image_suffix(self) -> str:

@@ -105,6 +105,8 @@ class LocalTarget(Target):
             "source_path": str(upload.source_path),
             "delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if upload.orientation != 1:
+            record["exif_orientation"] = upload.orientation  # width, height and labels are as displayed
         write_atomic(record_path, json.dumps(record, indent=2, sort_keys=True).encode(), fsync=fsync)
         if self.settings.log_deliveries:
             self._log(upload)
