@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from syncd.errors import ItemError
+from syncd.items.confined import NotRegular, OutsideFolder, read_inside
 from syncd.items.convention import ItemFiles, printable
 from syncd.labels.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
@@ -108,14 +109,23 @@ def display_name(files: ItemFiles, path: Path) -> str:
 
 
 def _read(path: Path, files: ItemFiles) -> bytes:
-    if path.is_symlink() and not path.resolve().is_relative_to(files.root.resolve()):
-        raise ItemError(
-            f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: "
-            "copy the file in instead"
-        )
+    """The bytes of one file of the item, read only if it is inside the watched folder at
+    the moment it is read (``syncd.items.confined``); every problem is an ItemError."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        return read_inside(path, files.root)
+    except OutsideFolder as exc:
+        if os.path.islink(path):
+            raise ItemError(
+                f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: "
+                "copy the file in instead"
+            ) from None
+        raise ItemError(
+            f"{display_name(files, path)}: leads outside the watched folder (to {printable(exc.real)}): a "
+            "directory on its path was replaced by a symlink; symlinked directories are refused: move the "
+            "files in instead"
+        ) from None
+    except NotRegular:
+        raise ItemError(f"{display_name(files, path)}: not a regular file") from None
     except FileNotFoundError:
         raise ItemError(f"{display_name(files, path)}: the file disappeared before it could be read") from None
     except PermissionError:

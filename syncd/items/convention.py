@@ -218,6 +218,18 @@ def _relative_dir(root: Path, directory: Path) -> str | None:
     return "" if rel == "." else rel
 
 
+def _through_symlink(root: Path, rel: str) -> bool:
+    """Whether a directory on the way from ``root`` down ``rel`` is a symlink (as walk never
+    follows one, a hint for a path through one is not followed either; reading refuses what
+    is outside the folder anyway, syncd.items.confined)."""
+    path = os.fspath(root)
+    for part in rel.split("/") if rel else ():
+        path = f"{path}/{part}"
+        if os.path.islink(path):
+            return True
+    return False
+
+
 def group_directory(root: Path, directory: Path, names: Iterable[str], rules: IgnoreRules, prefix: str,
                     export: Export | None = None) -> Iterator[ItemFiles]:
     """Group the file names of one directory into items (images with their companions).
@@ -294,7 +306,8 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
 
     Depth first; ignored directories (``IgnoreRules``: hidden ones, ``drafts/*``...) are
     skipped with everything below them, ``start`` included; symlinked directories are not
-    followed (they could lead outside the watched folder or loop).
+    followed (they could lead outside the watched folder or loop), nor is a ``start`` reached
+    through one.
 
     ``filter_listing(directory, entries, export)``: when given, it receives each directory's
     file entries (``os.DirEntry``, stat results cached on them) and returns the names still
@@ -303,8 +316,8 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
     """
     first = start or root
     first_rel = _relative_dir(root, first)
-    if first_rel is None or rules.ignored_path(first_rel):
-        return  # a hint for a directory that is ignored (or outside the folder)
+    if first_rel is None or rules.ignored_path(first_rel) or _through_symlink(root, first_rel):
+        return  # a hint for a directory that is ignored, outside the folder or reached by a symlink
     stack: list[tuple[str, str, Export | None]] = [(os.fspath(first), first_rel, find_export(first, root))]
     while stack:
         directory, rel, export = stack.pop()
