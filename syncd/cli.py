@@ -195,6 +195,17 @@ def cmd_systemd_unit(args) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds for argparse: finite and not negative (``nan`` would wait forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds, 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncd", description="Deliver drop-folder items exactly once to ML data platforms.")
@@ -209,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the daemon in the foreground (systemd runs it this way)")
     once = add("once", cmd_once, "scan, deliver everything due, wait for the results, exit (0 ok, 1 failures)")
-    once.add_argument("--max-wait", type=float, default=600.0, help="seconds to keep retrying transient failures (600)")
+    once.add_argument("--max-wait", type=_seconds, default=600.0,
+                      help="seconds to keep retrying transient failures (600)")
     once.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [daemon] log_level")
     status = add("status", cmd_status, "delivered, pending and failed items per folder and target")
     status.add_argument("--json", action="store_true", help="machine-readable output")

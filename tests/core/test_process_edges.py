@@ -219,6 +219,13 @@ def test_metrics_port_already_in_use(tmp_path):
             "deliveries go on without /metrics") in logs
 
 
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "soon"])
+def test_max_wait_must_be_seconds(tmp_path, value):
+    result = run_cli("once", "--max-wait", value, "--config", str(local_config(tmp_path)))
+    assert result.returncode == 2
+    assert "syncd once: error: argument --max-wait:" in one_line(result).splitlines()[-1]
+
+
 # -- exit codes as documented --------------------------------------------------------------------
 
 def test_status_exit_codes_are_the_documented_ones(tmp_path):
