@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from syncd.items.convention import IgnoreRules
 
-if TYPE_CHECKING:
-    from syncd.config import Config
+# ``config`` below is a ``syncd.config.Config`` (not imported: config imports this module).
+Config = Any
 
 
 def overlap_problems(config: Config, source: Path) -> list[str]:
