@@ -5,7 +5,7 @@ way (``inbox/cam``) may have been swapped for a symlink to anywhere since. ``rea
 opens the path as it is, then asks the kernel where the open file really is
 (``/proc/self/fd/N``) and refuses it unless that is below the folder's real path. Whatever was
 swapped, and whenever, the bytes returned are those of a file inside the folder. It costs one
-``readlink`` per file, no more than the ``lstat`` it replaces.
+``readlink`` per file (open, fstat, readlink, read, close).
 
 Symlinks whose target is inside the folder are followed, as before; symlinked directories are
 never walked by scans (``syncd.items.convention.walk``).
@@ -14,7 +14,6 @@ never walked by scans (``syncd.items.convention.walk``).
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 from pathlib import Path
@@ -47,7 +46,8 @@ def read_inside(path: str | Path, root: str | Path) -> bytes:
     """
     fd = os.open(path, _FLAGS)
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode, size = st.st_mode, st.st_size
         real = _where(fd, path)
         if not _inside(real, os.fspath(root)):
             raise OutsideFolder(real)
@@ -55,10 +55,22 @@ def read_inside(path: str | Path, root: str | Path) -> bytes:
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(path))
             raise NotRegular(errno.EINVAL, "not a regular file", os.fspath(path))
-        with io.FileIO(fd, closefd=False) as handle:
-            return handle.readall()
+        return _read_all(fd, size)
     finally:
         os.close(fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The file's bytes: ``size`` from fstat, then read until a short read (a file object
+    would add a buffer and a tty check per file)."""
+    want = size + 1  # one more: a file that grew since is read on
+    chunks = []
+    while True:
+        chunk = os.read(fd, want)
+        chunks.append(chunk)
+        if len(chunk) < want:  # end of file (a short read of a regular file)
+            return b"".join(chunks) if len(chunks) > 1 else chunk
+        want = 1 << 20
 
 
 def _where(fd: int, path: str | Path) -> str:

@@ -2,20 +2,26 @@
 
 ``stat_signature`` is size, mtime and inode of every file of an item: what a scan compares
 before reading anything. ``read_item`` reads the files of an ``ItemFiles``
-(syncd.items.convention), fully decodes the image, parses the sidecar, runs the label and
+(syncd.items.convention), fully decodes the image (syncd.items.image), parses the sidecar, runs the label and
 mask checks it is given (syncd.labels.validate) and returns an ``ItemContent``; every problem
 with the input is an ``ItemError`` naming the file and what to do.
 
 The version is a SHA-256 over the image bytes, the canonical sidecar, the mask bytes and (for
 masked items) the class map, so a change of whitespace in a sidecar is not a change but any
 content change is. ``to_upload`` turns files and content into the ``Upload`` a target sends.
+
+The read path (read once): what settling read is kept in a ``ContentCache`` (bounded by
+bytes, keyed by item and stat signature) for the upload workers; ``verified`` re-hashes the
+cached bytes against the journaled version before they are sent. On a miss (a restart, an
+eviction, a file changed since) ``read_item(..., expect_version=v)`` reads and hashes the
+files again and raises ``Changed`` when they are not version ``v`` any more; when they are,
+the image is not decoded a second time (those very bytes were decoded when they settled).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import stat as stat_module
 import threading
@@ -23,24 +29,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from syncd.errors import ItemError
 from syncd.items.confined import NotRegular, OutsideFolder, read_inside
 from syncd.items.convention import ItemFiles, printable
+from syncd.items.image import decode_image, image_header
 from syncd.labels.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
 
-# syncd applies its own limit, [daemon] max_image_pixels, to every image it decodes: per call,
-# from the header, before any pixel is decoded (_decode_image; a mask must have its image's
-# size). pillow's own limit is one number for the whole process (89.5 MP: a warning above it,
-# an error above twice that) that cannot be changed per call without a race between threads,
-# and it refused every frame between 89.5 MP and the configured limit, so it is off.
-Image.MAX_IMAGE_PIXELS = None
-
-PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: every complete PNG has it
-EXIF_ORIENTATION = 0x0112  # the EXIF tag: how to turn the stored pixels for display, 1-8
-SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations that turn the image by 90 degrees
 FORMAT_BY_SUFFIX = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP",
 }
@@ -84,9 +79,18 @@ def stat_signature(files: ItemFiles) -> tuple[str, float]:
     return "|".join(sigs), quiet
 
 
+class Changed(Exception):
+    """The files are no longer the version the caller expected (``read_item``)."""
+
+
 @dataclass
 class ItemContent:
-    """An item's bytes as read from disk, validated."""
+    """An item's bytes as read from disk, validated.
+
+    ``parts``: SHA-256 digests of the canonical sidecar, the raw mask and the class map;
+    with ``image_sha256`` they make the version (``item_version``), so cached content can
+    be verified by re-hashing only the bytes that are sent (``verified``).
+    """
 
     image: bytes
     image_format: str
@@ -98,14 +102,85 @@ class ItemContent:
     version: str
     image_sha256: str
     label_errors: list[str] = field(default_factory=list)  # labels/mask left out, and why
+    parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
     orientation: int = 1  # a JPEG's EXIF orientation; width and height are as displayed
+
+    @property
+    def size(self) -> int:
+        """Bytes held in memory (for the cache's bound)."""
+        return len(self.image) + len(self.mask or b"")
+
+
+def item_version(image_sha256: str, parts: tuple[bytes, bytes, bytes]) -> str:
+    """The version of an item from its image hash and the digests of its other parts."""
+    digest = hashlib.sha256(hashlib.sha256(image_sha256.encode()).digest())
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()[:32]
+
+
+def verified(content: ItemContent, version: str) -> bool:
+    """True when ``content`` is exactly ``version``: its image and mask bytes are hashed
+    again now (a cached copy must never send the bytes of another version)."""
+    if content.version != version or item_version(content.image_sha256, content.parts) != version:
+        return False
+    if hashlib.sha256(content.image).hexdigest() != content.image_sha256:
+        return False
+    return content.mask is None or hashlib.sha256(content.mask).digest() == content.parts[1]
+
+
+class ContentCache:
+    """Settled content waiting to be sent, by item id and stat signature, most recent last,
+    bounded by ``max_bytes`` (the oldest go first). Shared by the coordinator (``put``,
+    ``drop``) and the upload workers (``get``)."""
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[int, tuple[str, ItemContent, ItemFiles | None]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, item_id: int, sig: str, content: ItemContent, files: ItemFiles | None = None) -> None:
+        """Keep ``content`` read from ``files`` at stat signature ``sig``."""
+        if content.size > self.max_bytes:
+            return
+        with self._lock:
+            self._pop(item_id)
+            self._entries[item_id] = (sig, content, files)
+            self._bytes += content.size
+            while self._bytes > self.max_bytes:
+                self._pop(next(iter(self._entries)))
+
+    def get(self, item_id: int, sig: str) -> ItemContent | None:
+        """The content cached for the item at stat signature ``sig``, or None."""
+        with self._lock:
+            entry = self._entries.get(item_id)
+        return entry[1] if entry is not None and entry[0] == sig else None
+
+    def entry(self, item_id: int) -> tuple[str, ItemContent, ItemFiles | None] | None:
+        """``(sig, content, files)`` cached for the item, whatever its signature, or None."""
+        with self._lock:
+            return self._entries.get(item_id)
+
+    def drop(self, item_id: int) -> None:
+        with self._lock:
+            self._pop(item_id)
+
+    def _pop(self, item_id: int) -> None:
+        entry = self._entries.pop(item_id, None)
+        if entry is not None:
+            self._bytes -= entry[1].size
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def display_name(files: ItemFiles, path: Path) -> str:
-    try:
-        return f"{files.root.name}/{path.relative_to(files.root).as_posix()}"
-    except ValueError:
-        return str(path)
+    """``path`` as messages show it: from the watched folder's name down (``inbox/cam1/f.png``)."""
+    root, text = str(files.root), str(path)  # strings: this runs for every file read
+    if text.startswith(root) and text[len(root):len(root) + 1] == "/":
+        return f"{files.root.name}{text[len(root):]}"
+    return text
 
 
 def _read(path: Path, files: ItemFiles) -> bytes:
@@ -140,108 +215,15 @@ def _read(path: Path, files: ItemFiles) -> bytes:
         raise ItemError(f"{display_name(files, path)}: cannot read: {exc.strerror}") from None
 
 
-# Images (by SHA-256) that decoded completely in this process, most recent last: an item is
-# decoded when it settles, and its upload workers re-read the same bytes (verified against the
-# version, which covers their hash) — one full decode of those bytes is enough.
-_DECODED_MAX = 2048
-_decoded: OrderedDict[str, tuple[str, int, int, int]] = OrderedDict()
-_decoded_lock = threading.Lock()
-
-
-def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
-                 sha256: str | None = None) -> tuple[str, int, int, int]:
-    """Fully decode image bytes; return ``(format, width, height, orientation)`` or raise ItemError.
-
-    ``width`` and ``height`` are as the image is displayed: a JPEG's EXIF orientation
-    (``orientation``, 1-8, see ``displayed_size``) that turns it by 90 degrees swaps them.
-
-    ``sha256`` (the hash of ``data``): bytes with this hash that decoded completely before
-    in this process are not decoded again.
-    """
-    if sha256 is not None:
-        with _decoded_lock:
-            known = _decoded.get(sha256)
-        if known is not None and known[0] == expected_format and known[1] * known[2] <= max_pixels:
-            return known
-    result = _decode_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels)
-    if sha256 is not None:
-        with _decoded_lock:
-            _decoded[sha256] = result
-            _decoded.move_to_end(sha256)
-            while len(_decoded) > _DECODED_MAX:
-                _decoded.popitem(last=False)
-    return result
-
-
-def displayed_size(image: Image.Image) -> tuple[int, int, int]:
-    """``(width, height, orientation)`` of an open image as viewers display it.
-
-    Only a JPEG's EXIF Orientation is read: it is what cameras write and what every viewer,
-    browser (so every platform's web page) and pillow's ``ImageOps.exif_transpose`` apply.
-    Other formats, and values outside 1-8 or an unreadable EXIF block, are taken as stored (1).
-    """
-    width, height = image.size
-    orientation = 1
-    if image.format == "JPEG" and "exif" in image.info:
-        try:
-            value = image.getexif().get(EXIF_ORIENTATION, 1)
-        except Exception:  # a damaged EXIF block does not make the pixels unreadable
-            value = 1
-        orientation = value if isinstance(value, int) and 1 <= value <= 8 else 1
-    if orientation in SWAPS_AXES:
-        width, height = height, width
-    return width, height, orientation
-
-
-def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int) -> tuple[str, int, int, int]:
-    if not data:
-        raise ItemError(f"{name}: the file is empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ItemError(
-                    f"{name}: {width}x{height} pixels exceeds max_image_pixels={max_pixels} "
-                    "(a decompression bomb?): raise [daemon] max_image_pixels if it is genuine"
-                )
-            fmt = image.format or "?"
-            shown_width, shown_height, orientation = displayed_size(image)
-            if fmt == "JPEG":
-                # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
-                # or corrupt file fails exactly as in a full decode: checked on 1,200
-                # fuzzed files) but skips most of the inverse DCT and colour work, which
-                # halves the cost of validating a camera frame.
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            image.load()
-    except ItemError:
-        raise
-    except UnidentifiedImageError:
-        raise ItemError(
-            f"{name}: not an image pillow can read (the content is not JPEG/PNG/TIFF/BMP/WebP): replace the file"
-        ) from None
-    except Image.DecompressionBombError as exc:  # only if something set pillow's limit again
-        raise ItemError(f"{name}: refused as a possible decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ItemError(f"{name}: the image is truncated or corrupt: {exc}") from None
-    except Exception as exc:  # pillow raises odd things on hostile input
-        raise ItemError(f"{name}: the image cannot be decoded: {type(exc).__name__}: {exc}") from None
-    if fmt != expected_format and not (expected_format == "TIFF" and fmt == "TIFF"):
-        raise ItemError(
-            f"{name}: the file is a {fmt} image but its name says {expected_format}: rename it with the right extension"
-        )
-    # pillow decodes a PNG that lacks its last bytes (the end chunk, even some of the pixel
-    # data's checksum): without this a file caught mid-write would be delivered.
-    if fmt == "PNG" and data.rfind(PNG_END) == -1:
-        raise ItemError(f"{name}: the image is truncated or corrupt: the PNG file has no end chunk (IEND); "
-                        "it is cut short or still being written")
-    return fmt, shown_width, shown_height, orientation
-
-
-def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, validate_mask=None) -> ItemContent:
+def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, validate_mask=None,
+              expect_version: str | None = None) -> ItemContent:
     """Read and validate every file of an item and compute its version.
 
     ``validate_labels(labels, width, height, name)`` and ``validate_mask(mask, class_map_bytes,
     width, height, name)`` hook the label and mask checks in; each raises ItemError.
+
+    ``expect_version``: the files must still be this (settled, so validated) version: raises
+    ``Changed`` when they are not, and does not decode the image again when they are.
     """
     if files.extra_images:
         others = ", ".join(p.name for p in files.extra_images)
@@ -252,9 +234,10 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     image_name = display_name(files, files.image)
     image = _read(files.image, files)
     image_sha = hashlib.sha256(image).hexdigest()
-    suffix = files.image.suffix.lower()
-    fmt, width, height, orientation = decode_image(image, name=image_name, max_pixels=max_pixels,
-                                                   expected_format=FORMAT_BY_SUFFIX[suffix], sha256=image_sha)
+    expected_format = FORMAT_BY_SUFFIX[files.image.suffix.lower()]
+    if expect_version is None:
+        fmt, width, height, orientation = decode_image(image, name=image_name, expected_format=expected_format,
+                                                       max_pixels=max_pixels, sha256=image_sha)
     sidecar = Sidecar()
     if files.sidecar is not None:
         sidecar = parse_sidecar(_read(files.sidecar, files), name=display_name(files, files.sidecar))
@@ -262,9 +245,13 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     class_map_bytes = _read(files.class_map, files) if (mask is not None and files.class_map) else None
     # The version covers what the user wrote (raw labels, mask, class map): fixing a bad label
     # or mask changes it, and the item is delivered again with them.
-    digest = hashlib.sha256()
-    for part in (image_sha.encode(), canonical(sidecar), mask or b"", class_map_bytes or b""):
-        digest.update(hashlib.sha256(part).digest())
+    parts = (hashlib.sha256(canonical(sidecar)).digest(), hashlib.sha256(mask or b"").digest(),
+             hashlib.sha256(class_map_bytes or b"").digest())
+    version = item_version(image_sha, parts)
+    if expect_version is not None:
+        if version != expect_version:
+            raise Changed(f"{image_name}: changed since it settled")
+        fmt, width, height, orientation = image_header(image, name=image_name)
     # Bad labels or a bad mask do not hold the image back: it is delivered without them and the
     # problem is reported (status, once) until the files are fixed. Both are read in the
     # displayed orientation (width and height above), which a turned JPEG's error says.
@@ -290,9 +277,10 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
         sidecar=sidecar,
         mask=mask,
         class_map=class_map,
-        version=digest.hexdigest()[:32],
+        version=version,
         image_sha256=image_sha,
         label_errors=label_errors,
+        parts=parts,
         orientation=orientation,
     )
 

@@ -117,13 +117,21 @@ def test_unreadable_file_is_reported(tmp_path, monkeypatch):
     path.chmod(0)
     if os.geteuid() == 0:
         # root reads mode-000 files anyway; only here do we fake the kernel's refusal.
-        real_open = os.open
+        import builtins
+
+        real_open, real_os_open = builtins.open, os.open
 
         def refusing_open(file, *args, **kwargs):
-            if Path(file) == path:
+            if not isinstance(file, int) and Path(file) == path:
                 raise PermissionError(13, "Permission denied", str(file))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(os, "open", refusing_open)
+        def refusing_os_open(file, *args, **kwargs):  # the read path opens with os.open (O_NOFOLLOW)
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_os_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+        monkeypatch.setattr(os, "open", refusing_os_open)
     with pytest.raises(ItemError, match="a.png: permission denied"):
         read_item(items_of(tmp_path)["a"], max_pixels=MAX)

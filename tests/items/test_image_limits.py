@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from syncd.errors import ItemError
-from syncd.items.content import decode_image, read_item
+from syncd.items.content import read_item
 from syncd.items.convention import IgnoreRules, walk
+from syncd.items.image import decode_image
 from tests.daemon_harness import run_once, write_config
 
 SIDE = 12000  # 144 MP: over pillow's 89.5 MP default, under syncd's default of 200 MP

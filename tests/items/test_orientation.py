@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from syncd.errors import ItemError
-from syncd.items.content import decode_image, read_item
+from syncd.items.content import read_item
 from syncd.items.convention import IgnoreRules, walk
+from syncd.items.image import decode_image
 from syncd.labels.validate import read_options
 from tests.daemon_harness import run_once, write_config
 from tests.helpers import mask_bytes
