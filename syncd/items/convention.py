@@ -95,6 +95,11 @@ class IgnoreRules:
     def _path_matches(self, parts: list[str]) -> bool:
         return any(_match_parts(glob, 0, parts, 0) for glob in self._paths)
 
+    @property
+    def has_path_globs(self) -> bool:
+        """Whether any glob is a path (with a ``/``): only then does a file's path matter."""
+        return bool(self._paths)
+
     def included(self, image_name: str) -> bool:
         return self._include is None or self._include(image_name) is not None
 
@@ -204,8 +209,9 @@ def make_key(root: Path, directory: Path, stem: str, prefix: str) -> str:
     return printable(f"{prefix.rstrip('/')}/{key}" if prefix else key)
 
 
-def _relative_dir(root: Path, directory: Path) -> str | None:
-    """``directory`` relative to ``root`` ("" for the root itself), None when outside it."""
+def relative_path(root: Path, directory: Path) -> str | None:
+    """``directory`` (or any path) relative to ``root``, ``/``-separated ("" for the root
+    itself), None when outside it. By string when it can: this runs for every event."""
     root_text, text = os.fspath(root), os.fspath(directory)
     if text == root_text:
         return ""
@@ -237,7 +243,7 @@ def group_directory(root: Path, directory: Path, names: Iterable[str], rules: Ig
     Inside a RedBrick ``export`` the masks come from its datapoint map instead.
     """
     by_stem: dict[str, dict[str, list[str]]] = {}
-    rel = _relative_dir(root, directory)
+    rel = relative_path(root, directory)
     if rel is None or rules.ignored_path(rel):
         return  # outside the folder, or in an ignored directory (.Trash-1000/, .git/, drafts/...)
     if export is not None:
@@ -318,7 +324,7 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
     without building an ``ItemFiles`` for each.
     """
     first = start or root
-    first_rel = _relative_dir(root, first)
+    first_rel = relative_path(root, first)
     if first_rel is None or rules.ignored_path(first_rel) or _through_symlink(root, first_rel):
         return  # a hint for a directory that is ignored, outside the folder or reached by a symlink
     stack: list[tuple[str, str, Export | None]] = [(os.fspath(first), first_rel, find_export(first, root))]

@@ -83,3 +83,22 @@ def test_files_saved_in_hidden_or_ignored_directories_while_running_are_not_deli
         wait_for(lambda: "cam/last" in delivered(tmp_path), timeout=30, message="a later item delivered")
         assert daemon.stop() == 0
     assert delivered(tmp_path) == Counter({"cam/visible": 1, "cam/last": 1})
+
+
+def test_an_item_a_new_path_glob_ignores_leaves_the_folder(tmp_path):
+    """Delivered drafts/a, then `exclude = ["drafts/*"]`: the next scan no longer counts it
+    (it is not read again, nor deleted remotely), like an item whose directory became ignored."""
+    from tests.daemon_harness import run_cli, run_once
+
+    def config(exclude: list[str]) -> Path:
+        return write_config(tmp_path, {"local": {"platform": "local", "path": "synced"}},
+                            folders=[{"path": "inbox", "targets": ["local"], "exclude": exclude}],
+                            daemon={"settle_seconds": 0})
+
+    write_item(tmp_path / "inbox" / "drafts", "a")
+    write_item(tmp_path / "inbox" / "cam", "b", seed=1)
+    assert run_once(config([])).returncode == 0
+    assert run_once(config(["drafts/*"])).returncode == 0
+    status = json.loads(run_cli("status", "--json", "--config", str(config(["drafts/*"]))).stdout)
+    assert status["folders"][0]["items"] == 1
+    assert (tmp_path / "synced" / "drafts" / "a.png").exists()  # nothing is deleted remotely
