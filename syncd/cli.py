@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ def cmd_once(args) -> int:
         print(f"PENDING {key} -> {target}: {reason}")
     for target, reason in result.paused.items():
         print(f"PAUSED target {target}: {reason}")
+    if result.interrupted:
+        _say("syncd: interrupted: what was not delivered goes at the next run")
     return result.exit_code
 
 
@@ -272,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return EXIT_BROKEN_PIPE
+    except sqlite3.DatabaseError as exc:  # the journal is the only database: damaged under us
+        _say(f"syncd: the journal cannot be read ({exc}): syncd check says more")
+        return EXIT_LOCAL
 
 
 def _standard_fds() -> None:

@@ -195,6 +195,64 @@ def test_ctrl_c_while_a_command_waits_is_exit_130():
     assert (proc.returncode, err) == (130, "syncd: interrupted\n")
 
 
+def test_ctrl_c_in_the_middle_of_once_then_the_rest_exactly_once(tmp_path):
+    """Ctrl-C while `once` delivers: it stops, says so, exits 130; the next `once` delivers the
+    rest, and every item is delivered exactly once."""
+    config = local_config(tmp_path)
+    for i in range(40):
+        write_item(tmp_path / "inbox", f"f{i:02d}", seed=i)
+    proc = subprocess.Popen([sys.executable, "-m", "syncd", "once", "--config", str(config)], env=_env(None),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # the first delivery: the run is under way
+        lines.append(line)
+        if "delivered to local" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = "".join(lines) + err
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "syncd: interrupted" in err
+    again = run_cli("once", "--config", str(config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    log = (tmp_path / "synced" / ".syncd-deliveries.jsonl").read_text()
+    keys = [json.loads(line)["key"] for line in log.splitlines()]
+    assert sorted(keys) == [f"f{i:02d}" for i in range(40)]
+
+
+def test_sighup_stops_run_gracefully(tmp_path):
+    """A closed terminal (SIGHUP) stops `syncd run` like SIGTERM: in-flight work finishes, exit 0."""
+    config = local_config(tmp_path)
+    with DaemonProcess(config) as daemon:
+        wait_for(lambda: "watching" in daemon.logs(), timeout=30, message="daemon start")
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.proc.wait(timeout=30) == 0
+    assert "stopped" in daemon.logs() and "Traceback" not in daemon.logs()
+
+
+# -- the state directory and the journal ---------------------------------------------------------
+
+def test_a_state_directory_that_cannot_be_created(tmp_path):
+    (tmp_path / "afile").write_text("")
+    config = local_config(tmp_path, state_dir=str(tmp_path / "afile" / "state"))
+    for command in ("once", "run", "retry"):
+        args = (command, "--failed") if command == "retry" else (command,)
+        result = run_cli(*args, "--config", str(config))
+        assert result.returncode == 3, (command, result.stderr)
+        assert f"cannot create the state directory {tmp_path / 'afile' / 'state'}: Not a directory" in \
+            one_line(result) or "cannot open the journal" in result.stderr
+
+
+def test_a_damaged_journal(tmp_path):
+    config = local_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "syncd.db").write_bytes(os.urandom(8192))
+    for args in (("status",), ("once",), ("retry", "--failed")):
+        result = run_cli(*args, "--config", str(config))
+        assert result.returncode == 3, (args, result.stderr)
+        assert "is damaged or not a syncd journal (file is not a database)" in one_line(result)
+
+
 # -- the metrics port ----------------------------------------------------------------------------
 
 def test_metrics_port_already_in_use(tmp_path):
