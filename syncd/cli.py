@@ -74,6 +74,8 @@ def cmd_once(args) -> int:
         print(f"PENDING {key} -> {target}: {reason}")
     for target, reason in result.paused.items():
         print(f"PAUSED target {target}: {reason}")
+    for key, note in result.late:
+        print(f"LATE {key}: {note}")
     for directory, reason in result.unreadable:
         print(f"UNREADABLE {directory}: {reason} (skipped: nothing in it is delivered)")
     if result.interrupted:

@@ -55,12 +55,17 @@ class Folder:
         self.unreadable = current
         return current != known
 
-    def probe(self, key: str) -> ItemFiles | None:
-        """The item ``key`` as it is on disk now (probing its possible names), or None."""
+    def locate(self, key: str) -> tuple[Path, str]:
+        """The directory and stem of the item ``key``."""
         prefix = self.settings.key_prefix
         rel = key[len(prefix.rstrip("/")) + 1:] if prefix else key
         directory, _, stem = rel.rpartition("/")
-        return probe_item(self.root, self.root / directory, stem, self.rules, prefix)
+        return self.root / directory, stem
+
+    def probe(self, key: str) -> ItemFiles | None:
+        """The item ``key`` as it is on disk now (probing its possible names), or None."""
+        directory, stem = self.locate(key)
+        return probe_item(self.root, directory, stem, self.rules, self.settings.key_prefix)
 
     def files(self, key: str, image: str | None, sidecar: str | None, mask: str | None) -> ItemFiles | None:
         """The item's files as the journal last saw them settle (no probing: what is read is

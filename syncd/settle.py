@@ -24,17 +24,18 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.companions import LateCompanions
 from syncd.config import DaemonSettings
 from syncd.errors import ItemError
 from syncd.folders import Folder, Folders, may_exist
-from syncd.items.content import ContentCache, ItemContent, read_item, stat_signature
+from syncd.items.content import ContentCache, ItemContent, stat_signature
 from syncd.items.convention import ItemFiles, printable, probe_item, relative_path, role_of
 from syncd.journal.store import Store
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
+from syncd.readers import READERS, Readers
 from syncd.scan import Scan
 from syncd.targets import Target
 from syncd.watcher import FolderWatcher
@@ -42,7 +43,6 @@ from syncd.watcher import FolderWatcher
 log = logging.getLogger("syncd.settle")
 
 SETTLE_SLICE = 0.005  # seconds of reading per pass: the pass then dispatches, so sending keeps up with reading
-READERS = min(4, os.cpu_count() or 1)  # threads reading complete items in parallel
 READ_CHUNK = 4 * READERS  # complete items read together
 FRESH = 1.0  # seconds: an item stat'ed this recently (by the scan that found it) is not stat'ed again
 
@@ -92,7 +92,8 @@ class Settler:
         # the same): the dispatcher applies after_upload to it again.
         self.on_delivered: Callable[[Folder, int, str], None] = lambda folder, item_id, key: None
         self.deleting: set[int] = set()  # items whose files after_upload removed, not journaled yet
-        self._readers: ThreadPoolExecutor | None = None
+        self.companions = LateCompanions(targets)
+        self.readers = Readers(read_options)
         self._unreadable_unsaved = {folder.name for folder in folders}  # folder.unreadable not journaled yet
 
     # -- scans and hints --------------------------------------------------------------------
@@ -120,8 +121,13 @@ class Settler:
             self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
         scan.finish()
         self._unreadable(folder, start, scan.unreadable, now)
+        for key, (directory, stem, item_id) in scan.late.items():
+            self._late(folder, key, item_id, directory, stem, now)
         if not full:
             return
+        for key, _ in self.store.late_companions(folder.name):  # noted before: still there?
+            if key not in scan.late and (item_id := self.store.item_id(folder.name, key)) is not None:
+                self._late(folder, key, item_id, *folder.locate(key), now)
         for key, item_id in scan.vanished():
             if item_id not in self.settling:
                 self._vanished(folder, key, item_id, now)
@@ -132,6 +138,14 @@ class Settler:
         if folder.note_unreadable(start, found) or folder.name in self._unreadable_unsaved:
             self.store.set_unreadable_dirs(folder.name, folder.unreadable, now)
             self._unreadable_unsaved.discard(folder.name)
+
+    def _late(self, folder: Folder, key: str, item_id: int, directory: Path, stem: str, now: float) -> None:
+        """A companion of an item delivered and deleted after upload (syncd.companions)."""
+        assert self.store is not None
+        image = self.companions.arrived(self.store, folder, key, item_id, directory, stem)
+        files = image and probe_item(folder.root, image.parent, stem, folder.rules, folder.settings.key_prefix)
+        if files:
+            self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
 
     def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
         """The live item ``key`` was not found: it is gone (once), unless its files are only
@@ -177,7 +191,7 @@ class Settler:
         found = role_of(path.name)
         if found is None:
             return
-        stem, _role = found
+        stem, role = found
         files = probe_item(folder.root, path.parent, stem, folder.rules, folder.settings.key_prefix)
         assert self.store is not None
         if files is None:
@@ -185,7 +199,9 @@ class Settler:
             known = self.store.observed_item(folder.name, key)
             if known is not None:
                 self.settling.pop(known[0], None)
-                if known[2] not in ("gone", "deleted"):  # (one event per file: said once)
+                if known[2] == "deleted" and role != "image":
+                    self._late(folder, key, known[0], path.parent, stem, now)
+                elif known[2] not in ("gone", "deleted"):  # (one event per file: said once)
                     self._vanished(folder, key, known[0], now)
             return
         self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
@@ -344,27 +360,12 @@ class Settler:
         later.append(entry)
 
     def _read_all(self, ready: list[Settling], now: float) -> None:
-        """Read, validate and hash ``ready`` items (in parallel: decoding and hashing release the
-        GIL), then journal each one's outcome in order."""
-        if len(ready) == 1 or READERS < 2:
-            results = _load(ready, self.read_options)
-        else:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(READERS - 1, thread_name_prefix="read")
-            # One part per thread, this one included (not one task per item).
-            parts = [ready[i::READERS] for i in range(READERS)]
-            others = [self._readers.submit(_load, part, self.read_options) for part in parts[1:] if part]
-            loaded = [_load(parts[0], self.read_options)] + [future.result() for future in others]
-            by_entry = {id(entry): result for part, results in zip(parts, loaded)
-                        for entry, result in zip(part, results)}
-            results = [by_entry[id(entry)] for entry in ready]
-        for entry, result in zip(ready, results):
+        """Read, validate and hash ``ready`` items (in parallel), then journal each one's outcome in order."""
+        for entry, result in zip(ready, self.readers.read([entry.files for entry in ready])):
             self._settled(entry, result, now)
 
     def close(self) -> None:
-        if self._readers is not None:
-            self._readers.shutdown(wait=False, cancel_futures=True)
-            self._readers = None
+        self.readers.close()
 
     def _settled(self, entry: Settling, content: ItemContent | ItemError, now: float) -> None:
         assert self.store is not None
@@ -379,7 +380,9 @@ class Settler:
             log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
         self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
                            notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
-        if entry.was_deleted:  # a file with the name of an item delivered and deleted after upload
+        restored = item_id in self.companions.restored  # its image put back for a late companion
+        self.companions.restored.discard(item_id)
+        if entry.was_deleted and not restored:  # a name used again after deletion
             if self.store.fully_acked(item_id, folder.targets):
                 self.on_delivered(folder, item_id, entry.files.key)  # the same again: nothing to send
                 return
@@ -397,17 +400,6 @@ class Settler:
             lost = target.unsupported_labels(content.sidecar.labels, has_mask=content.mask is not None)
             notes[name] = f"{target.platform} cannot represent: {', '.join(lost)}" if lost else None
         return notes
-
-
-def _load(entries: list[Settling], read_options: dict) -> list[ItemContent | ItemError]:
-    """Each entry's content, or the ItemError that makes it invalid."""
-    results: list[ItemContent | ItemError] = []
-    for entry in entries:
-        try:
-            results.append(read_item(entry.files, **read_options))
-        except ItemError as exc:
-            results.append(exc)
-    return results
 
 
 def _opt(path: Path | None) -> str | None:

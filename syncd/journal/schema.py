@@ -123,7 +123,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE targets ADD COLUMN rate REAL;                -- requests/s the target is held to (NULL: unlimited)
     ALTER TABLE targets ADD COLUMN rate_reason TEXT;         -- why: "configured limit", "slowed by 429 at ..."
     """,
-    # 6: subdirectories of a watched folder the daemon cannot read (skipped; `syncd status` names them)
+    # 6: subdirectories of a watched folder the daemon cannot read (skipped; `syncd status` names them);
+    # items deleted after upload with a companion that came later and was not delivered (items.error)
     """
     CREATE TABLE unreadable_dirs (
         folder TEXT NOT NULL,
@@ -132,6 +133,7 @@ MIGRATIONS: list[str] = [
         since REAL NOT NULL,
         PRIMARY KEY (folder, path)
     );
+    CREATE INDEX items_late_companion ON items (folder) WHERE state='deleted' AND error IS NOT NULL;
     """,
 ]
 

@@ -85,6 +85,11 @@ class Store(Deliveries, JournalReader):
                        for path, reason in dirs.items()]
         self._tx(statements)
 
+    def note_late_companion(self, item_id: int, note: str | None) -> None:
+        """An item deleted after upload has a companion that came later and was not delivered
+        (``note`` says which and what to do; None: no more)."""
+        self._tx([("UPDATE items SET error=? WHERE id=? AND state='deleted'", (note, item_id))])
+
     # -- items ----------------------------------------------------------------------------
     def observe(self, folder: str, key: str, image: str, sidecar: str | None, mask: str | None, sig: str,
                 now: float) -> int:

@@ -16,6 +16,7 @@ the exactly-once tests).
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import threading
@@ -207,6 +208,23 @@ class LocalTarget(Target):
             return None
         return Receipt(remote_id=self._remote_id(record_path), extra={"version": record.get("version")})
 
+
+    def stored_image(self, key: str, receipt: Receipt | None) -> bytes | None:
+        """The delivered image of ``key``, read back from the dataset and checked against the
+        record's ``image_sha256`` (None if there is none, or it is not that image any more)."""
+        try:
+            _, _, record_path = self._paths(key, "")
+        except PermanentError:
+            return None
+        record = self._read_record(Path(record_path))
+        if not record or record.get("key") != key or not isinstance(record.get("image"), str):
+            return None
+        try:
+            with open(os.path.join(os.path.dirname(record_path), os.path.basename(record["image"])), "rb") as image:
+                data = image.read()
+        except OSError:
+            return None
+        return data if hashlib.sha256(data).hexdigest() == record.get("image_sha256") else None
 
     def _prepare(self, directory: str) -> None:
         """Before the first delivery into ``directory`` (once per directory and process):

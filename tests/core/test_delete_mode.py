@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import logging
 
-from tests.conftest import drive
+from tests.conftest import ScriptedTarget, drive
 from tests.daemon_harness import run_cli, run_once, write_config
-from tests.helpers import write_item
+from tests.helpers import write_atomic, write_item
 
 
 def delete_config(tmp_path):
@@ -126,3 +126,65 @@ def test_a_crash_between_deleting_and_journaling_still_counts_as_deleted(make_da
     daemon.store._tx([("UPDATE items SET state='ready'", ())])  # as if the deletion was never journaled
     daemon.scan(clock + 1)
     assert _states(daemon) == {"a": "deleted"}
+
+
+# -- item 12: a companion that arrives after its image was delivered and deleted -----------------
+def test_a_late_sidecar_updates_the_delivered_item(tmp_path):
+    """The local target gives the delivered image back: it is put beside the sidecar, the item
+    is delivered again whole (an update of the same record) and both are deleted."""
+    config = delete_config(tmp_path)
+    inbox = tmp_path / "inbox"
+    write_item(inbox / "cam", "a", seed=3)
+    assert run_once(config).returncode == 0
+    assert json.loads((tmp_path / "synced" / "cam" / "a.json").read_text())["metadata"] == {}
+    write_atomic(inbox / "cam" / "a.json", json.dumps({"metadata": {"late": True}}))
+    result = run_once(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "a.json arrived after cam/a was delivered and deleted: its image is put back from local" in result.stderr
+    assert "replaces" not in result.stderr
+    record = json.loads((tmp_path / "synced" / "cam" / "a.json").read_text())
+    assert record["metadata"] == {"late": True} and record["key"] == "cam/a"
+    assert not list((inbox / "cam").iterdir())  # delivered together, then deleted together
+    log = [json.loads(line)["key"] for line in
+           (tmp_path / "synced" / ".syncd-deliveries.jsonl").read_text().splitlines()]
+    assert log == ["cam/a", "cam/a"]  # the first delivery and its update: one record
+    folder = folder_status(config)
+    assert folder["late_companions"] == [] and folder["deleted_after_upload"] == 1
+    assert folder["targets"][0]["delivered"] == 1
+
+
+def test_a_late_sidecar_seen_live_updates_the_item(make_daemon, inbox):
+    image = write_item(inbox, "a")
+    daemon = make_daemon(folder={"after_upload": "delete"})
+    clock = drive(daemon)
+    sidecar = write_atomic(inbox / "a.json", json.dumps({"metadata": {"n": 2}}))
+    for path in (image, sidecar):  # the deletion's event, then the sidecar's
+        daemon.watcher.events.put(str(path))
+    drive(daemon, now=clock - 3600)
+    record = json.loads((daemon.config.target_settings["local"].path / "a.json").read_text())
+    assert record["metadata"] == {"n": 2}
+    assert not list(inbox.iterdir())
+
+
+def test_a_late_sidecar_a_target_cannot_take_is_named_by_status(make_daemon, inbox):
+    """A platform that cannot give the image back: the sidecar stays, status names it (with
+    what to do), and the note goes when the sidecar is removed."""
+    target = ScriptedTarget("fake")
+    write_item(inbox, "a")
+    daemon = make_daemon({"fake": target}, folder={"after_upload": "delete"})
+    clock = drive(daemon)
+    sidecar = write_atomic(inbox / "a.json", json.dumps({"metadata": {"n": 2}}))
+    daemon.watcher.events.put(str(sidecar))
+    clock = drive(daemon, now=clock - 3600)
+    notes = daemon.store.late_companions(str(inbox))
+    assert notes == [("a", "a.json arrived after a was delivered and deleted after upload, and is not delivered "
+                           "(fake cannot give its image back): put a.png back beside it to deliver them together, "
+                           "or remove it")]
+    assert sidecar.exists() and len(target.sent) == 1
+    status = run_cli("status", "--config", str(daemon.config.config_path)).stdout
+    assert "LATE a: a.json arrived after a was delivered" in status
+    daemon.scan(clock)  # a rescan finds it again: still one note, not logged twice
+    assert daemon.store.late_companions(str(inbox)) == notes
+    sidecar.unlink()
+    daemon.scan(clock + 1)
+    assert daemon.store.late_companions(str(inbox)) == []
