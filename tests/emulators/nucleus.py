@@ -118,10 +118,13 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
         with self.lock:
             self.state.run_all()
 
-    def fail_next_job(self, status: str, message: str = "scripted failure", *, apply: bool = False) -> None:
-        """The next job created ends with ``status`` (rows applied only with ``apply``)."""
+    def fail_next_job(self, status: str, message: str = "scripted failure", *, apply: bool = False,
+                      rows: list[str] = ()) -> None:
+        """The next job created ends with ``status`` (its items applied only with ``apply``,
+        each refused item then gets its error row), its errors listing ``rows`` too (rows
+        naming no item, e.g. ``"Internal error"``)."""
         with self.lock:
-            self.state.forced.append((status, message, apply))
+            self.state.forced.append((status, message, apply, list(rows)))
 
     def revoke(self, key: str) -> None:
         with self.lock:
@@ -251,8 +254,8 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
             counts, errors = self.state.run_rows(dataset_id, rows)
             reply = {"dataset_id": dataset_id, "new_items": counts["new"], "updated_items": counts["updated"],
                      "ignored_items": counts["ignored"], "upload_errors": counts["errors"]}
-            if errors:
-                reply["error_payload"] = [json.loads(e) for e in errors]
+            if errors:  # the legacy reply lists the refused items' payloads (the SDK reads them as items)
+                reply["error_payload"] = [dict(payload, error=error) for payload, error in errors]
             return json_response(reply)
         return self._call(handle, request)
 
@@ -306,6 +309,23 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
     @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)")
     def job_status(self, request: Request) -> Response:
         return self._call(lambda r: json_response(self.state.poll(self._job(r)).status_json()), request)
+
+    @route("POST", f"{API}/jobs/?")
+    def list_jobs(self, request: Request) -> Response:
+        """``POST jobs/`` (the SDK's ``list_jobs``/``Dataset.jobs``): AsyncJob JSON of the
+        jobs matching ``dataset_id`` and ``job_types``, Completed ones only with
+        ``show_completed``, at most ``limit``."""
+        def handle(request):
+            body = json_object(request)
+            limit = body.get("limit") or 50_000
+            types = body.get("job_types")
+            if not isinstance(limit, int) or limit < 1 or not (types is None or isinstance(types, list)):
+                raise BadRequest("limit must be a positive integer and job_types a list")
+            jobs = (sorted(self.state.jobs.values(), key=lambda j: j.seq) if body.get("show_completed")
+                    else self.state.unfinished(None, None))
+            jobs = [j for j in jobs if body.get("dataset_id") in (None, j.dataset_id) and (not types or j.job_type in types)]
+            return json_response([j.info_json() for j in jobs[:limit]])
+        return self._call(handle, request)
 
     @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)/errors")
     def job_errors(self, request: Request) -> Response:
