@@ -27,14 +27,13 @@ Outcome of an ended job, per item (``job_outcomes``; ``status`` is the job's):
 
 ``JobWaiter`` waits for one job in the calling thread (``NucleusTarget.deliver`` and the
 annotation writer's deletion jobs); the daemon's engine polls jobs itself through
-``NucleusTarget.job_state``. ``JobBook`` keeps the ordering guarantee (see its docstring).
+``NucleusTarget.job_state``. The ordering guarantee is ``ordering.JobBook``'s.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,7 +110,8 @@ def _named(record: Any, fields: tuple[str, ...], depth: int = 0) -> set[str]:
     return found
 
 
-def pin_errors(rows: Sequence[Any], keys: Sequence[str], urls: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]:
+def pin_errors(rows: Sequence[Any], keys: Sequence[str],
+               urls: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]:
     """Attribute job error rows to items (by position in ``keys``; ``urls`` are their
     image_url values): returns (position -> messages, messages of unattributed rows)."""
     by_key = {key: i for i, key in enumerate(keys)}
@@ -154,7 +154,8 @@ def job_outcomes(result: JobResult, keys: Sequence[str], urls: Sequence[str],
     else:
         pinned, loose = pin_errors(result.rows, keys, urls)
     message = result.reply.get("message") if isinstance(result.reply, dict) else None
-    detail = _shown(loose) or (json.dumps(message) if isinstance(message, (dict, list)) else str(message or "no message"))
+    detail = _shown(loose) or (json.dumps(message) if isinstance(message, (dict, list))
+                               else str(message or "no message"))
     outcomes: list[SyncdError | None] = []
     for i, what in enumerate(whats):
         if status != "Completed" and status not in PERMANENT:
@@ -162,9 +163,9 @@ def job_outcomes(result: JobResult, keys: Sequence[str], urls: Sequence[str],
             shown = status if status in TRANSIENT else repr(status)
             outcomes.append(TransientError(f"{what}: Nucleus job {job} {known} {shown}: {detail}"))
         elif i in pinned:
+            ended = "completed with errors" if status == "Completed" else f"ended {status}"
             outcomes.append(PermanentError(
-                f"{what}: Nucleus rejected the item (job {job} {'completed with errors' if status == 'Completed' else 'ended ' + status}): "
-                f"{_shown(pinned[i])}"))
+                f"{what}: Nucleus rejected the item (job {job} {ended}): {_shown(pinned[i])}"))
         elif status == "Completed" and not loose:
             outcomes.append(None)
         elif len(keys) == 1:
@@ -219,7 +220,8 @@ class JobWaiter:
         """``wait_status``, then the job's error rows."""
         reply = self.wait_status(job_id, what=what)
         rows = self.read(f"job/{job_id}/errors", f"{what}: reading the errors of job {job_id}")
-        return JobResult(job_id=job_id, status=status_of(reply), reply=reply, rows=rows if isinstance(rows, list) else [])
+        return JobResult(job_id=job_id, status=status_of(reply), reply=reply,
+                         rows=rows if isinstance(rows, list) else [])
 
     def read(self, route: str, context: str) -> Any:
         """One GET, retried in place on transient failures (job reads are idempotent)."""
@@ -232,76 +234,3 @@ class JobWaiter:
                     raise
                 self._sleep(wait)
         raise AssertionError("unreachable")
-
-
-class JobBook:
-    """Which jobs may still write which items: the ordering guarantee.
-
-    Nucleus upserts, so a job that runs late writes its (older) version over whatever the
-    item holds. So an item is never appended while an earlier job that may write it could
-    still run:
-
-    - ``submitted(job, keys)``: a job this process started; each key now belongs to it until
-      the job is seen to end (``ended``) — by the engine's polls (``job_state`` and
-      ``finish_job``) or by ``earlier(key)`` below. When the daemon gives up on a job
-      (``job_timeout``) and sends its items again, ``earlier(key)`` still names it, and the
-      target reads it once more before appending: still running -> that item waits.
-    - Jobs from before this process started (a restart, a lost state directory): their
-      items are unknown, so ``startup(jobs)`` records the dataset's upload and annotation
-      deletion jobs found Queued/Running when the target is first used; nothing is
-      appended until they ended (re-read by the target) or ``hold`` seconds passed.
-
-    Thread-safe."""
-
-    def __init__(self, *, hold: float, clock: Callable[[], float] = time.monotonic):
-        self.hold = hold
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._by_key: dict[str, str] = {}  # item key -> the last job of this process that may write it
-        self._keys: dict[str, tuple[str, ...]] = {}  # job id -> its item keys (jobs not seen to end)
-        self._before: dict[str, float] | None = None  # jobs from before the start -> when first seen
-        self.checked_at = 0.0  # last time the jobs from before the start were read
-
-    def submitted(self, job_id: str, keys: Sequence[str]) -> None:
-        with self._lock:
-            self._keys[job_id] = tuple(keys)
-            for key in keys:
-                self._by_key[key] = job_id
-
-    def ended(self, job_id: str) -> None:
-        """``job_id`` is no longer running (ended or gone): it writes nothing any more."""
-        with self._lock:
-            for key in self._keys.pop(job_id, ()):
-                if self._by_key.get(key) == job_id:
-                    del self._by_key[key]
-            if self._before:
-                self._before.pop(job_id, None)
-
-    def earlier(self, key: str) -> str | None:
-        """The job of this process that may still write ``key``, if any."""
-        with self._lock:
-            return self._by_key.get(key)
-
-    # -- jobs from before the start -------------------------------------------------------------
-    @property
-    def started(self) -> bool:
-        """Were the jobs from before the start listed (``startup``)?"""
-        return self._before is not None
-
-    def startup(self, job_ids: Sequence[str]) -> None:
-        now = self._clock()
-        with self._lock:
-            if self._before is None:
-                self._before = {job_id: now for job_id in job_ids}
-
-    def before_start(self) -> list[str]:
-        """The jobs from before the start still to wait for; those waited for longer than
-        ``hold`` are given up (returned no more)."""
-        now = self._clock()
-        with self._lock:
-            if not self._before:
-                return []
-            for job_id, seen in list(self._before.items()):
-                if now - seen > self.hold:
-                    del self._before[job_id]
-            return list(self._before)

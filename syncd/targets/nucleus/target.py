@@ -21,7 +21,7 @@ Idempotency and updates:
   upsert target (``create_only = False``): the daemon simply re-sends after an unknown
   outcome.
 - Because appends upsert, a job that runs late writes an older version over a newer one:
-  ``jobs.JobBook`` makes sure no item is appended while an earlier job that may write it
+  ``ordering`` makes sure no item is appended while an earlier job that may write it
   could still run (in this process: by item; after a restart: the dataset's jobs from
   before the start are waited for first).
 
@@ -33,9 +33,7 @@ annotations once the append's job has ended (``_deliver_annotations``, see
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -48,17 +46,9 @@ from syncd.targets.nucleus import payload
 from syncd.targets.nucleus.annotations import AnnotationWriter, Plan, plan
 from syncd.targets.nucleus.append import MAX_FILES, item_json, multipart
 from syncd.targets.nucleus.client import NucleusClient
-from syncd.targets.nucleus.jobs import (FIRST_POLL_DELAY, PENDING, JobBook, JobResult, JobWaiter, job_outcomes,
-                                        status_of)
+from syncd.targets.nucleus.jobs import PENDING, JobResult, JobWaiter, job_outcomes, status_of
+from syncd.targets.nucleus.ordering import JobBook, StartupJobs
 from syncd.targets.nucleus.payload import image_url
-
-log = logging.getLogger(__name__)
-
-#: Jobs from before the start that ``deliver_batch`` waits for (upload and annotation
-#: deletion jobs: CustomerJobTypes of the SDK).
-STARTUP_JOB_TYPES = ("uploadDatasetItems", "annotationDeletion")
-STARTUP_WAIT = 5.0  # seconds one deliver_batch waits for them in place before its items retry later
-LIST_LIMIT = 1000
 
 
 class NucleusSettings(TargetSettings):
@@ -111,13 +101,14 @@ class NucleusTarget(Target):
         self.client = NucleusClient(name, key_env=settings.api_key_env, base_url=settings.base_url,
                                     dataset_id=settings.dataset_id, timeout=settings.timeout, env=self.env)
         self._lock = threading.Lock()
-        self._startup_lock = threading.Lock()
         # item keys whose annotations a failed attempt of this process may have half written.
         self._unsure: set[str] = set()
         # key -> (version, plan) made when the item was appended, for finish_job (no masks:
         # their PNG would sit in memory while the job runs; they are converted again).
         self._plans: dict[str, tuple[str, Plan]] = {}
-        self.book = JobBook(hold=settings.job_timeout)
+        self.book = JobBook()
+        self.startup = StartupJobs(settings.dataset_id, list_jobs=self._list_jobs, read_job=self._read_startup_job,
+                                   hold=settings.job_timeout, interval=settings.job_poll_interval)
         self.waiter = JobWaiter(self.client.get_json, interval=settings.job_poll_interval,
                                 timeout=settings.job_timeout)
         self.annotations = AnnotationWriter(self.client, self._wait_job, settings.taxonomy_name)
@@ -158,7 +149,7 @@ class NucleusTarget(Target):
         when every upload was in it (else each sent item gets the error); a refusal (4xx) is
         that item's ``PermanentError`` in a request of one, ``SendAlone`` for each otherwise."""
         results: list[ItemResult | None] = [None] * len(uploads)
-        waiting = self._wait_for_jobs_before_start()
+        waiting = self.startup.wait()
         if waiting:
             return [TransientError(f"{self._what(u.key)}: {waiting}", retry_after=self.settings.job_poll_interval,
                                    outcome_unknown=False) for u in uploads]
@@ -191,8 +182,8 @@ class NucleusTarget(Target):
             for i in send:
                 results[i] = Submitted(job_id)
         else:
-            result = JobResult(job_id="(synchronous)", status="Completed", reply={"message": counts},
-                               rows=list(counts.get("error_payload") or ([counts] if counts.get("upload_errors") else [])))
+            rows = counts.get("error_payload") or ([counts] if counts.get("upload_errors") else [])
+            result = JobResult(job_id="(synchronous)", status="Completed", reply={"message": counts}, rows=list(rows))
             for i, outcome in zip(send, self._settle(result, batch, job_id=None)):
                 results[i] = outcome
         return results  # type: ignore[return-value]
@@ -227,7 +218,8 @@ class NucleusTarget(Target):
         """Send the multipart append; return the job id, or None and the counts when the
         server answered synchronously (as Nucleus did before SDK 0.19)."""
         body, content_type = multipart(uploads, items)
-        keys = ", ".join(repr(u.key) for u in uploads[:3]) + (f" and {len(uploads) - 3} more" if len(uploads) > 3 else "")
+        keys = ", ".join(repr(u.key) for u in uploads[:3])
+        keys += f" and {len(uploads) - 3} more" if len(uploads) > 3 else ""
         context = f"appending {keys} to dataset {self.settings.dataset_id}"
         response = self.client.request("POST", f"{self.client.dataset_route}/append", params={"async": "1"},
                                        data=body, headers={"Content-Type": content_type}, context=context)
@@ -249,10 +241,19 @@ class NucleusTarget(Target):
         """``GET job/{id}``: running while Queued/Running, done otherwise, lost on 404."""
         return self._read_job(job_id, f"{self.name}: reading job {job_id}")
 
+    def _read_startup_job(self, job_id: str) -> str:
+        return self._read_job(job_id, f"{self.name}: reading job {job_id} (from before the start)").status
+
+    def _list_jobs(self, body: dict) -> Any:
+        context = "listing the dataset's unfinished jobs"
+        response = self.client.request("POST", "jobs/", json=body, context=context)
+        self.client.raise_for_status(response, context)
+        return self.client.json(response, context)
+
     def _read_job(self, job_id: str, context: str) -> JobState:
         response = self.client.request("GET", f"job/{quote(job_id, safe='')}", context=context)
         if response.status_code == 404:
-            self.book.ended(job_id)  # whatever it was, it will write nothing now
+            self._ended(job_id)  # whatever it was, it will write nothing now
             return JobState("lost", {})
         try:
             self.client.raise_for_status(response, context)
@@ -262,8 +263,12 @@ class NucleusTarget(Target):
         reply = reply if isinstance(reply, dict) else {}
         if status_of(reply) in PENDING:
             return JobState("running", reply)
-        self.book.ended(job_id)
+        self._ended(job_id)
         return JobState("done", reply)
+
+    def _ended(self, job_id: str) -> None:
+        self.book.ended(job_id)
+        self.startup.ended(job_id)
 
     def finish_job(self, job_id: str, state: JobState, uploads: Sequence[Upload]) -> list[ItemResult]:
         """Read ``job/{id}/errors``, pin them on items (``jobs.job_outcomes``), then write the
@@ -274,9 +279,10 @@ class NucleusTarget(Target):
 
     def _settle_job(self, job_id: str, reply: dict, uploads: Sequence[Upload],
                     read: Callable[[str, str], Any]) -> list[ItemResult]:
-        self.book.ended(job_id)
+        self._ended(job_id)
         rows = read(f"job/{quote(job_id, safe='')}/errors", f"reading the errors of job {job_id}")
-        result = JobResult(job_id=job_id, status=status_of(reply), reply=reply, rows=rows if isinstance(rows, list) else [])
+        result = JobResult(job_id=job_id, status=status_of(reply), reply=reply,
+                           rows=rows if isinstance(rows, list) else [])
         return self._settle(result, uploads, job_id=job_id)
 
     def _settle(self, result: JobResult, uploads: Sequence[Upload], *, job_id: str | None) -> list[ItemResult]:
@@ -298,7 +304,8 @@ class NucleusTarget(Target):
                 results.append(exc)
         return results
 
-    def _written(self, upload: Upload, job_id: str | None, cached: tuple[str, Plan] | None, *, fresh: bool) -> Receipt:
+    def _written(self, upload: Upload, job_id: str | None, cached: tuple[str, Plan] | None, *,
+                 fresh: bool) -> Receipt:
         """The item was written: its labels and mask, then its receipt."""
         what = self._what(upload.key)
         if cached is not None and cached[0] == upload.version:
@@ -319,54 +326,6 @@ class NucleusTarget(Target):
         result = self.waiter.wait(job_id, what=what)
         self.book.ended(job_id)
         return result
-
-    def _wait_for_jobs_before_start(self) -> str | None:
-        """None when nothing from before the start may still write; else why to wait
-        (after up to STARTUP_WAIT seconds of waiting here)."""
-        if not self.book.started:
-            with self._startup_lock:
-                if not self.book.started:
-                    self.book.startup(self._list_running_jobs())
-        if not self.book.before_start():
-            return None
-        with self._startup_lock:  # one thread reads them; the others wait for its answer
-            deadline = time.monotonic() + min(STARTUP_WAIT, self.settings.job_timeout)
-            delay = min(FIRST_POLL_DELAY, self.settings.job_poll_interval)
-            while True:
-                if time.monotonic() - self.book.checked_at >= delay:
-                    for job_id in self.book.before_start():
-                        try:
-                            self._read_job(job_id, f"{self.name}: reading job {job_id} (from before the start)")
-                        except TransientError:
-                            pass
-                    self.book.checked_at = time.monotonic()
-                waiting = self.book.before_start()
-                if not waiting:
-                    return None
-                if time.monotonic() + delay > deadline:
-                    return (f"waiting for {len(waiting)} Nucleus job(s) of dataset {self.settings.dataset_id} that were "
-                            "running before syncd started to end (an item sent now could be overwritten by an older "
-                            "version); retrying")
-                time.sleep(delay)
-                delay = min(delay * 2, self.settings.job_poll_interval)
-
-    def _list_running_jobs(self) -> list[str]:
-        """The dataset's upload and annotation deletion jobs still Queued/Running
-        (``POST jobs/``, the SDK's ``Dataset.jobs``). A refusal (the route or filter not
-        served) counts as none, with a warning."""
-        context = "listing the dataset's unfinished jobs"
-        body = {"dataset_id": self.settings.dataset_id, "job_types": list(STARTUP_JOB_TYPES), "from_date": None,
-                "to_date": None, "limit": LIST_LIMIT, "show_completed": False}
-        response = self.client.request("POST", "jobs/", json=body, context=context)
-        try:
-            self.client.raise_for_status(response, context)
-        except PermanentError as exc:
-            log.warning("%s; jobs from before the start are not waited for", exc)
-            return []
-        reply = self.client.json(response, context)
-        return [str(job["job_id"]) for job in (reply if isinstance(reply, list) else [])
-                if isinstance(job, dict) and job.get("job_id") and job.get("job_last_known_status") in PENDING
-                and job.get("job_type", STARTUP_JOB_TYPES[0]) in STARTUP_JOB_TYPES]
 
     # -- one item -----------------------------------------------------------------------------
     def deliver(self, upload: Upload) -> Receipt:
