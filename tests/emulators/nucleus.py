@@ -14,7 +14,14 @@ Served:
   ``{"items": [...], "update"}`` (≤ 0.18) answering counts. Without ``async=1`` a
   multipart append is synchronous too. A malformed request is 400 with an error body.
 - ``GET job/{id}``, ``job/{id}/errors``, ``job/{id}/info`` (jobs progress over polls, or
-  with ``job_seconds`` stay Running that long, as real jobs take seconds).
+  with ``job_seconds`` stay Running that long, as real jobs take seconds; each job of a
+  batch append for its own ``job_seconds`` from its creation). One append is one job
+  however many items it carries; a refused item fails alone: the job still ends
+  ``Completed``, the others are written, and ``errors`` lists one JSON-encoded record per
+  refused item in the shape the SDK documents (``{"item": {"referenceId", "imageUrl",
+  ...}, "error"}``, camelCase as in ``AsyncJob.errors``); ``fail_next_job(..., rows=)``
+  adds rows that name no item. ``POST jobs/`` lists jobs (``dataset_id``, ``job_types``,
+  ``show_completed``, ``limit``).
 - ``GET|DELETE dataset/{id}/refloc/{ref}``, ``GET dataset/{id}/datasetItems`` (items carry
   ``ref_id``, the backend quirk the SDK handles), ``POST dataset/{id}/itemsPage``,
   ``POST dataset/{id}/metadata?async=0|1`` (merge), and ``GET /images/{item id}``.
@@ -37,8 +44,16 @@ import json
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
 from tests.emulators.nucleus_annotations import AnnotationRoutes, AnnotationStore
-from tests.emulators.nucleus_state import (REMOTE_SCHEMES, BadRequest, Job, NucleusState, Row, json_object, new_id,
-                                           update_flag)
+from tests.emulators.nucleus_state import (
+    REMOTE_SCHEMES,
+    BadRequest,
+    Job,
+    NucleusState,
+    Row,
+    json_object,
+    new_id,
+    update_flag,
+)
 
 API = "/v1/nucleus"
 DS = r"(?P<ds>[^/]+)"
@@ -246,9 +261,10 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
             if len(set(refs)) != len(refs):
                 raise BadRequest("duplicate reference_id in one request")
             if self.record:
+                sent = [{"payload": r.payload, "image": r.image, "update": r.update} for r in rows]
                 self.journal.append({"dataset_id": dataset_id, "query": request.query, "content_type": content_type,
-                                     "rows": [{"payload": r.payload, "image": r.image, "update": r.update} for r in rows],
-                                     "parts": getattr(request, "_parts_seen", None), "body": request.body})
+                                     "rows": sent, "parts": getattr(request, "_parts_seen", None),
+                                     "body": request.body})
             if is_async:
                 return json_response(self.state.new_job(dataset_id, rows).info_json())
             counts, errors = self.state.run_rows(dataset_id, rows)
@@ -323,7 +339,8 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
                 raise BadRequest("limit must be a positive integer and job_types a list")
             jobs = (sorted(self.state.jobs.values(), key=lambda j: j.seq) if body.get("show_completed")
                     else self.state.unfinished(None, None))
-            jobs = [j for j in jobs if body.get("dataset_id") in (None, j.dataset_id) and (not types or j.job_type in types)]
+            jobs = [j for j in jobs
+                    if body.get("dataset_id") in (None, j.dataset_id) and (not types or j.job_type in types)]
             return json_response([j.info_json() for j in jobs[:limit]])
         return self._call(handle, request)
 

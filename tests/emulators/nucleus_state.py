@@ -9,7 +9,8 @@ Kept apart from the HTTP routes (tests/emulators/nucleus.py) so the rules are in
 - A ``Job`` holds the rows of one append until it runs. It is created in the first status
   of ``job_script``; the n-th poll of ``GET job/{id}`` shows the n-th status of the script
   and the poll after the last one runs it (with the default ``["Queued", "Running"]``:
-  Queued, Queued, Running, Completed). An empty script runs jobs at creation. Jobs of one dataset run in creation order: running a job first runs every older
+  Queued, Queued, Running, Completed). An empty script runs jobs at creation. Jobs of one
+  dataset run in creation order: running a job first runs every older
   pending job of the dataset (a FIFO queue), so an append whose reply was lost still
   lands before a later re-send.
 """

@@ -237,7 +237,8 @@ def test_a_deletion_job_still_pending_is_waited_for_before_the_item_is_touched_a
     target = make_target(emulator, dataset_id, job_timeout=0.2, job_poll_interval=0.05)
     first = target.deliver(upload(ALL[1:3]))
     with emulator.lock:
-        emulator.state.forced[:] = [("Completed", "", True, []), ("Running", "", False, [])]  # append ok, deletion hangs
+        # The append succeeds, the deletion hangs.
+        emulator.state.forced[:] = [("Completed", "", True, []), ("Running", "", False, [])]
     with pytest.raises(TransientError, match="deleting old annotations.*still Running"):
         target.deliver(upload(ALL[1:2], previous=first))
     appends = len(emulator.journal)
