@@ -24,6 +24,9 @@ Outcome of an ended job, per item (``job_outcomes``; ``status`` is the job's):
 - ``Errored_Server``, ``Errored_Hanging``, ``Retried`` and any status not known here:
   ``TransientError`` for every item (a re-send is safe: appends upsert by reference_id).
 - A job of ONE item: every row and every refusal is that item's (never ``SendAlone``).
+  Only when the job is known to carry one item: after a restart the target does not know
+  how many it carried (a job's items whose files changed since are not settled with it), and
+  a lone item of it with an error naming nothing is sent alone first.
 
 ``JobWaiter`` waits for one job in the calling thread (``NucleusTarget.deliver`` and the
 annotation writer's deletion jobs); the daemon's engine polls jobs itself through
@@ -144,15 +147,23 @@ def _shown(messages: list[str]) -> str:
     return shown
 
 
-def job_outcomes(result: JobResult, keys: Sequence[str], urls: Sequence[str],
-                 whats: Sequence[str]) -> list[SyncdError | None]:
+def job_outcomes(result: JobResult, keys: Sequence[str], urls: Sequence[str], whats: Sequence[str], *,
+                 size: int | None, others: Sequence[str] = ()) -> list[SyncdError | None]:
     """Per item of an ended job (see the module docstring): None (written) or the error
-    instance for it. ``whats`` prefix the messages (``"target: item 'key'"``)."""
+    instance for it. ``whats`` prefix the messages (``"target: item 'key'"``).
+
+    ``size`` is how many items the job carried (None: unknown, e.g. after a restart); only a
+    job known to carry one item has every row pinned on it. ``others`` are keys the job also
+    carried that are not settled here (their files changed since): rows naming them are
+    theirs, not unattributed."""
     job, status = result.job_id, result.status
-    if len(keys) == 1:  # every row is this item's
+    if size == 1 and len(keys) == 1:  # every row is this item's
         pinned, loose = ({0: result.errors} if result.rows else {}), []
     else:
-        pinned, loose = pin_errors(result.rows, keys, urls)
+        everyone = list(keys) + [key for key in others if key not in keys]
+        pinned, loose = pin_errors(result.rows, everyone, list(urls) + [""] * (len(everyone) - len(keys)))
+        pinned = {i: messages for i, messages in pinned.items() if i < len(keys)}
+    alone = size == 1 and len(keys) == 1
     message = result.reply.get("message") if isinstance(result.reply, dict) else None
     detail = _shown(loose) or (json.dumps(message) if isinstance(message, (dict, list))
                                else str(message or "no message"))
@@ -168,11 +179,11 @@ def job_outcomes(result: JobResult, keys: Sequence[str], urls: Sequence[str],
                 f"{what}: Nucleus rejected the item (job {job} {ended}): {_shown(pinned[i])}"))
         elif status == "Completed" and not loose:
             outcomes.append(None)
-        elif len(keys) == 1:
+        elif alone:
             outcomes.append(PermanentError(f"{what}: Nucleus job {job} ended {status}: {detail}"))
         else:
             ended = "completed with an error naming no item" if status == "Completed" else f"ended {status}"
-            outcomes.append(SendAlone(f"{what}: Nucleus job {job} of {len(keys)} items {ended} ({detail}); "
+            outcomes.append(SendAlone(f"{what}: Nucleus job {job} of {size or 'several'} items {ended} ({detail}); "
                                       "the item is sent again by itself"))
     return outcomes
 
@@ -180,7 +191,7 @@ def job_outcomes(result: JobResult, keys: Sequence[str], urls: Sequence[str],
 def classify(result: JobResult, *, what: str) -> None:
     """A job of one item (or an annotation deletion): return when it succeeded, raise the
     matching syncd error otherwise."""
-    outcome = job_outcomes(result, [""], [""], [what])[0]
+    outcome = job_outcomes(result, [""], [""], [what], size=1)[0]
     if outcome is not None:
         raise outcome
 

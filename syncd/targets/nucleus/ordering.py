@@ -58,6 +58,12 @@ class JobBook:
                 if self._by_key.get(key) == job_id:
                     del self._by_key[key]
 
+    def keys_of(self, job_id: str) -> tuple[str, ...] | None:
+        """The keys a job of this process carries (None: not one of this process's jobs, or
+        seen to end)."""
+        with self._lock:
+            return self._keys.get(job_id)
+
     def earlier(self, key: str) -> str | None:
         """The job of this process that may still write ``key``, if any."""
         with self._lock:

@@ -84,6 +84,15 @@ def fresh_items(counts: Any, written: int) -> bool:
             and not counts.get("updated_items") and not counts.get("ignored_items"))
 
 
+def counted(counts: Any) -> int | None:
+    """How many items a finished job's ``message`` counts (None when it does not: its shape
+    is not documented)."""
+    if not isinstance(counts, dict):
+        return None
+    values = [counts.get(k) for k in ("new_items", "updated_items", "ignored_items", "upload_errors")]
+    return sum(values) if all(isinstance(v, int) for v in values) else None
+
+
 class NucleusTarget(Target):
     """Delivers items to one Nucleus dataset; see the module docstring."""
 
@@ -184,7 +193,7 @@ class NucleusTarget(Target):
         else:
             rows = counts.get("error_payload") or ([counts] if counts.get("upload_errors") else [])
             result = JobResult(job_id="(synchronous)", status="Completed", reply={"message": counts}, rows=list(rows))
-            for i, outcome in zip(send, self._settle(result, batch, job_id=None)):
+            for i, outcome in zip(send, self._settle(result, batch, job_id=None, size=len(batch))):
                 results[i] = outcome
         return results  # type: ignore[return-value]
 
@@ -196,7 +205,9 @@ class NucleusTarget(Target):
         earlier = self.book.earlier(upload.key)
         if earlier is not None:
             state = self._read_job(earlier, f"{what}: reading its earlier upload job {earlier}")
-            if state.status == "running":
+            if state.status != "running":
+                self._ended(earlier)  # nobody will finish it: the engine gave up on it
+            else:
                 raise TransientError(
                     f"{what}: an earlier upload of this item (job {earlier}) is still "
                     f"{state.reply.get('status')} on Nucleus; the item is sent once that job has ended "
@@ -263,7 +274,8 @@ class NucleusTarget(Target):
         reply = reply if isinstance(reply, dict) else {}
         if status_of(reply) in PENDING:
             return JobState("running", reply)
-        self._ended(job_id)
+        # It writes nothing more; its keys stay booked until finish_job (it needs them).
+        self.startup.ended(job_id)
         return JobState("done", reply)
 
     def _ended(self, job_id: str) -> None:
@@ -279,17 +291,20 @@ class NucleusTarget(Target):
 
     def _settle_job(self, job_id: str, reply: dict, uploads: Sequence[Upload],
                     read: Callable[[str, str], Any]) -> list[ItemResult]:
-        self._ended(job_id)
+        job_keys = self.book.keys_of(job_id)  # None after a restart
         rows = read(f"job/{quote(job_id, safe='')}/errors", f"reading the errors of job {job_id}")
+        self._ended(job_id)
         result = JobResult(job_id=job_id, status=status_of(reply), reply=reply,
                            rows=rows if isinstance(rows, list) else [])
-        return self._settle(result, uploads, job_id=job_id)
+        size = len(job_keys) if job_keys is not None else counted(reply.get("message"))
+        return self._settle(result, uploads, job_id=job_id, size=size, others=job_keys or ())
 
-    def _settle(self, result: JobResult, uploads: Sequence[Upload], *, job_id: str | None) -> list[ItemResult]:
-        """Per item of an ended job (or a synchronous reply, ``job_id`` None): its error, or
-        its annotations written and its receipt."""
+    def _settle(self, result: JobResult, uploads: Sequence[Upload], *, job_id: str | None, size: int | None,
+                others: Sequence[str] = ()) -> list[ItemResult]:
+        """Per item of an ended job (or a synchronous reply, ``job_id`` None) of ``size``
+        items: its error, or its annotations written and its receipt."""
         outcomes = job_outcomes(result, [u.key for u in uploads], [image_url(u) for u in uploads],
-                                [self._what(u.key) for u in uploads])
+                                [self._what(u.key) for u in uploads], size=size, others=others)
         fresh = fresh_items(result.reply.get("message"), sum(o is None for o in outcomes))
         results: list[ItemResult] = []
         for upload, outcome in zip(uploads, outcomes):

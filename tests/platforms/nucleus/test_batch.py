@@ -170,6 +170,30 @@ def test_a_partial_job_fails_its_named_items_and_resends_the_rest_alone(target, 
     assert [type(o) for o in outcomes] == [SendAlone, PermanentError, SendAlone]
 
 
+def test_a_row_naming_an_item_not_settled_here_is_that_items(target, emulator, dataset_id):
+    """After a restart the engine settles only the items whose files did not change since;
+    a row about one of the others is not 'unattributed'."""
+    uploads = batch(3)
+    emulator.reject[uploads[1].key] = "bad row"
+    [first, *_] = target.deliver_batch(uploads)
+    kept = [uploads[0], uploads[2]]  # uploads[1] changed locally meanwhile: the engine re-sends it
+    assert all(isinstance(o, Receipt) for o in settle(target, first.job_id, kept))
+
+
+def test_after_a_restart_a_lone_item_of_a_failed_job_is_sent_alone_first(emulator, dataset_id):
+    """A new process does not know how many items a job carried: an error naming nothing is
+    not pinned on the one item it settles; sent alone, that item fails by itself."""
+    emulator.fail_next_job("Errored_User", "the batch went wrong")
+    [first, *_] = make_target(emulator, dataset_id).deliver_batch(batch(3))
+    restarted = make_target(emulator, dataset_id)
+    [outcome] = settle(restarted, first.job_id, batch(1))
+    assert isinstance(outcome, SendAlone)
+    emulator.fail_next_job("Errored_User", "the item went wrong")
+    [alone] = restarted.deliver_batch(batch(1))
+    [outcome] = settle(restarted, alone.job_id, batch(1))
+    assert isinstance(outcome, PermanentError) and "the item went wrong" in str(outcome)
+
+
 @pytest.mark.parametrize("status", ["Errored_Server", "Errored_Hanging", "Retried", "Something_New"])
 def test_a_job_failed_by_the_server_retries_every_item(target, emulator, status):
     emulator.fail_next_job(status, "server trouble")
