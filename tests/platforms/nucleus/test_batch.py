@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -294,6 +293,26 @@ def test_an_item_whose_earlier_job_may_still_run_waits_the_others_go(emulator, d
     assert emulator.item(dataset_id, old[0].key)["metadata"] == {"v": 2}
 
 
+class FakeClock:
+    """The waiting of StartupJobs without real time: ``sleep`` moves the clock."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def restarted_target(emulator, dataset_id, **overrides) -> tuple[NucleusTarget, FakeClock]:
+    target = make_target(emulator, dataset_id, **overrides)
+    clock = FakeClock()
+    target.startup._clock, target.startup._sleep = clock, clock.sleep
+    return target, clock
+
+
 def test_jobs_from_before_the_start_are_waited_for(emulator, dataset_id):
     """After a restart the new process does not know which items the old one's jobs hold:
     it appends nothing until they have ended."""
@@ -301,7 +320,7 @@ def test_jobs_from_before_the_start_are_waited_for(emulator, dataset_id):
     emulator.job_script = ["Running"] * 1000
     before = make_target(emulator, dataset_id)
     before.deliver_batch(batch(2))  # then the process dies
-    target = make_target(emulator, dataset_id, job_timeout=0.3, job_poll_interval=0.05)
+    target, clock = restarted_target(emulator, dataset_id, job_timeout=60, job_poll_interval=0.5)
     results = target.deliver_batch(batch(3, prefix="cam2/f"))
     assert all(isinstance(r, TransientError) and "running before syncd started" in str(r) for r in results)
     assert not results[0].outcome_unknown
@@ -314,9 +333,9 @@ def test_jobs_from_before_the_start_are_waited_for(emulator, dataset_id):
 def test_jobs_from_before_the_start_are_given_up_after_job_timeout(emulator, dataset_id):
     emulator.job_script = ["Running"] * 1000
     make_target(emulator, dataset_id).deliver_batch(batch(1))
-    target = make_target(emulator, dataset_id, job_timeout=0.2, job_poll_interval=0.05)
+    target, clock = restarted_target(emulator, dataset_id, job_timeout=60, job_poll_interval=0.5)
     assert isinstance(target.deliver_batch(batch(1, prefix="x/"))[0], TransientError)
-    time.sleep(0.25)  # job_timeout since the target found the job (no timing assertion: a wait)
+    clock.now += 60  # job_timeout since the target found the job
     assert isinstance(target.deliver_batch(batch(1, prefix="x/"))[0], Submitted)
 
 
