@@ -44,6 +44,7 @@ import json
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
 from tests.emulators.nucleus_annotations import AnnotationRoutes, AnnotationStore
+from tests.emulators.nucleus_jobs import JobRoutes
 from tests.emulators.nucleus_state import (
     REMOTE_SCHEMES,
     BadRequest,
@@ -66,7 +67,7 @@ def error(status: int, message: str) -> Response:
     return json_response({"error": message, "status_code": status}, status)
 
 
-class NucleusEmulator(AnnotationRoutes, Emulator):
+class NucleusEmulator(JobRoutes, AnnotationRoutes, Emulator):
     name = "nucleus"
 
     def __init__(self, *, seed: int = 1234, api_key: str = DEFAULT_KEY, job_script=("Queued", "Running"),
@@ -316,43 +317,6 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
             if not str(payload["image_url"]).startswith(REMOTE_SCHEMES):
                 raise BadRequest(f"image_url {payload['image_url']!r} is not a remote URL")
         return [new_row(p, None, update_flag(body)) for p in payloads]
-
-    # -- jobs ---------------------------------------------------------------------------------
-    def _job(self, request: Request) -> Job:
-        job = self.state.jobs.get(request.params["job"])
-        if job is None:
-            raise LookupError(f"Job {request.params['job']} not found")
-        return job
-
-    @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)")
-    def job_status(self, request: Request) -> Response:
-        return self._call(lambda r: json_response(self.state.poll(self._job(r)).status_json()), request)
-
-    @route("POST", f"{API}/jobs/?")
-    def list_jobs(self, request: Request) -> Response:
-        """``POST jobs/`` (the SDK's ``list_jobs``/``Dataset.jobs``): AsyncJob JSON of the
-        jobs matching ``dataset_id`` and ``job_types``, Completed ones only with
-        ``show_completed``, at most ``limit``."""
-        def handle(request):
-            body = json_object(request)
-            limit = body.get("limit") or 50_000
-            types = body.get("job_types")
-            if not isinstance(limit, int) or limit < 1 or not (types is None or isinstance(types, list)):
-                raise BadRequest("limit must be a positive integer and job_types a list")
-            jobs = (sorted(self.state.jobs.values(), key=lambda j: j.seq) if body.get("show_completed")
-                    else self.state.unfinished(None, None))
-            jobs = [j for j in jobs
-                    if body.get("dataset_id") in (None, j.dataset_id) and (not types or j.job_type in types)]
-            return json_response([j.info_json() for j in jobs[:limit]])
-        return self._call(handle, request)
-
-    @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)/errors")
-    def job_errors(self, request: Request) -> Response:
-        return self._call(lambda r: json_response(list(self._job(r).errors)), request)
-
-    @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)/info")
-    def job_info(self, request: Request) -> Response:
-        return self._call(lambda r: json_response(self._job(r).info_json()), request)
 
     # -- items --------------------------------------------------------------------------------
     @route("GET", f"{API}/dataset/{DS}/refloc/(?P<ref>[^/]+)")
