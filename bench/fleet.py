@@ -87,6 +87,21 @@ def remote_prefix(platform: str, device: str) -> str:
     return device + ("/" if platform == "nucleus" else "__")
 
 
+def per_interval(timeline: list[tuple[float, int, int]], step: float) -> list[tuple[float, float]]:
+    """Requests served and refused per second in each ``step`` seconds, from cumulative
+    counts sampled about once a second."""
+    series: list[tuple[float, float]] = []
+    if not timeline:
+        return series
+    edge, last = step, (0.0, 0, 0)
+    for sample in timeline:
+        if sample[0] >= edge:
+            span = sample[0] - last[0]
+            series.append((round((sample[1] - last[1]) / span, 1), round((sample[2] - last[2]) / span, 1)))
+            last, edge = sample, edge + step
+    return series
+
+
 def run(args: argparse.Namespace) -> Report:
     workdir = BENCH_ROOT / "fleet"
     size = tuple(int(v) for v in args.size.split("x"))
@@ -115,7 +130,12 @@ def run(args: argparse.Namespace) -> Report:
             log.close()
         deadline = time.perf_counter() + args.max_wait + 180
         waiting = list(devices)
+        timeline: list[tuple[float, int, int]] = []  # (s since start, served, refused) once a second
         while waiting:
+            elapsed = time.perf_counter() - fleet_start
+            if not timeline or elapsed - timeline[-1][0] >= 1.0:
+                counts = emulator.call("stats")
+                timeline.append((elapsed, counts["served"], counts["refused"]))
             for device in list(waiting):
                 code = device.proc.poll()
                 if code is None and time.perf_counter() > deadline:
@@ -170,6 +190,10 @@ def run(args: argparse.Namespace) -> Report:
         faults=stats["faults"], devices_detail=[
             {"device": d.name, "exit": d.code, "wall": round(d.wall, 2), "delivered": d.delivered,
              "failed": d.failed, "not_delivered": d.pending, "held": d.held} for d in devices])
+    series = per_interval(timeline, 10.0)
+    report.facts["served_refused_per_10s"] = series
+    report.notes.append("served/s (refused/s) per 10 s since the fleet started: "
+                        + ", ".join(f"{a:.0f} ({b:.0f})" for a, b in series))
     report.notes.append(
         f"{args.devices} syncd processes x {args.items} frames ({args.size} JPEG + sidecar), {args.platform} emulator: "
         f"{args.rate_limit} req/s, {args.fault_rate:.0%} faults ({args.fault_kinds})"

@@ -17,7 +17,8 @@ job polls, annotations, lookups, checks: ``limits.LimitedAdapter`` calls it). Co
   the last ``window`` seconds (multiplicative decrease; the replies of requests that were
   already under way do not decrease it again). Every other response raises the rate a
   little (additive increase, faster the longer no throttle came, so freed capacity is found
-  again within seconds), never above twice the rate measured nor above the ceiling.
+  again within seconds) while the rate is what holds requests back (a target waiting for
+  jobs does not save up a rate it would burst with), never above the ceiling.
 - ``state()`` says the current rate and why, for status and metrics.
 
 Time, sleeping and randomness are parameters: tests run on a fake clock without sleeping.
@@ -35,8 +36,10 @@ from dataclasses import dataclass
 
 BETA = 0.7  # multiplicative decrease: the new rate is BETA x the rate served lately
 INCREASE = 0.1  # requests/s added per second of requests going through at the rate
-ACCELERATION = 0.01  # ... plus this much per second since the last throttle (req/s per s^2)
-WINDOW = 3.0  # seconds over which the served rate is measured
+ACCELERATION = 0.03  # ... plus this much per second since the last throttle (req/s per s^2)
+WINDOW = 3.0  # seconds over which the served rate is measured, at least ...
+SAMPLES = 6  # ... the time this many requests take at the current rate (up to MAX_WINDOW)
+MAX_WINDOW = 10.0
 MIN_RATE = 0.1  # requests/s: a throttled target never stops completely
 DEFAULT_HOLD = 1.0  # seconds a throttle without Retry-After holds the target
 HOLD_JITTER = 0.5  # a hold lasts Retry-After x (1 + uniform(0, HOLD_JITTER)): a fleet comes back spread out
@@ -127,6 +130,7 @@ class RateController:
         self._first_sent: float | None = None
         self._last_decrease = float("-inf")  # monotonic time of the last decrease
         self._last_increase: float | None = None
+        self._paced = False  # a request waited for its token since the last increase
         self._throttled_wall: float | None = None  # wall time of the last decrease, for the reason
         self._throttled_status = 0
         self._rate_after_throttle = 0.0
@@ -147,6 +151,8 @@ class RateController:
             now = self._clock()
             start = max(now, self._hold_until, self._next_at)
             if start > now:
+                if self._next_at > now >= self._hold_until:
+                    self._paced = True  # the rate is what holds this target back now
                 return None, start - now
             rate = self._effective_rate()
             # Strict pacing: the next request is due one interval after this one (or now, after
@@ -186,6 +192,8 @@ class RateController:
             if ticket.sent <= self._last_decrease:
                 return  # sent before the last decrease: that decrease already answered it
             measured = self._measured(now)
+            if measured <= 0:  # nothing served lately (others took the limit): one per Retry-After
+                measured = 1.0 / max(wait, 0.1)
             current = self._effective_rate()
             base = measured if current is None else min(current, measured)
             self._rate = max(self.min_rate, self.beta * base)
@@ -205,19 +213,16 @@ class RateController:
             self._trim(now)
             if self._rate is None:
                 return
-            if self._last_increase is None:
-                self._last_increase = now
+            last, paced = self._last_increase, self._paced
+            self._last_increase, self._paced = now, False
+            # Grow only while the rate is what holds requests back: a target that sends less
+            # than its rate (waiting for jobs, nothing due) must not save up a rate it would
+            # then burst with.
+            if last is None or not paced:
                 return
-            elapsed = max(0.0, now - self._last_increase)
-            self._last_increase = now
-            measured = self._measured(now)
-            # Grow only as far as the rate is used: a target that sends less than its rate
-            # (waiting for jobs, nothing due) must not save up a rate it then bursts with.
-            used = min(1.0, measured / self._rate)
             slope = self.increase + self.acceleration * max(0.0, now - self._last_decrease)
             # A long gap between replies (idle, or a slow rate) counts for at most two intervals.
-            grown = self._rate + slope * min(elapsed, max(1.0, 2.0 / self._rate)) * used
-            self._rate = max(self._rate, min(grown, max(2.0 * measured, self.min_rate)))
+            self._rate += slope * min(now - last, max(1.0, 2.0 / self._rate))
             if self.ceiling:
                 self._rate = min(self._rate, self.ceiling)
 
@@ -247,20 +252,30 @@ class RateController:
             return self.ceiling
         return self._rate
 
+    def _span(self) -> float:
+        rate = self._effective_rate()
+        return min(MAX_WINDOW, max(self.window, SAMPLES / rate if rate else 0.0))
+
     def _trim(self, now: float) -> None:
-        horizon = now - self.window
+        horizon = now - MAX_WINDOW
         while self._served and self._served[0] < horizon:
             self._served.popleft()
         while self._holds and self._holds[0][1] < horizon:
             self._holds.popleft()
 
     def _measured(self, now: float) -> float:
-        """Requests/s served over the last ``window`` seconds, not counting the time the
-        target was held (nothing could be served then)."""
+        """Requests/s served over the last ``window`` seconds (longer at a slow rate, so that
+        about SAMPLES requests count), not counting the time the target was held (nothing
+        could be served then)."""
         self._trim(now)
-        start = now - self.window
+        start = now - self._span()
         if self._first_sent is not None:
             start = max(start, self._first_sent)
         held = sum(max(0.0, min(end, now) - max(begin, start)) for begin, end in self._holds)
         span = max(now - start - held, 0.5)  # less than half a second says little: don't divide by ~0
-        return len(self._served) / span
+        count = 0
+        for served in reversed(self._served):  # newest first: the cost is the samples counted
+            if served < start:
+                break
+            count += 1
+        return count / span

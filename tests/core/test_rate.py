@@ -230,14 +230,14 @@ def test_recovery_without_a_ceiling_speeds_up_the_longer_no_throttle_comes():
     assert rate.rate > 10.0  # back above where it was throttled within 30 s
 
 
-def test_a_first_throttle_before_anything_was_served_starts_slow_but_moves():
+def test_a_first_throttle_before_anything_was_served_starts_at_one_per_retry_after():
     clock = FakeClock()
-    rate = controller(clock, min_rate=0.2)
-    rate.throttled(rate.acquire(), 1.0)  # the platform was already saturated by others
-    assert rate.rate == 0.2
+    rate = controller(clock)
+    rate.throttled(rate.acquire(), 2.0)  # the platform was already saturated by others
+    assert rate.rate == pytest.approx(0.7 / 2.0)
     clock.advance(rate.wait_time())
-    serve(rate, clock, 20, 0.0)
-    assert rate.rate > 0.4
+    serve_for(rate, clock, 10.0)
+    assert rate.rate > 0.35 + 1.0  # paced, so growing: 0.1/s per s and more
 
 
 # -- through real HTTP ---------------------------------------------------------------------------
