@@ -80,7 +80,8 @@ def configure(rate_limits: dict[str, float], bandwidth: float, *, clock=time.mon
     for name, ceiling in rate_limits.items():
         _controllers[name] = RateController(ceiling=ceiling or 0.0, clock=clock, sleep=sleep, wall=wall)
     # One second of burst: short enough to keep the average honest, long enough for one image.
-    _bandwidth = TokenBucket(bandwidth, burst=bandwidth, clock=clock, sleep=sleep) if bandwidth and bandwidth > 0 else None
+    _bandwidth = (TokenBucket(bandwidth, burst=bandwidth, clock=clock, sleep=sleep)
+                  if bandwidth and bandwidth > 0 else None)
     return dict(_controllers)
 
 

@@ -70,7 +70,8 @@ def result(response: requests.Response, *, context: str, secrets: tuple[str, ...
         # A proxy page or a reply cut short: the request may have been committed.
         raise TransientError(redact(f"{context}: the reply is not a JSON object: {_snippet(response.text)}", secrets))
     if body.get("success") is not True:
-        message = redact(f"{context}: Edge Impulse said: {_snippet(error or 'success is false, no error given')}", secrets)
+        message = redact(f"{context}: Edge Impulse said: {_snippet(error or 'success is false, no error given')}",
+                         secrets)
         raise failure(message, status=status)
     return body
 

@@ -100,7 +100,8 @@ class EdgeImpulseOrgTarget(Target):
         """The key reads the organization dataset ``dataset``; FatalTargetError otherwise."""
         s = self.settings
         try:
-            self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"), context=f"reading dataset {s.dataset!r}")
+            self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"),
+                             context=f"reading dataset {s.dataset!r}")
         except PermanentError as exc:
             raise FatalTargetError(
                 f"{exc} — create the dataset {s.dataset!r} in organization {s.organization_id} (Studio: Data > "

@@ -73,7 +73,8 @@ CLASS_LABEL_TYPES = ("classification",)  # syncd.labels.model
 class EdgeImpulseSettings(EdgeImpulseSettingsBase):
     platform: str = "edgeimpulse"
     api_key_env: str = Field("EI_API_KEY", description="environment variable holding the project's API key (ei_...)")
-    project_id: int = Field(gt=0, description="the project's id (Dashboard > Project info); the API key must belong to it")
+    project_id: int = Field(
+        gt=0, description="the project's id (Dashboard > Project info); the API key must belong to it")
     category: Literal["training", "validation", "testing", "post-processing", "split"] = Field(
         "split", description="where new samples go; 'split' lets Edge Impulse pick training or testing")
     label_source: Literal["classification", "metadata", "folder", "none"] = Field(
@@ -82,7 +83,8 @@ class EdgeImpulseSettings(EdgeImpulseSettingsBase):
                     "the metadata key label_key (metadata), the item's parent folder (folder), or none")
     label_key: str = Field("label", description="metadata key holding the label when label_source = 'metadata'")
     allow_duplicates: bool = Field(
-        False, description="upload images identical to a sample already in the project (off: Edge Impulse refuses them)")
+        False,
+        description="upload images identical to a sample already in the project (off: Edge Impulse refuses them)")
     min_region_pixels: int = Field(
         1, ge=1, description="mask regions smaller than this many pixels get no bounding box (1 = every region)")
     ingestion_url: str = Field("https://ingestion.edgeimpulse.com", description="Edge Impulse ingestion service URL")
@@ -280,7 +282,8 @@ class EdgeImpulseTarget(Target):
         body = self.client.call("POST", url, context=context, headers=headers, files=files)
         results = body.get("files")
         if not isinstance(results, list) or not results or not isinstance(results[0], dict):
-            raise TransientError(f"{self.name}: {context}: the reply lists no file result; checking on the next attempt")
+            raise TransientError(
+                f"{self.name}: {context}: the reply lists no file result; checking on the next attempt")
         outcome = results[0]
         sample_id = outcome.get("sampleId")
         if outcome.get("success") is True and isinstance(sample_id, int):
@@ -310,7 +313,8 @@ class EdgeImpulseTarget(Target):
         self.client.call("POST", self.studio(base + "/metadata"), context=context, json={"metadata": desired})
         sample = self._get_sample(sample_id)
         if _label_of(sample) != wanted.label:
-            self.client.call("POST", self.studio(base + "/edit-label"), context=context, json={"label": wanted.label or ""})
+            self.client.call("POST", self.studio(base + "/edit-label"), context=context,
+                             json={"label": wanted.label or ""})
         metadata = sample.get("metadata") or {}
         extra_keys = sorted(k for k in metadata if k not in desired)
         if extra_keys:
