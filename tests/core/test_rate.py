@@ -10,6 +10,7 @@ import time
 import pytest
 
 from syncd import limits
+from syncd.errors import TransientError
 from syncd.rate import RateController, is_throttle, parse_retry_after
 from syncd.targets.http import SessionPool, send
 from tests.emulators.base import Emulator, json_response, route
@@ -252,6 +253,10 @@ class Limited(Emulator):
     def thing(self, request):
         return json_response({"ok": True})
 
+    @route("GET", "/busy")
+    def busy(self, request):
+        return json_response({"error": "overloaded"}, 503, **{"Retry-After": "2"})
+
 
 class Watched(RateController):
     """The real controller, recording when each ticket went and when each 429 came back."""
@@ -315,3 +320,23 @@ def test_a_429_holds_every_thread_of_the_target_and_not_the_others(limited):
     worker("quiet", 1)
     assert quiet.rate is None and not quiet.refused
     pool.close()
+
+
+def test_throttles_are_transient_errors_marked_throttled(limited):
+    limits.configure({"t": 0}, 0)
+    session = SessionPool().get()
+
+    def error(path: str, fault: str | None = None) -> TransientError:
+        if fault:
+            limited.faults.next(fault)
+        with limits.serving("t"), pytest.raises(TransientError) as caught:
+            send(session, "GET", limited.url + path, context="t", timeout=10)
+        return caught.value
+
+    refused = error("/thing", "429")
+    assert refused.throttled and refused.retry_after == 1 and not refused.outcome_unknown
+    busy = error("/busy")
+    assert busy.throttled and busy.retry_after == 2 and busy.outcome_unknown
+    failed = error("/thing", "503")  # no Retry-After: that request failed, the target is not slowed
+    assert not failed.throttled and failed.outcome_unknown
+    assert limits.controller("t").throttles == 2
