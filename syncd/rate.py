@@ -13,12 +13,15 @@ job polls, annotations, lookups, checks: ``limits.LimitedAdapter`` calls it). Co
   ``is_throttle``) holds the whole target until ``Retry-After`` has passed (plus jitter,
   never sooner; ``DEFAULT_HOLD`` without the header): every thread of the target waits,
   also those already waiting for a token. The first throttle seen for requests sent since
-  the last decrease lowers the rate to ``beta`` x the rate the platform actually served over
-  the last ``window`` seconds (multiplicative decrease; the replies of requests that were
-  already under way do not decrease it again). Every other response raises the rate a
-  little (additive increase, faster the longer no throttle came, so freed capacity is found
-  again within seconds) while the rate is what holds requests back (a target waiting for
-  jobs does not save up a rate it would burst with), never above the ceiling.
+  the last decrease lowers the rate (multiplicative decrease; the replies of requests that
+  were already under way do not decrease it again) to ``beta`` x: the current rate when it
+  was what held requests back lately, else the rate the platform actually served over the
+  last seconds (the first throttle of an unlimited target, or a target sending less than
+  its rate). Every other response raises the rate a little (additive increase, faster the
+  longer no throttle came, so freed capacity is found again within seconds) while the rate
+  is what holds requests back (a target waiting for jobs does not save up a rate it would
+  burst with), never above the ceiling; a request already waiting for its token gets the
+  new rate at once.
 - ``state()`` says the current rate and why, for status and metrics.
 
 Time, sleeping and randomness are parameters: tests run on a fake clock without sleeping.
@@ -124,6 +127,7 @@ class RateController:
         self._lock = threading.Lock()
         self._rate: float | None = None  # adapted rate; None until the first throttle
         self._next_at = float("-inf")  # earliest time of the next request (pacing)
+        self._last_sent = float("-inf")
         self._hold_until = float("-inf")
         self._holds: deque[tuple[float, float]] = deque()  # (start, end) of recent holds
         self._served: deque[float] = deque()  # when each recent non-throttled response came
@@ -131,6 +135,7 @@ class RateController:
         self._last_decrease = float("-inf")  # monotonic time of the last decrease
         self._last_increase: float | None = None
         self._paced = False  # a request waited for its token since the last increase
+        self._paced_at = float("-inf")  # when a request last waited for its token
         self._throttled_wall: float | None = None  # wall time of the last decrease, for the reason
         self._throttled_status = 0
         self._rate_after_throttle = 0.0
@@ -153,11 +158,13 @@ class RateController:
             if start > now:
                 if self._next_at > now >= self._hold_until:
                     self._paced = True  # the rate is what holds this target back now
+                    self._paced_at = now
                 return None, start - now
             rate = self._effective_rate()
             # Strict pacing: the next request is due one interval after this one (or now, after
             # a pause), so no burst ever saves up.
             self._next_at = now + 1.0 / rate if rate else now
+            self._last_sent = now
             if self._first_sent is None:
                 self._first_sent = now
             return Ticket(now), 0.0
@@ -195,10 +202,16 @@ class RateController:
             if measured <= 0:  # nothing served lately (others took the limit): one per Retry-After
                 measured = 1.0 / max(wait, 0.1)
             current = self._effective_rate()
-            base = measured if current is None else min(current, measured)
+            if current is None:
+                base = measured
+            elif now - self._paced_at <= self._span():
+                base = current  # the rate is what limits the target: it was too high
+            else:
+                base = min(current, measured)  # it sent less than its rate: start from what it sent
             self._rate = max(self.min_rate, self.beta * base)
             if self.ceiling:
                 self._rate = min(self._rate, self.ceiling)
+            self._repace()
             self._last_decrease = now
             self._last_increase = None
             self._throttled_wall = self._wall()
@@ -225,6 +238,7 @@ class RateController:
             self._rate += slope * min(now - last, max(1.0, 2.0 / self._rate))
             if self.ceiling:
                 self._rate = min(self._rate, self.ceiling)
+            self._repace()
 
     # -- what it is now --------------------------------------------------------------------
     @property
@@ -255,6 +269,13 @@ class RateController:
     def _span(self) -> float:
         rate = self._effective_rate()
         return min(MAX_WINDOW, max(self.window, SAMPLES / rate if rate else 0.0))
+
+    def _repace(self) -> None:
+        """The next request is due one interval of the new rate after the last one: a slow
+        rate just raised must not keep the long wait it set when the last request went."""
+        rate = self._effective_rate()
+        if rate:
+            self._next_at = self._last_sent + 1.0 / rate
 
     def _trim(self, now: float) -> None:
         horizon = now - MAX_WINDOW

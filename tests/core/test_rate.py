@@ -188,6 +188,30 @@ def test_successes_increase_the_rate_and_pacing_follows_it():
     assert rate.rate == pytest.approx(low + 0.1 * sum(clock.slept), rel=0.2)
 
 
+def test_a_paced_target_decreases_from_its_rate_not_a_lagging_measure():
+    clock = FakeClock()
+    rate = controller(clock, increase=0.5, acceleration=0.0)
+    serve(rate, clock, 30, 0.1)
+    rate.throttled(rate.acquire(), 1.0)
+    clock.advance(rate.wait_time())
+    serve_for(rate, clock, 5.0)  # paced, growing: the last seconds served less than the rate is now
+    before = rate.rate
+    rate.throttled(rate.acquire(), 1.0)
+    assert rate.rate == pytest.approx(0.7 * before, rel=0.01)
+
+
+def test_a_raised_rate_applies_to_the_request_already_waiting():
+    clock = FakeClock()
+    rate = controller(clock, increase=1.0, acceleration=0.0)
+    rate.throttled(rate.acquire(), 1.0)  # nothing served: 0.7/s, one request every 1.4 s
+    clock.advance(rate.wait_time())
+    rate.finished(rate.acquire(), 200)
+    ticket = rate.acquire()  # waited 1.4 s for its token
+    rate.finished(ticket, 200)  # +1.0/s per second of pacing: ~2.1/s
+    assert rate.rate == pytest.approx(0.7 + 1 / 0.7, rel=0.01)
+    assert rate.wait_time() == pytest.approx(1 / rate.rate)  # not the 1.4 s set when it went
+
+
 def test_the_rate_grows_only_as_far_as_it_is_used():
     clock = FakeClock()
     rate = controller(clock, increase=1.0, acceleration=0.5)
