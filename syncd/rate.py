@@ -169,6 +169,11 @@ class RateController:
                 self._first_sent = now
             return Ticket(now), 0.0
 
+    def hold_remaining(self) -> float:
+        """Seconds the target is still held after a throttle (0: not held). Pacing aside."""
+        with self._lock:
+            return max(0.0, self._hold_until - self._clock())
+
     def wait_time(self) -> float:
         """Seconds until a request could go (0: now); for a dispatcher that does not want to
         hand work to a held target. Takes nothing."""
