@@ -15,8 +15,9 @@ doubling up to 600 s, with jitter).
 Reported: deliveries/s over the fleet's wall time (first start to last exit), requests
 served per second over the emulator's window (first to last request) and as a share of the
 limit, refused requests against served ones, whether every device delivered everything
-(its exit code, its own count, and the items the dataset holds under its prefix), and the
-slowest device's wall time against the median device's.
+(its exit code, its own count, and the items the dataset holds under its prefix), the
+slowest device's wall time against the median device's, and the requests served and
+refused per 10 s since the fleet started (the emulator's counts, read once a second).
 
 Goals (issue 9): everything delivered, served >= 80 % of the limit, refusals <= 0.5x served,
 slowest device <= 2x the median.
