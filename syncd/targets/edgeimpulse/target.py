@@ -37,7 +37,7 @@ Idempotency (see ``payload`` for names and markers):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -220,7 +220,10 @@ class EdgeImpulseTarget(Target):
         boxes: a new image is a new sample (uploaded first, then the superseded one deleted,
         so the item is never missing); the same image is updated in place through Studio.
         A sample refused as a duplicate is adopted when it holds this image. Superseded
-        samples that cannot be deleted make the outcome unknown (the next attempt does)."""
+        samples that cannot be deleted make the outcome unknown (the next attempt does).
+
+        One attempt is bounded: at most one upload, one lookup and one adoption (issue 10
+        item 14); a sample that is listed but cannot be updated is a TransientError."""
         wanted = self.wanted(upload)
         previous = self._previous(upload)
         stale = [int(i) for i in (previous.extra.get("stale_ids") or [])] if previous else []
@@ -228,10 +231,9 @@ class EdgeImpulseTarget(Target):
             try:
                 receipt = self._update(int(previous.remote_id), upload, wanted)
             except RemoteNotFound:
-                receipt = None  # deleted in Studio meanwhile: upload the item again
-            if receipt is not None:
-                return self._cleanup(receipt, stale, upload)
-            return self._cleanup(self._create(upload, wanted), stale, upload)
+                # Deleted in Studio meanwhile: upload the item again; that sample is not adopted.
+                receipt = self._create(upload, wanted, gone=int(previous.remote_id))
+            return self._cleanup(receipt, stale, upload)
         receipt = self._create(upload, wanted)
         old = stale + ([int(previous.remote_id)] if previous is not None else [])
         return self._cleanup(receipt, old, upload)
@@ -249,9 +251,9 @@ class EdgeImpulseTarget(Target):
                                  "removed on the next attempt)") from exc
         return receipt
 
-    def _create(self, upload: Upload, wanted: Wanted, *, adopting: bool = False) -> Receipt:
+    def _create(self, upload: Upload, wanted: Wanted, *, gone: int | None = None) -> Receipt:
         """Upload the image as a new sample with its label, metadata and boxes in one request;
-        adopt our own sample if it is refused as a duplicate."""
+        adopt our own sample if it is refused as a duplicate (``_refused``)."""
         name = sample_name(upload.key)
         suffix, data, mime = image_for_upload(upload)
         header_metadata = json.dumps(wanted.metadata, sort_keys=True)
@@ -288,19 +290,34 @@ class EdgeImpulseTarget(Target):
                 return self._update(sample_id, upload, wanted)
             return self._receipt(sample_id, upload, version=upload.version, image_sha256=upload.image_sha256,
                                  label=wanted.label)
-        reason = str(outcome.get("error") or "no reason given")
-        if not adopting:
-            # Maybe a re-send of a sample that exists already (refused as a duplicate): adopt it.
-            found = self.lookup(upload)
-            if found is not None and found.extra.get("image_sha256") == upload.image_sha256:
-                try:
-                    return self.deliver(replace(upload, previous=found))
-                except RemoteNotFound as exc:
-                    raise TransientError(f"{self.name}: {context}: the sample found vanished: {exc}") from exc
+        return self._refused(upload, wanted, str(outcome.get("error") or "no reason given"), context=context, gone=gone)
+
+    def _refused(self, upload: Upload, wanted: Wanted, reason: str, *, context: str, gone: int | None) -> Receipt:
+        """The ingestion refused the file: maybe a re-send of a sample that exists already
+        (refused as a duplicate). Adopt it when a sample with this name holds this image
+        (never the sample ``gone`` that Studio just did not find); otherwise a PermanentError
+        with the platform's reason."""
+        found = self.lookup(upload)
+        if found is not None and found.extra.get("image_sha256") == upload.image_sha256:
+            if int(found.remote_id) == gone:
+                raise TransientError(f"{self.name}: {context}: Edge Impulse lists sample {gone} as holding this image "
+                                     "but answers \"not found\" when it is updated; retried later", outcome_unknown=False)
+            return self._adopt(found, upload, wanted, context=context)
         hint = ""
         if "duplicate" in reason.lower() or "already" in reason.lower():
             hint = " (another sample holds an identical image; set allow_duplicates = true to upload it anyway)"
         raise PermanentError(f"{self.name}: {context}: Edge Impulse refused the file: {reason[:300]}{hint}")
+
+    def _adopt(self, found: Receipt, upload: Upload, wanted: Wanted, *, context: str) -> Receipt:
+        """Make the sample ``found`` (holding this image) carry ``wanted``, in place; its
+        leftovers (``stale_ids``) are deleted. Never uploads: a sample that vanished in
+        between is a TransientError (the next attempt starts over)."""
+        try:
+            receipt = self._update(int(found.remote_id), upload, wanted)
+        except RemoteNotFound as exc:
+            raise TransientError(f"{self.name}: {context}: the sample found vanished: {exc}",
+                                 outcome_unknown=False) from exc
+        return self._cleanup(receipt, [int(i) for i in found.extra.get("stale_ids") or []], upload)
 
     def _update(self, sample_id: int, upload: Upload, wanted: Wanted) -> Receipt:
         """Make sample ``sample_id`` carry ``wanted``; metadata verified by reading it back."""

@@ -328,3 +328,32 @@ def test_sample_uploaded_by_another_tool_with_our_name_and_bytes_is_adopted(worl
     after = world.only("pre/existing")
     assert receipt.remote_id == str(before["id"]) == str(after["id"])
     assert after["metadata"][IMAGE_KEY] == upload.image_sha256 and user_metadata(after["metadata"]) == {"a": "1"}
+
+
+def test_recovery_is_bounded_when_the_sample_found_cannot_be_updated(world):
+    """Issue 10 item 14: the journal lost, the re-send refused as a duplicate, the sample
+    found by name but Studio answering "not found" for it (here on every try): one upload per
+    attempt at most, ending in a clear transient error, never a recursion."""
+    target = world.target()
+    upload = make_upload("lost/journal", metadata={"a": "1"})
+    sample_id = target.deliver(upload).remote_id
+    world.emulator.journal.clear()
+    for _ in range(40):
+        world.emulator.reply_next(r"/raw-data/\d+/metadata$", 200,
+                                  {"success": False, "error": f"No sample found with ID {sample_id}"})
+    with pytest.raises(TransientError) as caught:
+        target.deliver(upload)  # no previous receipt: the journal was deleted
+    assert "vanished" in str(caught.value) or "not found" in str(caught.value).lower()
+    assert len(world.emulator.recorded("POST", INGEST)) == 1
+    assert len(world.emulator.recorded("POST", r"/metadata$")) == 1
+    # With the previous receipt the attempt is bounded too: the update, one upload, one lookup.
+    world.emulator.journal.clear()
+    with pytest.raises(TransientError):
+        target.deliver(replace(upload, previous=target.lookup(upload)))
+    assert len(world.emulator.recorded("POST", INGEST)) == 1
+    assert len(world.emulator.recorded("POST", r"/metadata$")) == 1
+    # Once Studio finds the sample again, the next attempt adopts it.
+    world.emulator.canned.clear()
+    receipt = target.deliver(upload)
+    assert receipt.remote_id == sample_id and receipt.extra["version"] == upload.version
+    assert len(world.samples("lost/journal")) == 1
