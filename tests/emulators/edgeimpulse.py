@@ -28,6 +28,9 @@ Behaviour the targets and the SDKs rely on:
   JSON body or multipart parts).
 - ``reply_next(path_regex, status, body)``: answer the next matching request with a canned
   reply instead (after auth, before touching state): for reply shapes no state produces.
+- ``hide_routes(path_regex)``: until ``hide_routes()`` (none), requests whose path matches get
+  the web framework's own 404 (``text/html``, ``Cannot POST /path``, before any auth), as a
+  wrong URL, a deleted project or a service being redeployed would answer.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         self.samples: dict[int, dict] = {}
         self.sample_data: dict[int, bytes] = {}
         self.canned: list[tuple[re.Pattern, Response]] = []
+        self.hidden: re.Pattern | None = None
         self.init_org_state()
 
     # -- test-side helpers -------------------------------------------------------------------
@@ -122,6 +126,11 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         with self.lock:
             self.canned.append((re.compile(path_regex), Response(status=status, body=body)))
 
+    def hide_routes(self, path_regex: str | None = None) -> None:
+        """Answer requests whose path matches ``path_regex`` with a bare 404 (None: none)."""
+        with self.lock:
+            self.hidden = re.compile(path_regex) if path_regex else None
+
     def recorded(self, method: str, path_regex: str) -> list[dict]:
         with self.lock:
             return [e for e in self.journal if e["method"] == method and re.search(path_regex, e["path"])]
@@ -130,6 +139,9 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
     def authorize(self, request: Request) -> Response | None:
         if self.record:
             self._journal(request)
+        if self.hidden is not None and self.hidden.search(request.path):
+            return Response(status=404, body=f"<pre>Cannot {request.method} {request.path}</pre>",
+                            headers={"Content-Type": "text/html; charset=utf-8"})
         key = request.header("x-api-key")
         if not key:
             return json_response({"success": False, "error": "Missing x-api-key header (or JWT token)"}, 401)

@@ -7,9 +7,17 @@ HTTP 200, so every reply goes through ``result()``, which turns it into the sync
 - ``success: true`` (2xx)                       -> the body
 - 401/403, or an error naming the key/access    -> FatalTargetError (the target pauses)
 - 408/425/429/5xx, or "too many requests"       -> TransientError (with Retry-After)
-- 404, or "not found"/"does not exist"          -> RemoteNotFound (a PermanentError the
-                                                   callers may treat as "gone")
+- 404, or "not found"/"does not exist"          -> on a route of one sample / data item
+                                                   (``call(..., item=True)``): RemoteNotFound
+                                                   (a PermanentError the callers treat as
+                                                   "gone"); on any other route (ingestion,
+                                                   the project, a dataset, the list routes):
+                                                   FatalTargetError, the target pauses until
+                                                   its check passes again (issue 10 item 15)
 - anything else                                 -> PermanentError with the platform's words
+
+The words are looked for in the platform's own text only, never in syncd's context (an item
+key containing "permission" must not pause the target).
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ def _snippet(text: Any) -> str:
     return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
 
 
-def failure(message: str, *, status: int, retry_after: float | None = None) -> SyncdError:
-    """The syncd error for a failed Edge Impulse reply (see the module docstring)."""
-    lowered = message.lower()
+def failure(message: str, *, status: int, retry_after: float | None = None, said: str | None = None) -> SyncdError:
+    """The syncd error for a failed Edge Impulse reply (see the module docstring); ``said``
+    is the platform's own text, the one the words are looked for in (default: ``message``)."""
+    lowered = (message if said is None else said).lower()
     if status in (401, 403) or any(w in lowered for w in AUTH_WORDS):
         return FatalTargetError(f"{message} — check the API key in the environment and its permissions")
     if status in TRANSIENT_STATUS or status >= 500 or any(w in lowered for w in RATE_WORDS):
@@ -62,13 +71,15 @@ def result(response: requests.Response, *, context: str, secrets: tuple[str, ...
     if not 200 <= status < 300:
         detail = error if error else (response.text or "").strip() or "(empty body)"
         message = redact(f"{context}: HTTP {status}: {_snippet(detail)}", secrets)
-        raise failure(message, status=status, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        raise failure(message, status=status, retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                      said=str(detail))
     if not isinstance(body, dict):
         # A proxy page or a reply cut short: the request may have been committed.
         raise TransientError(redact(f"{context}: the reply is not a JSON object: {_snippet(response.text)}", secrets))
     if body.get("success") is not True:
-        message = redact(f"{context}: Edge Impulse said: {_snippet(error or 'success is false, no error given')}", secrets)
-        raise failure(message, status=status)
+        said = str(error or "success is false, no error given")
+        message = redact(f"{context}: Edge Impulse said: {_snippet(said)}", secrets)
+        raise failure(message, status=status, said=said)
     return body
 
 
@@ -79,10 +90,21 @@ class EdgeImpulseClient(HttpClient):
     def credentials(self, key: str) -> Credentials:
         return Credentials(headers={"x-api-key": key})
 
-    def call(self, method: str, url: str, *, context: str, **kwargs) -> dict[str, Any]:
-        """One request; the reply checked by ``result``. Transport failures are transient."""
+    def call(self, method: str, url: str, *, context: str, item: bool = False, **kwargs) -> dict[str, Any]:
+        """One request; the reply checked by ``result``. Transport failures are transient.
+
+        ``item``: the route addresses one sample or data item, so "not found" means that item
+        is gone (``RemoteNotFound``). On any other route it means the project, dataset or
+        service is not where the configuration says: ``FatalTargetError`` (the target pauses
+        and resumes when its check passes; the items stay due)."""
         response = self.request(method, url, context=context, **kwargs)
-        return result(response, context=self.context(context), secrets=self.secrets)
+        try:
+            return result(response, context=self.context(context), secrets=self.secrets)
+        except RemoteNotFound as exc:
+            if item:
+                raise
+            raise FatalTargetError(f"{exc} — Edge Impulse does not know this route: check the target's "
+                                   "project_id / organization_id / dataset and its URLs") from exc
 
 
 class EdgeImpulseSettingsBase(TargetSettings):

@@ -100,7 +100,8 @@ class EdgeImpulseOrgTarget(Target):
         """The key reads the organization dataset ``dataset``; FatalTargetError otherwise."""
         s = self.settings
         try:
-            self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"), context=f"reading dataset {s.dataset!r}")
+            self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"), item=True,
+                             context=f"reading dataset {s.dataset!r}")
         except PermanentError as exc:
             raise FatalTargetError(
                 f"{exc} — create the dataset {s.dataset!r} in organization {s.organization_id} (Studio: Data > "
@@ -152,8 +153,8 @@ class EdgeImpulseOrgTarget(Target):
     def _update(self, data_id: int, upload: Upload, desired: dict[str, str]) -> Receipt:
         """Replace the item's metadata with ``desired``; verified by reading the item back."""
         context = f"updating data item {data_id} of {upload.key!r}"
-        self.client.call("POST", self.org(f"/data/{data_id}"), context=context, json={"metadata": desired})
-        body = self.client.call("GET", self.org(f"/data/{data_id}"), context=f"reading data item {data_id}")
+        self.client.call("POST", self.org(f"/data/{data_id}"), context=context, item=True, json={"metadata": desired})
+        body = self.client.call("GET", self.org(f"/data/{data_id}"), context=f"reading data item {data_id}", item=True)
         item = body.get("data") if isinstance(body.get("data"), dict) else {}
         if item.get("dataset") not in (None, self.settings.dataset):
             raise RemoteNotFound(f"{self.name}: data item {data_id} moved to dataset {item.get('dataset')!r}")
@@ -170,7 +171,7 @@ class EdgeImpulseOrgTarget(Target):
         """Delete superseded items; a failure is an unknown outcome (the lookup sorts it out)."""
         for data_id in sorted(set(ids)):
             try:
-                self.client.call("DELETE", self.org(f"/data/{data_id}"),
+                self.client.call("DELETE", self.org(f"/data/{data_id}"), item=True,
                           context=f"deleting the superseded data item {data_id} of {upload.key!r}")
             except RemoteNotFound:
                 pass

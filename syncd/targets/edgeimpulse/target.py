@@ -46,7 +46,7 @@ from pydantic import Field, field_validator
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
 from syncd.targets.base import Receipt, Target, Upload
 from syncd.targets.edgeimpulse import payload
-from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
+from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound, result
 from syncd.targets.edgeimpulse.payload import (
     IMAGE_KEY,
     EdgeImpulseLabels,
@@ -182,12 +182,13 @@ class EdgeImpulseTarget(Target):
 
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> list[str]:
-        """The key reads the project ``project_id`` (FatalTargetError otherwise, naming both);
-        warns when the project's labeling method ignores what syncd would send (sample labels
-        in an object detection project, boxes in a classification project)."""
+        """The key reads the project ``project_id`` (FatalTargetError otherwise, naming both)
+        and the ingestion route exists (``_check_ingestion``); warns when the project's
+        labeling method ignores what syncd would send (sample labels in an object detection
+        project, boxes in a classification project)."""
         project_id = self.settings.project_id
         try:
-            body = self.client.call("GET", self.studio(""), context=f"reading project {project_id}")
+            body = self.client.call("GET", self.studio(""), context=f"reading project {project_id}", item=True)
         except (PermanentError, FatalTargetError) as exc:
             raise FatalTargetError(f"{exc} (is project_id {project_id} right, and does the key in "
                                    f"{self.settings.api_key_env} belong to that project?)") from exc
@@ -196,6 +197,7 @@ class EdgeImpulseTarget(Target):
         if project.get("id") not in (None, project_id):
             raise FatalTargetError(f"target {self.name!r}: the API key belongs to project {project.get('id')}, "
                                    f"not to project_id {project_id}")
+        self._check_ingestion()
         method = project.get("labelingMethod")
         if method == "object_detection" and self.settings.label_source != "none":
             warnings.append(f"target {self.name!r}: project {self.settings.project_id} labels bounding boxes; "
@@ -206,6 +208,25 @@ class EdgeImpulseTarget(Target):
                             f"(labeling method {method!r}); Edge Impulse keeps bounding boxes (box labels, masks) "
                             "only in projects labeled with 'Bounding boxes' (object detection)")
         return warnings
+
+    def _check_ingestion(self) -> None:
+        """The ingestion route answers: a POST without any file (it creates nothing; any
+        answer but a 404 or an auth error will do). Without this, a missing route (a wrong
+        ``ingestion_url``, a service redeployed elsewhere) would pause the target on the
+        first upload, pass the Studio check, resume, and pause again with every item."""
+        url = self.ingestion_url()
+        context = f"checking the ingestion service at {url}"
+        response = self.client.request("POST", url, context=context,
+                                       headers={"Content-Type": "multipart/form-data; boundary=syncd-check"},
+                                       data=b"--syncd-check--\r\n")
+        if response.status_code == 404:
+            raise FatalTargetError(f"{self.client.context(context)}: HTTP 404: there is no ingestion service at this "
+                                   "URL: check ingestion_url")
+        if response.status_code in (401, 403) or response.status_code >= 500:
+            result(response, context=self.client.context(context), secrets=self.client.secrets)
+
+    def ingestion_url(self) -> str:
+        return f"{self.settings.ingestion_url}/api/{self.settings.category}/files"
 
     # -- deliver --------------------------------------------------------------------------------
     def wanted(self, upload: Upload) -> Wanted:
@@ -277,7 +298,7 @@ class EdgeImpulseTarget(Target):
             else:
                 files.append(("data", ("bounding_boxes.labels", wanted.annotations.bounding_boxes_file(name + suffix),
                                        "application/json")))
-        url = f"{self.settings.ingestion_url}/api/{self.settings.category}/files"
+        url = self.ingestion_url()
         context = f"uploading {upload.key!r} as sample {name!r}"
         body = self.client.call("POST", url, context=context, headers=headers, files=files)
         results = body.get("files")
@@ -324,10 +345,12 @@ class EdgeImpulseTarget(Target):
         base = f"/raw-data/{sample_id}"
         context = f"updating sample {sample_id} of {upload.key!r}"
         desired = wanted.metadata
-        self.client.call("POST", self.studio(base + "/metadata"), context=context, json={"metadata": desired})
+        self.client.call("POST", self.studio(base + "/metadata"), context=context, item=True,
+                         json={"metadata": desired})
         sample = self._get_sample(sample_id)
         if _label_of(sample) != wanted.label:
-            self.client.call("POST", self.studio(base + "/edit-label"), context=context, json={"label": wanted.label or ""})
+            self.client.call("POST", self.studio(base + "/edit-label"), context=context, item=True,
+                             json={"label": wanted.label or ""})
         metadata = sample.get("metadata") or {}
         extra_keys = sorted(k for k in metadata if k not in desired)
         if extra_keys:
@@ -350,11 +373,12 @@ class EdgeImpulseTarget(Target):
         sets the complete list: removed boxes disappear, a re-send never duplicates)."""
         if same_boxes(sample.get("boundingBoxes"), wanted.boxes):
             return  # nothing changed (a metadata-only change): nothing to send
-        self.client.call("POST", self.studio(f"/raw-data/{sample_id}/bounding-boxes"), context=context,
+        self.client.call("POST", self.studio(f"/raw-data/{sample_id}/bounding-boxes"), context=context, item=True,
                   json={"boundingBoxes": wanted.boxes})
 
     def _get_sample(self, sample_id: int) -> dict[str, Any]:
         body = self.client.call("GET", self.studio(f"/raw-data/{sample_id}"), context=f"reading sample {sample_id}",
+                                item=True,
                          params={"limitPayloadValues": 1})
         sample = body.get("sample")
         if not isinstance(sample, dict):
@@ -364,7 +388,7 @@ class EdgeImpulseTarget(Target):
     def _delete_all(self, ids: list[int], *, keep: int, upload: Upload) -> None:
         for sample_id in sorted(set(ids) - {keep}):
             try:
-                self.client.call("DELETE", self.studio(f"/raw-data/{sample_id}"),
+                self.client.call("DELETE", self.studio(f"/raw-data/{sample_id}"), item=True,
                           context=f"deleting the superseded sample {sample_id} of {upload.key!r}")
             except RemoteNotFound:
                 pass  # already gone: that is what we wanted

@@ -7,9 +7,10 @@ what Edge Impulse cannot hold is shown in `syncd status`."""
 from __future__ import annotations
 
 import json
+import time
 
 from syncd.targets.edgeimpulse.payload import sample_name, string_value, user_metadata
-from tests.daemon_harness import write_config
+from tests.daemon_harness import DaemonProcess, run_cli, run_once, wait_for, write_config
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import image_bytes, mask_bytes, write_atomic, write_item
 from tests.platforms.e2e import COUNT, FaultyRun
@@ -119,3 +120,65 @@ def test_faults_and_sigkill_converge_to_one_sample_each(tmp_path):
         notes = {n["key"]: n["note"] for n in counts["not_representable"]}
         assert list(notes) == ["cam2/f002"] and "polygon" in notes["cam2/f002"], notes
         assert key not in run.daemon.logs()
+
+
+def _config(tmp_path, emulator, project, **daemon):
+    return write_config(tmp_path, {"ei": {
+        "platform": "edgeimpulse", "project_id": project["id"], "ingestion_url": emulator.url,
+        "api_url": f"{emulator.url}/v1", "timeout": 5.0, "workers": 2}}, daemon=daemon)
+
+
+def test_a_lost_journal_ends_in_adoption_not_a_second_sample(tmp_path):
+    """Issue 10 item 14: deliver, delete the journal, `syncd once` again: each re-send is
+    refused as a duplicate and the sample found by name is adopted; a bounded number of
+    requests, one sample per item."""
+    with EdgeImpulseEmulator() as emulator:
+        project = emulator.add_project("Lost journal")
+        env = {"EI_API_KEY": emulator.make_key(project["id"])}
+        config = _config(tmp_path, emulator, project)
+        for i in range(3):
+            write_item(tmp_path / "inbox", f"f{i}", metadata={"i": i}, seed=i)
+        assert run_once(config, env=env).returncode == 0
+        for path in (tmp_path / "state").glob("syncd.db*"):
+            path.unlink()
+        emulator.record = True
+        result = run_once(config, env=env, args=("--max-wait", "10"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "3 delivered, 0 failed" in result.stdout
+        assert len(emulator.samples_in(project["id"])) == 3
+        uploads = [e for e in emulator.recorded("POST", r"^/api/split/files$") if e["headers"].get("x-metadata")]
+        assert len(uploads) == 3  # one refused re-send each (the other POST is the check's probe)
+        assert len(emulator.journal) < 30, [(e["method"], e["path"]) for e in emulator.journal]
+
+
+def test_ingestion_404_pauses_the_target_until_it_answers_again(tmp_path):
+    """Issue 10 item 15: while the ingestion route answers 404 the target is paused with the
+    reason and nothing fails; when it answers again everything is delivered."""
+    with EdgeImpulseEmulator() as emulator:
+        project = emulator.add_project("Route gone")
+        key = emulator.make_key(project["id"])
+        config = _config(tmp_path, emulator, project, target_recheck_seconds=0.5)
+        inbox = tmp_path / "inbox"
+        write_item(inbox, "first", seed=100)
+        with DaemonProcess(config, env={"EI_API_KEY": key}) as daemon:
+            wait_for(lambda: emulator.samples_in(project["id"]), message="the first delivery")
+            emulator.hide_routes(r"^/api/[^/]+/files$")
+            for i in range(4):
+                write_item(inbox, f"later{i}", seed=i)
+
+            def status() -> dict:
+                return json.loads(run_cli("status", "--json", "--config", str(config),
+                                          env={"EI_API_KEY": key}).stdout)
+
+            wait_for(lambda: status()["targets"][0]["paused"], timeout=30, interval=0.3, message="a pause")
+            reason = status()["targets"][0]["paused"]
+            assert "404" in reason and "ingestion" in reason, reason
+            time.sleep(2)  # several rechecks: still paused, nothing failed
+            now = status()
+            assert now["targets"][0]["paused"] and now["folders"][0]["targets"][0]["failed"] == 0, now
+            emulator.hide_routes(None)
+            wait_for(lambda: len(emulator.samples_in(project["id"])) == 5, timeout=30, message="every delivery")
+            wait_for(lambda: not status()["targets"][0]["paused"], timeout=10, message="the target resumed")
+            counts = status()["folders"][0]["targets"][0]
+            assert counts["delivered"] == 5 and counts["failed"] == 0, counts
+            assert daemon.stop() == 0

@@ -357,3 +357,49 @@ def test_recovery_is_bounded_when_the_sample_found_cannot_be_updated(world):
     receipt = target.deliver(upload)
     assert receipt.remote_id == sample_id and receipt.extra["version"] == upload.version
     assert len(world.samples("lost/journal")) == 1
+
+
+# -- a 404 on a route of the project or the service pauses; on a sample it means "gone" ------------
+def test_ingestion_404_pauses_the_target_and_check_sees_it(world):
+    """Issue 10 item 15: a 404 from the ingestion service (a wrong URL, the service moved) is
+    about the target, not the item: FatalTargetError (the daemon pauses the target and keeps
+    the item due); the check fails until the route answers again, then the item goes."""
+    target = world.target()
+    assert target.check()  # (a note about boxes) the project and the ingestion route answer
+    world.emulator.hide_routes(r"^/api/")
+    with pytest.raises(FatalTargetError) as caught:
+        target.deliver(make_upload("gone/1"))
+    assert "404" in str(caught.value) and world.key not in str(caught.value)
+    with pytest.raises(FatalTargetError, match="ingestion_url"):
+        target.check()
+    world.emulator.hide_routes(None)
+    target.check()
+    target.deliver(make_upload("gone/1"))
+    assert len(world.samples("gone/1")) == 1
+
+
+@pytest.mark.parametrize("error_status", [200, 404])
+def test_project_route_not_found_pauses_sample_route_not_found_is_gone(world, error_status):
+    target = world.target()
+    first = target.deliver(make_upload("nf/1"))
+    world.emulator.error_status = error_status
+    # The list route (a project route) answering "not found": the project is gone.
+    world.emulator.reply_next(r"/raw-data$", error_status, {"success": False, "error": "Project not found"})
+    with pytest.raises(FatalTargetError, match="Project not found"):
+        target.lookup(make_upload("nf/1"))
+    # A sample route answering "not found": that sample is gone (uploaded again).
+    with world.emulator.lock:
+        del world.emulator.samples[int(first.remote_id)]
+    receipt = target.deliver(make_upload("nf/1", metadata={"a": "b"}, previous=first))
+    assert receipt.remote_id != first.remote_id and len(world.samples("nf/1")) == 1
+
+
+def test_error_words_are_read_in_the_platforms_text_only(world):
+    """A Studio refusal of an item whose key contains "permission" / "not found" is that
+    item's failure, not an auth problem or a missing route."""
+    target = world.target()
+    first = target.deliver(make_upload("permission/not found"))
+    world.emulator.reply_next(r"/metadata$", 400, {"success": False, "error": "Metadata value too long"})
+    with pytest.raises(PermanentError) as caught:
+        target.deliver(make_upload("permission/not found", metadata={"a": "b"}, previous=first))
+    assert type(caught.value) is PermanentError and "too long" in str(caught.value)
