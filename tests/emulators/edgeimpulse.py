@@ -22,6 +22,8 @@ Behaviour the targets and the SDKs rely on:
 - Studio errors: request validation fails with 400; a missing sample, project, dataset or
   data item answers ``{"success": false, "error": ...}`` with HTTP ``self.error_status``
   (200 by default, as the real Studio often does; set 404 to test the other shape).
+- ``hash_envelope``: a sample's ``sha256Hash`` is not the SHA-256 of the file as sent (as
+  the generated client's "including CBOR envelope if applicable" allows); by default it is.
 - ``metadata_merge``: the set-metadata route merges instead of replacing (the documented
   "adds or updates" could mean either; the targets must survive both).
 - ``record``: every request is kept in ``self.journal`` (method, path, query, x-* headers,
@@ -79,6 +81,7 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         super().__init__(seed=seed)
         self.error_status = error_status
         self.metadata_merge = metadata_merge
+        self.hash_envelope = False
         self.record = False
         self.journal: list[dict] = []
         self._ids = itertools.count(1)
@@ -232,7 +235,7 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
                 return {"success": False, "error": f"Failed to process {filename}: not a valid image"}
         elif ext not in OTHER_TYPES:
             return {"success": False, "error": f"Failed to process {filename}: unsupported file type '{ext}'"}
-        digest = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256((b"envelope:" if self.hash_envelope else b"") + data).hexdigest()
         if no_duplicates:
             for other in self.samples.values():
                 if other["projectId"] == project["id"] and other["sha256Hash"] == digest:

@@ -38,8 +38,17 @@ from pydantic import Field
 
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
 from syncd.targets.base import Receipt, Target, Upload
-from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
-from syncd.targets.edgeimpulse.payload import IMAGE_KEY, choose, desired_metadata, sample_name
+from syncd.targets.edgeimpulse.client import (
+    EdgeImpulseClient,
+    EdgeImpulseSettingsBase,
+    RemoteNotFound,
+)
+from syncd.targets.edgeimpulse.payload import (
+    IMAGE_KEY,
+    choose,
+    desired_metadata,
+    sample_name,
+)
 
 PAGE = 100
 MAX_PAGES = 100

@@ -37,33 +37,30 @@ Idempotency (see ``payload`` for names and markers):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote
 
 from pydantic import Field, field_validator
 
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
 from syncd.targets.base import Receipt, Target, Upload
-from syncd.targets.edgeimpulse import payload
-from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound, result
+from syncd.targets.edgeimpulse import ingest, payload
+from syncd.targets.edgeimpulse.batch import SharedUploads
+from syncd.targets.edgeimpulse.client import (
+    EdgeImpulseClient,
+    EdgeImpulseSettingsBase,
+    RemoteNotFound,
+    result,
+)
+from syncd.targets.edgeimpulse.ingest import Form, Wanted
 from syncd.targets.edgeimpulse.payload import (
     IMAGE_KEY,
-    EdgeImpulseLabels,
     choose,
     desired_metadata,
     holds_image,
-    image_for_upload,
     sample_name,
     to_edgeimpulse,
 )
 
-UPLOAD_SOURCE = "SYNCD"
-# x-metadata travels in a header; beyond this size it is set through Studio after the upload
-# (servers commonly refuse headers over 8 KiB).
-METADATA_HEADER_LIMIT = 4096
-# Boxes beyond this go in a bounding_boxes.labels part (both headers together stay < 16 KiB).
-BOXES_HEADER_LIMIT = 4096
 BOX_FIELDS = ("label", "x", "y", "width", "height")
 PAGE = 100
 MAX_PAGES = 100
@@ -113,20 +110,7 @@ def same_boxes(remote: Any, wanted: list[dict[str, Any]]) -> bool:
     return sorted(map(_box_key, remote)) == sorted(map(_box_key, wanted))
 
 
-@dataclass(frozen=True)
-class Wanted:
-    """What the sample must hold for one upload."""
-
-    metadata: dict[str, str]
-    label: str | None
-    annotations: EdgeImpulseLabels
-
-    @property
-    def boxes(self) -> list[dict[str, Any]]:
-        return self.annotations.bounding_boxes
-
-
-class EdgeImpulseTarget(Target):
+class EdgeImpulseTarget(SharedUploads, Target):
     """Delivers items as samples of one Edge Impulse project; see the module docstring."""
 
     platform = "edgeimpulse"
@@ -245,7 +229,9 @@ class EdgeImpulseTarget(Target):
 
         One attempt is bounded: at most one upload, one lookup and one adoption (issue 10
         item 14); a sample that is listed but cannot be updated is a TransientError."""
-        wanted = self.wanted(upload)
+        return self._deliver(upload, self.wanted(upload))
+
+    def _deliver(self, upload: Upload, wanted: Wanted) -> Receipt:
         previous = self._previous(upload)
         stale = [int(i) for i in (previous.extra.get("stale_ids") or [])] if previous else []
         if previous is not None and previous.extra.get("image_sha256") == upload.image_sha256:
@@ -272,42 +258,30 @@ class EdgeImpulseTarget(Target):
                                  "removed on the next attempt)") from exc
         return receipt
 
+    def _ingest(self, form: Form, *, context: str) -> list[dict[str, Any] | None]:
+        """Send one ingestion request; the result of each of its files (None: not said)."""
+        body, content_type = ingest.encode(form.parts)
+        reply = self.client.post_form(self.ingestion_url(), context=context, headers=form.headers, body=body,
+                                      content_type=content_type)
+        return ingest.file_results(reply, form.names)
+
     def _create(self, upload: Upload, wanted: Wanted, *, gone: int | None = None) -> Receipt:
         """Upload the image as a new sample with its label, metadata and boxes in one request;
         adopt our own sample if it is refused as a duplicate (``_refused``)."""
-        name = sample_name(upload.key)
-        suffix, data, mime = image_for_upload(upload)
-        header_metadata = json.dumps(wanted.metadata, sort_keys=True)
-        late_metadata = len(header_metadata) > METADATA_HEADER_LIMIT
-        if late_metadata:  # without the version marker, so a lookup never takes it for complete
-            header_metadata = json.dumps(desired_metadata(upload, with_version=False), sort_keys=True)
-            if len(header_metadata) > METADATA_HEADER_LIMIT:
-                header_metadata = json.dumps({IMAGE_KEY: upload.image_sha256})
-        headers = {"x-metadata": header_metadata, "x-upload-source": UPLOAD_SOURCE}
-        if wanted.label is None:
-            headers["x-no-label"] = "1"
-        else:
-            headers["x-label"] = quote(wanted.label, safe="")
-        if not self.settings.allow_duplicates:
-            headers["x-disallow-duplicates"] = "1"
-        files = [("data", (name + suffix, data, mime))]
-        if wanted.boxes:
-            boxes_header = wanted.annotations.bounding_boxes_header()
-            if len(boxes_header) <= BOXES_HEADER_LIMIT:
-                headers["x-bounding-boxes"] = boxes_header
-            else:
-                files.append(("data", ("bounding_boxes.labels", wanted.annotations.bounding_boxes_file(name + suffix),
-                                       "application/json")))
-        url = self.ingestion_url()
-        context = f"uploading {upload.key!r} as sample {name!r}"
-        body = self.client.call("POST", url, context=context, headers=headers, files=files)
-        results = body.get("files")
-        if not isinstance(results, list) or not results or not isinstance(results[0], dict):
-            raise TransientError(f"{self.name}: {context}: the reply lists no file result; checking on the next attempt")
-        outcome = results[0]
+        form = ingest.single(upload, wanted, allow_duplicates=self.settings.allow_duplicates)
+        context = f"uploading {upload.key!r} as sample {form.names[0]!r}"
+        (outcome,) = self._ingest(form, context=context)
+        return self._outcome(outcome, upload, wanted, form, context=context, gone=gone)
+
+    def _outcome(self, outcome: dict[str, Any] | None, upload: Upload, wanted: Wanted, form: Form, *, context: str,
+                 gone: int | None) -> Receipt:
+        """The receipt for one file's result in an ingestion reply (see ``_refused``)."""
+        if outcome is None:
+            raise TransientError(f"{self.name}: {context}: the reply lists no result for this file; checking on the "
+                                 "next attempt")
         sample_id = outcome.get("sampleId")
         if outcome.get("success") is True and isinstance(sample_id, int):
-            if late_metadata:
+            if form.late_metadata:
                 return self._update(sample_id, upload, wanted)
             return self._receipt(sample_id, upload, version=upload.version, image_sha256=upload.image_sha256,
                                  label=wanted.label)

@@ -10,7 +10,13 @@ import json
 import time
 
 from syncd.targets.edgeimpulse.payload import sample_name, string_value, user_metadata
-from tests.daemon_harness import DaemonProcess, run_cli, run_once, wait_for, write_config
+from tests.daemon_harness import (
+    DaemonProcess,
+    run_cli,
+    run_once,
+    wait_for,
+    write_config,
+)
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import image_bytes, mask_bytes, write_atomic, write_item
 from tests.platforms.e2e import COUNT, FaultyRun
