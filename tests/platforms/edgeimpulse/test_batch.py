@@ -35,8 +35,8 @@ def world():
         targets = []
 
         def target(**overrides) -> EdgeImpulseTarget:
-            fields = dict(project_id=project["id"], ingestion_url=emulator.url, api_url=f"{emulator.url}/v1",
-                          timeout=5, label_source="folder")
+            fields = {"project_id": project["id"], "ingestion_url": emulator.url, "api_url": f"{emulator.url}/v1",
+                      "timeout": 5, "label_source": "folder"}
             made = EdgeImpulseTarget("ei", EdgeImpulseSettings(**{**fields, **overrides}), env={"EI_API_KEY": key})
             targets.append(made)
             return made
