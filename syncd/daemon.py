@@ -27,13 +27,13 @@ from syncd.config import Config, FolderSettings
 from syncd.errors import ItemError, LocalError, SyncdError
 from syncd.items.content import read_item, stat_signature
 from syncd.items.convention import IgnoreRules, ItemFiles, make_key, printable, probe_item, role_of
-from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
-from syncd.labels.validate import read_options
-from syncd.scan import Scan
 from syncd.journal.schema import StateLock
 from syncd.journal.store import Store
-from syncd.targets import Target, target_class
+from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
+from syncd.labels.validate import read_options
 from syncd.metrics import Metrics
+from syncd.scan import Scan
+from syncd.targets import Target, target_class
 from syncd.watcher import FolderWatcher
 
 log = logging.getLogger("syncd.daemon")
@@ -75,14 +75,16 @@ def build_targets(config: Config) -> dict[str, Target]:
 class Daemon:
     """See the module docstring. ``open`` -> ``tick``... -> ``close``; or ``run`` for the service."""
 
-    def __init__(self, config: Config, *, targets: dict[str, Target] | None = None, watch: bool = True, seed: int | None = None):
+    def __init__(self, config: Config, *, targets: dict[str, Target] | None = None, watch: bool = True,
+                 seed: int | None = None):
         self.config = config
         self.cfg = config.daemon
         self.targets = targets if targets is not None else build_targets(config)
         self.watch = watch
         self.rng = random.Random(seed)
         self.folders = [
-            Folder(f, f.path, IgnoreRules([*self.cfg.ignore, *f.exclude], f.include), list(f.targets)) for f in config.folders
+            Folder(f, f.path, IgnoreRules([*self.cfg.ignore, *f.exclude], f.include), list(f.targets))
+            for f in config.folders
         ]
         self.read_options = read_options(self.cfg.max_image_pixels)
         self.store: Store | None = None
@@ -142,7 +144,8 @@ class Daemon:
         except LocalError as exc:
             log.error("cannot record the last outcomes: %s", exc)
         if self.in_flight:
-            log.warning("%d deliveries still in flight at shutdown; they are re-checked at the next start", len(self.in_flight))
+            log.warning("%d deliveries still in flight at shutdown; they are re-checked at the next start",
+                        len(self.in_flight))
         for executor in self.executors.values():
             executor.shutdown(wait=False, cancel_futures=True)
         for target in self.targets.values():
@@ -324,7 +327,8 @@ class Daemon:
         assert self.store is not None
         if known is not None and known[2] == "invalid":
             return  # already reported; retried when it changes or on `syncd retry`
-        item_id = self.store.observe(folder.name, files.key, _opt(files.image), _opt(files.sidecar), _opt(files.mask), "", now)
+        item_id = self.store.observe(folder.name, files.key, _opt(files.image), _opt(files.sidecar), _opt(files.mask),
+                                     "", now)
         self.settling.pop(item_id, None)
         log.warning("item %s is invalid: %s", files.key, error)
         self.store.invalid(item_id, error, folder.targets, now)
@@ -529,7 +533,8 @@ class Daemon:
             self._after_upload(due, now)
         elif kind == delivery.TRANSIENT:
             delay = delivery.backoff_delay(
-                due.attempts + 1, outcome.retry_after, base=self.cfg.retry_base_seconds, cap=self.cfg.retry_max_seconds, rng=self.rng
+                due.attempts + 1, outcome.retry_after, base=self.cfg.retry_base_seconds, cap=self.cfg.retry_max_seconds,
+                rng=self.rng,
             )
             log.warning("retrying %s on %s in %.1fs: %s", due.key, due.target, delay, outcome.message)
             self.store.retry_later(due.item_id, due.target, outcome.message, now + delay, outcome.outcome_unknown, now)

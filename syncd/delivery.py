@@ -85,7 +85,8 @@ def _send(due: DueDelivery, upload, target: Target) -> Outcome:
         receipt = target.deliver(upload)
         return Outcome(due, ACKED, receipt=receipt)
     except TransientError as exc:
-        return Outcome(due, TRANSIENT, message=str(exc), retry_after=exc.retry_after, outcome_unknown=exc.outcome_unknown)
+        return Outcome(due, TRANSIENT, message=str(exc), retry_after=exc.retry_after,
+                       outcome_unknown=exc.outcome_unknown)
     except PermanentError as exc:
         return Outcome(due, PERMANENT, message=str(exc))
     except ItemError as exc:

@@ -58,7 +58,8 @@ def configure(rate_limits: dict[str, float], bandwidth: float, *, clock=time.mon
         if rate and rate > 0:
             _request_buckets[name] = TokenBucket(rate, clock=clock, sleep=sleep)
     # One second of burst: short enough to keep the average honest, long enough for one image.
-    _bandwidth = TokenBucket(bandwidth, burst=bandwidth, clock=clock, sleep=sleep) if bandwidth and bandwidth > 0 else None
+    _bandwidth = (TokenBucket(bandwidth, burst=bandwidth, clock=clock, sleep=sleep)
+                  if bandwidth and bandwidth > 0 else None)
 
 
 @contextlib.contextmanager

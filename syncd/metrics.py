@@ -30,7 +30,8 @@ def _escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(store: JournalReader, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter, now: float) -> str:
+def render(store: JournalReader, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter,
+           now: float) -> str:
     """The metrics text for the journal ``store`` plus the coordinator's in-memory counters."""
     lines = [
         "# HELP syncd_build_info syncd version.",
@@ -53,7 +54,8 @@ def render(store: JournalReader, *, targets: list[str], paused: set[str], in_fli
               "# TYPE syncd_oldest_pending_seconds gauge"]
     for target in targets:
         since = oldest.get(target)
-        lines.append(f"syncd_oldest_pending_seconds{_labels(target=target)} {0 if since is None else round(now - since, 3)}")
+        age = 0 if since is None else round(now - since, 3)
+        lines.append(f"syncd_oldest_pending_seconds{_labels(target=target)} {age}")
     lines += ["# HELP syncd_target_paused 1 when the target is paused (bad credentials, unknown dataset).",
               "# TYPE syncd_target_paused gauge"]
     lines += [f"syncd_target_paused{_labels(target=t)} {int(t in paused)}" for t in targets]

@@ -56,7 +56,8 @@ def run_service(config: Config) -> int:
             daemon.wake.clear()
     finally:
         sdnotify.notify("STOPPING=1")
-        log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds, len(daemon.in_flight))
+        log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds,
+                 len(daemon.in_flight))
         daemon.close()
     log.info("stopped")
     return 0

@@ -51,7 +51,8 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                     "items": sum(n for s, n in item_states.items() if s not in ("gone",)),
                     "settling": item_states.get("settling", 0),
                     "deleted_after_upload": item_states.get("deleted", 0),
-                    "not_settling": [{"key": key, "note": error} for key, error in journal.slow_settling(name, failed_limit)],
+                    "not_settling": [{"key": key, "note": error}
+                                     for key, error in journal.slow_settling(name, failed_limit)],
                     "targets": per_target,
                 }
             )
@@ -81,15 +82,17 @@ def render(status: dict[str, Any]) -> str:
     """Human-readable status text."""
     lines = []
     for folder in status["folders"]:
+        deleted = folder["deleted_after_upload"]
         lines.append(f"{folder['folder']}: {folder['items']} items, {folder['settling']} settling"
-                     + (f", {folder['deleted_after_upload']} deleted after upload" if folder["deleted_after_upload"] else ""))
+                     + (f", {deleted} deleted after upload" if deleted else ""))
         for note in folder["not_settling"]:
             lines.append(f"  settling {note['key']}: {note['note']}")
         for failed in folder["labels_failed"]:
             lines.append(f"  LABELS FAILED {failed['key']} (image delivered without them): {failed['reason']}")
         for t in folder["targets"]:
             age = "" if t["oldest_pending_seconds"] is None else f", oldest pending {t['oldest_pending_seconds']:.0f}s"
-            lines.append(f"  -> {t['target']}: {t['delivered']} delivered, {t['pending']} pending, {t['failed']} failed{age}")
+            lines.append(f"  -> {t['target']}: {t['delivered']} delivered, {t['pending']} pending, "
+                         f"{t['failed']} failed{age}")
             for failed in t["failed_items"]:
                 lines.append(f"     FAILED {failed['key']}: {failed['reason']}")
             if t["failed"] > len(t["failed_items"]):

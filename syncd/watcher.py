@@ -25,7 +25,8 @@ from watchdog.observers.polling import PollingObserver
 log = logging.getLogger("syncd.watcher")
 
 NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs", "fuse.rclone", "davfs", "fuse.s3fs"}
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs", "fuse.rclone", "davfs",
+     "fuse.s3fs"}
 )
 INOTIFY_LIMIT_FIX = (
     "the inotify watch limit is reached: raise it with "
@@ -47,7 +48,8 @@ def filesystem_type(path: Path) -> str | None:
         if len(fields) < 3:
             continue
         mount_point = fields[1].replace("\\040", " ")
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
             best, best_type = mount_point, fields[2]
     return best_type
 

@@ -67,11 +67,13 @@ def make_daemon(tmp_path):
     """Build an in-process Daemon (no watches) over tmp_path/inbox with the given targets."""
     made: list[Daemon] = []
 
-    def factory(targets: dict[str, Target] | None = None, *, folder: dict | None = None, daemon: dict | None = None, open_now=True):
+    def factory(targets: dict[str, Target] | None = None, *, folder: dict | None = None, daemon: dict | None = None,
+                open_now=True):
         names = list(targets) if targets else ["local"]
         tables = {name: {"platform": "local", "path": f"remote-{name}"} for name in names}
         folder_table = {"path": "inbox", "targets": names, **(folder or {})}
-        config = load_config(write_config(tmp_path, tables, folders=[folder_table], daemon={"settle_seconds": 1.0, **(daemon or {})}))
+        config = load_config(write_config(tmp_path, tables, folders=[folder_table],
+                                          daemon={"settle_seconds": 1.0, **(daemon or {})}))
         instance = Daemon(config, targets=targets, watch=False, seed=7)
         if open_now:
             instance.open(time.time())

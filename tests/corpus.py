@@ -291,7 +291,10 @@ LABEL_CORPUS: list[BadInput] = [
 def write_good(folder: Path) -> dict[str, bytes]:
     """Good items of every format and shape; returns ``key -> image bytes``."""
     good: dict[str, bytes] = {}
-    formats = [("PNG", "png"), ("JPEG", "jpg"), ("JPEG", "jpeg"), ("TIFF", "tif"), ("TIFF", "tiff"), ("BMP", "bmp"), ("WEBP", "webp")]
+    formats = [
+        ("PNG", "png"), ("JPEG", "jpg"), ("JPEG", "jpeg"), ("TIFF", "tif"), ("TIFF", "tiff"), ("BMP", "bmp"),
+        ("WEBP", "webp"),
+    ]
     for i, (fmt, ext) in enumerate(formats * 3):
         directory = folder / ("good" if i % 2 else BAD)  # good items share directories with bad ones
         directory.mkdir(parents=True, exist_ok=True)
@@ -305,7 +308,9 @@ def write_good(folder: Path) -> dict[str, bytes]:
     (folder / "good" / "café au lait.png").write_bytes(data := image(seed=200))
     good["good/café au lait"] = data
     (folder / "good" / "nested.png").write_bytes(data := image(seed=201))
-    (folder / "good" / "nested.json").write_text('{"metadata": {"x": ' + "[" * 200 + "]" * 200 + ', "big": 123456789012345678901234567890}}')
+    (folder / "good" / "nested.json").write_text(
+        '{"metadata": {"x": ' + "[" * 200 + "]" * 200 + ', "big": 123456789012345678901234567890}}'
+    )
     good["good/nested"] = data
     (folder / "good" / "real.png").write_bytes(data := image(seed=202))
     os.symlink("real.png", folder / "good" / "alias.png")

@@ -68,7 +68,8 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def run_once(config: Path, *, env: dict[str, str] | None = None, timeout: float = 180, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_once(config: Path, *, env: dict[str, str] | None = None, timeout: float = 180,
+             args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run ``syncd once --config CONFIG``; returns the CompletedProcess (text output)."""
     return subprocess.run(
         [sys.executable, "-m", "syncd", "once", "--config", str(config), *args],
@@ -76,7 +77,8 @@ def run_once(config: Path, *, env: dict[str, str] | None = None, timeout: float 
     )
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "syncd", *args], env=_env(env), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
 

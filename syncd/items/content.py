@@ -101,7 +101,8 @@ def display_name(files: ItemFiles, path: Path) -> str:
 def _read(path: Path, files: ItemFiles) -> bytes:
     if path.is_symlink() and not path.resolve().is_relative_to(files.root.resolve()):
         raise ItemError(
-            f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: copy the file in instead"
+            f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: "
+            "copy the file in instead"
         )
     try:
         with open(path, "rb") as handle:

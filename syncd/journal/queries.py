@@ -46,7 +46,8 @@ class JournalReader:
 
     def observed_item(self, folder: str, key: str) -> tuple[int, str | None, str] | None:
         """``(id, stat_sig, state)`` of the item as last observed, or None if never seen."""
-        row = self.conn.execute("SELECT id, stat_sig, state FROM items WHERE folder=? AND key=?", (folder, key)).fetchone()
+        row = self.conn.execute("SELECT id, stat_sig, state FROM items WHERE folder=? AND key=?",
+                                (folder, key)).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
     def item_image(self, item_id: int) -> str | None:
@@ -61,14 +62,16 @@ class JournalReader:
 
     def delivery_state(self, item_id: int, target: str) -> str | None:
         """The state of the (item, target) delivery, None if there is none."""
-        row = self.conn.execute("SELECT state FROM deliveries WHERE item_id=? AND target=?", (item_id, target)).fetchone()
+        row = self.conn.execute("SELECT state FROM deliveries WHERE item_id=? AND target=?",
+                                (item_id, target)).fetchone()
         return row[0] if row else None
 
     def fully_acked(self, item_id: int, targets: list[str]) -> bool:
         """True when every target acked exactly the item's current version."""
         row = self.conn.execute(
             "SELECT i.version, count(d.target) FROM items i JOIN deliveries d ON d.item_id=i.id "
-            f"WHERE i.id=? AND d.state='acked' AND d.acked_version=i.version AND d.target IN ({','.join('?' * len(targets))})",
+            "WHERE i.id=? AND d.state='acked' AND d.acked_version=i.version "
+            f"AND d.target IN ({','.join('?' * len(targets))})",
             (item_id, *targets),
         ).fetchone()
         return bool(row and row[0] and row[1] == len(targets))
@@ -120,7 +123,8 @@ class JournalReader:
 
         Counted from the state indexes, so it costs what is queued, not what was delivered:
         the systemd STATUS line asks every 5 s of an idle daemon tracking 100,000 items."""
-        queued = self.conn.execute("SELECT count(*) FROM deliveries WHERE state IN ('pending','in_flight')").fetchone()[0]
+        queued = self.conn.execute(
+            "SELECT count(*) FROM deliveries WHERE state IN ('pending','in_flight')").fetchone()[0]
         return queued + self.settling_count()
 
     def waiting_count(self, targets: list[str]) -> int:
@@ -129,7 +133,8 @@ class JournalReader:
             return 0
         return self.conn.execute(
             "SELECT count(*) FROM deliveries d JOIN items i ON i.id=d.item_id "
-            f"WHERE d.state IN ('pending','in_flight') AND i.state='ready' AND d.target IN ({','.join('?' * len(targets))})",
+            "WHERE d.state IN ('pending','in_flight') AND i.state='ready' "
+            f"AND d.target IN ({','.join('?' * len(targets))})",
             targets,
         ).fetchone()[0]
 
@@ -159,7 +164,8 @@ class JournalReader:
 
     def delivered_without_labels(self) -> list[tuple[str, str]]:
         """``(key, why)`` of ready items delivered without their labels/mask."""
-        return self.conn.execute("SELECT key, label_error FROM items WHERE state='ready' AND label_error IS NOT NULL").fetchall()
+        return self.conn.execute(
+            "SELECT key, label_error FROM items WHERE state='ready' AND label_error IS NOT NULL").fetchall()
 
     def settling_items(self) -> list[tuple[str, str | None]]:
         """``(key, note)`` of every item still settling (note: why it is taking long, if known)."""
@@ -167,12 +173,14 @@ class JournalReader:
 
     def paused_targets(self) -> dict[str, str]:
         """``target -> reason`` of the targets paused in the journal."""
-        return dict(self.conn.execute("SELECT name, paused_reason FROM targets WHERE paused_reason IS NOT NULL").fetchall())
+        return dict(self.conn.execute(
+            "SELECT name, paused_reason FROM targets WHERE paused_reason IS NOT NULL").fetchall())
 
     # -- `syncd status`, per folder and target ----------------------------------------------
     def item_counts(self, folder: str) -> dict[str, int]:
         """``item state -> count`` of the items of ``folder``."""
-        return dict(self.conn.execute("SELECT state, count(*) FROM items WHERE folder=? GROUP BY state", (folder,)).fetchall())
+        return dict(self.conn.execute("SELECT state, count(*) FROM items WHERE folder=? GROUP BY state",
+                                      (folder,)).fetchall())
 
     def only_folder(self, folder: str) -> bool:
         """True when the journal holds items of ``folder`` only (two index probes)."""
@@ -190,7 +198,8 @@ class JournalReader:
         if not alone:
             return dict(self.conn.execute(
                 "SELECT d.state, count(*) FROM deliveries d JOIN items i ON i.id=d.item_id "
-                "WHERE i.folder=? AND d.target=? AND i.state NOT IN ('gone') GROUP BY d.state", (folder, target)).fetchall())
+                "WHERE i.folder=? AND d.target=? AND i.state NOT IN ('gone') GROUP BY d.state",
+                (folder, target)).fetchall())
         counts = dict(self.conn.execute("SELECT state, count(*) FROM deliveries WHERE target=? GROUP BY state",
                                         (target,)).fetchall())
         for state, gone in self.conn.execute(

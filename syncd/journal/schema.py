@@ -163,7 +163,8 @@ def connect(state_dir: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         raise local_error(exc, path) from None
     except OSError as exc:
-        raise LocalError(f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
+        raise LocalError(
+            f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
     return conn
 
 

@@ -106,7 +106,8 @@ class Store(JournalReader):
             where, args = self._children(base)
             statements.append((
                 "INSERT OR REPLACE INTO scanned_dirs (folder, dir, digest, items) SELECT ?, ?, ?, ? WHERE NOT EXISTS "
-                f"(SELECT 1 FROM items WHERE folder=? AND {where} AND state NOT IN ('ready','invalid','gone','deleted'))",
+                f"(SELECT 1 FROM items WHERE folder=? AND {where} "
+                "AND state NOT IN ('ready','invalid','gone','deleted'))",
                 (folder, directory, digest, items, folder, *args)))
         if statements:
             self._tx(statements)
@@ -116,7 +117,8 @@ class Store(JournalReader):
             self._tx([("DELETE FROM scanned_dirs WHERE folder=? AND dir=?", (folder, d)) for d in dirs])
 
     # -- items ----------------------------------------------------------------------------
-    def observe(self, folder: str, key: str, image: str, sidecar: str | None, mask: str | None, sig: str, now: float) -> int:
+    def observe(self, folder: str, key: str, image: str, sidecar: str | None, mask: str | None, sig: str,
+                now: float) -> int:
         """Record that the item's files changed (new signature): it must settle again."""
         self._tx(
             [
@@ -124,7 +126,8 @@ class Store(JournalReader):
                     "INSERT INTO items (folder, key, image, sidecar, mask, stat_sig, state, first_seen, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, 'settling', ?, ?) "
                     "ON CONFLICT (folder, key) DO UPDATE SET image=excluded.image, sidecar=excluded.sidecar, "
-                    "mask=excluded.mask, stat_sig=excluded.stat_sig, state='settling', error=NULL, updated_at=excluded.updated_at",
+                    "mask=excluded.mask, stat_sig=excluded.stat_sig, state='settling', error=NULL, "
+                    "updated_at=excluded.updated_at",
                     (folder, key, image, sidecar, mask, sig, now, now),
                 )
             ]
@@ -155,9 +158,11 @@ class Store(JournalReader):
                     "state=CASE "
                     "  WHEN deliveries.state='in_flight' THEN 'in_flight' "
                     "  WHEN deliveries.acked_version=excluded.want_version THEN 'acked' "
-                    "  WHEN deliveries.state='failed' AND deliveries.failed_version=excluded.want_version THEN 'failed' "
+                    "  WHEN deliveries.state='failed' AND deliveries.failed_version=excluded.want_version "
+                    "    THEN 'failed' "
                     "  ELSE 'pending' END, "
-                    "attempts=CASE WHEN deliveries.state IN ('in_flight','pending') THEN deliveries.attempts ELSE 0 END, "
+                    "attempts=CASE WHEN deliveries.state IN ('in_flight','pending') THEN deliveries.attempts "
+                    "  ELSE 0 END, "
                     "next_attempt_at=CASE WHEN deliveries.state='pending' THEN deliveries.next_attempt_at ELSE 0 END, "
                     "pending_since=COALESCE(CASE WHEN deliveries.state IN ('pending','in_flight') "
                     "  THEN deliveries.pending_since END, excluded.pending_since), "
@@ -195,7 +200,8 @@ class Store(JournalReader):
             [
                 ("UPDATE items SET state=?, stat_sig=NULL, updated_at=? WHERE id=?", (state, now, item_id)),
                 (
-                    "UPDATE deliveries SET state=CASE WHEN acked_version IS NOT NULL AND state!='in_flight' THEN 'acked' "
+                    "UPDATE deliveries SET state=CASE "
+                    "WHEN acked_version IS NOT NULL AND state!='in_flight' THEN 'acked' "
                     "WHEN state='in_flight' THEN 'in_flight' ELSE 'waiting' END, updated_at=? "
                     "WHERE item_id=? AND state!='acked'",
                     (now, item_id),
@@ -222,12 +228,14 @@ class Store(JournalReader):
         rows = self.conn.execute(
             "SELECT d.item_id, d.target, i.folder, i.key, d.want_version, d.outcome_unknown, d.receipt, d.attempts "
             "FROM deliveries d JOIN items i ON i.id = d.item_id "
-            "WHERE d.target=? AND d.state='pending' AND (d.next_attempt_at<=? OR d.next_attempt_at>?) AND i.state='ready' "
+            "WHERE d.target=? AND d.state='pending' AND (d.next_attempt_at<=? OR d.next_attempt_at>?) "
+            "AND i.state='ready' "
             "ORDER BY d.next_attempt_at, d.item_id LIMIT ?",
             (target, now, now + horizon, limit),
         ).fetchall()
         return [
-            DueDelivery(r[0], r[1], r[2], r[3], r[4], bool(r[5]), json.loads(r[6]) if r[6] else None, r[7]) for r in rows
+            DueDelivery(r[0], r[1], r[2], r[3], r[4], bool(r[5]), json.loads(r[6]) if r[6] else None, r[7])
+            for r in rows
         ]
 
     def intend(self, item_id: int, target: str, version: str, now: float) -> None:
@@ -294,7 +302,8 @@ class Store(JournalReader):
             ]
         )
 
-    def retry_later(self, item_id: int, target: str, error: str | None, at: float, outcome_unknown: bool, now: float, *, count: bool = True) -> None:
+    def retry_later(self, item_id: int, target: str, error: str | None, at: float, outcome_unknown: bool, now: float,
+                    *, count: bool = True) -> None:
         """A transient failure (or a paused target): due again at ``at``."""
         statements = [
             (

@@ -52,7 +52,8 @@ ClassName = Annotated[str, Field(strict=True, min_length=1, max_length=256, desc
 AttributeValue = Union[Annotated[str, Field(strict=True)], Annotated[bool, Field(strict=True)],
                        Annotated[int, Field(strict=True)], Coordinate, list[Annotated[str, Field(strict=True)]]]
 Attributes = Annotated[dict[str, AttributeValue], Field(
-    default_factory=dict, description="free attributes of the label: name -> string, number, boolean or list of strings")]
+    default_factory=dict,
+    description="free attributes of the label: name -> string, number, boolean or list of strings")]
 XY = tuple[Coordinate, Coordinate]
 
 

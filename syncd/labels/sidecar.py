@@ -71,7 +71,8 @@ def parse_sidecar(data: bytes, *, name: str) -> Sidecar:
     except ValueError as exc:  # e.g. integers with more digits than Python allows
         raise ItemError(f"{name}: invalid JSON value: {exc}") from None
     if not isinstance(raw, dict):
-        raise ItemError(f"{name}: the sidecar must be a JSON object with 'metadata' and/or 'labels', not {type(raw).__name__}")
+        raise ItemError(f"{name}: the sidecar must be a JSON object with 'metadata' and/or 'labels', "
+                        f"not {type(raw).__name__}")
     try:
         sidecar = Sidecar.model_validate(raw)
         # Deeply nested metadata or unpaired surrogate escapes ("\\ud800") would break
@@ -94,7 +95,8 @@ def parse_sidecar(data: bytes, *, name: str) -> Sidecar:
 def canonical(sidecar: Sidecar) -> bytes:
     """Stable bytes for versioning: formatting and key order in the file do not matter."""
     return json.dumps(
-        {"metadata": sidecar.metadata, "labels": sidecar.labels}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        {"metadata": sidecar.metadata, "labels": sidecar.labels},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
     ).encode("utf-8")
 
 

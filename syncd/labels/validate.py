@@ -60,7 +60,8 @@ def check_bounds(label: BaseModel, where: str, width: int, height: int) -> None:
         _check_y(label.y, f"{where}.y", height)
     if isinstance(label, Box):
         if label.x + label.width > width + EPS:
-            raise LabelProblem(f"{where}.width: the box ends at x={label.x + label.width:g}, past the image's width {width}")
+            raise LabelProblem(f"{where}.width: the box ends at x={label.x + label.width:g}, "
+                               f"past the image's width {width}")
         if label.y + label.height > height + EPS:
             raise LabelProblem(f"{where}.height: the box ends at y={label.y + label.height:g}, "
                            f"past the image's height {height}")
@@ -100,7 +101,8 @@ def parse_labels(raw: Any, *, width: int, height: int, source: str) -> list[dict
             problems.append(str(problem))
     if problems:
         more = len(problems) - MAX_REPORTED
-        raise ItemError(f"{source}: " + "; ".join(problems[:MAX_REPORTED]) + (f" (and {more} more)" if more > 0 else ""))
+        raise ItemError(f"{source}: " + "; ".join(problems[:MAX_REPORTED])
+                        + (f" (and {more} more)" if more > 0 else ""))
     return out
 
 

@@ -67,7 +67,8 @@ class LocalTarget(Target):
         base = (self.root / key).resolve()
         if not base.is_relative_to(self.root.resolve()):
             raise PermanentError(f"item key {key!r} escapes the dataset directory {self.root}")
-        return base.with_name(base.name + suffix), base.with_name(base.name + ".mask.png"), base.with_name(base.name + ".json")
+        return (base.with_name(base.name + suffix), base.with_name(base.name + ".mask.png"),
+                base.with_name(base.name + ".json"))
 
     def _read_record(self, record_path: Path) -> dict[str, Any] | None:
         try:

@@ -11,7 +11,8 @@ from tests.helpers import age_files, image_bytes, mask_bytes, write_item
 
 
 def local_config(tmp_path: Path, **daemon):
-    return write_config(tmp_path, {"local": {"platform": "local", "path": "synced", "log_deliveries": True}}, daemon=daemon)
+    return write_config(tmp_path, {"local": {"platform": "local", "path": "synced", "log_deliveries": True}},
+                        daemon=daemon)
 
 
 def test_once_delivers_hundreds_byte_identical_and_reports_bad_input(tmp_path):

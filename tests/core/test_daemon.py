@@ -14,7 +14,8 @@ from tests.helpers import age_files, image_bytes, write_item
 
 def states(daemon, target="fake"):
     rows = daemon.store.query(
-        "SELECT i.key, d.state, d.error, d.next_attempt_at FROM deliveries d JOIN items i ON i.id=d.item_id WHERE d.target=?",
+        "SELECT i.key, d.state, d.error, d.next_attempt_at FROM deliveries d JOIN items i ON i.id=d.item_id "
+        "WHERE d.target=?",
         (target,),
     )
     return {r["key"]: r for r in rows}

@@ -121,7 +121,8 @@ def make_todays_journal(state_dir: Path, folder: str) -> None:
                      (item_id, want, acked, inflight, failed, state, '{"remote_id": "r1"}' if acked else None,
                       "refused" if failed else None, None if acked else 1.0, 1.0 if acked else None))
     conn.execute("INSERT INTO targets (name, last_success, paused_reason) VALUES ('t', 1, NULL)")
-    conn.execute("INSERT INTO scanned_dirs (folder, dir, digest, items) VALUES (?, ?, 'd', 1)", (folder, f"{folder}/cam/"))
+    conn.execute("INSERT INTO scanned_dirs (folder, dir, digest, items) VALUES (?, ?, 'd', 1)",
+                 (folder, f"{folder}/cam/"))
     conn.close()
 
 

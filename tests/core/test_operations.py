@@ -85,7 +85,8 @@ def free_port() -> int:
 def test_metrics_endpoint_and_textfile(tmp_path):
     port = free_port()
     config = write_config(tmp_path, {"local": {"platform": "local", "path": "synced"}})
-    text = config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\ntextfile = "metrics/syncd.prom"\ninterval_seconds = 0.2\n'
+    text = (config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            'textfile = "metrics/syncd.prom"\ninterval_seconds = 0.2\n')
     config.write_text(text)
     write_item(tmp_path / "inbox", "a", metadata={})
     write_item(tmp_path / "inbox", "b", metadata={})

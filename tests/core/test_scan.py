@@ -9,8 +9,8 @@ import os
 import shutil
 import time
 
-from syncd.scan import Scan
 from syncd.journal.store import Store
+from syncd.scan import Scan
 from tests.conftest import drive
 from tests.helpers import age_files, image_bytes, mask_bytes, write_item
 

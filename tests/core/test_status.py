@@ -26,7 +26,8 @@ STATES = [("ready", "acked")] * 5 + [("ready", "pending")] * 2 + [("ready", "fai
 
 def test_counts_with_one_folder_and_with_two_agree(tmp_path):
     config_path = write_config(tmp_path, {"t": {"platform": "local", "path": "out"}},
-                               folders=[{"path": "a", "targets": ["t"]}, {"path": "b", "targets": ["t"], "key_prefix": "b"}])
+                               folders=[{"path": "a", "targets": ["t"]},
+                                        {"path": "b", "targets": ["t"], "key_prefix": "b"}])
     config = load_config(config_path)
     a, b = (str(f.path) for f in config.folders)
     store = Store.open(config.daemon.state_dir)
@@ -53,8 +54,8 @@ def test_status_on_a_journal_of_an_older_syncd_migrates_it_first(tmp_path):
     import sqlite3
 
     from syncd.config import load_config
-    from syncd.status import collect
     from syncd.journal.schema import MIGRATIONS
+    from syncd.status import collect
     from tests.daemon_harness import write_config
 
     config = load_config(write_config(tmp_path, {"local": {"platform": "local", "path": "synced"}}))

@@ -20,7 +20,8 @@ def test_watch_limit_reached_falls_back_to_polling_with_the_fix(tmp_path):
                           folders=[{"path": "inbox", "targets": ["local"], "poll_seconds": 0.5}])
     for i in range(12):
         (tmp_path / "inbox" / f"d{i}").mkdir()
-    inner = f"echo 4 > /proc/sys/user/max_inotify_watches && exec {shlex.quote(sys.executable)} -m syncd run --config {shlex.quote(str(config))}"
+    inner = (f"echo 4 > /proc/sys/user/max_inotify_watches && "
+             f"exec {shlex.quote(sys.executable)} -m syncd run --config {shlex.quote(str(config))}")
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["unshare", "-U", "-r", "sh", "-c", inner], env=_env(None), stdout=out,

@@ -30,7 +30,8 @@ def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path):
         for command, cfg in (("run", config), ("run", other), ("once", config)):
             result = run_cli(command, "--config", str(cfg), cwd=tmp_path, timeout=30)
             assert result.returncode == 3, (command, result.stdout, result.stderr)
-            assert f"another syncd (pid {pid}) is already using the state directory {tmp_path / 'state'}" in result.stderr
+            expected = f"another syncd (pid {pid}) is already using the state directory {tmp_path / 'state'}"
+            assert expected in result.stderr
             assert "stop it first, or give this instance its own [daemon] state_dir" in result.stderr
         # status reads the journal read-only, retry writes one transaction: both work beside it.
         assert run_cli("status", "--config", str(config)).returncode == 0

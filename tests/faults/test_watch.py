@@ -8,7 +8,6 @@ is), real inotify, real `syncd run` processes; the tests run as root, as CI does
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time

@@ -36,7 +36,8 @@ def test_grouping_keys_and_companions(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    [".hidden.jpg", "a.jpg~", ".a.jpg.swp", "a.jpg.tmp", "a.jpg.part", "a.jpg.crdownload", ".goutputstream-XYZ", "4913", ".a.jpg.Xy12Ab"],
+    [".hidden.jpg", "a.jpg~", ".a.jpg.swp", "a.jpg.tmp", "a.jpg.part", "a.jpg.crdownload", ".goutputstream-XYZ", "4913",
+     ".a.jpg.Xy12Ab"],
 )
 def test_temporary_and_hidden_files_are_never_items(tmp_path, name):
     (tmp_path / name).write_bytes(image_bytes())

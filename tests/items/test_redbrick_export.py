@@ -46,7 +46,8 @@ def test_current_layout_masks_dir_and_storage_paths(tmp_path):
 def test_older_layout_masks_next_to_the_json_and_keys_without_suffix(tmp_path):
     folder = export_folder(tmp_path, {"dp1": "a.png", "dp2.png": "b.png"}, masks=("dp1.png", "dp2.png"),
                            images=("a.png", "b.png"), masks_dir=False)
-    assert read_datapoint_map(folder) == [(folder / "a.png", folder / "dp1.png"), (folder / "b.png", folder / "dp2.png")]
+    assert read_datapoint_map(folder) == [(folder / "a.png", folder / "dp1.png"),
+                                          (folder / "b.png", folder / "dp2.png")]
 
 
 def test_bad_entries_are_reported_each_and_do_not_hide_good_ones(tmp_path):
@@ -69,7 +70,8 @@ def test_bad_entries_are_reported_each_and_do_not_hide_good_ones(tmp_path):
         "datapoint_map.json['m2.png']: image 'ok.png' already has the mask 'ok.png': one mask per image",
         f"datapoint_map.json['m3.png']: image {str(outside)!r} not found in the folder or in images/",
         "datapoint_map.json['m4.png']: image '../outside.png' not found in the folder or in images/",
-        "datapoint_map.json['m5.png']: 'notes.txt' is not an image file name (.jpg, .jpeg, .png, .tif, .tiff, .bmp, .webp)",
+        "datapoint_map.json['m5.png']: 'notes.txt' is not an image file name "
+        "(.jpg, .jpeg, .png, .tif, .tiff, .bmp, .webp)",
         "datapoint_map.json['m6.png']: the image path must be a non-empty string",
     ]
     with pytest.raises(ItemError) as info:

@@ -11,7 +11,8 @@ from syncd.labels.classmap import ClassMap, find_class_map, load_class_map, pars
 
 
 def parse(data) -> ClassMap:
-    return parse_class_map(json.dumps(data).encode() if not isinstance(data, bytes) else data, source="cam1/class_map.json")
+    return parse_class_map(json.dumps(data).encode() if not isinstance(data, bytes) else data,
+                           source="cam1/class_map.json")
 
 
 def test_rgb_form_keeps_the_file_order_and_numbers_classes_from_one():

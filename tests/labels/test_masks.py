@@ -146,7 +146,8 @@ def test_unknown_index_values_are_listed():
 @pytest.mark.parametrize(
     ("make", "class_map", "expected"),
     [
-        (lambda: png(rgb_pixels(6, 9)), RGB_MAP, "the mask is 9x6 but the image is 8x6: a mask must have its image's size"),
+        (lambda: png(rgb_pixels(6, 9)), RGB_MAP,
+         "the mask is 9x6 but the image is 8x6: a mask must have its image's size"),
         (lambda: png(expected_index(), "L"), RGB_MAP, "the mask is single-channel (L) but the class map gives colours"),
         (lambda: png(rgb_pixels()), {"road": 1}, "the mask has colours (RGB) but the class map gives class indices"),
         (lambda: png(expected_index().astype(np.uint16) * 300), {"road": 1}, "the mask is 16-bit"),

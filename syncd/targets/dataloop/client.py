@@ -102,7 +102,8 @@ class DataloopClient(HttpClient):
         response = self.request("GET", f"/projects/{quote(project, safe='')}/name", context=context)
         # The gate answers a missing project with an arbitrary 4xx (the SDK maps all to 404).
         if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 425, 429):
-            raise FatalTargetError(f"target {self.name!r}: no Dataloop project named {project!r} is visible to this API key")
+            raise FatalTargetError(
+                f"target {self.name!r}: no Dataloop project named {project!r} is visible to this API key")
         self.raise_for_status(response, context)
         projects = self.json(response, context)
         projects = projects if isinstance(projects, list) else [projects]

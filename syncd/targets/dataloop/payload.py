@@ -100,7 +100,8 @@ def to_dataloop(upload, *, label_colors: Mapping[str, str] | None = None) -> Dat
         for name, png in binary_rgba_pngs(mask, overrides):
             annotations.append(_annotation("binary", name, png_data_url(png), {}, tag))
             names[name] = colours[name]
-    palette = {name: label_colors.get(name) or hex_colour(colour or name_colour(name)) for name, colour in names.items()}
+    palette = {name: label_colors.get(name) or hex_colour(colour or name_colour(name))
+               for name, colour in names.items()}
     lost = unsupported_labels(labels, label_types=LABEL_TYPES, single_classification=SINGLE_CLASSIFICATION,
                               has_mask=mask is not None)
     return DataloopAnnotations(annotations=annotations, labels=palette, unsupported=lost)

@@ -48,7 +48,8 @@ EXPIRY_WARNING_DAYS = 30
 
 class DataloopSettings(TargetSettings):
     platform: str = "dataloop"
-    api_key_env: str = Field("DATALOOP_API_KEY", description="environment variable holding the Dataloop API key (a JWT)")
+    api_key_env: str = Field("DATALOOP_API_KEY",
+                             description="environment variable holding the Dataloop API key (a JWT)")
     dataset_id: str | None = Field(None, description="id of the dataset; or give project and dataset names")
     project: str | None = Field(None, description="project name (with dataset), instead of dataset_id")
     dataset: str | None = Field(None, description="dataset name inside project, instead of dataset_id")
@@ -191,7 +192,8 @@ class DataloopTarget(Target):
                 item = self._upload(dataset_id, path, upload, desired, "overwrite")
             if stored_size(item) != len(upload.image):
                 raise TransientError(
-                    f"{self.name}: item {upload.key!r}: Dataloop stored {stored_size(item)} bytes of {len(upload.image)} sent "
+                    f"{self.name}: item {upload.key!r}: Dataloop stored {stored_size(item)} bytes "
+                    f"of {len(upload.image)} sent "
                     "(corrupted upload); it is overwritten on the next attempt",
                     outcome_unknown=False,
                 )
@@ -218,7 +220,8 @@ class DataloopTarget(Target):
     def _receipt(self, item: dict[str, Any], upload: Upload, path: str, *, version: str | None,
                  not_sent: tuple[str, ...] = ()) -> Receipt:
         marker = user_metadata(item).get(MARKER)
-        sha = marker.get("image_sha256") if isinstance(marker, dict) and stored_size(item) == len(upload.image) else None
+        complete = isinstance(marker, dict) and stored_size(item) == len(upload.image)
+        sha = marker.get("image_sha256") if complete else None
         extra = {"version": version, "image_sha256": sha, "path": path, "dataset_id": self.client.known_dataset_id,
                  "annotations_sha256": annotations_state(item)}
         if not_sent:

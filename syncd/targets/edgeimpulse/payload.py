@@ -83,7 +83,8 @@ def desired_metadata(upload: Upload, *, with_version: bool = True) -> dict[str, 
     clash = [k for k in RESERVED_KEYS if k in upload.metadata]
     if clash:
         raise PermanentError(
-            f"item {upload.key!r}: the sidecar metadata key {clash[0]!r} is reserved by syncd on Edge Impulse; rename it"
+            f"item {upload.key!r}: the sidecar metadata key {clash[0]!r} is reserved by syncd on Edge Impulse; "
+            "rename it"
         )
     metadata = {str(k): string_value(v) for k, v in upload.metadata.items()}
     metadata[IMAGE_KEY] = upload.image_sha256

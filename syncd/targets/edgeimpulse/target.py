@@ -70,7 +70,8 @@ CLASS_LABEL_TYPES = ("classification",)  # syncd.labels.model
 class EdgeImpulseSettings(EdgeImpulseSettingsBase):
     platform: str = "edgeimpulse"
     api_key_env: str = Field("EI_API_KEY", description="environment variable holding the project's API key (ei_...)")
-    project_id: int = Field(gt=0, description="the project's id (Dashboard > Project info); the API key must belong to it")
+    project_id: int = Field(
+        gt=0, description="the project's id (Dashboard > Project info); the API key must belong to it")
     category: Literal["training", "validation", "testing", "post-processing", "split"] = Field(
         "split", description="where new samples go; 'split' lets Edge Impulse pick training or testing")
     label_source: Literal["classification", "metadata", "folder", "none"] = Field(
@@ -79,7 +80,8 @@ class EdgeImpulseSettings(EdgeImpulseSettingsBase):
                     "the metadata key label_key (metadata), the item's parent folder (folder), or none")
     label_key: str = Field("label", description="metadata key holding the label when label_source = 'metadata'")
     allow_duplicates: bool = Field(
-        False, description="upload images identical to a sample already in the project (off: Edge Impulse refuses them)")
+        False,
+        description="upload images identical to a sample already in the project (off: Edge Impulse refuses them)")
     min_region_pixels: int = Field(
         1, ge=1, description="mask regions smaller than this many pixels get no bounding box (1 = every region)")
     ingestion_url: str = Field("https://ingestion.edgeimpulse.com", description="Edge Impulse ingestion service URL")
@@ -296,7 +298,8 @@ class EdgeImpulseTarget(SharedUploads, Target):
         if found is not None and found.extra.get("image_sha256") == upload.image_sha256:
             if int(found.remote_id) == gone:
                 raise TransientError(f"{self.name}: {context}: Edge Impulse lists sample {gone} as holding this image "
-                                     "but answers \"not found\" when it is updated; retried later", outcome_unknown=False)
+                                     "but answers \"not found\" when it is updated; retried later",
+                                     outcome_unknown=False)
             return self._adopt(found, upload, wanted, context=context)
         hint = ""
         if "duplicate" in reason.lower() or "already" in reason.lower():

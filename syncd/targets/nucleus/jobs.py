@@ -176,7 +176,8 @@ def classify(result: JobResult, *, what: str) -> None:
     status = result.status
     if status == "Completed":
         if result.errors:
-            raise PermanentError(f"{what}: Nucleus rejected the item (job {result.job_id} completed with errors): {shown}")
+            raise PermanentError(
+                f"{what}: Nucleus rejected the item (job {result.job_id} completed with errors): {shown}")
         return
     if status in PERMANENT:
         raise PermanentError(f"{what}: Nucleus job {result.job_id} ended {status}: {detail}")

@@ -39,7 +39,8 @@ SDK_WIRE_VERSION = "2.35.4"  # the SDK release whose queries and encoding we sen
 # MIME types of direct-upload images, by extension: the SDK's IMAGE_FILE_TYPES (dicom aside).
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp"}
 
-_AUTH = re.compile(r"unauthori[sz]ed|not authori[sz]ed|authori[sz]ation|unauthenticated|authenticat|forbidden|permission|access denied|"
+_AUTH = re.compile(r"unauthori[sz]ed|not authori[sz]ed|authori[sz]ation|unauthenticated|authenticat|forbidden|"
+                   r"permission|access denied|"
                    r"not allowed|api ?key|project\b.*\b(not found|does not exist)", re.I)
 _TRANSIENT = re.compile(r"rate.?limit|too many requests|throttl|timed? ?out|temporar|try again|"
                         r"unavailable|internal server error", re.I)

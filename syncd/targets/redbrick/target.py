@@ -164,7 +164,8 @@ class RedBrickTarget(Target):
                                  outcome_unknown=False)
         if status in ("REMOVING", "CREATION_FAILURE"):
             what = "is archived" if status == "REMOVING" else "failed to be created"
-            raise FatalTargetError(f"target {self.name!r}: RedBrick project {project.get('name')!r} ({s.project_id}) {what}")
+            raise FatalTargetError(
+                f"target {self.name!r}: RedBrick project {project.get('name')!r} ({s.project_id}) {what}")
         api.execute(GET_LABEL_STORAGE, self._ids(), context="reading the project's label storage", idempotent=True)
         if not nibabel_available():
             return [f"masks are not sent to RedBrick: the nibabel package is missing ({FIX_NIBABEL}); "

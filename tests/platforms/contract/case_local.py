@@ -20,4 +20,5 @@ def make_case(tmp_path):
             for record in (json.loads(p.read_text()) for p in sorted(root.rglob("*.json")))
         ]
 
-    yield ContractCase(target=target, secret="no-secret-here", remote_items=remote_items, inject=None, revoke_credentials=None)
+    yield ContractCase(target=target, secret="no-secret-here", remote_items=remote_items, inject=None,
+                       revoke_credentials=None)

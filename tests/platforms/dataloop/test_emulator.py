@@ -133,7 +133,8 @@ def test_datasets_query_by_name_in_project_context(emu):
 def test_annotations_and_labels(emu):
     item = upload(emu, "/ann.png", b"x").json()
     created = emu.session.post(f"{emu.api}/items/{item['id']}/annotations",
-                               json=[{"type": "box", "label": "car", "coordinates": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]},
+                               json=[{"type": "box", "label": "car",
+                                      "coordinates": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]},
                                      {"type": "class", "label": "day"}]).json()
     assert [a["itemId"] for a in created] == [item["id"]] * 2
     assert emu.session.get(f"{emu.api}/items/{item['id']}").json()["annotationsCount"] == 2

@@ -103,9 +103,8 @@ def test_annotations_for_labels_and_one_binary_per_mask_class():
     assert (road[16:, :16] == (128, 64, 128, 255)).all() and road[:16].sum() == 0 and road[16:, 16:].sum() == 0
     assert (sky[:8] == (10, 11, 12, 255)).all() and sky[8:].sum() == 0  # the ontology's colour wins
     assert result.annotations[6]["metadata"]["user"]["syncd"]["source"] == "mask"
-    assert result.labels == {"daytime": "#%02x%02x%02x" % name_colour("daytime"), "car": "#%02x%02x%02x" % name_colour("car"),
-                             "nose": "#%02x%02x%02x" % name_colour("nose"), "roof": "#%02x%02x%02x" % name_colour("roof"),
-                             "lane": "#%02x%02x%02x" % name_colour("lane"), "road": "#804080", "sky": "#0a0b0c"}
+    named = {name: "#%02x%02x%02x" % name_colour(name) for name in ("daytime", "car", "nose", "roof", "lane")}
+    assert result.labels == {**named, "road": "#804080", "sky": "#0a0b0c"}
     assert result.unsupported == ["keypoints"]
     assert DataloopTarget.unsupported_types() == ["keypoints"]
 

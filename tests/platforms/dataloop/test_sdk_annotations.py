@@ -118,6 +118,7 @@ def test_sdk_and_target_send_the_same_annotations(tmp_path):
         assert proc.returncode == 0 and lines, f"dtlpy run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         seen = json.loads(lines[-1].removeprefix("RESULT "))
         assert seen["uploaded"] == seen["listed"] == 7
+        assert [i["id"] for i in emulator.items_in(sdk_ds["id"])] == [seen["item_id"]]  # the SDK used its own dataset
 
         posts = emulator.recorded("POST", r"/annotations$")
         mine = [a for e in posts if e["path"] != f"/api/v1/items/{seen['item_id']}/annotations" for a in e["json"]]

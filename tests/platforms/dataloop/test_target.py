@@ -135,7 +135,8 @@ def test_check_resolves_the_dataset_by_names_once(world):
     assert target.dataset_id() == world.dataset["id"]
     before = len(world.emulator.requests)
     target.deliver(make_upload("a/b"))
-    assert not any("/projects/" in path or path.endswith("/datasets/query") for _, path in world.emulator.requests[before:])
+    assert not any("/projects/" in path or path.endswith("/datasets/query")
+                   for _, path in world.emulator.requests[before:])
 
 
 def test_check_by_dataset_id_and_unknown_dataset(world):

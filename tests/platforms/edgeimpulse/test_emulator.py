@@ -113,7 +113,8 @@ def test_list_matches_substrings_pages_and_parses_as_studio_models(emu):
     one = session.get(f"{base}/{parsed.samples[0].id}", timeout=5).json()
     assert api.GetSampleResponse.from_dict(one).sample.id == parsed.samples[0].id
     missing = session.get(f"{base}/999999", timeout=5)
-    assert missing.status_code == 200 and missing.json() == {"success": False, "error": "No sample found with ID 999999"}
+    assert missing.status_code == 200
+    assert missing.json() == {"success": False, "error": "No sample found with ID 999999"}
     emulator.error_status = 404
     assert session.get(f"{base}/999999", timeout=5).status_code == 404
     info = session.get(f"{emulator.url}/v1/api/projects", timeout=5).json()

@@ -33,7 +33,8 @@ class World:
         return target
 
     def items(self, key: str | None = None) -> list[dict]:
-        return [i for i in self.emulator.items_in(self.org["id"], "frames") if key is None or i["name"] == sample_name(key)]
+        return [i for i in self.emulator.items_in(self.org["id"], "frames")
+                if key is None or i["name"] == sample_name(key)]
 
     def only(self, key: str) -> dict:
         found = self.items(key)
@@ -170,7 +171,8 @@ def test_transient_faults_on_update_and_secret_free_auth_errors(world, fault):
 
 
 @pytest.mark.parametrize("status, body, expected, words", [
-    (200, {"success": False, "error": "Invalid API key or no access to this organization"}, FatalTargetError, "API key"),
+    (200, {"success": False, "error": "Invalid API key or no access to this organization"},
+     FatalTargetError, "API key"),
     (200, {"success": False, "error": "Too many requests, slow down"}, TransientError, "Too many"),
     (200, {"success": False, "error": "Invalid metadata: key too long"}, PermanentError, "key too long"),
     (200, {"success": False}, PermanentError, "no error given"),

@@ -82,8 +82,8 @@ def test_header_and_labels_file_forms():
 
 @pytest.mark.parametrize(
     ("box", "expected"),
-    [((0, 0, 32, 24), (0, 0, 32, 24)), ((10.5, 3.49, 0.2, 0.2), (10, 3, 1, 1)), ((31.9, 23.9, 0.1, 0.1), (31, 23, 1, 1)),
-     ((0.4, 0.6, 31.2, 22.8), (0, 1, 32, 22))],
+    [((0, 0, 32, 24), (0, 0, 32, 24)), ((10.5, 3.49, 0.2, 0.2), (10, 3, 1, 1)),
+     ((31.9, 23.9, 0.1, 0.1), (31, 23, 1, 1)), ((0.4, 0.6, 31.2, 22.8), (0, 1, 32, 22))],
 )
 def test_pixel_box_stays_inside_and_non_empty(box, expected):
     out = pixel_box("c", *box, image_width=32, image_height=24)

@@ -86,7 +86,8 @@ def test_target_upload_matches_the_sdk_request(world):
     target = EdgeImpulseTarget("ei", EdgeImpulseSettings(project_id=project["id"], category="training",
                                                          ingestion_url=emulator.url, api_url=f"{emulator.url}/v1"),
                                env={"EI_API_KEY": key})
-    target.deliver(make_upload("ours/one", seed=6, metadata={"site": "A"}, labels=[{"type": "classification", "label": "car"}]))
+    target.deliver(make_upload("ours/one", seed=6, metadata={"site": "A"},
+                               labels=[{"type": "classification", "label": "car"}]))
     target.close()
     sdk_request, our_request = emulator.recorded("POST", INGEST)
     assert sdk_request["path"] == our_request["path"] == "/api/training/files"
@@ -117,7 +118,8 @@ def test_generated_studio_client_and_target_send_the_same_update(world):
     sdk_update = emulator.recorded("POST", r"/metadata$")[-1]["json"]
 
     # The target makes the same change with the same request shape.
-    update = make_upload("upd/one", metadata={"a": "3"}, labels=[{"type": "classification", "label": "cat"}], previous=first)
+    update = make_upload("upd/one", metadata={"a": "3"}, labels=[{"type": "classification", "label": "cat"}],
+                         previous=first)
     target.deliver(update)
     ours = emulator.recorded("POST", r"/metadata$")[-1]["json"]
     assert set(ours) == set(sdk_update) == {"metadata"}
@@ -133,8 +135,8 @@ def test_generated_org_client_reads_what_the_target_wrote(world):
     org = emulator.add_org("Oracle org")
     emulator.add_org_dataset(org["id"], "frames")
     key = emulator.make_org_key(org["id"])
-    target = EdgeImpulseOrgTarget("org", EdgeImpulseOrgSettings(organization_id=org["id"], dataset="frames",
-                                                                api_url=f"{emulator.url}/v1"), env={"EI_ORG_API_KEY": key})
+    settings = EdgeImpulseOrgSettings(organization_id=org["id"], dataset="frames", api_url=f"{emulator.url}/v1")
+    target = EdgeImpulseOrgTarget("org", settings, env={"EI_ORG_API_KEY": key})
     upload = make_upload("cam1/frame", metadata={"site": "A", "n": 2})
     receipt = target.deliver(upload)
     org_api = api.OrganizationDataApi(studio_client(emulator, key))
@@ -177,8 +179,8 @@ def test_boxes_on_the_wire_match_the_sdk(world, monkeypatch):
                                env={"EI_API_KEY": key})
     labels = [{"type": "classification", "label": "day"},
               {"type": "box", "label": "car", "x": 2, "y": 3, "width": 10, "height": 5}]
-    first = target.deliver(make_upload("ours/boxes", seed=22, labels=labels, mask=mask_bytes(colours=((0, 0, 0), (1, 2, 3))),
-                                       class_map={"car": [1, 2, 3]}))
+    first = target.deliver(make_upload("ours/boxes", seed=22, labels=labels,
+                                       mask=mask_bytes(colours=((0, 0, 0), (1, 2, 3))), class_map={"car": [1, 2, 3]}))
     sdk_request, our_request = emulator.recorded("POST", INGEST)
     assert json.loads(our_request["headers"]["x-bounding-boxes"]) == json.loads(
         sdk_request["headers"]["x-bounding-boxes"]) == hand_made

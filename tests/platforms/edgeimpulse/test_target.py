@@ -137,8 +137,10 @@ def test_large_metadata_is_set_through_studio_after_the_upload(world):
 # -- updates -------------------------------------------------------------------------------------
 def test_metadata_and_label_change_update_the_sample_in_place(world):
     target = world.target()
-    first = target.deliver(make_upload("u/1", metadata={"a": "1", "gone": "x"}, labels=[{"type": "classification", "label": "cat"}]))
-    second = make_upload("u/1", metadata={"a": "2"}, labels=[{"type": "classification", "label": "dog"}], previous=first)
+    first = target.deliver(make_upload("u/1", metadata={"a": "1", "gone": "x"},
+                                       labels=[{"type": "classification", "label": "cat"}]))
+    second = make_upload("u/1", metadata={"a": "2"}, labels=[{"type": "classification", "label": "dog"}],
+                         previous=first)
     receipt = target.deliver(second)
     assert receipt.remote_id == first.remote_id and receipt.extra["version"] == second.version
     sample = world.only("u/1")

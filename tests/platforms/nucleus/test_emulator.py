@@ -171,7 +171,8 @@ def test_reads_refloc_items_page_dataset_items_and_merge(emulator, dataset_id, h
     assert http.get(url(emulator, f"dataset/{dataset_id}/refloc/a%2F9")).status_code == 404
     pages, token = [], None
     while True:
-        page = http.post(url(emulator, f"dataset/{dataset_id}/itemsPage"), json={"pageToken": token, "pageSize": 2}).json()
+        page = http.post(url(emulator, f"dataset/{dataset_id}/itemsPage"),
+                         json={"pageToken": token, "pageSize": 2}).json()
         pages.append([i["reference_id"] for i in page["items"]])
         token = page["nextPageToken"]
         if not token:

@@ -167,7 +167,8 @@ def test_payloads_equal_the_sdks(tmp_path):
     labels = [dict(label, annotation_id=f"syncd:cam1/f1:{i}:{kind}") for i, (label, kind) in enumerate(
         zip(ours_labels(upload), ["category", "box", "polygon", "line", "keypoints", "keypoints"]))]
     spec = {"reference_id": "cam1/f1", "taxonomy": "syncd", "labels": labels, "classes": ["daytime"],
-            "segmentation": {"mask_url": ours.segmentation["mask_url"], "annotation_id": ours.segmentation["annotation_id"],
+            "segmentation": {"mask_url": ours.segmentation["mask_url"],
+                             "annotation_id": ours.segmentation["annotation_id"],
                              "segments": ours.segmentation["annotations"]}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     result = subprocess.run([str(SDK_PYTHON), __file__, str(tmp_path / "spec.json")], capture_output=True, text=True,

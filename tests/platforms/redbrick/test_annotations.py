@@ -90,7 +90,8 @@ def test_every_label_type_and_the_mask_arrive_in_the_create(rb):
     expected = to_redbrick(upload)
     task = rb.task()
     assert ops(rb) == ["itemsUploadPresignSDK", "presignUploadsSDK", "createDatapointSDK"]
-    assert task["labels"] == expected.labels and task["labelsData"] == json.dumps(expected.labels, separators=(",", ":"))
+    assert task["labels"] == expected.labels
+    assert task["labelsData"] == json.dumps(expected.labels, separators=(",", ":"))
     assert {lb["category"] for lb in task["labels"]} == {"daytime", "car", "nose", "roof", "lane", "road", "sky"}
     assert expected.unsupported == ["keypoints"]  # reported by the core, not sent
     # The mask: one NIfTI, referenced by labelsMap, holding instance k where class k is.

@@ -46,8 +46,8 @@ def create(rb, name: str, **more):
 
 
 def test_gzip_and_plain_json_bodies_and_auth(rb):
-    for gzip in (True, False):
-        reply = call(rb, "getProjectSDK", ids(rb), gzip=gzip)
+    for compressed in (True, False):
+        reply = call(rb, "getProjectSDK", ids(rb), gzip=compressed)
         assert reply.status_code == 200 and reply.json()["data"]["project"]["projectId"] == rb.project_id
     assert call(rb, "getProjectSDK", ids(rb), key="k" * 43).status_code == 401
     assert call(rb, "noSuchOperation", {}).status_code == 400
@@ -102,7 +102,8 @@ def test_generic_tasks_prefix_exact_and_paging(rb):
         create(rb, name)
 
     def search(term, first=2, after=None):
-        page = call(rb, "tasksListSDK", ids(rb, taskSearch=term, first=first, after=after)).json()["data"]["genericTasks"]
+        reply = call(rb, "tasksListSDK", ids(rb, taskSearch=term, first=first, after=after))
+        page = reply.json()["data"]["genericTasks"]
         return [e["datapoint"]["name"] for e in page["entries"]], page["cursor"]
 
     names, cursor = search("cam/1")
@@ -184,7 +185,8 @@ def test_segmentation_files_must_be_uploaded_nifti_with_the_blob_header(rb):
                                           labelsMap=labels_map)["errors"][0]["message"]
     nifti = gzip_bytes(struct.pack("<i", 348) + bytes(340) + b"n+1\0" + bytes(8))
     assert requests.put(seg["presignedUrl"], data=nifti, headers=headers, timeout=5).ok
-    task_id = create(rb, "s", labelsData=json.dumps([segment]), labelsMap=labels_map)["data"]["createDatapoint"]["taskId"]
+    created = create(rb, "s", labelsData=json.dumps([segment]), labelsMap=labels_map)
+    task_id = created["data"]["createDatapoint"]["taskId"]
     [task] = rb.tasks_in(rb.org_id, rb.project_id)
     assert task["segmentations"] == {0: nifti} and task["labels"] == [segment]
     # putLabels replaces labels and segmentations as a whole.
@@ -202,8 +204,9 @@ def test_public_series_annotations_are_converted(rb):
               "landmarks": [{"point": {"xNorm": 0.5, "yNorm": 0.5}, "category": "nose"}],
               "polylines": [{"points": [{"xNorm": 0, "yNorm": 1}, {"xNorm": 1, "yNorm": 0}], "category": "lane"}],
               "segmentations": "seg.nii.gz", "segmentMap": {"2": "car", "1": {"category": "road"}}}
-    reply = call(rb, "validateAndConvertToImportFormatSDK", {"original": json.dumps([{"name": "t", "series": [series]}]),
-                                                             "convert": True, "storageId": REDBRICK}).json()
+    original = json.dumps([{"name": "t", "series": [series]}])
+    reply = call(rb, "validateAndConvertToImportFormatSDK",
+                 {"original": original, "convert": True, "storageId": REDBRICK}).json()
     [task] = json.loads(reply["data"]["validateAndConvertToImportFormat"]["converted"])
     assert task["items"] == ["a.png"] and task["labelsMap"] == [{"labelName": "seg.nii.gz", "seriesIndex": 0}]
     assert task["labels"] == [

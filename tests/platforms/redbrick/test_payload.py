@@ -86,13 +86,15 @@ def test_internal_labels_are_normalised_and_masks_become_instances():
         {"category": "nose", "attributes": [], "point": {"xnorm": 0.5, "ynorm": 0.5}},
         {"category": "roof", "attributes": [], "polygon": [{"xnorm": 0.0, "ynorm": 0.0}, {"xnorm": 1.0, "ynorm": 0.0},
                                                            {"xnorm": 0.5, "ynorm": 1.0}]},
-        {"category": "lane", "attributes": [], "polyline": [{"xnorm": 0.0, "ynorm": 1.0}, {"xnorm": 1.0, "ynorm": 0.5}]},
+        {"category": "lane", "attributes": [],
+         "polyline": [{"xnorm": 0.0, "ynorm": 1.0}, {"xnorm": 1.0, "ynorm": 0.5}]},
         # "void" is in the class map but not in the mask: no instance for it.
         {"category": "road", "attributes": [], "dicom": {"instanceid": 1}, "volumeindex": 0},
         {"category": "car", "attributes": [], "dicom": {"instanceid": 2}, "volumeindex": 0},
         {"category": "sky", "attributes": [], "dicom": {"instanceid": 3}, "volumeindex": 0},
     ]
-    assert result.series["segmentMap"] == {"1": {"category": "road"}, "2": {"category": "car"}, "3": {"category": "sky"}}
+    assert result.series["segmentMap"] == {"1": {"category": "road"}, "2": {"category": "car"},
+                                           "3": {"category": "sky"}}
     assert result.series["boundingBoxes"] == [{"pointTopLeft": {"xNorm": 0.25, "yNorm": 0.25}, "wNorm": 0.5,
                                                "hNorm": 0.5, "category": "car", "attributes": {"occluded": True}}]
     assert result.nifti[:2] == b"\x1f\x8b"

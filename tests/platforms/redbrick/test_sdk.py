@@ -30,7 +30,8 @@ def run_sdk(url: str, org_id: str, project_id: str, key: str, image: str, image2
         storage, [{"name": "sdk/frame", "items": [image], "metaData": FIRST, "labels": []}])
     task_id = created[0]["response"]["taskId"]
     try:
-        project.upload.update_task_items(storage, [{"taskId": task_id, "metaData": SECOND, "series": [{"items": image2}]}])
+        project.upload.update_task_items(storage,
+                                         [{"taskId": task_id, "metaData": SECOND, "series": [{"items": image2}]}])
         update_error = None
     except KeyError as exc:  # SDK 2.35.4 raises this *after* a successful updateTaskItems
         update_error = f"KeyError: {exc}"

@@ -209,7 +209,8 @@ def test_lost_reply_on_create_then_recovery_makes_one_task(rb):
     with pytest.raises(TransientError) as caught:
         target.deliver(upload)
     assert caught.value.outcome_unknown
-    assert [f[0] for f in rb.faults.injected] == ["lost_reply"] and rb.faults.injected[0][2].endswith("createDatapointSDK")
+    assert [f[0] for f in rb.faults.injected] == ["lost_reply"]
+    assert rb.faults.injected[0][2].endswith("createDatapointSDK")
     # What delivery.py does next: look up; the task holds this version, so it is adopted.
     found = target.lookup(upload)
     assert found.extra["version"] == upload.version and found.extra["image_sha256"] == upload.image_sha256
@@ -238,7 +239,8 @@ def test_lookup_after_an_update_that_never_arrived_keeps_the_known_image(rb):
     first = target.deliver(make_upload("keep/1", metadata={"k": "1"}))
     second = make_upload("keep/1", metadata={"k": "2"}, previous=first)
     found = target.lookup(second)
-    assert found.extra["version"] == first.extra["version"] and found.extra["image_sha256"] == first.extra["image_sha256"]
+    assert found.extra["version"] == first.extra["version"]
+    assert found.extra["image_sha256"] == first.extra["image_sha256"]
     rb.calls.clear()
     target.deliver(dataclasses.replace(second, previous=found))
     assert ops(rb) == ["updateTaskItemsSDK"] and rb.remote()[0]["meta"]["k"] == "2"
