@@ -4,8 +4,9 @@ Wire protocol (docs/platforms/edgeimpulse.md): a new image is one multipart requ
 ingestion service ``POST {ingestion_url}/api/{category}/files`` (part ``data``; headers
 ``x-api-key``, ``x-label`` (percent-encoded) or ``x-no-label``, ``x-metadata``,
 ``x-bounding-boxes``, ``x-disallow-duplicates``, ``x-upload-source``); the reply lists one
-result per file and both the top-level and the per-file ``success`` are checked. Later
-changes use Studio (``{api_url}/api/{projectId}/raw-data/...``): ``.../{sampleId}/metadata``
+result per file and both the top-level and the per-file ``success`` are checked (the
+request is built in ``ingest``; new items with identical headers share one request, see
+``batch``). Later changes use Studio (``{api_url}/api/{projectId}/raw-data/...``): ``.../{sampleId}/metadata``
 with the complete map, ``.../{sampleId}/edit-label``, ``.../{sampleId}/bounding-boxes``
 (the complete list), ``DELETE .../{sampleId}``, and the list route for lookups by name.
 
