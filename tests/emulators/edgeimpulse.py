@@ -22,6 +22,8 @@ Behaviour the targets and the SDKs rely on:
 - Studio errors: request validation fails with 400; a missing sample, project, dataset or
   data item answers ``{"success": false, "error": ...}`` with HTTP ``self.error_status``
   (200 by default, as the real Studio often does; set 404 to test the other shape).
+- ``ingest_seconds``: each ingestion request takes this long (after its checks, before
+  its answer); ``ingest_peak`` is the most ingestion requests seen at once.
 - ``hash_envelope``: a sample's ``sha256Hash`` is not the SHA-256 of the file as sent (as
   the generated client's "including CBOR envelope if applicable" allows); by default it is.
 - ``metadata_merge``: the set-metadata route merges instead of replacing (the documented
@@ -82,6 +84,9 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         self.error_status = error_status
         self.metadata_merge = metadata_merge
         self.hash_envelope = False
+        self.ingest_seconds = 0.0
+        self.ingest_peak = 0
+        self._ingesting = 0
         self.record = False
         self.journal: list[dict] = []
         self._ids = itertools.count(1)
@@ -218,6 +223,13 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         except ValueError as exc:
             return fail(f"Invalid bounding boxes: {exc}", 400)
         project = self._project(request)
+        if self.ingest_seconds:
+            with self.lock:
+                self._ingesting += 1
+                self.ingest_peak = max(self.ingest_peak, self._ingesting)
+            time.sleep(self.ingest_seconds)
+            with self.lock:
+                self._ingesting -= 1
         results = []
         with self.lock:
             for part in files:

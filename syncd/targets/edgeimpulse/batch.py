@@ -17,7 +17,10 @@ The host class provides ``settings``, ``wanted``, ``_deliver`` (one item alone),
 
 from __future__ import annotations
 
+import contextvars
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from syncd.errors import FatalTargetError, SendAlone, SyncdError, TransientError
 from syncd.targets.base import ItemResult, Receipt, Upload
@@ -39,6 +42,9 @@ def _not_sent(cause: SyncdError) -> SyncdError:
                           outcome_unknown=False)
 
 
+_CREATE = threading.Lock()  # creating a target's slots and pool
+
+
 class SharedUploads:
     """``deliver_batch`` for the Edge Impulse project target (see the module docstring)."""
 
@@ -48,6 +54,8 @@ class SharedUploads:
     #: Whether Edge Impulse's ``sha256Hash`` of a sample is the SHA-256 of the file sent
     #: (None: not checked yet in this process; False: requests are no longer shared).
     _hashes_match: bool | None = None
+    _slots: threading.BoundedSemaphore | None = None
+    _pool: ThreadPoolExecutor | None = None
 
     def deliver_batch(self, uploads: Sequence[Upload]) -> list[ItemResult]:
         """One attempt for each upload, in as few ingestion requests as their headers allow:
@@ -58,7 +66,13 @@ class SharedUploads:
         check alone; a request that failed as a whole gives each of its items that error (a
         lost reply: outcome unknown, so the daemon looks each up; a refusal of the request:
         ``SendAlone``). After a pause or a throttle (``_stops``) nothing more is sent: the
-        remaining items get a TransientError (not sent) or the FatalTargetError."""
+        remaining items get a TransientError (not sent) or the FatalTargetError.
+
+        The requests of one call are independent, so they go side by side (``_request_pool``,
+        in the caller's context: rate limits see them as this target's), and never more than
+        ``workers`` of this target's at once, whichever calls they belong to
+        (``_request_slots``): a batch of ten items that share nothing takes as long as one
+        item, not ten, and the platform sees the concurrency it was configured for."""
         results: list[ItemResult | None] = [None] * len(uploads)
         wanted: list[Wanted | None] = [None] * len(uploads)
         keys: list[str | None] = [None] * len(uploads)
@@ -70,22 +84,60 @@ class SharedUploads:
                 continue
             if self._hashes_match is not False:
                 keys[index] = ingest.share_key(upload, wanted[index])
-        stop: SyncdError | None = None
-        for group in ingest.groups(keys, [len(u.image) for u in uploads]):
-            group = [i for i in group if results[i] is None]
-            if stop is not None:
-                results_of = [_not_sent(stop)] * len(group)
-            elif len(group) == 1:
-                try:
-                    results_of = [self._deliver(uploads[group[0]], wanted[group[0]])]
-                except SyncdError as exc:
-                    results_of = [exc]
-            else:
-                results_of = self._create_shared([(uploads[i], wanted[i]) for i in group])
-            for index, item_result in zip(group, results_of):
+        sizes = [len(upload.image) for upload in uploads]
+        groups = [[i for i in group if results[i] is None] for group in ingest.groups(keys, sizes)]
+        groups = [group for group in groups if group]
+        stopped: list[SyncdError] = []
+
+        def send(group: list[int]) -> list[ItemResult]:
+            with self._request_slots():
+                if stopped:
+                    return [_not_sent(stopped[0])] * len(group)
+                if len(group) == 1:
+                    try:
+                        sent: list[ItemResult] = [self._deliver(uploads[group[0]], wanted[group[0]])]
+                    except SyncdError as exc:
+                        sent = [exc]
+                else:
+                    sent = self._create_shared([(uploads[i], wanted[i]) for i in group])
+            cause = next((r for r in sent if _stops(r)), None)
+            if cause is not None and not stopped:
+                stopped.append(cause)
+            return sent
+
+        if len(groups) == 1:
+            outcomes = [send(groups[0])]
+        else:  # independent requests go side by side (the slots bound them for the whole target)
+            pool = self._request_pool()
+            futures = [pool.submit(contextvars.copy_context().run, send, group) for group in groups]
+            outcomes = [future.result() for future in futures]
+        for group, sent in zip(groups, outcomes):
+            for index, item_result in zip(group, sent):
                 results[index] = item_result
-            stop = stop or next((r for r in results_of if _stops(r)), None)
         return results
+
+    def _request_slots(self) -> threading.BoundedSemaphore:
+        """At most ``workers`` requests of this target at once, from every call together."""
+        if self._slots is None:
+            with _CREATE:
+                if self._slots is None:
+                    self._slots = threading.BoundedSemaphore(self.settings.workers)
+        return self._slots
+
+    def _request_pool(self) -> ThreadPoolExecutor:
+        """The threads that send a call's independent requests side by side."""
+        with _CREATE:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.settings.workers,
+                                                thread_name_prefix=f"syncd-{self.name}-request")
+            return self._pool
+
+    def close_requests(self) -> None:
+        """Stop the request threads (they are made again when needed)."""
+        with _CREATE:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def _create_shared(self, items: list[tuple[Upload, Wanted]]) -> list[ItemResult]:
         """Upload ``items`` (the same share key) as new samples in one request."""

@@ -128,7 +128,9 @@ class EdgeImpulseTarget(SharedUploads, Target):
         self.client = EdgeImpulseClient(name, key_env=settings.api_key_env, timeout=settings.timeout, env=self.env)
 
     def close(self) -> None:
-        """Close the client's sessions (the target can still be used afterwards)."""
+        """Close the client's sessions and request threads (the target can still be used
+        afterwards)."""
+        self.close_requests()
         self.client.close()
 
     # -- helpers ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -141,7 +142,7 @@ def test_a_request_refused_as_a_whole_sends_each_alone(world):
 
 def test_a_throttle_or_a_pause_stops_the_rest_of_the_call(world):
     emulator, target, _ = world
-    ei = target()
+    ei = target(workers=1)  # one request at a time: the others of the call have not started
     batch = [make_upload("cats/a", seed=1), make_upload("dogs/b", seed=2), make_upload("cows/c", seed=3)]
     emulator.faults.retry_after = 3
     emulator.faults.next("429", path=INGEST)
@@ -171,3 +172,31 @@ def test_a_platform_hash_that_is_not_the_files_turns_sharing_off(world):
     emulator.journal.clear()
     ei.deliver_batch([make_upload(f"cats/{i}", seed=i) for i in range(10, 13)])
     assert len(uploads_posted(emulator)) == 3
+
+
+def test_independent_requests_of_a_call_go_side_by_side_within_workers(world):
+    """Items that share nothing are separate requests: they go at once, up to ``workers``
+    requests of the target at a time over every call together, never more."""
+    emulator, target, samples = world
+    emulator.ingest_seconds = 0.3
+    ei = target(workers=4)
+    results = ei.deliver_batch([make_upload(f"cam{i}/f", seed=i) for i in range(4)])  # four labels: four requests
+    assert all(isinstance(r, Receipt) for r in results) and emulator.ingest_peak >= 2
+    emulator.ingest_peak = 0
+    ei = target(workers=2)
+    calls = [[make_upload(f"c{n}{i}/f", seed=100 + 10 * n + i) for i in range(3)] for n in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(ei.deliver_batch, calls))
+    assert all(isinstance(r, Receipt) for batch in outcomes for r in batch)
+    assert emulator.ingest_peak == 2
+    assert all(len(samples(upload.key)) == 1 for batch in calls for upload in batch)
+
+
+def test_an_item_refused_before_sending_fails_alone(world):
+    emulator, target, samples = world
+    batch = [make_upload("cats/1", seed=1), make_upload("cats/2", seed=2, metadata={VERSION_KEY: "mine"}),
+             make_upload("cats/3", seed=3)]
+    results = target().deliver_batch(batch)
+    assert isinstance(results[1], PermanentError) and VERSION_KEY in str(results[1])
+    assert isinstance(results[0], Receipt) and isinstance(results[2], Receipt)
+    assert samples("cats/2") == [] and len(uploads_posted(emulator)) == 1
