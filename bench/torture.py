@@ -25,8 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.torture_check import (history_violations, journal_violations, limited, remote_violations,
-                                 write_counts)
+from bench.torture_check import history_violations, journal_violations, remote_violations, write_counts
 from bench.torture_platforms import PLATFORMS, Platform
 from bench.torture_producers import Oracle, Producers, make_plan
 from tests.daemon_harness import DaemonProcess, run_cli, wait_for, write_config
