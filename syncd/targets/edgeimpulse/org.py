@@ -73,6 +73,8 @@ class EdgeImpulseOrgTarget(Target):
     platform = "edgeimpulse-org"
     Settings = EdgeImpulseOrgSettings
     create_only = True  # a re-send of data/add would create a second item: look it up first
+    # One item per request: data/add creates one data item (its files[] are that item's files).
+    max_batch = 1
     label_types = frozenset()  # data items hold files and metadata, no annotations
     single_classification = False
 
