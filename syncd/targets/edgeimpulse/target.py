@@ -200,7 +200,7 @@ class EdgeImpulseTarget(SharedUploads, Target):
 
     def _check_ingestion(self) -> None:
         """The ingestion route answers: a POST without any file (it creates nothing; any
-        answer but a 404 or an auth error will do). Without this, a missing route (a wrong
+        answer but a 404 or an auth error will do; a connection failure is transient). Without this, a missing route (a wrong
         ``ingestion_url``, a service redeployed elsewhere) would pause the target on the
         first upload, pass the Studio check, resume, and pause again with every item."""
         url = self.ingestion_url()
@@ -211,8 +211,9 @@ class EdgeImpulseTarget(SharedUploads, Target):
         if response.status_code == 404:
             raise FatalTargetError(f"{self.client.context(context)}: HTTP 404: there is no ingestion service at this "
                                    "URL: check ingestion_url")
-        if response.status_code in (401, 403) or response.status_code >= 500:
+        if response.status_code in (401, 403):
             result(response, context=self.client.context(context), secrets=self.client.secrets)
+        # Any other answer (a 400 for the missing file, even a 5xx) proves the route is there.
 
     def ingestion_url(self) -> str:
         return f"{self.settings.ingestion_url}/api/{self.settings.category}/files"
