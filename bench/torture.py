@@ -10,7 +10,7 @@ no half-written one at all); nothing pending, in flight or failed in the journal
     python -m bench.torture                       # the large run (see docs/torture.md)
     python -m bench.torture --items 200 --duration 15 --kills 2 --outages 1   # a small one
 
-tests/test_torture.py runs a small configuration through ``run``.
+tests/core/test_torture.py runs a small configuration through ``run``.
 """
 
 from __future__ import annotations
