@@ -200,9 +200,10 @@ class EdgeImpulseTarget(SharedUploads, Target):
 
     def _check_ingestion(self) -> None:
         """The ingestion route answers: a POST without any file (it creates nothing; any
-        answer but a 404 or an auth error will do; a connection failure is transient). Without this, a missing route (a wrong
-        ``ingestion_url``, a service redeployed elsewhere) would pause the target on the
-        first upload, pass the Studio check, resume, and pause again with every item."""
+        answer but a 404 or an auth error will do; a connection failure is transient).
+        Without this, a missing route (a wrong ``ingestion_url``, a service redeployed
+        elsewhere) would pause the target on the first upload, pass the Studio check,
+        resume, and pause again with every item."""
         url = self.ingestion_url()
         context = f"checking the ingestion service at {url}"
         response = self.client.request("POST", url, context=context,
