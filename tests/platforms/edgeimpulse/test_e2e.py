@@ -188,3 +188,46 @@ def test_ingestion_404_pauses_the_target_until_it_answers_again(tmp_path):
             counts = status()["folders"][0]["targets"][0]
             assert counts["delivered"] == 5 and counts["failed"] == 0, counts
             assert daemon.stop() == 0
+
+
+def test_shared_requests_under_faults_and_sigkill_converge_to_one_sample_each(tmp_path):
+    """Items without sidecars, labelled by folder: a batch of one folder's new items shares
+    one ingestion request. Under random faults (lost replies of whole shared requests
+    included) and a SIGKILL, every item ends as exactly one sample holding its image and
+    label, and some requests did carry several files."""
+    with EdgeImpulseEmulator(seed=11) as emulator:
+        emulator.record = True
+        project = emulator.add_project("Shared E2E")
+        env = {"EI_API_KEY": emulator.make_key(project["id"])}
+        config = write_config(tmp_path, {"ei": {
+            "platform": "edgeimpulse", "project_id": project["id"], "ingestion_url": emulator.url,
+            "api_url": f"{emulator.url}/v1", "label_source": "folder", "timeout": 5.0, "workers": 2}},
+            daemon={"rescan_seconds": 30})
+        expected = {f"cam{i % 3}/f{i:03d}": i for i in range(COUNT)}
+        for item, seed in expected.items():
+            write_item(tmp_path / "inbox" / item.split("/")[0], item.split("/")[1], seed=seed)
+
+        def samples() -> dict[str, list[dict]]:
+            out: dict[str, list[dict]] = {}
+            for sample in emulator.samples_in(project["id"]):
+                out.setdefault(sample["filename"], []).append(sample)
+            return out
+
+        def converged() -> bool:
+            found = samples()
+            return len(found) == COUNT and all(
+                len(found.get(sample_name(item), [])) == 1
+                and emulator.sample_data[found[sample_name(item)][0]["id"]] == image_bytes(seed=seed)
+                and found[sample_name(item)][0]["label"] == item.split("/")[0]
+                for item, seed in expected.items())
+
+        emulator.faults.next("lost_reply", path=r"^/api/split/files$", times=2)
+        with FaultyRun(config, env, emulator) as run:
+            run.kill_when(lambda: len(samples()) >= 6, message="some deliveries")
+            run.converge(converged)
+        shared = [e for e in emulator.recorded("POST", r"^/api/split/files$")
+                  if len([p for p in e.get("parts") or [] if p["name"] == "data"]) > 1]
+        assert shared, "no ingestion request carried several files"
+        assert converged()
+        counts = run.status()
+        assert counts["delivered"] == COUNT and counts["failed"] == 0, counts
