@@ -22,12 +22,14 @@ Knobs (tests/emulators/knobs.py; all off by default):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import PYTHON, REPO, env_with_repo
@@ -73,8 +75,9 @@ class EmulatorServer:
     the items it holds; ``keys`` their keys (Nucleus reference ids, Edge Impulse sample
     names); ``mark`` starts a new request window and zeroes the counters; ``window`` returns
     it (first request start, last request end, request count, in the server's monotonic
-    clock); ``stats`` the requests served and refused by the rate limit and the faults
-    injected since ``mark``; ``purge`` drops every stored item (memory).
+    clock; every request answered before the call is in it, see ``Spans``); ``stats`` the
+    requests served and refused by the rate limit and the faults injected since ``mark``;
+    ``purge`` drops every stored item (memory).
     """
 
     def __init__(self, platform_name: str, *, cpus: set[int] | None = None, **options: Any):
@@ -121,6 +124,53 @@ class EmulatorServer:
         if "error" in reply:
             raise RuntimeError(f"{self.platform} emulator: {reply['error']}")
         return reply
+
+
+class Spans:
+    """The requests of the window: ``(start, end, "METHOD /path")`` each, in the server's
+    monotonic clock.
+
+    A request's span is complete only once its handler returned, which is after its reply
+    went out: a client can hold its last reply before that span is recorded. ``finished``
+    therefore first waits for the requests under way when it was called (not for later ones:
+    a fleet may still be sending), so a window asked for after the last reply counts it.
+    """
+
+    def __init__(self, wait_limit: float = 30.0):
+        self._done: list[tuple[float, float, str]] = []
+        self._under_way: set[int] = set()
+        self._numbers = itertools.count()
+        self._changed = threading.Condition()
+        self.wait_limit = wait_limit  # a handler stuck longer than this is left out
+
+    def timed(self, dispatch: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], None]:
+        """``dispatch`` recording the span of each request it handles."""
+
+        def timed_dispatch(http, body: bytes) -> None:
+            with self._changed:
+                number = next(self._numbers)
+                self._under_way.add(number)
+            start = time.monotonic()
+            try:
+                dispatch(http, body)
+            finally:
+                with self._changed:
+                    self._done.append((start, time.monotonic(), http.command + " " + http.path.split("?")[0]))
+                    self._under_way.discard(number)
+                    self._changed.notify_all()
+
+        return timed_dispatch
+
+    def finished(self) -> list[tuple[float, float, str]]:
+        """Every span, once the requests under way at the call have ended."""
+        with self._changed:
+            asked = set(self._under_way)
+            self._changed.wait_for(lambda: not asked & self._under_way, timeout=self.wait_limit)
+            return list(self._done)
+
+    def clear(self) -> None:
+        with self._changed:
+            self._done.clear()
 
 
 def _emulator(args: argparse.Namespace):
@@ -174,17 +224,8 @@ def _serve(argv: list[str]) -> None:
     sys.path.insert(0, str(REPO))
     args = parser().parse_args(argv)
     emulator, new, keys, purge = _emulator(args)
-    window: list[tuple[float, float, str]] = []
-    dispatch = emulator._dispatch
-
-    def timed(http, body):
-        start = time.monotonic()
-        try:
-            dispatch(http, body)
-        finally:
-            window.append((start, time.monotonic(), http.command + " " + http.path.split("?")[0]))
-
-    emulator._dispatch = timed  # type: ignore[method-assign]
+    spans = Spans()
+    emulator._dispatch = spans.timed(emulator._dispatch)  # type: ignore[method-assign]
     emulator.start()
     print(json.dumps({"url": emulator.url}), flush=True)
     for line in sys.stdin:
@@ -198,22 +239,22 @@ def _serve(argv: list[str]) -> None:
             elif command == "keys":
                 reply = {"keys": keys(request["creds"])}
             elif command == "mark":
-                window.clear()
+                spans.clear()
                 emulator.requests.clear()
                 emulator.rate_limit.reset_counts()
                 emulator.faults.injected.clear()
                 reply = {}
             elif command == "window":
-                spans = list(window)
-                reply = {"start": min(s for s, _, _ in spans) if spans else None,
-                         "end": max(e for _, e, _ in spans) if spans else None, "requests": len(spans)}
+                done = spans.finished()
+                reply = {"start": min(s for s, _, _ in done) if done else None,
+                         "end": max(e for _, e, _ in done) if done else None, "requests": len(done)}
             elif command == "stats":
                 injected: dict[str, int] = {}
                 for kind, _, _ in list(emulator.faults.injected):
                     injected[kind] = injected.get(kind, 0) + 1
                 reply = {**emulator.rate_limit.counts(), "faults": injected}
             elif command == "spans":
-                reply = {"spans": list(window)}
+                reply = {"spans": spans.finished()}
             elif command == "purge":
                 purge()
                 reply = {}

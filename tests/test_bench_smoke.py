@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from bench.emulator_server import EmulatorServer, command_line
+from bench.emulator_server import EmulatorServer, Spans, command_line
 from tests.daemon_harness import REPO
 
 
@@ -58,6 +60,32 @@ def test_emulator_server_rate_limits_and_counts():
     assert codes[0] == 404 and codes[-1] == 429
     assert stats["served"] == codes.count(404) and stats["refused"] == 1
     assert window["requests"] == len(codes)
+
+
+def test_a_window_asked_after_the_last_reply_counts_that_request():
+    # The span of a request is recorded when its handler returns, after the reply went out:
+    # a client holding its last reply could ask for the window before that (a full-suite flake
+    # of the test above: one request short). The window waits for the requests under way.
+    spans = Spans()
+    replied, release = threading.Event(), threading.Event()
+
+    def dispatch(http, body):
+        replied.set()  # the reply is out; the handler has not returned yet
+        release.wait()
+
+    handler = threading.Thread(target=spans.timed(dispatch), args=(SimpleNamespace(command="GET", path="/a?x=1"), b""))
+    handler.start()
+    replied.wait()
+    releaser = threading.Timer(0.2, release.set)  # returns while `finished` waits (or, loaded, before: also fine)
+    releaser.start()
+    try:
+        assert [what for _, _, what in spans.finished()] == ["GET /a"]
+    finally:
+        release.set()
+        releaser.cancel()
+        handler.join()
+    spans.clear()
+    assert spans.finished() == []  # nothing under way: no wait
 
 
 def test_throughput_smoke(tmp_path):

@@ -10,7 +10,8 @@ Every file is written atomically (temp file + rename) and the record last, so th
 is the commit point: a record with version V means V's files are complete. ``lookup``
 reads the record, which makes a re-send after a crash a no-op. With ``log_deliveries``
 every committed delivery is also appended to ``.syncd-deliveries.jsonl`` (for audits and
-the exactly-once tests).
+the exactly-once tests), once: the line follows the record, and a delivery whose process
+was killed between the two gets its line when the next process looks the item up.
 """
 
 from __future__ import annotations
@@ -183,10 +184,13 @@ class LocalTarget(Target):
         }
         if upload.orientation != 1:
             record["exif_orientation"] = upload.orientation  # width, height and labels are as displayed
+        if self.settings.log_deliveries:
+            record["log_offset"] = self._log_size()  # this delivery's line will be at or after it
         # Compact: json's indenting encoder is pure Python (several times the C one's cost).
         write_atomic(record_path, json.dumps(record, sort_keys=True).encode(), fsync=fsync, make_parents=False)
         if self.settings.log_deliveries:
-            self._log(upload)
+            with self._log_lock:
+                self._log(upload.key, upload.version)
         return Receipt(remote_id=self._remote_id(record_path), extra={"version": upload.version})
 
     def _remote_id(self, record_path: str) -> str:
@@ -194,18 +198,52 @@ class LocalTarget(Target):
         assert self._resolved_root is not None
         return os.path.relpath(record_path, self._resolved_root)
 
-    def _log(self, upload: Upload) -> None:
-        line = json.dumps({"key": upload.key, "version": upload.version, "at": time.time()}) + "\n"
-        with self._log_lock, open(self.root / DELIVERY_LOG, "a", encoding="utf-8") as log:
+    def _log(self, key: str, version: str) -> None:
+        """Append the line of a committed delivery (the caller holds ``_log_lock``)."""
+        line = json.dumps({"key": key, "version": version, "at": time.time()}) + "\n"
+        with open(self.root / DELIVERY_LOG, "a", encoding="utf-8") as log:
             log.write(line)
+
+    def _log_size(self) -> int:
+        try:
+            return os.stat(self.root / DELIVERY_LOG).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _log_if_missing(self, record: dict[str, Any]) -> None:
+        """Give a committed delivery its log line if it has none: the record is the commit
+        point and the line follows it, so a process killed between the two (or a line that
+        could not be written) left the delivery unlogged. The line, if written, is at or after
+        the offset the record names; what follows that offset is the few lines appended around
+        that delivery, or, when it is missing, what was appended since the process died."""
+        key, version, offset = record.get("key"), record.get("version"), record.get("log_offset")
+        if not isinstance(offset, int) or not isinstance(version, str):
+            return  # written without log_deliveries
+        with self._log_lock:
+            try:
+                with open(self.root / DELIVERY_LOG, "rb") as log:
+                    log.seek(offset)
+                    for line in log:
+                        try:
+                            entry = json.loads(line)
+                        except ValueError:
+                            continue
+                        if entry.get("key") == key and entry.get("version") == version:
+                            return
+            except FileNotFoundError:
+                pass
+            self._log(key, version)
 
     def lookup(self, upload: Upload) -> Receipt | None:
         """The record of ``upload.key``, or None (none, or damaged); ``extra["version"]`` is
-        the version the record says is complete."""
+        the version the record says is complete. With ``log_deliveries``, that version is
+        logged now if its process was killed before logging it (lookup runs on recovery)."""
         _, _, record_path = self._paths(upload.key, upload.image_suffix)
         record = self._read_record(Path(record_path))
         if record is None or record.get("key") != upload.key:
             return None
+        if self.settings.log_deliveries:
+            self._log_if_missing(record)
         return Receipt(remote_id=self._remote_id(record_path), extra={"version": record.get("version")})
 
 
