@@ -36,9 +36,10 @@ from syncd.folders import Folders
 from syncd.health import Health
 from syncd.inbox import Inbox
 from syncd.items.content import ContentCache
-from syncd.journal.schema import StateLock
+from syncd.journal.schema import DB_NAME, StateLock
 from syncd.journal.store import Store
 from syncd.labels.validate import read_options
+from syncd.lockwait import JournalWait
 from syncd.metrics import Metrics
 from syncd.settle import Settler
 from syncd.targets import Target, target_class
@@ -49,6 +50,7 @@ log = logging.getLogger("syncd.daemon")
 LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
 CACHE_BYTES = 16 << 20  # settled content kept for the workers (read once); small: RSS < 80 MB at 100k items
 PRESENCE_EVERY = 0.5  # seconds between looks at the folders' presence when nothing else asks
+LOCK_SLICE = 0.5  # seconds of waiting for another process's journal lock between looks (syncd.lockwait)
 
 
 def build_targets(config: Config) -> dict[str, Target]:
@@ -82,6 +84,7 @@ class Daemon:
                                      self.results, read_options=self.read_options, rng=self.rng,
                                      stopping=self.stop_event.is_set)
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
+        self.journal_wait = JournalWait(self.cfg.state_dir / DB_NAME, self.stop_event.is_set)
         self.local_retry_at = 0.0
         self._presence_at = float("-inf")
         self.metrics = Metrics(config.metrics)
@@ -120,7 +123,8 @@ class Daemon:
         """Lock the state dir, open the journal, recover, start workers and watches, scan."""
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
-        self.store = Store.open(self.cfg.state_dir)
+        self.store = Store.open(self.cfg.state_dir, busy_timeout=LOCK_SLICE)
+        self.store.waiter = self.journal_wait
         for part in (self.settler, self.dispatcher, self.health):
             part.store = self.store
         limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, self.cfg.bandwidth_limit)
@@ -175,6 +179,8 @@ class Daemon:
         try:
             self._in_transaction(now, self._pass)
         except LocalError as exc:
+            if self.stop_event.is_set():
+                return  # stopping: close() says what could not be recorded
             if str(exc) != self.local_error:
                 log.error("%s; deliveries paused, nothing is lost: retrying every %.0fs", exc, LOCAL_RETRY_SECONDS)
             self.local_error = str(exc)

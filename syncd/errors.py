@@ -13,7 +13,7 @@ Every failure is raised as one of these and caught once, at the per-item boundar
 - ``FatalTargetError``: the whole target cannot work (401/403, unknown dataset). The target
   is paused with a loud error; other targets go on.
 - ``LocalError``: the machine is in the way (disk full, unreadable state dir); the message
-  says how to fix it.
+  says how to fix it. ``JournalBusy``: another process holds the journal's write lock.
 """
 
 from __future__ import annotations
@@ -67,3 +67,8 @@ class FatalTargetError(SyncdError):
 
 class LocalError(SyncdError):
     """A local resource problem (disk full, permissions); the message names the fix."""
+
+
+class JournalBusy(LocalError):
+    """Another process holds the journal's write lock (a transaction left open); the message
+    names it where it can be told."""

@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 from syncd.config import Config
+from syncd.journal.guard import write_lock_holder
 from syncd.journal.queries import JournalReader
+from syncd.journal.schema import DB_NAME, LOCK_NAME
 
 MAX_FAILED_LISTED = 50
 
@@ -69,9 +71,21 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                     "last_error_at": _iso(last_error_at),
                 }
             )
-        return {"generated_at": _iso(now), "folders": folders, "targets": targets}
+        return {"generated_at": _iso(now), "journal": _journal(config), "folders": folders, "targets": targets}
     finally:
         journal.close()
+
+
+def _journal(config: Config) -> dict[str, Any]:
+    """The journal's path, and who holds its write lock when another process than the daemon
+    does (the daemon cannot record anything meanwhile: syncd.lockwait)."""
+    state_dir = config.daemon.state_dir
+    try:
+        daemon_pid = int((state_dir / LOCK_NAME).read_text().strip())
+    except (OSError, ValueError):
+        daemon_pid = None
+    db = state_dir / DB_NAME
+    return {"path": str(db), "locked_by": write_lock_holder(db, but=daemon_pid)}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -81,6 +95,10 @@ def _iso(ts: float | None) -> str | None:
 def render(status: dict[str, Any]) -> str:
     """Human-readable status text."""
     lines = []
+    journal = status.get("journal") or {}
+    if journal.get("locked_by"):
+        lines.append(f"journal {journal['path']}: LOCKED by {journal['locked_by']}, which keeps a write transaction "
+                     "open: syncd records nothing until it ends (COMMIT, or quit that sqlite3 shell)")
     for folder in status["folders"]:
         deleted = folder["deleted_after_upload"]
         lines.append(f"{folder['folder']}: {folder['items']} items, {folder['settling']} settling"

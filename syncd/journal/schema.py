@@ -24,7 +24,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from syncd.errors import LocalError
+from syncd.errors import JournalBusy, LocalError
+from syncd.journal import guard
 
 DB_NAME = "syncd.db"
 LOCK_NAME = "syncd.lock"
@@ -158,20 +159,25 @@ class StateLock:
             self._fd = None
 
 
-def connect(state_dir: Path) -> sqlite3.Connection:
+BUSY_TIMEOUT = 10.0  # seconds a command (syncd retry) waits for another process's write transaction
+
+
+def connect(state_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """The read-write connection to the journal in ``state_dir``, created and migrated.
 
     Autocommit mode (``isolation_level=None``): every transaction is an explicit
-    ``BEGIN IMMEDIATE ... COMMIT`` (see ``Store``). Raises ``LocalError`` with the fix when
-    the state directory or its disk cannot be used.
+    ``BEGIN IMMEDIATE ... COMMIT`` (see ``Store``). ``busy_timeout``: how long one statement
+    waits for another process's write lock before "database is locked" (the daemon waits in
+    short slices: syncd.journal.writer). Raises ``LocalError`` with the fix when the state
+    directory or its disk cannot be used.
     """
     path = state_dir / DB_NAME
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with conn:
@@ -202,6 +208,10 @@ def connect_readonly(state_dir: Path) -> sqlite3.Connection:
 def local_error(exc: sqlite3.Error, path: Path) -> LocalError:
     """The ``LocalError`` (what happened, what to do) for an SQLite error on the journal."""
     text = str(exc)
+    if "database is locked" in text:
+        holder = guard.write_lock_holder(path) or "another process"
+        return JournalBusy(f"the journal {path} is locked by {holder}, which keeps a write transaction open: "
+                           "end it (COMMIT, or quit that sqlite3 shell) and try again")
     if "full" in text:
         return LocalError(f"the disk holding {path} is full: free some space (syncd resumes by itself)")
     if "readonly" in text or "unable to open" in text:

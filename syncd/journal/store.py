@@ -32,7 +32,7 @@ from pathlib import Path
 
 from syncd.journal.deliveries import Deliveries, DueDelivery, OutstandingJob
 from syncd.journal.queries import JournalReader
-from syncd.journal.schema import DB_NAME, connect
+from syncd.journal.schema import BUSY_TIMEOUT, DB_NAME, connect
 from syncd.journal.writer import Writer
 
 __all__ = ["DueDelivery", "OutstandingJob", "Store"]
@@ -50,9 +50,10 @@ class Store(Deliveries, JournalReader):
         Writer.__init__(self, conn, path)
 
     @classmethod
-    def open(cls, state_dir: Path) -> "Store":
-        """Open (create, migrate) the journal in ``state_dir`` read-write."""
-        return cls(connect(state_dir), state_dir / DB_NAME)
+    def open(cls, state_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> "Store":
+        """Open (create, migrate) the journal in ``state_dir`` read-write; ``busy_timeout``:
+        see ``schema.connect``."""
+        return cls(connect(state_dir, busy_timeout=busy_timeout), state_dir / DB_NAME)
 
     # -- rescans (syncd.scan) ----------------------------------------------------------------
     def save_dir_digests(self, folder: str, entries: list[tuple[str, str, str, int]]) -> None:
