@@ -3,7 +3,9 @@ exit codes here only.
 
 Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error
 (including ``syncd init`` refusing to overwrite a configuration, an unknown user or group);
-3 local problem (state directory locked or unwritable, disk full, a directory that cannot be made).
+3 local problem (state directory locked or unwritable, disk full, a directory that cannot be made);
+4 the journal was deleted, replaced, truncated or is damaged (``JournalLost``: the message says
+how to go on; the unit does not restart on it).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from pathlib import Path
 
 from syncd import __version__
 from syncd.config import Config, default_config_path, load_config
-from syncd.errors import ConfigError, LocalError, SyncdError
+from syncd.errors import ConfigError, JournalLost, LocalError, SyncdError
 
 log = logging.getLogger("syncd")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCAL = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCAL, EXIT_JOURNAL_LOST = 0, 1, 2, 3, 4
 
 
 def _config(args) -> Config:
@@ -77,6 +79,7 @@ def cmd_status(args) -> int:
 def cmd_check(args) -> int:
     from syncd.daemon import build_targets
     from syncd.journal.inspect import inspect_journal
+    from syncd.journal.store import Store
 
     config = _config(args)
     print(f"configuration {config.config_path}: ok")
@@ -95,12 +98,22 @@ def cmd_check(args) -> int:
         print(f"state directory {state_dir}: NOT writable: {exc.strerror}; "
               "fix its permissions or set [daemon] state_dir")
     journal = inspect_journal(state_dir)
-    if not journal.exists:
-        print(f"journal {journal.path}: none yet (made at the first start)")
-    elif journal.problems:
+    try:
+        Store.check_state_dir(state_dir)
+        lost = None
+    except JournalLost as exc:
+        lost = exc
+    if lost is not None:
+        ok = False
+        print(f"journal: LOST: {lost}")
+    if journal.exists and journal.problems:
         ok = False
         for problem in journal.problems:
             print(f"journal {journal.path}: {problem}")
+    elif lost is not None:
+        pass
+    elif not journal.exists:
+        print(f"journal {journal.path}: none yet (made at the first start)")
     else:
         counts = ", ".join(f"{n} {name}" for name, n in journal.rows.items())
         print(f"journal {journal.path}: ok (schema {journal.version}; {counts})")
@@ -239,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     except LocalError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_LOCAL
+    except JournalLost as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_JOURNAL_LOST
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from syncd import limits, metrics
 from syncd.config import Config
 from syncd.dispatch import Dispatcher
-from syncd.errors import LocalError
+from syncd.errors import JournalLost, LocalError
 from syncd.folders import Folders
 from syncd.health import Health
 from syncd.inbox import Inbox
 from syncd.items.content import ContentCache
-from syncd.journal.schema import DB_NAME, StateLock
+from syncd.journal.schema import DB_NAME, StateLock, translated
 from syncd.journal.store import Store
 from syncd.labels.validate import read_options
 from syncd.lockwait import JournalWait
@@ -85,6 +85,8 @@ class Daemon:
                                      stopping=self.stop_event.is_set)
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
         self.journal_wait = JournalWait(self.cfg.state_dir / DB_NAME, self.stop_event.is_set)
+        self.journal_file = None  # the journal file as opened (syncd.journal.guard.JournalFile)
+        self.journal_lost: JournalLost | None = None  # why the journal was abandoned: nothing more is written
         self.local_retry_at = 0.0
         self._presence_at = float("-inf")
         self.metrics = Metrics(config.metrics)
@@ -122,13 +124,16 @@ class Daemon:
     def open(self, now: float) -> None:
         """Lock the state dir, open the journal, recover, start workers and watches, scan."""
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        Store.check_state_dir(self.cfg.state_dir)  # before the lock file exists on a first start
         self.lock.acquire()
-        self.store = Store.open(self.cfg.state_dir, busy_timeout=LOCK_SLICE)
+        self.store = Store.open(self.cfg.state_dir, busy_timeout=LOCK_SLICE, check=False)
         self.store.waiter = self.journal_wait
+        self.journal_file = self.store.file()
         for part in (self.settler, self.dispatcher, self.health):
             part.store = self.store
         limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, self.cfg.bandwidth_limit)
-        recovered = self.store.recover(now, job_targets=[n for n, t in self.targets.items() if t.has_jobs])
+        with translated(self.store.path):
+            recovered = self.store.recover(now, job_targets=[n for n, t in self.targets.items() if t.has_jobs])
         if recovered:
             log.info("recovering %d deliveries whose outcome is unknown after a restart", recovered)
         self.dispatcher.start(now)
@@ -147,10 +152,13 @@ class Daemon:
         self.metrics.stop()
         deadline = time.monotonic() + (self.cfg.shutdown_seconds if wait_seconds is None else wait_seconds)
         try:
-            while self.store is not None and self.dispatcher.tasks_out() and time.monotonic() < deadline:
+            while (self.store is not None and self.journal_lost is None and self.dispatcher.tasks_out()
+                   and time.monotonic() < deadline):
                 self._collect(time.time(), block=0.1)
         except LocalError as exc:
             log.error("cannot record the last outcomes: %s", exc)
+        except JournalLost:
+            pass  # said by whoever stops on it
         held = sum(len(job.items) for jobs in self.dispatcher.jobs.jobs.values() for job in jobs.values())
         if len(self.in_flight) > held:
             log.warning("%d deliveries still in flight at shutdown; they are re-checked at the next start",
@@ -161,7 +169,7 @@ class Daemon:
         self.settler.close()
         for target in self.targets.values():
             target.close()
-        if self.store:
+        if self.store and self.journal_lost is None:
             self.store.close()
         self.lock.release()
 
@@ -177,6 +185,7 @@ class Daemon:
         if self.local_error is not None and 0 < self.local_retry_at - now <= LOCAL_RETRY_SECONDS:
             return
         try:
+            self._check_journal()
             self._in_transaction(now, self._pass)
         except LocalError as exc:
             if self.stop_event.is_set():
@@ -202,15 +211,32 @@ class Daemon:
         assert self.store is not None
         saved = self.dispatcher.begin(), self.health.snapshot()
         try:
-            with self.store.transaction():
+            with translated(self.store.path), self.store.transaction():
                 work(now)
                 self.health.record_rates()
-        except LocalError:
+        except (LocalError, JournalLost) as exc:
             self.dispatcher.rolled_back(saved[0])
             self.health.restore(saved[1])
             self.settler.forget()
+            if isinstance(exc, JournalLost):
+                self._abandon(exc)
             raise
         self.dispatcher.committed()
+
+    def _check_journal(self) -> None:
+        """Before a pass: the journal file is still the one opened (one stat), else stop."""
+        if self.journal_file is not None:
+            try:
+                self.journal_file.check()
+            except JournalLost as exc:
+                self._abandon(exc)
+
+    def _abandon(self, exc: JournalLost) -> None:
+        """Write nothing more to a journal that was lost (``Store.abandon``); raise why."""
+        assert self.store is not None
+        if self.journal_lost is None:
+            self.journal_lost = self.store.abandon(exc)
+        raise self.journal_lost from None
 
     def _pass(self, now: float) -> None:
         events = self.watcher.drain()
@@ -241,9 +267,7 @@ class Daemon:
 
     def scan(self, now: float) -> None:
         """Full rescan of every folder: the truth behind the event hints."""
-        assert self.store is not None
-        with self.store.transaction():
-            self.settler.scan(now)
+        self._in_transaction(now, self.settler.scan)
 
     def next_deadline(self, now: float) -> float:
         """When the next pass is due if nothing wakes the coordinator before."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from syncd import sdnotify
 from syncd.config import Config
 from syncd.daemon import Daemon
+from syncd.journal.schema import translated
 
 log = logging.getLogger("syncd")
 
@@ -134,22 +135,23 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
     daemon.open(start)
     last_progress = 0.0
     try:
-        while not daemon.stop_event.is_set():
-            daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
-            now = time.time()
-            daemon.tick(now)
-            # The count is only needed once nothing is settling or in flight (it is a query
-            # per pass otherwise). A running check may still pause a target: wait for it.
-            if not daemon.checking and not daemon.busy() and not _waiting(daemon):
-                break
-            if now - start > max_wait:
-                log.warning("giving up waiting after %.0fs", max_wait)
-                break
-            if progress and now - last_progress >= 2:
-                progress(daemon)
-                last_progress = now
-            _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
-        return _once_result(daemon)
+        with translated(daemon.store.path):  # the reads between passes and of the result
+            while not daemon.stop_event.is_set():
+                daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
+                now = time.time()
+                daemon.tick(now)
+                # The count is only needed once nothing is settling or in flight (it is a query
+                # per pass otherwise). A running check may still pause a target: wait for it.
+                if not daemon.checking and not daemon.busy() and not _waiting(daemon):
+                    break
+                if now - start > max_wait:
+                    log.warning("giving up waiting after %.0fs", max_wait)
+                    break
+                if progress and now - last_progress >= 2:
+                    progress(daemon)
+                    last_progress = now
+                _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
+            return _once_result(daemon)
     finally:
         daemon.close(wait_seconds=0)
 

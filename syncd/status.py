@@ -12,7 +12,7 @@ from typing import Any
 from syncd.config import Config
 from syncd.journal.guard import write_lock_holder
 from syncd.journal.queries import JournalReader
-from syncd.journal.schema import DB_NAME, LOCK_NAME
+from syncd.journal.schema import DB_NAME, LOCK_NAME, translated
 
 MAX_FAILED_LISTED = 50
 
@@ -22,58 +22,64 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
     now = time.time() if now is None else now
     journal = JournalReader.open_readonly(config.daemon.state_dir)
     try:
-        folders = []
-        for folder in config.folders:
-            name = str(folder.path)
-            item_states = journal.item_counts(name)
-            per_target = []
-            alone = journal.only_folder(name)
-            for target in folder.targets:
-                counts = journal.delivery_counts(name, target, alone)
-                oldest = journal.oldest_pending(name, target)
-                per_target.append(
-                    {
-                        "target": target,
-                        "delivered": counts.get("acked", 0),
-                        "pending": counts.get("pending", 0) + counts.get("in_flight", 0),
-                        "in_flight": counts.get("in_flight", 0),
-                        "failed": counts.get("failed", 0),
-                        "oldest_pending_seconds": None if oldest is None else round(now - oldest, 1),
-                        "failed_items": [{"key": key, "reason": reason}
-                                         for key, reason in journal.failed_deliveries(name, target, failed_limit)],
-                        "not_representable": [{"key": key, "note": note}
-                                              for key, note in journal.delivery_notes(name, target, failed_limit)],
-                    }
-                )
-            folders.append(
-                {
-                    "folder": name,
-                    "labels_failed": [{"key": key, "reason": error}
-                                      for key, error in journal.label_failures(name, failed_limit)],
-                    "items": sum(n for s, n in item_states.items() if s not in ("gone",)),
-                    "settling": item_states.get("settling", 0),
-                    "deleted_after_upload": item_states.get("deleted", 0),
-                    "not_settling": [{"key": key, "note": error}
-                                     for key, error in journal.slow_settling(name, failed_limit)],
-                    "targets": per_target,
-                }
-            )
-        targets = []
-        for name, settings in config.target_settings.items():
-            paused, last_success, last_error, last_error_at = journal.target_health(name)
-            targets.append(
-                {
-                    "target": name,
-                    "platform": settings.platform,
-                    "paused": paused,
-                    "last_success": _iso(last_success),
-                    "last_error": last_error,
-                    "last_error_at": _iso(last_error_at),
-                }
-            )
-        return {"generated_at": _iso(now), "journal": _journal(config), "folders": folders, "targets": targets}
+        with translated(config.daemon.state_dir / DB_NAME):  # damaged, or a lock held past the timeout
+            return _collect(config, journal, now, failed_limit)
     finally:
         journal.close()
+
+
+def _collect(config: Config, journal: JournalReader, now: float, failed_limit: int) -> dict[str, Any]:
+    """The status from an open journal (``collect``)."""
+    folders = []
+    for folder in config.folders:
+        name = str(folder.path)
+        item_states = journal.item_counts(name)
+        per_target = []
+        alone = journal.only_folder(name)
+        for target in folder.targets:
+            counts = journal.delivery_counts(name, target, alone)
+            oldest = journal.oldest_pending(name, target)
+            per_target.append(
+                {
+                    "target": target,
+                    "delivered": counts.get("acked", 0),
+                    "pending": counts.get("pending", 0) + counts.get("in_flight", 0),
+                    "in_flight": counts.get("in_flight", 0),
+                    "failed": counts.get("failed", 0),
+                    "oldest_pending_seconds": None if oldest is None else round(now - oldest, 1),
+                    "failed_items": [{"key": key, "reason": reason}
+                                     for key, reason in journal.failed_deliveries(name, target, failed_limit)],
+                    "not_representable": [{"key": key, "note": note}
+                                          for key, note in journal.delivery_notes(name, target, failed_limit)],
+                }
+            )
+        folders.append(
+            {
+                "folder": name,
+                "labels_failed": [{"key": key, "reason": error}
+                                  for key, error in journal.label_failures(name, failed_limit)],
+                "items": sum(n for s, n in item_states.items() if s not in ("gone",)),
+                "settling": item_states.get("settling", 0),
+                "deleted_after_upload": item_states.get("deleted", 0),
+                "not_settling": [{"key": key, "note": error}
+                                 for key, error in journal.slow_settling(name, failed_limit)],
+                "targets": per_target,
+            }
+        )
+    targets = []
+    for name, settings in config.target_settings.items():
+        paused, last_success, last_error, last_error_at = journal.target_health(name)
+        targets.append(
+            {
+                "target": name,
+                "platform": settings.platform,
+                "paused": paused,
+                "last_success": _iso(last_success),
+                "last_error": last_error,
+                "last_error_at": _iso(last_error_at),
+            }
+        )
+    return {"generated_at": _iso(now), "journal": _journal(config), "folders": folders, "targets": targets}
 
 
 def _journal(config: Config) -> dict[str, Any]:

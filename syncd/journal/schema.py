@@ -18,13 +18,15 @@ sqlite-utils is not used here, with the measurements.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-from syncd.errors import JournalBusy, LocalError
+from syncd.errors import JournalBusy, JournalLost, LocalError, SyncdError
 from syncd.journal import guard
 
 DB_NAME = "syncd.db"
@@ -169,9 +171,10 @@ def connect(state_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.C
     ``BEGIN IMMEDIATE ... COMMIT`` (see ``Store``). ``busy_timeout``: how long one statement
     waits for another process's write lock before "database is locked" (the daemon waits in
     short slices: syncd.journal.writer). Raises ``LocalError`` with the fix when the state
-    directory or its disk cannot be used.
+    directory or its disk cannot be used, ``JournalLost`` when the file is not a journal.
     """
     path = state_dir / DB_NAME
+    new = not path.exists()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -182,36 +185,84 @@ def connect(state_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.C
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with conn:
                 conn.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
-    except sqlite3.OperationalError as exc:
-        raise local_error(exc, path) from None
+    except sqlite3.DatabaseError as exc:
+        _forget_if_empty(path, new)
+        raise local_error(exc, path) if failure(exc) else exc from None
     except OSError as exc:
+        _forget_if_empty(path, new)
         raise LocalError(
             f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
     return conn
 
 
+def _forget_if_empty(path: Path, new: bool) -> None:
+    """A journal this opening made and could not write (disk full) is removed: left empty, the
+    next start would take it for a journal that was truncated (syncd.journal.guard)."""
+    try:
+        if new and path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
+
+
+READ_TIMEOUT = 5.0  # seconds `syncd status` waits for a lock (readers wait only for a WAL recovery)
+
+
 def connect_readonly(state_dir: Path) -> sqlite3.Connection:
     """A read-only connection to the journal (``syncd status``); ``LocalError`` when there is
-    no journal yet. A journal from an older syncd (its daemon not restarted since the
-    upgrade) is migrated first, so the queries find the tables and indexes they expect."""
+    no journal yet, ``JournalLost`` when it was lost or is damaged. A journal from an older
+    syncd (its daemon not restarted since the upgrade) is migrated first, so the queries find
+    the tables and indexes they expect. Never waits long: a lock held elsewhere is an error
+    that names its holder."""
     path = state_dir / DB_NAME
+    guard.check_before_open(state_dir, DB_NAME, LOCK_NAME)
     if not path.exists():
         raise LocalError(f"no journal at {path}: has syncd run with this configuration yet?")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        conn.close()
-        connect(state_dir).close()
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=READ_TIMEOUT)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.close()  # every journal syncd made has its tables: this file lost them
+            raise JournalLost(f"the journal {path} has no tables: it is empty or damaged. "
+                              + guard.ADVICE.format(dir=state_dir))
+        if version < SCHEMA_VERSION:
+            conn.close()
+            connect(state_dir, busy_timeout=READ_TIMEOUT).close()
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=READ_TIMEOUT)
+    except sqlite3.DatabaseError as exc:
+        raise local_error(exc, path) if failure(exc) else exc from None
     return conn
 
 
-def local_error(exc: sqlite3.Error, path: Path) -> LocalError:
-    """The ``LocalError`` (what happened, what to do) for an SQLite error on the journal."""
+@contextlib.contextmanager
+def translated(path: Path) -> Iterator[None]:
+    """Raise SQLite's errors about the journal file met inside (reads, mostly: the writes are
+    translated by syncd.journal.writer) as what they mean (``local_error``)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if not failure(exc):
+            raise
+        raise local_error(exc, path) from None
+
+
+def failure(exc: sqlite3.Error) -> bool:
+    """The error is about the journal's file or its disk (not a bug in a statement: a
+    constraint, a misuse), so ``local_error`` says what it means."""
+    return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
+
+
+def local_error(exc: sqlite3.Error, path: Path) -> SyncdError:
+    """What an SQLite error on the journal means for the user, as the error to raise:
+    ``JournalBusy`` (another process's transaction, named), ``JournalLost`` (the file is
+    damaged or not a journal) or ``LocalError`` (disk full, read-only, permissions)."""
     text = str(exc)
     if "database is locked" in text:
         holder = guard.write_lock_holder(path) or "another process"
         return JournalBusy(f"the journal {path} is locked by {holder}, which keeps a write transaction open: "
                            "end it (COMMIT, or quit that sqlite3 shell) and try again")
+    if "malformed" in text or "not a database" in text:
+        return JournalLost(f"the journal {path} is damaged ({text}). " + guard.ADVICE.format(dir=path.parent))
     if "full" in text:
         return LocalError(f"the disk holding {path} is full: free some space (syncd resumes by itself)")
     if "readonly" in text or "unable to open" in text:

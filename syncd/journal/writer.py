@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from syncd.errors import LocalError
-from syncd.journal.schema import local_error
+from syncd.errors import SyncdError
+from syncd.journal.schema import failure, local_error
 
 
 class LockWaiter(Protocol):
@@ -42,7 +42,7 @@ class Writer:
         self.waiter: LockWaiter | None = None
         self._grouped = False  # inside transaction()
         self._begun = False  # ... and its BEGIN was issued
-        self._broken: LocalError | None = None  # a write of this transaction failed
+        self._broken: SyncdError | None = None  # a write of this transaction failed
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -64,8 +64,8 @@ class Writer:
             if self._begun:
                 try:
                     self.conn.execute("COMMIT")
-                except sqlite3.OperationalError as exc:
-                    raise local_error(exc, self.path) from None
+                except sqlite3.DatabaseError as exc:
+                    raise local_error(exc, self.path) if failure(exc) else exc from None
         except BaseException:
             self._rollback()
             raise
@@ -91,7 +91,9 @@ class Writer:
                 self._begin()
                 self._begun = True
             return self.conn.execute(sql, args)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
+            if not failure(exc):
+                raise
             self._broken = local_error(exc, self.path)
             raise self._broken from None
 
@@ -136,5 +138,5 @@ class Writer:
             except BaseException:
                 self._rollback()
                 raise
-        except sqlite3.OperationalError as exc:
-            raise local_error(exc, self.path) from None
+        except sqlite3.DatabaseError as exc:
+            raise local_error(exc, self.path) if failure(exc) else exc from None
