@@ -123,7 +123,11 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self, now: float) -> None:
         """Lock the state dir, open the journal, recover, start workers and watches, scan."""
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, read-only or not ours: exit 3, one line
+            raise LocalError(f"cannot create the state directory {self.cfg.state_dir}: {exc.strerror}; create it "
+                             "writable by the user syncd runs as, or set [daemon] state_dir") from None
         Store.check_state_dir(self.cfg.state_dir)  # before the lock file exists on a first start
         self.lock.acquire()
         self.store = Store.open(self.cfg.state_dir, busy_timeout=LOCK_SLICE, check=False)
@@ -273,7 +277,7 @@ class Daemon:
         """When the next pass is due if nothing wakes the coordinator before."""
         times = [self.settler.next_rescan]
         for deadline in (self.settler.next_deadline(), self.dispatcher.next_deadline(now),
-                         self.health.next_deadline()):
+                         self.health.next_deadline(now)):
             if deadline is not None:
                 times.append(deadline)
         if self.metrics.enabled:
@@ -288,8 +292,9 @@ class Daemon:
     def metrics_text(self, now: float) -> str:
         assert self.store is not None
         in_flight = Counter(target for _, target in self.in_flight)
+        throttles = Counter({name: c.throttles for name in self.targets if (c := limits.controller(name))})
         return metrics.render(self.store, targets=list(self.targets), paused=set(self.paused),
-                              in_flight=in_flight, attempts=self.attempts, now=now)
+                              in_flight=in_flight, attempts=self.attempts, now=now, throttles=throttles)
 
     def pending_total(self) -> int:
         """Deliveries pending or in flight plus items settling (the systemd STATUS line)."""

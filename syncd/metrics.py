@@ -8,6 +8,7 @@ atomically.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections import Counter
@@ -31,7 +32,7 @@ def _escape(value: str) -> str:
 
 
 def render(store: JournalReader, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter,
-           now: float) -> str:
+           now: float, throttles: Counter | None = None) -> str:
     """The metrics text for the journal ``store`` plus the coordinator's in-memory counters."""
     lines = [
         "# HELP syncd_build_info syncd version.",
@@ -64,6 +65,18 @@ def render(store: JournalReader, *, targets: list[str], paused: set[str], in_fli
     lines += [f"syncd_target_last_success_timestamp_seconds{_labels(target=t)} {success.get(t) or 0}" for t in targets]
     lines += ["# HELP syncd_in_flight Deliveries currently on the wire.", "# TYPE syncd_in_flight gauge"]
     lines += [f"syncd_in_flight{_labels(target=t)} {in_flight.get(t, 0)}" for t in targets]
+    rates = store.target_rates()
+    lines += ["# HELP syncd_target_rate Requests per second the target is held to now (+Inf: unlimited); "
+              "syncd status says why.",
+              "# TYPE syncd_target_rate gauge"]
+    for target in targets:
+        rate = rates.get(target, (None, None))[0]
+        lines.append(f"syncd_target_rate{_labels(target=target)} {'+Inf' if rate is None else rate}")
+    lines += ["# HELP syncd_target_throttled_total Requests the platform refused as over its rate limit (429, "
+              "503 with Retry-After) since start.",
+              "# TYPE syncd_target_throttled_total counter"]
+    lines += [f"syncd_target_throttled_total{_labels(target=t)} {(throttles or Counter()).get(t, 0)}"
+              for t in targets]
     settling = store.settling_count()
     lines += ["# HELP syncd_items_settling Items waiting for their files to be complete.",
               "# TYPE syncd_items_settling gauge", f"syncd_items_settling {settling}"]
@@ -104,7 +117,15 @@ class Metrics:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        except OSError as exc:  # in use, an address not on this machine, a port below 1024
+            # Metrics never stop deliveries: say why there are none and go on.
+            reason = exc.strerror or str(exc)
+            hint = " (another syncd or exporter?)" if exc.errno == errno.EADDRINUSE else ""
+            log.error("cannot serve metrics on %s: %s%s; deliveries go on without /metrics: free the port or "
+                      "change [metrics] listen, then restart", self.settings.listen, reason, hint)
+            return
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
         log.info("serving metrics on http://%s/metrics", self.settings.listen)

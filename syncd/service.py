@@ -1,12 +1,12 @@
 """The two ways to drive the Daemon: the service loop (``syncd run``) and ``syncd once``.
 
-Signal handlers only set flags. SIGTERM/SIGINT: stop taking new work, let in-flight
-deliveries finish for up to ``shutdown_seconds`` (what is still in flight then is recovered
-at the next start), exit 0. READY=1 is sent to systemd only after the watches are
-installed and the first scan is done; WATCHDOG=1 from a loop pass that completed, or while
-the journal's write lock is held by another process (syncd.lockwait: the loop is alive,
-waiting, and killing it would not free the lock). A stuck loop sends nothing, and systemd's
-watchdog stops it.
+Signal handlers only set flags. SIGTERM/SIGINT/SIGHUP (a closed terminal): stop taking new
+work, let in-flight deliveries finish for up to ``shutdown_seconds`` (what is still in flight
+then is recovered at the next start); ``run`` exits 0, ``once`` reports what it did and exits
+130 (interrupted). READY=1 is sent to systemd only after the watches are installed and the
+first scan is done; WATCHDOG=1 from a loop pass that completed, or while the journal's write
+lock is held by another process (syncd.lockwait: the loop is alive, waiting, and killing it
+would not free the lock). A stuck loop sends nothing, and systemd's watchdog stops it.
 
 No polling: between passes both loops sleep until the coordinator is woken (a file event,
 a worker's report, a check, a signal) or until its next deadline (``Daemon.next_deadline``:
@@ -40,13 +40,22 @@ def _sleep(daemon: Daemon, now: float, *also: float) -> None:
         daemon.wake.wait(delay)
 
 
-def _install_signals(daemon: Daemon) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _install_signals(daemon: Daemon) -> list[int]:
+    """Make the stop signals set the daemon's stop flag; returns the list the signals
+    received are appended to (``once`` tells an interrupted run by it)."""
+    received: list[int] = []
+
     def stop(signum, _frame):
+        received.append(signum)
         daemon.stop_event.set()
         daemon.wake.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+    return received
 
 
 class _Systemd:
@@ -116,9 +125,12 @@ class OnceResult:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, target, reason)
     pending: list[tuple[str, str, str]] = field(default_factory=list)
     paused: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # a stop signal (Ctrl-C, SIGTERM, SIGHUP) ended it early
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
         return 0 if not (self.failed or self.pending or self.paused) else 1
 
 
@@ -129,7 +141,7 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
     a paused target (bad credentials, unknown dataset) ends the wait at once.
     """
     daemon = Daemon(config, watch=False)
-    _install_signals(daemon)
+    received = _install_signals(daemon)
     start = time.time()
     daemon.journal_wait.give_up_at = time.monotonic() + max_wait
     daemon.open(start)
@@ -151,7 +163,9 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
                     progress(daemon)
                     last_progress = now
                 _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
-            return _once_result(daemon)
+            result = _once_result(daemon)
+            result.interrupted = bool(received)
+            return result
     finally:
         daemon.close(wait_seconds=0)
 

@@ -148,7 +148,7 @@ def check_before_open(state_dir: Path, db_name: str, lock_name: str) -> None:
     except FileNotFoundError:
         if not used and not wal_size:
             return  # syncd never ran here (or the directory was moved aside): a new journal
-        what = "is missing"
+        what = "is missing, though syncd has used this state directory before"
     except OSError:
         return  # the opening reports it
     else:
@@ -156,9 +156,9 @@ def check_before_open(state_dir: Path, db_name: str, lock_name: str) -> None:
             return  # made by a first start that failed before writing anything
         if size and _whole(db, size, exact=not wal_size):
             return
-        what = "is empty" if size == 0 else "is truncated or not a journal"
-    raise JournalLost(f"the journal {db} {what}, though syncd has used this state directory before. "
-                      + ADVICE.format(dir=state_dir), kind="missing")
+        what = ("is empty, though syncd has used this state directory before" if size == 0
+                else "is damaged or not a syncd journal (cut short, or no SQLite header)")
+    raise JournalLost(f"the journal {db} {what}. " + ADVICE.format(dir=state_dir), kind="missing")
 
 
 def abandon(conn: sqlite3.Connection, db: Path, lost: JournalLost) -> JournalLost:

@@ -223,7 +223,7 @@ def connect_readonly(state_dir: Path) -> sqlite3.Connection:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             conn.close()  # every journal syncd made has its tables: this file lost them
-            raise JournalLost(f"the journal {path} has no tables: it is empty or damaged. "
+            raise JournalLost(f"the journal {path} is damaged or not a syncd journal (it has no tables). "
                               + guard.ADVICE.format(dir=state_dir))
         if version < SCHEMA_VERSION:
             conn.close()
@@ -262,7 +262,8 @@ def local_error(exc: sqlite3.Error, path: Path) -> SyncdError:
         return JournalBusy(f"the journal {path} is locked by {holder}, which keeps a write transaction open: "
                            "end it (COMMIT, or quit that sqlite3 shell) and try again")
     if "malformed" in text or "not a database" in text:
-        return JournalLost(f"the journal {path} is damaged ({text}). " + guard.ADVICE.format(dir=path.parent))
+        return JournalLost(f"the journal {path} is damaged or not a syncd journal ({text}). "
+                           + guard.ADVICE.format(dir=path.parent))
     if "full" in text:
         return LocalError(f"the disk holding {path} is full: free some space (syncd resumes by itself)")
     if "readonly" in text or "unable to open" in text:

@@ -139,7 +139,7 @@ def test_a_truncated_journal_is_refused_and_left_alone(tmp_path, size):
     assert before > 4096
     os.truncate(db, size)
     write_item(tmp_path / "inbox", "after", metadata={})
-    what = "is empty" if size == 0 else "is truncated or not a journal"
+    what = "is empty" if size == 0 else "is damaged or not a syncd journal"
     refused_at_start(config, tmp_path, expect=f"the journal {db} {what}")
     assert db.stat().st_size == size  # no migration wrote a new journal into it
     assert delivered(tmp_path) == ["a"]
@@ -155,5 +155,6 @@ def test_a_damaged_journal_is_an_error_not_a_traceback(tmp_path):
     for command in (("status",), ("run",), ("once",)):
         result = run_cli(*command, "--config", str(config), timeout=60)
         assert result.returncode == 4, (command, result.stdout, result.stderr)
-        assert f"the journal {db} is damaged" in result.stderr and "Traceback" not in result.stderr
+        assert f"the journal {db} is damaged or not a syncd journal" in result.stderr
+        assert "Traceback" not in result.stderr
     assert delivered(tmp_path) == ["a"]
