@@ -174,8 +174,7 @@ def cmd_retry(args) -> int:
             changed = store.requeue(None if args.failed else args.keys, time.time())
     finally:
         store.close()
-    print(f"requeued {changed} failed deliveries/items; a running daemon picks them up within its next pass"
-          " (invalid items at its next rescan)")
+    print(f"requeued {changed} failed deliveries/items; a running daemon picks them up at its next pass")
     return EXIT_OK
 
 

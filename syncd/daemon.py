@@ -253,6 +253,9 @@ class Daemon:
             self.settler.hint(Path(path), now)
         if self.watch:
             self.watcher.supervise()
+        if self.store.changed_elsewhere():  # `syncd retry`: what it requeued goes now, not at a rescan
+            self.settler.follow_requeued(now)
+            self.dispatcher.next_due.clear()
         if self.settler.rescan_due(now):
             self.settler.scan(now)
         self.settler.settle(now)

@@ -120,8 +120,9 @@ class Scan:
         digest.update(joined.encode())
         # One column at a time: list comprehensions over the stat results are the cheapest
         # way through 100,000 files (this loop is most of a rescan's Python time).
+        # The ctime: a chmod or chown alone may make an invalid item readable.
         for column in ([st.st_size for st in stats], [st.st_mtime_ns for st in stats], [st.st_ino for st in stats],
-                       [st.st_mode for st in stats]):
+                       [st.st_mode for st in stats], [st.st_ctime_ns for st in stats]):
             try:
                 digest.update(array("q", column).tobytes())
             except OverflowError:  # an inode number beyond 2**63 (some network filesystems)
@@ -189,9 +190,14 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
         if parts is not None:
             key = printable(base + stem)
             row = known.get(key)
-            if row is not None and row[1] == "|".join(parts) and row[2] in SETTLED and key not in settling_keys:
-                accepted.add(key)
-                continue
+            if row is not None and row[2] in SETTLED and key not in settling_keys:
+                sig = "|".join(parts)
+                if row[2] == "invalid":  # recorded with the files' ctimes (items.content.invalid_signature)
+                    sig += "#" + ",".join("-" if e is None else str(e.stat().st_ctime_ns)
+                                          for e in (image, sidecar, mask))
+                if row[1] == sig:
+                    accepted.add(key)
+                    continue
         rest += [e.name for e in (image, sidecar, mask) if e is not None] + clash
     return rest, accepted
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from syncd.config import DaemonSettings
 from syncd.errors import ItemError
 from syncd.folders import Folder, Folders
-from syncd.items.content import ContentCache, ItemContent, read_item, stat_signature
+from syncd.items.content import ContentCache, ItemContent, invalid_signature, read_item, stat_signature
 from syncd.items.convention import ItemFiles, printable, probe_item, relative_path, role_of
 from syncd.journal.store import Store
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
@@ -119,6 +119,19 @@ class Settler:
             if item_id not in self.settling:
                 self._vanished(folder, key, item_id, now)
 
+    def follow_requeued(self, now: float) -> None:
+        """Another process (``syncd retry``) made items settle again: follow those not followed."""
+        assert self.store is not None
+        for item_id, folder_name, key in self.store.settling_rows():
+            folder = self.folders.named(folder_name)
+            if item_id in self.settling or folder is None or folder.missing:
+                continue
+            files = folder.probe(key)
+            if files is None:
+                self._vanished(folder, key, item_id, now)
+            else:
+                self.observe(folder, files, now, None)
+
     def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
         assert self.store is not None
         image = self.store.item_image(item_id)
@@ -183,8 +196,11 @@ class Settler:
                     current.sig, current.since, current.quiet = sig, now, quiet
                     self._schedule(current, now)
                 return
-            if old_sig == sig and state in ("ready", "invalid"):
+            if state == "ready" and old_sig == sig:
                 return  # unchanged since it was settled: nothing to re-hash
+            if state == "invalid" and old_sig and old_sig.startswith(sig + "#") \
+                    and old_sig == invalid_signature(files, sig):
+                return  # unchanged since it was found invalid, its mode and owner too
         assert self.store is not None
         item_id = self.store.observe(folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask),
                                      sig, now)
@@ -343,7 +359,7 @@ class Settler:
         if isinstance(content, ItemError):
             log.warning("item %s is invalid: %s", entry.files.key, content)
             self.store.invalid(item_id, str(content), folder.targets, now)
-            self.store.record_stat_sig(item_id, entry.sig)
+            self.store.record_stat_sig(item_id, invalid_signature(entry.files, entry.sig))
             return
         label_error = "; ".join(content.label_errors) or None
         if label_error:

@@ -200,11 +200,11 @@ class Store(Deliveries, JournalReader):
             [
                 (
                     "UPDATE deliveries SET state='pending', failed_version=NULL, attempts=0, next_attempt_at=0, "
-                    f"pending_since=?, updated_at=? WHERE state='failed'{where}",
+                    f"error=NULL, pending_since=?, updated_at=? WHERE state='failed'{where}",
                     (now, now, *args),
                 ),
                 (
-                    "UPDATE items SET stat_sig=NULL, state='settling', updated_at=? WHERE state='invalid'"
+                    "UPDATE items SET stat_sig=NULL, state='settling', error=NULL, updated_at=? WHERE state='invalid'"
                     + (f" AND key IN ({','.join('?' * len(keys))})" if keys else ""),
                     (now, *args),
                 ),
