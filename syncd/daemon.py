@@ -41,6 +41,7 @@ from syncd.journal.store import Store
 from syncd.labels.validate import read_options
 from syncd.lockwait import JournalWait
 from syncd.metrics import Metrics
+from syncd.scan import Stopped
 from syncd.settle import Settler
 from syncd.targets import Target, target_class
 from syncd.watcher import FolderWatcher
@@ -80,6 +81,7 @@ class Daemon:
         self.settler = Settler(self.cfg, self.folders, self.targets, self.watcher, self.cache, self.read_options,
                                self.wake, self.rng)
         self.settler.on_gone = self.cache.drop
+        self.settler.stopping = self.stop_event.is_set
         self.dispatcher = Dispatcher(self.cfg, self.targets, self.folders, self.health, self.settler, self.cache,
                                      self.results, read_options=self.read_options, rng=self.rng,
                                      stopping=self.stop_event.is_set)
@@ -147,7 +149,11 @@ class Daemon:
         if self.watch:
             self.watcher.start()
             self.metrics.start()
-        self.scan(now)
+        log.info("scanning %s", ", ".join(str(folder.root) for folder in self.folders))
+        try:
+            self.scan(now)
+        except Stopped:
+            log.info("stopped during the first scan; the next start scans again")
 
     def close(self, *, wait_seconds: float | None = None) -> None:
         """Stop watching, let batches on the wire finish (up to ``shutdown_seconds``), release.
@@ -188,9 +194,12 @@ class Daemon:
         """
         if self.local_error is not None and 0 < self.local_retry_at - now <= LOCAL_RETRY_SECONDS:
             return
+        self.lock.check()  # LocalError out of tick: another syncd took the state directory, this one stops
         try:
             self._check_journal()
             self._in_transaction(now, self._pass)
+        except Stopped:
+            return  # the loop ends: nothing of the pass was kept, the next start scans again
         except LocalError as exc:
             if self.stop_event.is_set():
                 return  # stopping: close() says what could not be recorded
@@ -218,7 +227,7 @@ class Daemon:
             with translated(self.store.path), self.store.transaction():
                 work(now)
                 self.health.record_rates()
-        except (LocalError, JournalLost) as exc:
+        except (LocalError, JournalLost, Stopped) as exc:  # Stopped: SIGTERM during a scan
             self.dispatcher.rolled_back(saved[0])
             self.health.restore(saved[1])
             self.settler.forget()

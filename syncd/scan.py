@@ -41,6 +41,12 @@ from syncd.labels.classmap import find_class_map
 SETTLED = ("ready", "invalid")
 
 
+class Stopped(Exception):
+    """The daemon is stopping (SIGTERM) in the middle of a scan: the scan is abandoned, and
+    its pass rolled back (the next start scans again). A first scan of a large tree would
+    otherwise outlast systemd's stop timeout."""
+
+
 class Scan:
     """One scan of a folder (or of a subtree, ``start``) against the journal.
 
@@ -51,8 +57,9 @@ class Scan:
     """
 
     def __init__(self, store: Store, folder: str, root: Path, rules: IgnoreRules, prefix: str,
-                 settling_keys: set[str] | frozenset[str] = frozenset()):
+                 settling_keys: set[str] | frozenset[str] = frozenset(), stopping=lambda: False):
         self.store = store
+        self.stopping = stopping  # the daemon is stopping: ``Stopped`` at the next directory or item
         self.folder = folder
         self.root = root
         self.rules = rules
@@ -70,6 +77,8 @@ class Scan:
     # -- walking --------------------------------------------------------------------------
     def items(self, start: Path | None = None) -> Iterator[ItemFiles]:
         for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter):
+            if self.stopping():
+                raise Stopped()
             self.yielded.add(files.key)
             yield files
 
@@ -79,6 +88,8 @@ class Scan:
         return (self.prefix.rstrip("/") + "/" if self.prefix else "") + rel
 
     def _filter(self, directory: Path, entries: list[os.DirEntry], export: Export | None) -> list[str]:
+        if self.stopping():
+            raise Stopped()
         base = self._base(directory)
         self.visited.add(base)
         if export is None:

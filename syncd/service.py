@@ -99,9 +99,10 @@ def run_service(config: Config) -> int:
 
     daemon.journal_wait.keepalive = waiting_for_the_journal
     daemon.open(time.time())
-    folders = ", ".join(str(f.root) for f in daemon.folders)
-    log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
-    sdnotify.notify("READY=1\nSTATUS=first scan done")
+    if not daemon.stop_event.is_set():  # else stopped during the first scan: never ready
+        folders = ", ".join(str(f.root) for f in daemon.folders)
+        log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
+        sdnotify.notify("READY=1\nSTATUS=first scan done")
     try:
         while not daemon.stop_event.is_set():
             daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below

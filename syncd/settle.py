@@ -87,6 +87,7 @@ class Settler:
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
+        self.stopping: Callable[[], bool] = lambda: False  # set by the daemon: scans end early (syncd.scan.Stopped)
         self._readers: ThreadPoolExecutor | None = None
 
     # -- scans and hints --------------------------------------------------------------------
@@ -109,7 +110,8 @@ class Settler:
         directories cost one stat per file (see syncd.scan)."""
         assert self.store is not None
         settling_keys = {entry.files.key for entry in self.settling.values() if entry.folder is folder}
-        scan = Scan(self.store, folder.name, folder.root, folder.rules, folder.settings.key_prefix, settling_keys)
+        scan = Scan(self.store, folder.name, folder.root, folder.rules, folder.settings.key_prefix, settling_keys,
+                    stopping=self.stopping)
         for files in scan.items(start):
             self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
         scan.finish()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from pathlib import Path
 
 from syncd.errors import JournalBusy, JournalLost, LocalError, SyncdError
 from syncd.journal import guard
+
+log = logging.getLogger("syncd.journal")
 
 DB_NAME = "syncd.db"
 LOCK_NAME = "syncd.lock"
@@ -139,7 +142,13 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if read_only(self.path.parent):
+                raise LocalError(read_only_message(self.path.parent)) from None
+            raise LocalError(f"cannot open the lock file {self.path}: {exc.strerror}; check permissions of the "
+                             "state directory, or set [daemon] state_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -159,6 +168,35 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def check(self) -> None:
+        """The lock file is still the one locked (one stat and one fstat); deleted or replaced
+        (a cleanup script), a second syncd could take the state directory beside this one:
+        make it again and lock it, or raise ``LocalError`` when another syncd already did."""
+        if self._fd is None:
+            return
+        try:
+            st, mine = os.stat(self.path), os.fstat(self._fd)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # cannot look: the journal's writes say what is wrong
+        old, self._fd = self._fd, None
+        try:
+            self.acquire()
+        except LocalError as exc:
+            os.close(old)
+            raise LocalError(f"the lock file {self.path} was deleted while syncd ran and {exc}; this one stops") \
+                from None
+        except OSError as exc:
+            self._fd = old  # keep the lock held: the state directory cannot be written (read-only, full)
+            log.warning("the lock file %s was deleted and cannot be made again: %s", self.path, exc.strerror)
+            return
+        os.close(old)
+        log.warning("the lock file %s was deleted; made it again (only one syncd may use a state directory)",
+                    self.path)
 
 
 BUSY_TIMEOUT = 10.0  # seconds a command (syncd retry) waits for another process's write transaction
@@ -208,6 +246,13 @@ def _forget_if_empty(path: Path, new: bool) -> None:
 READ_TIMEOUT = 5.0  # seconds `syncd status` waits for a lock (readers wait only for a WAL recovery)
 
 
+def _has_log(path: Path) -> bool:
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except OSError:
+        return False
+
+
 def connect_readonly(state_dir: Path) -> sqlite3.Connection:
     """A read-only connection to the journal (``syncd status``); ``LocalError`` when there is
     no journal yet, ``JournalLost`` when it was lost or is damaged. A journal from an older
@@ -218,8 +263,11 @@ def connect_readonly(state_dir: Path) -> sqlite3.Connection:
     guard.check_before_open(state_dir, DB_NAME, LOCK_NAME)
     if not path.exists():
         raise LocalError(f"no journal at {path}: has syncd run with this configuration yet?")
+    # On a read-only filesystem SQLite cannot make the -shm file a WAL reader needs: with no
+    # log to read either, the file alone is the whole journal and nothing can change it.
+    immutable = "&immutable=1" if read_only(state_dir) and not _has_log(path) else ""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=READ_TIMEOUT)
+        conn = sqlite3.connect(f"file:{path}?mode=ro{immutable}", uri=True, timeout=READ_TIMEOUT)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             conn.close()  # every journal syncd made has its tables: this file lost them
@@ -252,6 +300,19 @@ def failure(exc: sqlite3.Error) -> bool:
     return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
 
 
+def read_only(directory: Path) -> bool:
+    """The filesystem holding ``directory`` is mounted read-only (``ST_RDONLY``)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def read_only_message(directory: Path) -> str:
+    return (f"the filesystem holding {directory} is read-only (after a disk error the kernel may remount it so: "
+            "dmesg says why): make it writable again (mount -o remount,rw); a running syncd goes on by itself")
+
+
 def local_error(exc: sqlite3.Error, path: Path) -> SyncdError:
     """What an SQLite error on the journal means for the user, as the error to raise:
     ``JournalBusy`` (another process's transaction, named), ``JournalLost`` (the file is
@@ -264,6 +325,8 @@ def local_error(exc: sqlite3.Error, path: Path) -> SyncdError:
     if "malformed" in text or "not a database" in text:
         return JournalLost(f"the journal {path} is damaged or not a syncd journal ({text}). "
                            + guard.ADVICE.format(dir=path.parent))
+    if read_only(path.parent):  # "readonly", "disk I/O error", "unable to open": what EROFS becomes
+        return LocalError(read_only_message(path.parent))
     if "full" in text:
         return LocalError(f"the disk holding {path} is full: free some space (syncd resumes by itself)")
     if "readonly" in text or "unable to open" in text:
