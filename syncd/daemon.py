@@ -194,9 +194,9 @@ class Daemon:
         """
         if self.local_error is not None and 0 < self.local_retry_at - now <= LOCAL_RETRY_SECONDS:
             return
+        self._check_journal()  # JournalLost out of tick: the journal file is gone, this one stops
         self.lock.check()  # LocalError out of tick: another syncd took the state directory, this one stops
         try:
-            self._check_journal()
             self._in_transaction(now, self._pass)
         except Stopped:
             return  # the loop ends: nothing of the pass was kept, the next start scans again

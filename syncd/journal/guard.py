@@ -146,6 +146,13 @@ def check_before_open(state_dir: Path, db_name: str, lock_name: str) -> None:
     try:
         size = db.stat().st_size
     except FileNotFoundError:
+        rescued = sorted(state_dir.glob(f"{db_name}.rescued-*"))
+        if rescued:
+            raise JournalLost(f"the journal {db} is missing; syncd saved the last state it knew as {rescued[-1]}: "
+                              f"move that to {db} to go on from there, restore syncd.db from a backup, or move "
+                              f"{state_dir} aside to start with a new journal (every item is then delivered again "
+                              "under its own key)",
+                              kind="missing") from None
         if not used and not wal_size:
             return  # syncd never ran here (or the directory was moved aside): a new journal
         what = "is missing, though syncd has used this state directory before"
@@ -177,10 +184,11 @@ def abandon(conn: sqlite3.Connection, db: Path, lost: JournalLost) -> JournalLos
     if lost.kind in ("deleted", "replaced"):
         rescued = db.with_name(f"{db.name}.rescued-{stamp}")
         try:
+            db.parent.mkdir(parents=True, exist_ok=True)  # the whole state directory may be gone
             conn.execute("VACUUM INTO ?", (str(rescued),))
             kept = (f" Its last state is saved as {rescued}: to go on from there, stop anything using "
                     f"{db.parent} and move it to {db}.")
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):
             pass
     elif lost.kind == "truncated":
         aside = db.with_name(f"{db.name}.truncated-{stamp}")
@@ -193,4 +201,7 @@ def abandon(conn: sqlite3.Connection, db: Path, lost: JournalLost) -> JournalLos
         conn.close()
     except sqlite3.Error:
         pass
-    return JournalLost(f"{lost}.{kept} " + ADVICE.format(dir=db.parent), kind=lost.kind)
+    advice = ADVICE.format(dir=db.parent)
+    if kept:
+        advice = "Or " + advice[0].lower() + advice[1:]
+    return JournalLost(f"{lost}.{kept} {advice}", kind=lost.kind)

@@ -140,6 +140,7 @@ class StateLock:
     def __init__(self, state_dir: Path):
         self.path = state_dir / LOCK_NAME
         self._fd: int | None = None
+        self._warned = False  # the lock file could not be made again (said once)
 
     def acquire(self) -> None:
         try:
@@ -170,9 +171,9 @@ class StateLock:
             self._fd = None
 
     def check(self) -> None:
-        """The lock file is still the one locked (one stat and one fstat); deleted or replaced
-        (a cleanup script), a second syncd could take the state directory beside this one:
-        make it again and lock it, or raise ``LocalError`` when another syncd already did."""
+        """The lock file is still the one locked (one stat and one fstat). Deleted or replaced
+        (a cleanup script), a second syncd could take the state directory beside this one: it
+        is made again and locked; ``LocalError`` when another syncd already took it."""
         if self._fd is None:
             return
         try:
@@ -183,18 +184,24 @@ class StateLock:
             pass
         except OSError:
             return  # cannot look: the journal's writes say what is wrong
-        old, self._fd = self._fd, None
         try:
-            self.acquire()
-        except LocalError as exc:
-            os.close(old)
-            raise LocalError(f"the lock file {self.path} was deleted while syncd ran and {exc}; this one stops") \
-                from None
-        except OSError as exc:
-            self._fd = old  # keep the lock held: the state directory cannot be written (read-only, full)
-            log.warning("the lock file %s was deleted and cannot be made again: %s", self.path, exc.strerror)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # the directory is gone or read-only: keep holding the old lock
+            if not self._warned:
+                log.warning("the lock file %s was deleted and cannot be made again: %s", self.path, exc.strerror)
+                self._warned = True
             return
-        os.close(old)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LocalError(f"the lock file {self.path} was deleted while syncd ran, and another syncd (pid {owner}) "
+                             f"has taken the state directory {self.path.parent} since: this one stops") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.close(self._fd)
+        self._fd, self._warned = fd, False
         log.warning("the lock file %s was deleted; made it again (only one syncd may use a state directory)",
                     self.path)
 

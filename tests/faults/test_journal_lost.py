@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -97,6 +98,21 @@ def test_journal_deleted_while_running_stops_and_is_rescued(tmp_path):
     finally:
         if again.running:
             again.proc.kill()
+    assert delivered(tmp_path) == ["a", "after"]
+
+
+def test_state_directory_removed_while_running(tmp_path):
+    """rm -rf of the whole state directory: the journal is rescued into a new one, and the
+    next start does not begin afresh behind the operator's back."""
+    config, daemon = start_and_deliver(tmp_path, "a")
+    state = tmp_path / "state"
+    shutil.rmtree(state)
+    logs = stops_with_4(daemon, tmp_path)
+    rescued = list(state.glob("syncd.db.rescued-*"))
+    assert len(rescued) == 1 and f"saved as {rescued[0]}" in logs
+    refused_at_start(config, tmp_path, expect=f"syncd saved the last state it knew as {rescued[0]}")
+    os.replace(rescued[0], state / "syncd.db")
+    assert run_cli("once", "--config", str(config), timeout=120).returncode == 0
     assert delivered(tmp_path) == ["a", "after"]
 
 
