@@ -4,8 +4,10 @@ exit codes here only.
 Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error
 (including ``syncd init`` refusing to overwrite a configuration, an unknown user or group);
 3 local problem (state directory locked or unwritable, disk full, a directory that cannot be made);
-130 interrupted (Ctrl-C before the command could stop by itself); 141 the reader of the output
-went away (``syncd status | head -1``), as for any tool killed by SIGPIPE.
+4 the journal was deleted, replaced, truncated or is damaged (``JournalLost``: the message says
+how to go on; the unit does not restart on it); 130 interrupted (Ctrl-C before the command
+could stop by itself); 141 the reader of the output went away (``syncd status | head -1``), as
+for any tool killed by SIGPIPE.
 
 This module imports only the standard library and ``syncd.errors`` at load time, so ``--help``
 is quick and a Ctrl-C while the rest loads is an exit code, not a traceback.
@@ -24,14 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from syncd import __version__
-from syncd.errors import ConfigError, LocalError, SyncdError
+from syncd.errors import ConfigError, JournalLost, LocalError, SyncdError
 
 if TYPE_CHECKING:
     from syncd.config import Config
 
 log = logging.getLogger("syncd")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCAL = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCAL, EXIT_JOURNAL_LOST = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for `yes | head -1`
 
@@ -99,6 +101,7 @@ def cmd_check(args) -> int:
     from syncd.daemon import build_targets
     from syncd.folders import Folders, unreadable_dirs
     from syncd.journal.inspect import inspect_journal
+    from syncd.journal.store import Store
 
     config = _config(args)
     print(f"configuration {config.config_path}: ok")
@@ -117,12 +120,22 @@ def cmd_check(args) -> int:
         print(f"state directory {state_dir}: NOT writable: {exc.strerror}; "
               "fix its permissions or set [daemon] state_dir")
     journal = inspect_journal(state_dir)
-    if not journal.exists:
-        print(f"journal {journal.path}: none yet (made at the first start)")
-    elif journal.problems:
+    try:
+        Store.check_state_dir(state_dir)
+        lost = None
+    except JournalLost as exc:
+        lost = exc
+    if lost is not None:
+        ok = False
+        print(f"journal: LOST: {lost}")
+    if journal.exists and journal.problems:
         ok = False
         for problem in journal.problems:
             print(f"journal {journal.path}: {problem}")
+    elif lost is not None:
+        pass
+    elif not journal.exists:
+        print(f"journal {journal.path}: none yet (made at the first start)")
     else:
         counts = ", ".join(f"{n} {name}" for name, n in journal.rows.items())
         print(f"journal {journal.path}: ok (schema {journal.version}; {counts})")
@@ -169,8 +182,7 @@ def cmd_retry(args) -> int:
             changed = store.requeue(None if args.failed else args.keys, time.time())
     finally:
         store.close()
-    print(f"requeued {changed} failed deliveries/items; a running daemon picks them up within its next pass"
-          " (invalid items at its next rescan)")
+    print(f"requeued {changed} failed deliveries/items; a running daemon picks them up at its next pass")
     return EXIT_OK
 
 
@@ -277,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except LocalError as exc:
         _say(f"syncd: {exc}")
         return EXIT_LOCAL
+    except JournalLost as exc:
+        _say(f"syncd: {exc}")
+        return EXIT_JOURNAL_LOST
     except KeyboardInterrupt:
         _say("syncd: interrupted")
         return EXIT_INTERRUPTED
@@ -285,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except sqlite3.DatabaseError as exc:  # the journal is the only database: damaged under us
         _say(f"syncd: the journal cannot be read ({exc}): syncd check says more")
-        return EXIT_LOCAL
+        return EXIT_JOURNAL_LOST if type(exc) is sqlite3.DatabaseError else EXIT_LOCAL
 
 
 def _standard_fds() -> None:

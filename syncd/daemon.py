@@ -31,15 +31,17 @@ from pathlib import Path
 from syncd import limits, metrics
 from syncd.config import Config
 from syncd.dispatch import Dispatcher
-from syncd.errors import LocalError
+from syncd.errors import JournalLost, LocalError
 from syncd.folders import Folders
 from syncd.health import Health
 from syncd.inbox import Inbox
 from syncd.items.content import ContentCache
-from syncd.journal.schema import StateLock
+from syncd.journal.schema import DB_NAME, StateLock, translated
 from syncd.journal.store import Store
 from syncd.labels.validate import read_options
+from syncd.lockwait import JournalWait
 from syncd.metrics import Metrics
+from syncd.scan import Stopped
 from syncd.settle import Settler
 from syncd.targets import Target, target_class
 from syncd.watcher import FolderWatcher
@@ -49,6 +51,7 @@ log = logging.getLogger("syncd.daemon")
 LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
 CACHE_BYTES = 16 << 20  # settled content kept for the workers (read once); small: RSS < 80 MB at 100k items
 PRESENCE_EVERY = 0.5  # seconds between looks at the folders' presence when nothing else asks
+LOCK_SLICE = 0.5  # seconds of waiting for another process's journal lock between looks (syncd.lockwait)
 
 
 def build_targets(config: Config) -> dict[str, Target]:
@@ -78,10 +81,14 @@ class Daemon:
         self.settler = Settler(self.cfg, self.folders, self.targets, self.watcher, self.cache, self.read_options,
                                self.wake, self.rng)
         self.settler.on_gone = self.cache.drop
+        self.settler.stopping = self.stop_event.is_set
         self.dispatcher = Dispatcher(self.cfg, self.targets, self.folders, self.health, self.settler, self.cache,
                                      self.results, read_options=self.read_options, rng=self.rng,
                                      stopping=self.stop_event.is_set)
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
+        self.journal_wait = JournalWait(self.cfg.state_dir / DB_NAME, self.stop_event.is_set)
+        self.journal_file = None  # the journal file as opened (syncd.journal.guard.JournalFile)
+        self.journal_lost: JournalLost | None = None  # why the journal was abandoned: nothing more is written
         self.local_retry_at = 0.0
         self._presence_at = float("-inf")
         self.metrics = Metrics(config.metrics)
@@ -123,12 +130,16 @@ class Daemon:
         except OSError as exc:  # a parent that is a file, read-only or not ours: exit 3, one line
             raise LocalError(f"cannot create the state directory {self.cfg.state_dir}: {exc.strerror}; create it "
                              "writable by the user syncd runs as, or set [daemon] state_dir") from None
+        Store.check_state_dir(self.cfg.state_dir)  # before the lock file exists on a first start
         self.lock.acquire()
-        self.store = Store.open(self.cfg.state_dir)
+        self.store = Store.open(self.cfg.state_dir, busy_timeout=LOCK_SLICE, check=False)
+        self.store.waiter = self.journal_wait
+        self.journal_file = self.store.file()
         for part in (self.settler, self.dispatcher, self.health):
             part.store = self.store
         limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, self.cfg.bandwidth_limit)
-        recovered = self.store.recover(now, job_targets=[n for n, t in self.targets.items() if t.has_jobs])
+        with translated(self.store.path):
+            recovered = self.store.recover(now, job_targets=[n for n, t in self.targets.items() if t.has_jobs])
         if recovered:
             log.info("recovering %d deliveries whose outcome is unknown after a restart", recovered)
         self.dispatcher.start(now)
@@ -138,7 +149,11 @@ class Daemon:
         if self.watch:
             self.watcher.start()
             self.metrics.start()
-        self.scan(now)
+        log.info("scanning %s", ", ".join(str(folder.root) for folder in self.folders))
+        try:
+            self.scan(now)
+        except Stopped:
+            log.info("stopped during the first scan; the next start scans again")
 
     def close(self, *, wait_seconds: float | None = None) -> None:
         """Stop watching, let batches on the wire finish (up to ``shutdown_seconds``), release.
@@ -147,12 +162,15 @@ class Daemon:
         self.metrics.stop()
         deadline = time.monotonic() + (self.cfg.shutdown_seconds if wait_seconds is None else wait_seconds)
         try:
-            while self.store is not None and self.dispatcher.tasks_out() and time.monotonic() < deadline:
+            while (self.store is not None and self.journal_lost is None and self.dispatcher.tasks_out()
+                   and time.monotonic() < deadline):
                 self._collect(time.time(), block=0.1)
             if self.store is not None and self.dispatcher.unjournaled_deletions():
                 self._collect(time.time())  # files deleted after upload: counted as such
         except LocalError as exc:
             log.error("cannot record the last outcomes: %s", exc)
+        except JournalLost:
+            pass  # said by whoever stops on it
         held = sum(len(job.items) for jobs in self.dispatcher.jobs.jobs.values() for job in jobs.values())
         if len(self.in_flight) > held:
             log.warning("%d deliveries still in flight at shutdown; they are re-checked at the next start",
@@ -163,7 +181,7 @@ class Daemon:
         self.settler.close()
         for target in self.targets.values():
             target.close()
-        if self.store:
+        if self.store and self.journal_lost is None:
             self.store.close()
         self.lock.release()
 
@@ -178,9 +196,15 @@ class Daemon:
         """
         if self.local_error is not None and 0 < self.local_retry_at - now <= LOCAL_RETRY_SECONDS:
             return
+        self._check_journal()  # JournalLost out of tick: the journal file is gone, this one stops
+        self.lock.check()  # LocalError out of tick: another syncd took the state directory, this one stops
         try:
             self._in_transaction(now, self._pass)
+        except Stopped:
+            return  # the loop ends: nothing of the pass was kept, the next start scans again
         except LocalError as exc:
+            if self.stop_event.is_set():
+                return  # stopping: close() says what could not be recorded
             if str(exc) != self.local_error:
                 log.error("%s; deliveries paused, nothing is lost: retrying every %.0fs", exc, LOCAL_RETRY_SECONDS)
             self.local_error = str(exc)
@@ -202,15 +226,32 @@ class Daemon:
         assert self.store is not None
         saved = self.dispatcher.begin(), self.health.snapshot()
         try:
-            with self.store.transaction():
+            with translated(self.store.path), self.store.transaction():
                 work(now)
                 self.health.record_rates()
-        except LocalError:
+        except (LocalError, JournalLost, Stopped) as exc:  # Stopped: SIGTERM during a scan
             self.dispatcher.rolled_back(saved[0])
             self.health.restore(saved[1])
             self.settler.forget()
+            if isinstance(exc, JournalLost):
+                self._abandon(exc)
             raise
         self.dispatcher.committed()
+
+    def _check_journal(self) -> None:
+        """Before a pass: the journal file is still the one opened (one stat), else stop."""
+        if self.journal_file is not None:
+            try:
+                self.journal_file.check()
+            except JournalLost as exc:
+                self._abandon(exc)
+
+    def _abandon(self, exc: JournalLost) -> None:
+        """Write nothing more to a journal that was lost (``Store.abandon``); raise why."""
+        assert self.store is not None
+        if self.journal_lost is None:
+            self.journal_lost = self.store.abandon(exc)
+        raise self.journal_lost from None
 
     def _pass(self, now: float) -> None:
         events = self.watcher.drain()
@@ -223,6 +264,9 @@ class Daemon:
             self.settler.hint(Path(path), now)
         if self.watch:
             self.watcher.supervise()
+        if self.store.changed_elsewhere():  # `syncd retry`: what it requeued goes now, not at a rescan
+            self.settler.follow_requeued(now)
+            self.dispatcher.next_due.clear()
         if self.settler.rescan_due(now):
             self.settler.scan(now)
         self.settler.settle(now)
@@ -241,9 +285,7 @@ class Daemon:
 
     def scan(self, now: float) -> None:
         """Full rescan of every folder: the truth behind the event hints."""
-        assert self.store is not None
-        with self.store.transaction():
-            self.settler.scan(now)
+        self._in_transaction(now, self.settler.scan)
 
     def next_deadline(self, now: float) -> float:
         """When the next pass is due if nothing wakes the coordinator before."""

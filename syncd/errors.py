@@ -13,7 +13,9 @@ Every failure is raised as one of these and caught once, at the per-item boundar
 - ``FatalTargetError``: the whole target cannot work (401/403, unknown dataset). The target
   is paused with a loud error; other targets go on.
 - ``LocalError``: the machine is in the way (disk full, unreadable state dir); the message
-  says how to fix it.
+  says how to fix it. ``JournalBusy``: another process holds the journal's write lock.
+- ``JournalLost``: the journal was deleted, replaced, truncated or damaged. Nothing more is
+  written to it; the command exits 4 and the message says how to go on.
 """
 
 from __future__ import annotations
@@ -67,3 +69,19 @@ class FatalTargetError(SyncdError):
 
 class LocalError(SyncdError):
     """A local resource problem (disk full, permissions); the message names the fix."""
+
+
+class JournalBusy(LocalError):
+    """Another process holds the journal's write lock (a transaction left open); the message
+    names it where it can be told."""
+
+
+class JournalLost(SyncdError):
+    """The journal file is not the one syncd recorded its deliveries in any more (deleted,
+    replaced, truncated, damaged). Going on would deliver everything again: syncd stops, and an
+    operator restores the journal or starts afresh (the message says how). ``kind``: deleted,
+    replaced, truncated, damaged or missing."""
+
+    def __init__(self, message: str, *, kind: str = "damaged"):
+        super().__init__(message)
+        self.kind = kind

@@ -41,6 +41,12 @@ from syncd.labels.classmap import find_class_map
 SETTLED = ("ready", "invalid")
 
 
+class Stopped(Exception):
+    """The daemon is stopping (SIGTERM) in the middle of a scan: the scan is abandoned, and
+    its pass rolled back (the next start scans again). A first scan of a large tree would
+    otherwise outlast systemd's stop timeout."""
+
+
 class Scan:
     """One scan of a folder (or of a subtree, ``start``) against the journal.
 
@@ -51,8 +57,9 @@ class Scan:
     """
 
     def __init__(self, store: Store, folder: str, root: Path, rules: IgnoreRules, prefix: str,
-                 settling_keys: set[str] | frozenset[str] = frozenset()):
+                 settling_keys: set[str] | frozenset[str] = frozenset(), stopping=lambda: False):
         self.store = store
+        self.stopping = stopping  # the daemon is stopping: ``Stopped`` at the next directory or item
         self.folder = folder
         self.root = root
         self.rules = rules
@@ -76,6 +83,8 @@ class Scan:
     def items(self, start: Path | None = None) -> Iterator[ItemFiles]:
         for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter,
                           unreadable=self._unreadable):
+            if self.stopping():
+                raise Stopped()
             self.yielded.add(files.key)
             yield files
 
@@ -85,6 +94,8 @@ class Scan:
         return (self.prefix.rstrip("/") + "/" if self.prefix else "") + rel
 
     def _filter(self, directory: Path, entries: list[os.DirEntry], export: Export | None) -> list[str]:
+        if self.stopping():
+            raise Stopped()
         base = self._base(directory)
         self.visited.add(base)
         if export is None:
@@ -142,8 +153,9 @@ class Scan:
         digest.update(joined.encode())
         # One column at a time: list comprehensions over the stat results are the cheapest
         # way through 100,000 files (this loop is most of a rescan's Python time).
+        # The ctime: a chmod or chown alone may make an invalid item readable.
         for column in ([st.st_size for st in stats], [st.st_mtime_ns for st in stats], [st.st_ino for st in stats],
-                       [st.st_mode for st in stats]):
+                       [st.st_mode for st in stats], [st.st_ctime_ns for st in stats]):
             try:
                 digest.update(array("q", column).tobytes())
             except OverflowError:  # an inode number beyond 2**63 (some network filesystems)
@@ -213,9 +225,14 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
         if parts is not None:
             key = printable(base + stem)
             row = known.get(key)
-            if row is not None and row[1] == "|".join(parts) and row[2] in SETTLED and key not in settling_keys:
-                accepted.add(key)
-                continue
+            if row is not None and row[2] in SETTLED and key not in settling_keys:
+                sig = "|".join(parts)
+                if row[2] == "invalid":  # recorded with the files' ctimes (items.content.invalid_signature)
+                    sig += "#" + ",".join("-" if e is None else str(e.stat().st_ctime_ns)
+                                          for e in (image, sidecar, mask))
+                if row[1] == sig:
+                    accepted.add(key)
+                    continue
         rest += [e.name for e in (image, sidecar, mask) if e is not None] + clash
     return rest, accepted
 

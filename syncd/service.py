@@ -3,8 +3,10 @@
 Signal handlers only set flags. SIGTERM/SIGINT/SIGHUP (a closed terminal): stop taking new
 work, let in-flight deliveries finish for up to ``shutdown_seconds`` (what is still in flight
 then is recovered at the next start); ``run`` exits 0, ``once`` reports what it did and exits
-130 (interrupted). READY=1 is sent to systemd only after the watches are
-installed and the first scan is done; WATCHDOG=1 only from a loop pass that completed.
+130 (interrupted). READY=1 is sent to systemd only after the watches are installed and the
+first scan is done; WATCHDOG=1 from a loop pass that completed, or while the journal's write
+lock is held by another process (syncd.lockwait: the loop is alive, waiting, and killing it
+would not free the lock). A stuck loop sends nothing, and systemd's watchdog stops it.
 
 No polling: between passes both loops sleep until the coordinator is woken (a file event,
 a worker's report, a check, a signal) or until its next deadline (``Daemon.next_deadline``:
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from syncd import sdnotify
 from syncd.config import Config
 from syncd.daemon import Daemon
+from syncd.journal.schema import translated
 
 log = logging.getLogger("syncd")
 
@@ -55,28 +58,59 @@ def _install_signals(daemon: Daemon) -> list[int]:
     return received
 
 
+class _Systemd:
+    """What systemd hears from the loop: watchdog pings when due, the STATUS line every
+    STATUS_EVERY seconds. Monotonic times: a clock set back must not stop the pings."""
+
+    def __init__(self):
+        self.ping_every = sdnotify.watchdog_interval()
+        self.next_ping = self.next_status = time.monotonic()
+
+    def ping(self) -> None:
+        if self.ping_every and time.monotonic() >= self.next_ping:
+            sdnotify.notify("WATCHDOG=1")
+            self.next_ping = time.monotonic() + self.ping_every
+
+    def status(self, line) -> None:
+        """Send ``line()`` if a STATUS line is due (called only then: it may query the journal)."""
+        if time.monotonic() >= self.next_status:
+            sdnotify.notify(f"STATUS={line()}")
+            self.next_status = time.monotonic() + STATUS_EVERY
+
+    def deadlines(self) -> tuple[float, ...]:
+        return (self.next_status, self.next_ping) if self.ping_every else (self.next_status,)
+
+
+def _status_line(daemon: Daemon) -> str:
+    if daemon.local_error is not None:
+        return f"paused: {daemon.local_error}"
+    return f"{daemon.pending_total()} queued, {len(daemon.in_flight)} in flight"
+
+
 def run_service(config: Config) -> int:
     """``syncd run``: watch and deliver until SIGTERM. Returns the exit code."""
     daemon = Daemon(config)
     _install_signals(daemon)
+    systemd = _Systemd()
+
+    def waiting_for_the_journal() -> None:  # called by syncd.lockwait while another process holds the lock
+        systemd.ping()
+        systemd.status(lambda: daemon.journal_wait.describe() or "waiting for the journal")
+
+    daemon.journal_wait.keepalive = waiting_for_the_journal
     daemon.open(time.time())
-    folders = ", ".join(str(f.root) for f in daemon.folders)
-    log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
-    sdnotify.notify("READY=1\nSTATUS=first scan done")
-    ping_every = sdnotify.watchdog_interval()
-    next_ping = next_status = time.monotonic()  # monotonic: a clock set back must not stop the pings
+    if not daemon.stop_event.is_set():  # else stopped during the first scan: never ready
+        folders = ", ".join(str(f.root) for f in daemon.folders)
+        log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
+        sdnotify.notify("READY=1\nSTATUS=first scan done")
     try:
         while not daemon.stop_event.is_set():
             daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
             now = time.time()
             daemon.tick(now)
-            if ping_every and time.monotonic() >= next_ping:
-                sdnotify.notify("WATCHDOG=1")
-                next_ping = time.monotonic() + ping_every
-            if time.monotonic() >= next_status:
-                sdnotify.notify(f"STATUS={daemon.pending_total()} queued, {len(daemon.in_flight)} in flight")
-                next_status = time.monotonic() + STATUS_EVERY
-            _sleep(daemon, now, next_status, *((next_ping,) if ping_every else ()))
+            systemd.ping()
+            systemd.status(lambda: _status_line(daemon))
+            _sleep(daemon, now, *systemd.deadlines())
     finally:
         sdnotify.notify("STOPPING=1")
         log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds,
@@ -112,27 +146,29 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
     daemon = Daemon(config, watch=False)
     received = _install_signals(daemon)
     start = time.time()
+    daemon.journal_wait.give_up_at = time.monotonic() + max_wait
     daemon.open(start)
     last_progress = 0.0
     try:
-        while not daemon.stop_event.is_set():
-            daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
-            now = time.time()
-            daemon.tick(now)
-            # The count is only needed once nothing is settling or in flight (it is a query
-            # per pass otherwise). A running check may still pause a target: wait for it.
-            if not daemon.checking and not daemon.busy() and not _waiting(daemon):
-                break
-            if now - start > max_wait:
-                log.warning("giving up waiting after %.0fs", max_wait)
-                break
-            if progress and now - last_progress >= 2:
-                progress(daemon)
-                last_progress = now
-            _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
-        result = _once_result(daemon)
-        result.interrupted = bool(received)
-        return result
+        with translated(daemon.store.path):  # the reads between passes and of the result
+            while not daemon.stop_event.is_set():
+                daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
+                now = time.time()
+                daemon.tick(now)
+                # The count is only needed once nothing is settling or in flight (it is a query
+                # per pass otherwise). A running check may still pause a target: wait for it.
+                if not daemon.checking and not daemon.busy() and not _waiting(daemon):
+                    break
+                if now - start > max_wait:
+                    log.warning("giving up waiting after %.0fs", max_wait)
+                    break
+                if progress and now - last_progress >= 2:
+                    progress(daemon)
+                    last_progress = now
+                _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
+            result = _once_result(daemon)
+            result.interrupted = bool(received)
+            return result
     finally:
         daemon.close(wait_seconds=0)
 

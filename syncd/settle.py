@@ -1,18 +1,16 @@
 """Settling: hints and scans -> observe -> settled (a version every target wants) | invalid.
 
-An item is *observed* when a file event (a hint) or a scan finds its files new or changed:
-the journal records it as settling and ``Settler`` follows it. It is complete when its
-files' stat signature has not changed for ``settle_seconds`` (or their mtime/ctime is that
-old), the image decodes completely and the sidecar parses; then one read validates it,
-hashes it into its version, journals ``settled`` and keeps the bytes in the content cache
-for the upload workers (read once). Bad files make it ``invalid``; a file still changing
-after ``max_settle_seconds`` is reported, not sent half-written.
+An item is *observed* when a file event (a hint) or a scan finds its files new or changed: the journal records it as
+settling and ``Settler`` follows it. It is complete when its files' stat signature has not changed for
+``settle_seconds`` (or their mtime/ctime is that old), the image decodes completely and the sidecar parses; then one
+read validates it, hashes it into its version, journals ``settled`` and keeps the bytes in the content cache for the
+upload workers (read once). Bad files make it ``invalid``; a file still changing after ``max_settle_seconds`` is
+reported, not sent half-written.
 
-Cheap per item: each settling item has its own deadline (a heap), so a pass stats only the
-items whose deadline came, and an item observed less than ``FRESH`` ago (by the scan that
-found it, usually in the same pass) is not stat'ed again.
-Reading is bounded per pass (``SETTLE_SLICE``) so a burst is delivered while the rest of it
-is still being read.
+Cheap per item: each settling item has its own deadline (a heap), so a pass stats only the items whose deadline
+came, and an item observed less than ``FRESH`` ago (by the scan that found it, usually in the same pass) is not
+stat'ed again. Reading is bounded per pass (``SETTLE_SLICE``) so a burst is delivered while the rest of it is still
+being read.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from syncd.companions import LateCompanions
 from syncd.config import DaemonSettings
 from syncd.errors import ItemError
 from syncd.folders import Folder, Folders, may_exist
-from syncd.items.content import ContentCache, ItemContent, stat_signature
+from syncd.items.content import ContentCache, ItemContent, invalid_signature, stat_signature
 from syncd.items.convention import ItemFiles, printable, probe_item, relative_path, role_of
 from syncd.journal.store import Store
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
@@ -95,6 +93,7 @@ class Settler:
         self.companions = LateCompanions(targets)
         self.readers = Readers(read_options)
         self._unreadable_unsaved = {folder.name for folder in folders}  # folder.unreadable not journaled yet
+        self.stopping: Callable[[], bool] = lambda: False  # set by the daemon: scans end early (syncd.scan.Stopped)
 
     # -- scans and hints --------------------------------------------------------------------
     def scan(self, now: float) -> None:
@@ -116,7 +115,8 @@ class Settler:
         directories cost one stat per file (see syncd.scan)."""
         assert self.store is not None
         settling_keys = {entry.files.key for entry in self.settling.values() if entry.folder is folder}
-        scan = Scan(self.store, folder.name, folder.root, folder.rules, folder.settings.key_prefix, settling_keys)
+        scan = Scan(self.store, folder.name, folder.root, folder.rules, folder.settings.key_prefix, settling_keys,
+                    stopping=self.stopping)
         for files in scan.items(start):
             self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
         scan.finish()
@@ -131,6 +131,19 @@ class Settler:
         for key, item_id in scan.vanished():
             if item_id not in self.settling:
                 self._vanished(folder, key, item_id, now)
+
+    def follow_requeued(self, now: float) -> None:
+        """Another process (``syncd retry``) made items settle again: follow those not followed."""
+        assert self.store is not None
+        for item_id, folder_name, key in self.store.settling_rows():
+            folder = self.folders.named(folder_name)
+            if item_id in self.settling or folder is None or folder.missing:
+                continue
+            files = folder.probe(key)
+            if files is None:
+                self._vanished(folder, key, item_id, now)
+            else:
+                self.observe(folder, files, now, None)
 
     def _unreadable(self, folder: Folder, start: Path, found: dict[str, str], now: float) -> None:
         """Journal the directories below ``start`` a scan could not list, when that changed."""
@@ -226,8 +239,11 @@ class Settler:
                     current.sig, current.since, current.quiet = sig, now, quiet
                     self._schedule(current, now)
                 return
-            if old_sig == sig and state in ("ready", "invalid"):
+            if state == "ready" and old_sig == sig:
                 return  # unchanged since it was settled: nothing to re-hash
+            if state == "invalid" and old_sig and old_sig.startswith(sig + "#") \
+                    and old_sig == invalid_signature(files, sig):
+                return  # unchanged since it was found invalid, its mode and owner too
         assert self.store is not None
         item_id = self.store.observe(folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask),
                                      sig, now)
@@ -373,7 +389,7 @@ class Settler:
         if isinstance(content, ItemError):
             log.warning("item %s is invalid: %s", entry.files.key, content)
             self.store.invalid(item_id, str(content), folder.targets, now)
-            self.store.record_stat_sig(item_id, entry.sig)
+            self.store.record_stat_sig(item_id, invalid_signature(entry.files, entry.sig))
             return
         label_error = "; ".join(content.label_errors) or None
         if label_error:
@@ -394,12 +410,8 @@ class Settler:
 
     def _unrepresentable(self, folder: Folder, content) -> dict[str, str | None]:
         """Per target: what its platform cannot represent of this item (reported, not hidden)."""
-        notes: dict[str, str | None] = {}
-        for name in folder.targets:
-            target = self.targets[name]
-            lost = target.unsupported_labels(content.sidecar.labels, has_mask=content.mask is not None)
-            notes[name] = f"{target.platform} cannot represent: {', '.join(lost)}" if lost else None
-        return notes
+        return {name: self.targets[name].representation_note(content.sidecar.labels, has_mask=content.mask is not None)
+                for name in folder.targets}
 
 
 def _opt(path: Path | None) -> str | None:

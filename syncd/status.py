@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 from syncd.config import Config
+from syncd.journal.guard import write_lock_holder
 from syncd.journal.queries import JournalReader
+from syncd.journal.schema import DB_NAME, LOCK_NAME, translated
 
 MAX_FAILED_LISTED = 50
 
@@ -20,65 +22,83 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
     now = time.time() if now is None else now
     journal = JournalReader.open_readonly(config.daemon.state_dir)
     try:
-        folders = []
-        for folder in config.folders:
-            name = str(folder.path)
-            item_states = journal.item_counts(name)
-            per_target = []
-            alone = journal.only_folder(name)
-            for target in folder.targets:
-                counts = journal.delivery_counts(name, target, alone)
-                oldest = journal.oldest_pending(name, target)
-                per_target.append(
-                    {
-                        "target": target,
-                        "delivered": counts.get("acked", 0),
-                        "pending": counts.get("pending", 0) + counts.get("in_flight", 0),
-                        "in_flight": counts.get("in_flight", 0),
-                        "failed": counts.get("failed", 0),
-                        "oldest_pending_seconds": None if oldest is None else round(now - oldest, 1),
-                        "failed_items": [{"key": key, "reason": reason}
-                                         for key, reason in journal.failed_deliveries(name, target, failed_limit)],
-                        "not_representable": [{"key": key, "note": note}
-                                              for key, note in journal.delivery_notes(name, target, failed_limit)],
-                    }
-                )
-            folders.append(
-                {
-                    "folder": name,
-                    "labels_failed": [{"key": key, "reason": error}
-                                      for key, error in journal.label_failures(name, failed_limit)],
-                    "items": sum(n for s, n in item_states.items() if s not in ("gone",)),
-                    "settling": item_states.get("settling", 0),
-                    "deleted_after_upload": item_states.get("deleted", 0),
-                    "not_settling": [{"key": key, "note": error}
-                                     for key, error in journal.slow_settling(name, failed_limit)],
-                    "unreadable": [{"path": path, "reason": reason} for path, reason in journal.unreadable_dirs(name)],
-                    "late_companions": [{"key": key, "note": note}
-                                        for key, note in journal.late_companions(name, failed_limit)],
-                    "targets": per_target,
-                }
-            )
-        targets = []
-        rates = journal.target_rates()
-        for name, settings in config.target_settings.items():
-            paused, last_success, last_error, last_error_at = journal.target_health(name)
-            rate, rate_reason = rates.get(name, (None, None))
-            targets.append(
-                {
-                    "target": name,
-                    "platform": settings.platform,
-                    "paused": paused,
-                    "last_success": _iso(last_success),
-                    "last_error": last_error,
-                    "last_error_at": _iso(last_error_at),
-                    "rate": rate,  # requests/s the daemon last held it to; None: unlimited
-                    "rate_reason": rate_reason,  # why; None until a daemon recorded it
-                }
-            )
-        return {"generated_at": _iso(now), "folders": folders, "targets": targets}
+        with translated(config.daemon.state_dir / DB_NAME):  # damaged, or a lock held past the timeout
+            return _collect(config, journal, now, failed_limit)
     finally:
         journal.close()
+
+
+def _collect(config: Config, journal: JournalReader, now: float, failed_limit: int) -> dict[str, Any]:
+    """The status from an open journal (``collect``)."""
+    folders = []
+    for folder in config.folders:
+        name = str(folder.path)
+        item_states = journal.item_counts(name)
+        per_target = []
+        alone = journal.only_folder(name)
+        for target in folder.targets:
+            counts = journal.delivery_counts(name, target, alone)
+            oldest = journal.oldest_pending(name, target)
+            per_target.append(
+                {
+                    "target": target,
+                    "delivered": counts.get("acked", 0),
+                    "pending": counts.get("pending", 0) + counts.get("in_flight", 0),
+                    "in_flight": counts.get("in_flight", 0),
+                    "failed": counts.get("failed", 0),
+                    "oldest_pending_seconds": None if oldest is None else round(now - oldest, 1),
+                    "failed_items": [{"key": key, "reason": reason}
+                                     for key, reason in journal.failed_deliveries(name, target, failed_limit)],
+                    "not_representable": [{"key": key, "note": note}
+                                          for key, note in journal.delivery_notes(name, target, failed_limit)],
+                }
+            )
+        folders.append(
+            {
+                "folder": name,
+                "labels_failed": [{"key": key, "reason": error}
+                                  for key, error in journal.label_failures(name, failed_limit)],
+                "items": sum(n for s, n in item_states.items() if s not in ("gone",)),
+                "settling": item_states.get("settling", 0),
+                "deleted_after_upload": item_states.get("deleted", 0),
+                "not_settling": [{"key": key, "note": error}
+                                 for key, error in journal.slow_settling(name, failed_limit)],
+                "unreadable": [{"path": path, "reason": reason} for path, reason in journal.unreadable_dirs(name)],
+                "late_companions": [{"key": key, "note": note}
+                                    for key, note in journal.late_companions(name, failed_limit)],
+                "targets": per_target,
+            }
+        )
+    targets = []
+    rates = journal.target_rates()
+    for name, settings in config.target_settings.items():
+        paused, last_success, last_error, last_error_at = journal.target_health(name)
+        rate, rate_reason = rates.get(name, (None, None))
+        targets.append(
+            {
+                "target": name,
+                "platform": settings.platform,
+                "paused": paused,
+                "last_success": _iso(last_success),
+                "last_error": last_error,
+                "last_error_at": _iso(last_error_at),
+                "rate": rate,  # requests/s the daemon last held it to; None: unlimited
+                "rate_reason": rate_reason,  # why; None until a daemon recorded it
+            }
+        )
+    return {"generated_at": _iso(now), "journal": _journal(config), "folders": folders, "targets": targets}
+
+
+def _journal(config: Config) -> dict[str, Any]:
+    """The journal's path, and who holds its write lock when another process than the daemon
+    does (the daemon cannot record anything meanwhile: syncd.lockwait)."""
+    state_dir = config.daemon.state_dir
+    try:
+        daemon_pid = int((state_dir / LOCK_NAME).read_text().strip())
+    except (OSError, ValueError):
+        daemon_pid = None
+    db = state_dir / DB_NAME
+    return {"path": str(db), "locked_by": write_lock_holder(db, but=daemon_pid)}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -88,6 +108,10 @@ def _iso(ts: float | None) -> str | None:
 def render(status: dict[str, Any]) -> str:
     """Human-readable status text."""
     lines = []
+    journal = status.get("journal") or {}
+    if journal.get("locked_by"):
+        lines.append(f"journal {journal['path']}: LOCKED by {journal['locked_by']}, which keeps a write transaction "
+                     "open: syncd records nothing until it ends (COMMIT, or quit that sqlite3 shell)")
     for folder in status["folders"]:
         deleted = folder["deleted_after_upload"]
         lines.append(f"{folder['folder']}: {folder['items']} items, {folder['settling']} settling"

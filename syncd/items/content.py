@@ -1,10 +1,13 @@
 """An item's content: cheap change detection, then its bytes read, decoded, validated and versioned.
 
-``stat_signature`` is size, mtime and inode of every file of an item: what a scan compares
-before reading anything. ``read_item`` reads the files of an ``ItemFiles``
-(syncd.items.convention), fully decodes the image (syncd.items.image), parses the sidecar, runs the label and
-mask checks it is given (syncd.labels.validate) and returns an ``ItemContent``; every problem
-with the input is an ``ItemError`` naming the file and what to do.
+``stat_signature`` is size, mtime and inode of every file of an item (and the names of other
+images sharing its stem): what a scan compares before reading anything. An item found invalid
+is recorded at its ``invalid_signature``, which adds the files' ctimes: a change of their mode,
+owner or ACL alone (``chmod 644`` on an unreadable image) reads it again. ``read_item`` reads
+the files of an ``ItemFiles`` (syncd.items.convention), fully decodes the image
+(syncd.items.image), parses the sidecar, runs the label and mask checks it is given
+(syncd.labels.validate) and returns an ``ItemContent``; every problem with the input is an
+``ItemError`` naming the file and what to do.
 
 The version is a SHA-256 over the image bytes, the canonical sidecar, the mask bytes and (for
 masked items) the class map, so a change of whitespace in a sidecar is not a change but any
@@ -76,7 +79,32 @@ def stat_signature(files: ItemFiles) -> tuple[str, float]:
         sig, since = file_signature(path)
         sigs.append(sig)
         quiet = max(quiet, since)
+    if files.extra_images:  # a clash (invalid): removing the other image must change the signature
+        sigs.append("+" + ",".join(sorted(path.name for path in files.extra_images)))
     return "|".join(sigs), quiet
+
+
+def invalid_signature(files: ItemFiles, sig: str) -> str:
+    """``sig`` (the files' ``stat_signature``) with the ctimes of the image, sidecar and mask:
+    what an invalid item is recorded at and compared with. A chmod, chown or ACL change
+    touches only the ctime, and may be what makes the item readable; a ready item is compared
+    without them (a chmod of a delivered file is no new version). ``#?`` when a file cannot be
+    stat'ed: never equal, so the next look reads it again."""
+    return sig + "#" + ctimes(files.image, files.sidecar, files.mask)
+
+
+def ctimes(*paths: Path | None) -> str:
+    """The ctimes (ns) of ``paths`` as ``invalid_signature`` writes them."""
+    parts = []
+    for path in paths:
+        if path is None:
+            parts.append("-")
+            continue
+        try:
+            parts.append(str(os.stat(path).st_ctime_ns))
+        except OSError:
+            return "?"
+    return ",".join(parts)
 
 
 class Changed(Exception):

@@ -22,6 +22,8 @@ from syncd.journal.schema import connect_readonly
 class JournalReader:
     """The read queries (see the module docstring); never writes."""
 
+    _data_version: int | None = None  # PRAGMA data_version at the last ``changed_elsewhere``
+
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
 
@@ -41,6 +43,18 @@ class JournalReader:
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     # -- one item (the coordinator) ---------------------------------------------------------
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (``syncd retry``) committed since the last call
+        (``PRAGMA data_version``: no I/O when nothing changed)."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
+
+    def settling_rows(self) -> list[tuple[int, str, str]]:
+        """``(id, folder, key)`` of every item settling."""
+        return self.conn.execute("SELECT id, folder, key FROM items WHERE state='settling'").fetchall()
+
     def item_id(self, folder: str, key: str) -> int | None:
         row = self.conn.execute("SELECT id FROM items WHERE folder=? AND key=?", (folder, key)).fetchone()
         return row[0] if row else None

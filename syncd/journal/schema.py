@@ -18,13 +18,19 @@ sqlite-utils is not used here, with the measurements.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-from syncd.errors import LocalError
+from syncd.errors import JournalBusy, JournalLost, LocalError, SyncdError
+from syncd.journal import guard
+
+log = logging.getLogger("syncd.journal")
 
 DB_NAME = "syncd.db"
 LOCK_NAME = "syncd.lock"
@@ -146,9 +152,16 @@ class StateLock:
     def __init__(self, state_dir: Path):
         self.path = state_dir / LOCK_NAME
         self._fd: int | None = None
+        self._warned = False  # the lock file could not be made again (said once)
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if read_only(self.path.parent):
+                raise LocalError(read_only_message(self.path.parent)) from None
+            raise LocalError(f"cannot open the lock file {self.path}: {exc.strerror}; check permissions of the "
+                             "state directory, or set [daemon] state_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -169,31 +182,72 @@ class StateLock:
             os.close(self._fd)
             self._fd = None
 
+    def check(self) -> None:
+        """The lock file is still the one locked (one stat and one fstat). Deleted or replaced
+        (a cleanup script), a second syncd could take the state directory beside this one: it
+        is made again and locked; ``LocalError`` when another syncd already took it."""
+        if self._fd is None:
+            return
+        try:
+            st, mine = os.stat(self.path), os.fstat(self._fd)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # cannot look: the journal's writes say what is wrong
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # the directory is gone or read-only: keep holding the old lock
+            if not self._warned:
+                log.warning("the lock file %s was deleted and cannot be made again: %s", self.path, exc.strerror)
+                self._warned = True
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LocalError(f"the lock file {self.path} was deleted while syncd ran, and another syncd (pid {owner}) "
+                             f"has taken the state directory {self.path.parent} since: this one stops") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.close(self._fd)
+        self._fd, self._warned = fd, False
+        log.warning("the lock file %s was deleted; made it again (only one syncd may use a state directory)",
+                    self.path)
 
-def connect(state_dir: Path) -> sqlite3.Connection:
+
+BUSY_TIMEOUT = 10.0  # seconds a command (syncd retry) waits for another process's write transaction
+
+
+def connect(state_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """The read-write connection to the journal in ``state_dir``, created and migrated.
 
     Autocommit mode (``isolation_level=None``): every transaction is an explicit
-    ``BEGIN IMMEDIATE ... COMMIT`` (see ``Store``). Raises ``LocalError`` with the fix when
-    the state directory or its disk cannot be used.
+    ``BEGIN IMMEDIATE ... COMMIT`` (see ``Store``). ``busy_timeout``: how long one statement
+    waits for another process's write lock before "database is locked" (the daemon waits in
+    short slices: syncd.journal.writer). Raises ``LocalError`` with the fix when the state
+    directory or its disk cannot be used, ``JournalLost`` when the file is not a journal.
     """
     path = state_dir / DB_NAME
+    new = not path.exists()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         _private(path)
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with conn:
                 conn.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
-    except sqlite3.OperationalError as exc:
-        raise local_error(exc, path) from None
-    except sqlite3.DatabaseError as exc:  # "file is not a database": overwritten, or not ours
-        raise damaged(exc, path) from None
+    except sqlite3.DatabaseError as exc:
+        _forget_if_empty(path, new)
+        raise local_error(exc, path) if failure(exc) else exc from None
     except OSError as exc:
+        _forget_if_empty(path, new)
         raise LocalError(
             f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
     return conn
@@ -214,36 +268,100 @@ def _private(path: Path) -> None:
             os.close(fd)
 
 
-def damaged(exc: sqlite3.DatabaseError, path: Path) -> LocalError:
-    """The ``LocalError`` for a journal file SQLite cannot read as a database."""
-    return LocalError(f"the journal {path} is damaged or not a syncd journal ({exc}): stop syncd, move it away "
-                      "(and its -wal and -shm files) and start again; everything is then delivered again "
-                      "(the platform pages say what that costs)")
+def _forget_if_empty(path: Path, new: bool) -> None:
+    """A journal this opening made and could not write (disk full) is removed: left empty, the
+    next start would take it for a journal that was truncated (syncd.journal.guard)."""
+    try:
+        if new and path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
+
+
+READ_TIMEOUT = 5.0  # seconds `syncd status` waits for a lock (readers wait only for a WAL recovery)
+
+
+def _has_log(path: Path) -> bool:
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except OSError:
+        return False
 
 
 def connect_readonly(state_dir: Path) -> sqlite3.Connection:
     """A read-only connection to the journal (``syncd status``); ``LocalError`` when there is
-    no journal yet. A journal from an older syncd (its daemon not restarted since the
-    upgrade) is migrated first, so the queries find the tables and indexes they expect."""
+    no journal yet, ``JournalLost`` when it was lost or is damaged. A journal from an older
+    syncd (its daemon not restarted since the upgrade) is migrated first, so the queries find
+    the tables and indexes they expect. Never waits long: a lock held elsewhere is an error
+    that names its holder."""
     path = state_dir / DB_NAME
+    guard.check_before_open(state_dir, DB_NAME, LOCK_NAME)
     if not path.exists():
         raise LocalError(f"no journal at {path}: has syncd run with this configuration yet?")
+    # On a read-only filesystem SQLite cannot make the -shm file a WAL reader needs: with no
+    # log to read either, the file alone is the whole journal and nothing can change it.
+    immutable = "&immutable=1" if read_only(state_dir) and not _has_log(path) else ""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        conn = sqlite3.connect(f"file:{path}?mode=ro{immutable}", uri=True, timeout=READ_TIMEOUT)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.close()  # every journal syncd made has its tables: this file lost them
+            raise JournalLost(f"the journal {path} is damaged or not a syncd journal (it has no tables). "
+                              + guard.ADVICE.format(dir=state_dir))
+        if version < SCHEMA_VERSION:
             conn.close()
-            connect(state_dir).close()
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.OperationalError as exc:
-        raise local_error(exc, path) from None
+            connect(state_dir, busy_timeout=READ_TIMEOUT).close()
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=READ_TIMEOUT)
     except sqlite3.DatabaseError as exc:
-        raise damaged(exc, path) from None
+        raise local_error(exc, path) if failure(exc) else exc from None
     return conn
 
 
-def local_error(exc: sqlite3.Error, path: Path) -> LocalError:
-    """The ``LocalError`` (what happened, what to do) for an SQLite error on the journal."""
+@contextlib.contextmanager
+def translated(path: Path) -> Iterator[None]:
+    """Raise SQLite's errors about the journal file met inside (reads, mostly: the writes are
+    translated by syncd.journal.writer) as what they mean (``local_error``)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if not failure(exc):
+            raise
+        raise local_error(exc, path) from None
+
+
+def failure(exc: sqlite3.Error) -> bool:
+    """The error is about the journal's file or its disk (not a bug in a statement: a
+    constraint, a misuse), so ``local_error`` says what it means."""
+    return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
+
+
+def read_only(directory: Path) -> bool:
+    """The filesystem holding ``directory`` is mounted read-only (``ST_RDONLY``)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def read_only_message(directory: Path) -> str:
+    return (f"the filesystem holding {directory} is read-only (after a disk error the kernel may remount it so: "
+            "dmesg says why): make it writable again (mount -o remount,rw); a running syncd goes on by itself")
+
+
+def local_error(exc: sqlite3.Error, path: Path) -> SyncdError:
+    """What an SQLite error on the journal means for the user, as the error to raise:
+    ``JournalBusy`` (another process's transaction, named), ``JournalLost`` (the file is
+    damaged or not a journal) or ``LocalError`` (disk full, read-only, permissions)."""
     text = str(exc)
+    if "database is locked" in text:
+        holder = guard.write_lock_holder(path) or "another process"
+        return JournalBusy(f"the journal {path} is locked by {holder}, which keeps a write transaction open: "
+                           "end it (COMMIT, or quit that sqlite3 shell) and try again")
+    if "malformed" in text or "not a database" in text:
+        return JournalLost(f"the journal {path} is damaged or not a syncd journal ({text}). "
+                           + guard.ADVICE.format(dir=path.parent))
+    if read_only(path.parent):  # "readonly", "disk I/O error", "unable to open": what EROFS becomes
+        return LocalError(read_only_message(path.parent))
     if "full" in text:
         return LocalError(f"the disk holding {path} is full: free some space (syncd resumes by itself)")
     if "readonly" in text or "unable to open" in text:

@@ -30,9 +30,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from syncd.errors import JournalLost
+from syncd.journal import guard
 from syncd.journal.deliveries import Deliveries, DueDelivery, OutstandingJob
 from syncd.journal.queries import JournalReader
-from syncd.journal.schema import DB_NAME, connect
+from syncd.journal.schema import BUSY_TIMEOUT, DB_NAME, LOCK_NAME, connect
 from syncd.journal.writer import Writer
 
 __all__ = ["DueDelivery", "OutstandingJob", "Store"]
@@ -50,9 +52,25 @@ class Store(Deliveries, JournalReader):
         Writer.__init__(self, conn, path)
 
     @classmethod
-    def open(cls, state_dir: Path) -> "Store":
-        """Open (create, migrate) the journal in ``state_dir`` read-write."""
-        return cls(connect(state_dir), state_dir / DB_NAME)
+    def open(cls, state_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT, check: bool = True) -> "Store":
+        """Open (create, migrate) the journal in ``state_dir`` read-write; ``JournalLost`` when
+        syncd ran there before but the journal is missing or not whole (``check_state_dir``;
+        the daemon checks before it takes the state directory's lock, and passes ``check=False``)."""
+        if check:
+            cls.check_state_dir(state_dir)
+        return cls(connect(state_dir, busy_timeout=busy_timeout), state_dir / DB_NAME)
+
+    @staticmethod
+    def check_state_dir(state_dir: Path) -> None:
+        guard.check_before_open(state_dir, DB_NAME, LOCK_NAME)
+
+    def file(self) -> guard.JournalFile:
+        """The journal file as it is now, to notice it being deleted, replaced or truncated."""
+        return guard.JournalFile(self.path)
+
+    def abandon(self, lost: JournalLost) -> JournalLost:
+        """Close the connection to a lost journal (``guard.abandon``): nothing more is written."""
+        return guard.abandon(self.conn, self.path, lost)
 
     # -- rescans (syncd.scan) ----------------------------------------------------------------
     def save_dir_digests(self, folder: str, entries: list[tuple[str, str, str, int]]) -> None:
@@ -198,11 +216,11 @@ class Store(Deliveries, JournalReader):
             [
                 (
                     "UPDATE deliveries SET state='pending', failed_version=NULL, attempts=0, next_attempt_at=0, "
-                    f"pending_since=?, updated_at=? WHERE state='failed'{where}",
+                    f"error=NULL, pending_since=?, updated_at=? WHERE state='failed'{where}",
                     (now, now, *args),
                 ),
                 (
-                    "UPDATE items SET stat_sig=NULL, state='settling', updated_at=? WHERE state='invalid'"
+                    "UPDATE items SET stat_sig=NULL, state='settling', error=NULL, updated_at=? WHERE state='invalid'"
                     + (f" AND key IN ({','.join('?' * len(keys))})" if keys else ""),
                     (now, *args),
                 ),

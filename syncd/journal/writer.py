@@ -4,17 +4,33 @@
 COMMIT`` (the coordinator wraps each pass in one); outside it every ``_tx`` is its own
 transaction. An SQLite error (disk full, read-only file) is raised as ``LocalError`` and the
 journal is left as it was before the transaction.
+
+Another process's write transaction (an operator's ``sqlite3`` shell after ``BEGIN``) makes
+``BEGIN IMMEDIATE`` wait. With a ``waiter`` (the daemon's), the wait is made of short slices
+(the connection's busy timeout) and the waiter hears of each one: it keeps the service
+alive and says who holds the lock, or ends the wait by raising (``JournalBusy``).
+Without one, the busy timeout is the whole wait.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
-from syncd.errors import LocalError
-from syncd.journal.schema import local_error
+from syncd.errors import SyncdError
+from syncd.journal.schema import failure, local_error
+
+
+class LockWaiter(Protocol):
+    def waiting(self, seconds: float) -> None:
+        """The write lock is still held by another connection after ``seconds``; raise to stop waiting."""
+
+    def ended(self, seconds: float) -> None:
+        """The write lock was had after waiting ``seconds``."""
 
 
 class Writer:
@@ -23,9 +39,10 @@ class Writer:
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
         self.path = path
+        self.waiter: LockWaiter | None = None
         self._grouped = False  # inside transaction()
         self._begun = False  # ... and its BEGIN was issued
-        self._broken: LocalError | None = None  # a write of this transaction failed
+        self._broken: SyncdError | None = None  # a write of this transaction failed
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -47,8 +64,8 @@ class Writer:
             if self._begun:
                 try:
                     self.conn.execute("COMMIT")
-                except sqlite3.OperationalError as exc:
-                    raise local_error(exc, self.path) from None
+                except sqlite3.DatabaseError as exc:
+                    raise local_error(exc, self.path) if failure(exc) else exc from None
         except BaseException:
             self._rollback()
             raise
@@ -71,12 +88,34 @@ class Writer:
             raise self._broken  # after a failed write SQLite may have rolled back: write nothing more
         try:
             if not self._begun:
-                self.conn.execute("BEGIN IMMEDIATE")
+                self._begin()
                 self._begun = True
             return self.conn.execute(sql, args)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
+            if not failure(exc):
+                raise
             self._broken = local_error(exc, self.path)
             raise self._broken from None
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``; while another connection holds the write lock, one busy
+        timeout at a time, telling the waiter (see the module docstring)."""
+        if self.waiter is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        started = None
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "database is locked" not in str(exc):
+                    raise
+                if started is None:
+                    started = time.monotonic()
+                self.waiter.waiting(time.monotonic() - started)
+        if started is not None:
+            self.waiter.ended(time.monotonic() - started)
 
     def _write_returning(self, sql: str, args: tuple) -> list[tuple]:
         """One statement with a RETURNING clause: its rows."""
@@ -91,7 +130,7 @@ class Writer:
                 self._grouped_write(sql, args)
             return
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 for sql, args in statements:
                     self.conn.execute(sql, args)
@@ -99,5 +138,5 @@ class Writer:
             except BaseException:
                 self._rollback()
                 raise
-        except sqlite3.OperationalError as exc:
-            raise local_error(exc, self.path) from None
+        except sqlite3.DatabaseError as exc:
+            raise local_error(exc, self.path) if failure(exc) else exc from None

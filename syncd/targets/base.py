@@ -221,6 +221,12 @@ class Target(ABC):
         return unsupported_labels(labels, label_types=cls.label_types, single_classification=cls.single_classification,
                                   has_mask=has_mask)
 
+    @classmethod
+    def representation_note(cls, labels: Iterable[Mapping[str, Any]], *, has_mask: bool = False) -> str | None:
+        """The note ``syncd status`` shows for an item this platform cannot hold whole; None when it can."""
+        lost = cls.unsupported_labels(labels, has_mask=has_mask)
+        return f"{cls.platform} cannot represent: {', '.join(lost)}" if lost else None
+
     def __init__(self, name: str, settings: TargetSettings, *, env: Mapping[str, str] | None = None):
         """Build the target without any I/O: credentials are read and the platform reached
         on first use, so ``syncd check`` and the daemon can build every target up front.

@@ -249,8 +249,8 @@ def test_a_damaged_journal(tmp_path):
     (tmp_path / "state" / "syncd.db").write_bytes(os.urandom(8192))
     for args in (("status",), ("once",), ("retry", "--failed")):
         result = run_cli(*args, "--config", str(config))
-        assert result.returncode == 3, (args, result.stderr)
-        assert "is damaged or not a syncd journal (file is not a database)" in one_line(result)
+        assert result.returncode == 4, (args, result.stderr)  # the journal lost: docs/operations.md
+        assert "is damaged or not a syncd journal" in one_line(result)
 
 
 # -- the metrics port ----------------------------------------------------------------------------
@@ -297,5 +297,6 @@ def test_status_exit_codes_are_the_documented_ones(tmp_path):
     assert run_cli("status", "--config", str(tmp_path / "missing.toml")).returncode == 2
     table = (REPO / "docs" / "operations.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| `syncd status"))
-    assert row.rstrip(" |").endswith("| 0; 2; 3 no journal yet (syncd has not run with this configuration)")
+    assert row.rstrip(" |").endswith("| 0; 2; 3 no journal yet (syncd has not run with this configuration); "
+                                      "4 the journal was lost or is damaged")
     assert "Every command also exits with **130** when Ctrl-C" in table and "**141** when the reader" in table

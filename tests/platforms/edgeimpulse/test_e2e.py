@@ -7,6 +7,7 @@ what Edge Impulse cannot hold is shown in `syncd status`."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 from syncd.targets.edgeimpulse.payload import sample_name, string_value, user_metadata
@@ -145,8 +146,9 @@ def test_a_lost_journal_ends_in_adoption_not_a_second_sample(tmp_path):
         for i in range(3):
             write_item(tmp_path / "inbox", f"f{i}", metadata={"i": i}, seed=i)
         assert run_once(config, env=env).returncode == 0
-        for path in (tmp_path / "state").glob("syncd.db*"):
-            path.unlink()
+        # The journal lost, and the state directory moved aside as `syncd` then says to (a start
+        # on a state directory whose journal vanished is refused: tests/faults/test_journal_lost.py).
+        shutil.rmtree(tmp_path / "state")
         emulator.record = True
         result = run_once(config, env=env, args=("--max-wait", "10"))
         assert result.returncode == 0, result.stderr[-2000:]
