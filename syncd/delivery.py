@@ -108,7 +108,7 @@ def prepare(due: DueDelivery, files: ItemFiles | None, *, cache: ContentCache | 
             return Outcome(due, STALE, message="the files changed since the delivery was planned")
         except ItemError as exc:
             return Outcome(due, INVALID, message=str(exc))
-    return to_upload(files, content, Receipt.from_json(due.receipt))
+    return to_upload(files, content, Receipt.from_json(due.receipt), outcome_unknown_at_start=due.unknown_at_start)
 
 
 def send_batch(batch: Sequence[tuple[DueDelivery, ItemFiles | None]], target: Target, *,

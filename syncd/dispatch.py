@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 from syncd import delivery
@@ -78,6 +79,10 @@ class Dispatcher:
         self._acked: list[DueDelivery] = []  # for after_upload, once the pass committed
         self._deleted: list[int] = []  # deleted after upload: journaled by the next pass
         self._succeeded: set[str] = set()  # targets that acked something in this pass
+        # (item_id, target) whose outcome was already unknown when the journal was opened: an
+        # earlier process may have sent them into a remote job nobody follows (Upload's
+        # outcome_unknown_at_start); forgotten once their outcome is known.
+        self.unknown_at_start: set[tuple[int, str]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -85,6 +90,7 @@ class Dispatcher:
         assert self.store is not None
         for name, target in self.targets.items():
             self.executors[name] = Workers(target.settings.workers, f"upload-{name}")
+        self.unknown_at_start = self.store.unknown_outcomes()
         for job in self.store.outstanding_jobs():
             if job.target not in self.targets:
                 continue
@@ -176,6 +182,8 @@ class Dispatcher:
             self.in_flight.pop((due.item_id, name), None)
         if kind in (delivery.ACKED, delivery.SUBMITTED):
             gate.served(now)
+        if kind in (delivery.ACKED, delivery.PERMANENT, delivery.INVALID):
+            self.unknown_at_start.discard((due.item_id, name))
         if kind == delivery.ACKED:
             assert outcome.receipt is not None
             self.store.acked(due.item_id, name, outcome.receipt.to_json(), now, succeeded=False)
@@ -334,6 +342,8 @@ class Dispatcher:
                     continue
                 self.store.intend(due.item_id, name, due.version, now)
                 self.in_flight[(due.item_id, name)] = due.key
+                if self.unknown_at_start and (due.item_id, name) in self.unknown_at_start:
+                    due = replace(due, unknown_at_start=True)
                 items.append((due, None))  # its files: the worker takes them from the cache or the row
             if items:
                 handed += 1

@@ -292,7 +292,8 @@ def _as_displayed(error: str, width: int, height: int, orientation: int) -> str:
             "labels and masks are in the displayed orientation)")
 
 
-def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) -> Upload:
+def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None, *,
+              outcome_unknown_at_start: bool = False) -> Upload:
     return Upload(
         key=files.key,
         version=content.version,
@@ -309,4 +310,5 @@ def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) 
         mask=content.mask,
         class_map=content.class_map,
         previous=previous,
+        outcome_unknown_at_start=outcome_unknown_at_start,
     )
