@@ -78,9 +78,11 @@ class Daemon:
         self.settler = Settler(self.cfg, self.folders, self.targets, self.watcher, self.cache, self.read_options,
                                self.wake, self.rng)
         self.settler.on_gone = self.cache.drop
+        self.cache.on_room = self.wake.set
         self.dispatcher = Dispatcher(self.cfg, self.targets, self.folders, self.health, self.settler, self.cache,
                                      self.results, read_options=self.read_options, rng=self.rng,
                                      stopping=self.stop_event.is_set)
+        self.settler.sending = self.dispatcher.sending
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
         self.local_retry_at = 0.0
         self._presence_at = float("-inf")

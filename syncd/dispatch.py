@@ -79,9 +79,8 @@ class Dispatcher:
         self._acked: list[DueDelivery] = []  # for after_upload, once the pass committed
         self._deleted: list[int] = []  # deleted after upload: journaled by the next pass
         self._succeeded: set[str] = set()  # targets that acked something in this pass
-        # (item_id, target) whose outcome was already unknown when the journal was opened: an
-        # earlier process may have sent them into a remote job nobody follows (Upload's
-        # outcome_unknown_at_start); forgotten once their outcome is known.
+        # Outcomes already unknown when the journal was opened (Upload.outcome_unknown_at_start):
+        # an earlier process may have sent them into a remote job nobody follows.
         self.unknown_at_start: set[tuple[int, str]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -105,9 +104,12 @@ class Dispatcher:
 
     def busy(self) -> bool:
         """Work out or unrecorded (items held by jobs of a paused target wait for its resumption)."""
+        return bool(self.jobs.polling or self.unrecorded) or any(self.tasks.values()) or self.sending()
+
+    def sending(self) -> bool:
+        """Deliveries of a target that is not paused are on their way (sent or held by a job)."""
         paused = self.health.paused
-        return (bool(self.jobs.polling or self.unrecorded) or any(self.tasks.values())
-                or any(target not in paused for _, target in self.in_flight))
+        return any(target not in paused for _, target in self.in_flight)
 
     def tasks_out(self) -> bool:
         """Work handed to the workers and not reported yet (jobs are safe in the journal)."""

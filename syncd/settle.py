@@ -87,6 +87,11 @@ class Settler:
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
+        # Whether deliveries are on their way (the dispatcher says): while they are and the
+        # content cache is full, complete items wait to be read (``held``) -- read once, sent
+        # from memory, instead of read ahead, pushed out of the cache and read again.
+        self.sending: Callable[[], bool] = lambda: False
+        self.held = False
         self._readers: ThreadPoolExecutor | None = None
 
     # -- scans and hints --------------------------------------------------------------------
@@ -225,7 +230,10 @@ class Settler:
         heapq.heappush(self._heap, (at, entry.ticket, entry.item_id))
 
     def next_deadline(self) -> float | None:
-        """When the next settling item must be looked at (None: nothing is settling)."""
+        """When the next settling item must be looked at (None: nothing is settling, or
+        reading waits for room in the content cache)."""
+        if self.held:
+            return None
         while self._heap:
             at, ticket, item_id = self._heap[0]
             entry = self.settling.get(item_id)
@@ -248,12 +256,23 @@ class Settler:
         # of it is still being read instead of after all of it.
         deadline = time.monotonic() + SETTLE_SLICE
         later: list[Settling] = []  # looked at again by the next pass
+        self.held = read = False
         while self._heap and self._heap[0][0] <= now:
             if time.monotonic() > deadline:
                 self.wake.set()  # more is due: the next pass goes on right after dispatching
                 break
-            ready = self._complete(now, READ_CHUNK, later)
+            chunk = min(READ_CHUNK, self.cache.room())
+            if chunk <= 0:  # the content cache is full
+                if self.sending():
+                    self.held = self.cache.wanted = True  # a send that frees room wakes the coordinator
+                    break
+                if read:
+                    self.wake.set()  # what this pass read is dispatched first
+                    break
+                chunk = READ_CHUNK  # nothing is on its way (a paused target): read on, the oldest go
+            ready = self._complete(now, chunk, later)
             if ready:
+                read = True
                 self._read_all(ready, now)
         for entry in later:
             self._push(entry, now)
@@ -348,9 +367,10 @@ class Settler:
         label_error = "; ".join(content.label_errors) or None
         if label_error:
             log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
-        self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
-                           notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
-        self.cache.put(item_id, entry.sig, content, entry.files)
+        sends = self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
+                                   notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
+        if sends:
+            self.cache.put(item_id, entry.sig, content, entry.files, uses=sends)
         self.newly_due.update(folder.targets)
         log.debug("item %s settled at version %s", entry.files.key, content.version)
 

@@ -183,3 +183,18 @@ def test_only_an_outcome_unknown_at_the_start_is_flagged_to_the_target(make_daem
     assert {r["state"] for r in rows(again).values()} == {"acked"}
     assert [flag for key, flag in target.handed if key == "a"] == [True, True]  # lost reply, then sent
     assert [flag for key, flag in target.handed if key == "b"] == [False, False]
+
+
+def test_a_backlog_larger_than_the_content_cache_is_read_once(make_daemon, inbox):
+    """Settling does not read ahead of the sends once the content cache is full: every item
+    is read (decoded, hashed) once and sent from memory, none is pushed out by the items
+    read after it and read again (jobs hold the sent ones for a while, as Nucleus' do)."""
+    target = ScriptedTarget("fake", max_batch=2, workers=1, jobs=True, max_jobs=2)
+    target.job_polls = 3  # passes go by while the jobs hold the sends and the cache is full
+    keys = write_items(inbox, 40)
+    daemon = make_daemon({"fake": target})
+    daemon.cache.max_bytes = 6 * (inbox / "f0.png").stat().st_size  # room for about six items
+    drive(daemon)
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and sorted(target.items) == sorted(keys)
+    assert (daemon.cache.hits, daemon.cache.misses) == (40, 0)
+    assert len(daemon.cache) == 0
