@@ -82,9 +82,11 @@ class Daemon:
                                self.wake, self.rng)
         self.settler.on_gone = self.cache.drop
         self.settler.stopping = self.stop_event.is_set
+        self.cache.on_room = self.wake.set
         self.dispatcher = Dispatcher(self.cfg, self.targets, self.folders, self.health, self.settler, self.cache,
                                      self.results, read_options=self.read_options, rng=self.rng,
                                      stopping=self.stop_event.is_set)
+        self.settler.sending = self.dispatcher.sending
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
         self.journal_wait = JournalWait(self.cfg.state_dir / DB_NAME, self.stop_event.is_set)
         self.journal_file = None  # the journal file as opened (syncd.journal.guard.JournalFile)

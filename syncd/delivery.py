@@ -85,7 +85,7 @@ def prepare(due: DueDelivery, files: ItemFiles | None, *, cache: ContentCache | 
     ``files``: the item's files, or None to take those its content was cached with (else
     ``files_for(due)``: from the paths the journal has)."""
     content = None
-    entry = cache.entry(due.item_id) if cache is not None else None
+    entry = cache.claim(due.item_id) if cache is not None else None
     if entry is not None and entry[1].version == due.version:
         files = files or entry[2]
         try:
@@ -108,7 +108,7 @@ def prepare(due: DueDelivery, files: ItemFiles | None, *, cache: ContentCache | 
             return Outcome(due, STALE, message="the files changed since the delivery was planned")
         except ItemError as exc:
             return Outcome(due, INVALID, message=str(exc))
-    return to_upload(files, content, Receipt.from_json(due.receipt))
+    return to_upload(files, content, Receipt.from_json(due.receipt), outcome_unknown_at_start=due.unknown_at_start)
 
 
 def send_batch(batch: Sequence[tuple[DueDelivery, ItemFiles | None]], target: Target, *,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 from syncd import delivery
@@ -79,6 +80,9 @@ class Dispatcher:
         self.after_upload = AfterUpload(folders, cache, inbox.wake, settler.deleting)
         self._succeeded: set[str] = set()  # targets that acked something in this pass
         settler.on_delivered = lambda folder, item_id, key: self.after_upload.delivered(item_id, folder.name, key)
+        # Outcomes already unknown when the journal was opened (Upload.outcome_unknown_at_start):
+        # an earlier process may have sent them into a remote job nobody follows.
+        self.unknown_at_start: set[tuple[int, str]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -87,6 +91,7 @@ class Dispatcher:
         self.after_upload.store = self.store
         for name, target in self.targets.items():
             self.executors[name] = Workers(target.settings.workers, f"upload-{name}")
+        self.unknown_at_start = self.store.unknown_outcomes()
         for job in self.store.outstanding_jobs():
             if job.target not in self.targets:
                 continue
@@ -101,9 +106,13 @@ class Dispatcher:
 
     def busy(self) -> bool:
         """Work out or unrecorded (items held by jobs of a paused target wait for its resumption)."""
-        paused = self.health.paused
         return (bool(self.jobs.polling or self.unrecorded or self.after_upload.deleted) or any(self.tasks.values())
-                or any(target not in paused for _, target in self.in_flight))
+                or self.sending())
+
+    def sending(self) -> bool:
+        """Deliveries of a target that is not paused are on their way (sent or held by a job)."""
+        paused = self.health.paused
+        return any(target not in paused for _, target in self.in_flight)
 
     def unjournaled_deletions(self) -> bool:
         """Files deleted after upload that the journal does not say so yet."""
@@ -179,6 +188,8 @@ class Dispatcher:
             self.in_flight.pop((due.item_id, name), None)
         if kind in (delivery.ACKED, delivery.SUBMITTED):
             gate.served(now)
+        if kind in (delivery.ACKED, delivery.PERMANENT, delivery.INVALID):
+            self.unknown_at_start.discard((due.item_id, name))
         if kind == delivery.ACKED:
             assert outcome.receipt is not None
             self.store.acked(due.item_id, name, outcome.receipt.to_json(), now, succeeded=False)
@@ -337,6 +348,8 @@ class Dispatcher:
                     continue
                 self.store.intend(due.item_id, name, due.version, now)
                 self.in_flight[(due.item_id, name)] = due.key
+                if self.unknown_at_start and (due.item_id, name) in self.unknown_at_start:
+                    due = replace(due, unknown_at_start=True)
                 items.append((due, None))  # its files: the worker takes them from the cache or the row
             if items:
                 handed += 1

@@ -12,7 +12,6 @@ re-sending their items; their uploads are then read again when the job ends.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 from syncd.items.convention import ItemFiles
@@ -123,15 +122,17 @@ class JobBook:
 
     # -- a failed pass --------------------------------------------------------------------------
     def snapshot(self):
-        """What a failed pass must put back (cheap: jobs are few)."""
-        return {t: {i: _shallow(j) for i, j in jobs.items()} for t, jobs in self.jobs.items()}, set(self.polling)
+        """What a failed pass must put back: each job's fields a pass changes, as a tuple (a
+        pass only appends to a job's items). Taken by every pass: kept cheap."""
+        return ({t: {i: (j, j.timer_start, j.next_poll_at, j.polls, j.finishing, len(j.items)) for i, j in jobs.items()}
+                 for t, jobs in self.jobs.items()}, set(self.polling))
 
     def restore(self, saved) -> None:
-        self.jobs, self.polling = saved
-
-
-def _shallow(job: Job) -> Job:
-    """A copy of ``job`` whose item list can change without touching the original."""
-    clone = copy.copy(job)
-    clone.items = list(job.items)
-    return clone
+        jobs, self.polling = saved
+        self.jobs = {target: {} for target in jobs}
+        for target, kept in jobs.items():
+            for job_id, (job, timer_start, next_poll_at, polls, finishing, count) in kept.items():
+                job.timer_start, job.next_poll_at, job.polls = timer_start, next_poll_at, polls
+                job.finishing = finishing
+                del job.items[count:]
+                self.jobs[target][job_id] = job

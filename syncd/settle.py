@@ -15,18 +15,16 @@ being read.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.companions import LateCompanions
 from syncd.config import DaemonSettings
+from syncd.deadlines import Deadlines, Settling
 from syncd.errors import ItemError
 from syncd.folders import Folder, Folders, may_exist
 from syncd.items.content import ContentCache, ItemContent, invalid_signature, stat_signature
@@ -45,24 +43,6 @@ READ_CHUNK = 4 * READERS  # complete items read together
 FRESH = 1.0  # seconds: an item stat'ed this recently (by the scan that found it) is not stat'ed again
 
 
-@dataclass
-class Settling:
-    """An item whose files are being watched until they are complete."""
-
-    folder: Folder
-    item_id: int
-    files: ItemFiles
-    sig: str
-    since: float  # when the signature was last seen to change
-    quiet: float  # the files' latest mtime/ctime
-    first: float  # when it started settling
-    observed_at: float  # when its files were last stat'ed
-    reported: bool = False  # "still being written" was reported
-    was_deleted: bool = False  # its key is that of an item delivered and deleted after upload
-    check_at: float = field(default=0.0)  # its next look
-    ticket: int = -1  # its live entry in the deadline heap (older ones are superseded)
-
-
 class Settler:
     """Observes items and settles them (see the module docstring). Every journal write goes
     into the coordinator's pass transaction; nothing here survives a failed pass but what a
@@ -79,9 +59,8 @@ class Settler:
         self.wake = wake
         self.rng = rng
         self.store: Store | None = None  # set by the daemon once the journal is open
-        self.settling: dict[int, Settling] = {}
-        self._heap: list[tuple[float, int, int]] = []
-        self._seq = itertools.count()
+        self.deadlines = Deadlines()
+        self.settling = self.deadlines.settling
         self._last_now = 0.0
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
@@ -94,6 +73,11 @@ class Settler:
         self.readers = Readers(read_options)
         self._unreadable_unsaved = {folder.name for folder in folders}  # folder.unreadable not journaled yet
         self.stopping: Callable[[], bool] = lambda: False  # set by the daemon: scans end early (syncd.scan.Stopped)
+        # Whether deliveries are on their way (the dispatcher says): while they are and the
+        # content cache is full, complete items wait to be read (``held``) -- read once, sent
+        # from memory, instead of read ahead, pushed out of the cache and read again.
+        self.sending: Callable[[], bool] = lambda: False
+        self.held = False
 
     # -- scans and hints --------------------------------------------------------------------
     def scan(self, now: float) -> None:
@@ -266,34 +250,18 @@ class Settler:
     def forget(self) -> None:
         """A pass failed (its journal writes were rolled back): drop what it may have added;
         the rescan that follows observes every unsettled item again."""
-        self.settling.clear()
-        self._heap.clear()
+        self.deadlines.clear()
         self.newly_due.clear()
         self._unreadable_unsaved = {folder.name for folder in self.folders}  # journaled again by the next scans
 
     # -- deadlines ---------------------------------------------------------------------------
     def _schedule(self, entry: Settling, now: float) -> None:
-        settle = self.cfg.settle_seconds
-        at = entry.since + settle
-        if entry.quiet <= now:
-            at = min(at, entry.quiet + settle)
-        if not entry.reported:
-            at = min(at, entry.first + self.cfg.max_settle_seconds)
-        self._push(entry, at)
-
-    def _push(self, entry: Settling, at: float) -> None:
-        entry.check_at, entry.ticket = at, next(self._seq)
-        heapq.heappush(self._heap, (at, entry.ticket, entry.item_id))
+        self.deadlines.schedule(entry, now, self.cfg.settle_seconds, self.cfg.max_settle_seconds)
 
     def next_deadline(self) -> float | None:
-        """When the next settling item must be looked at (None: nothing is settling)."""
-        while self._heap:
-            at, ticket, item_id = self._heap[0]
-            entry = self.settling.get(item_id)
-            if entry is not None and entry.ticket == ticket:
-                return at
-            heapq.heappop(self._heap)  # superseded
-        return None
+        """When the next settling item must be looked at (None: nothing is settling, or
+        reading waits for room in the content cache)."""
+        return None if self.held else self.deadlines.next()
 
     # -- settling -----------------------------------------------------------------------------
     def settle(self, now: float) -> None:
@@ -309,15 +277,26 @@ class Settler:
         # of it is still being read instead of after all of it.
         deadline = time.monotonic() + SETTLE_SLICE
         later: list[Settling] = []  # looked at again by the next pass
-        while self._heap and self._heap[0][0] <= now:
+        self.held = read = False
+        while self.deadlines.due(now):
             if time.monotonic() > deadline:
                 self.wake.set()  # more is due: the next pass goes on right after dispatching
                 break
-            ready = self._complete(now, READ_CHUNK, later)
+            chunk = min(READ_CHUNK, self.cache.room())
+            if chunk <= 0:  # the content cache is full
+                if self.sending():
+                    self.held = self.cache.wanted = True  # a send that frees room wakes the coordinator
+                    break
+                if read:
+                    self.wake.set()  # what this pass read is dispatched first
+                    break
+                chunk = READ_CHUNK  # nothing is on its way (a paused target): read on, the oldest go
+            ready = self._complete(now, chunk, later)
             if ready:
+                read = True
                 self._read_all(ready, now)
         for entry in later:
-            self._push(entry, now)
+            self.deadlines.push(entry, now)
 
     def _complete(self, now: float, limit: int, later: list[Settling]) -> list[Settling]:
         """Up to ``limit`` due items whose files are complete (no longer settling); the other
@@ -325,13 +304,10 @@ class Settler:
         assert self.store is not None
         settle = self.cfg.settle_seconds
         ready: list[Settling] = []
-        while self._heap and self._heap[0][0] <= now and len(ready) < limit:
-            _, ticket, item_id = heapq.heappop(self._heap)
-            entry = self.settling.get(item_id)
-            if entry is None or entry.ticket != ticket:
-                continue  # superseded
+        while len(ready) < limit and (entry := self.deadlines.pop_due(now)) is not None:
+            item_id = entry.item_id
             if entry.folder.missing:
-                self._push(entry, now + settle)
+                self.deadlines.push(entry, now + settle)
                 continue
             if not 0 <= now - entry.observed_at < FRESH:  # stat'ed just now: that is its latest look
                 try:
@@ -394,8 +370,8 @@ class Settler:
         label_error = "; ".join(content.label_errors) or None
         if label_error:
             log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
-        self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
-                           notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
+        sends = self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
+                                   notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
         restored = item_id in self.companions.restored  # its image put back for a late companion
         self.companions.restored.discard(item_id)
         if entry.was_deleted and not restored:  # a name used again after deletion
@@ -404,7 +380,8 @@ class Settler:
                 return
             log.warning("%s was delivered and deleted before: this new file replaces it on %s (the same key); "
                         "give new files new names to keep both", entry.files.key, ", ".join(folder.targets))
-        self.cache.put(item_id, entry.sig, content, entry.files)
+        if sends:
+            self.cache.put(item_id, entry.sig, content, entry.files, uses=sends)
         self.newly_due.update(folder.targets)
         log.debug("item %s settled at version %s", entry.files.key, content.version)
 

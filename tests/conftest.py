@@ -60,6 +60,7 @@ class ScriptedTarget(Target):
         self.job_script: dict[int, str] = {}
         self.jobs: dict[str, dict] = {}  # job id -> {"uploads", "reads", "fate"}
         self.finished: list[tuple[str, list[str]]] = []  # (job id, keys finish_job was given)
+        self.handed: list[tuple[str, bool]] = []  # (key, outcome_unknown_at_start) of every batch's uploads
 
     def check(self) -> list[str]:
         if self.check_error:
@@ -82,6 +83,7 @@ class ScriptedTarget(Target):
         assert 1 <= len(uploads) <= self.max_batch, f"a batch of {len(uploads)} for max_batch {self.max_batch}"
         with self.lock:
             self.batches.append([upload.key for upload in uploads])
+            self.handed += [(upload.key, upload.outcome_unknown_at_start) for upload in uploads]
             whole = self.batch_script.pop(0) if self.batch_script else None
             number = len(self.jobs) + 1
         if isinstance(whole, Exception):

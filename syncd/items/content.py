@@ -29,6 +29,7 @@ import os
 import stat as stat_module
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,30 +161,60 @@ def verified(content: ItemContent, version: str) -> bool:
 class ContentCache:
     """Settled content waiting to be sent, by item id and stat signature, most recent last,
     bounded by ``max_bytes`` (the oldest go first). Shared by the coordinator (``put``,
-    ``drop``) and the upload workers (``get``)."""
+    ``drop``, ``room``) and the upload workers (``claim``).
+
+    Read once, sent once: an entry is put with the number of targets that will send it
+    (``uses``) and leaves when the last of them claimed it, so what waits to be sent is what
+    the cache holds. Settling stops reading ahead while the cache is full and deliveries are
+    on their way (syncd.settle); ``on_room`` is called when a claim frees room then."""
 
     def __init__(self, max_bytes: int = 64 << 20):
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, tuple[str, ItemContent, ItemFiles | None]] = OrderedDict()
+        self._uses: dict[int, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        self.wanted = False  # settling waits for room: call on_room when a claim frees some
+        self.hits = self.misses = 0  # claims that found the item's content, and that did not
+        self.on_room: Callable[[], None] = lambda: None
 
-    def put(self, item_id: int, sig: str, content: ItemContent, files: ItemFiles | None = None) -> None:
-        """Keep ``content`` read from ``files`` at stat signature ``sig``."""
+    def put(self, item_id: int, sig: str, content: ItemContent, files: ItemFiles | None = None, *,
+            uses: int = 1) -> None:
+        """Keep ``content`` read from ``files`` at stat signature ``sig`` for ``uses`` sends."""
         if content.size > self.max_bytes:
             return
         with self._lock:
             self._pop(item_id)
             self._entries[item_id] = (sig, content, files)
+            self._uses[item_id] = uses
             self._bytes += content.size
             while self._bytes > self.max_bytes:
                 self._pop(next(iter(self._entries)))
 
-    def get(self, item_id: int, sig: str) -> ItemContent | None:
-        """The content cached for the item at stat signature ``sig``, or None."""
+    def room(self) -> int:
+        """About how many more entries of the average size fit (1 when empty: the size of
+        what is read is not known yet)."""
+        if not self._entries:
+            return 1
+        average = self._bytes // len(self._entries) or 1
+        return max(0, (self.max_bytes - self._bytes) // average)
+
+    def claim(self, item_id: int) -> tuple[str, ItemContent, ItemFiles | None] | None:
+        """``entry``, for a send: the last of its ``uses`` takes it out of the cache."""
         with self._lock:
             entry = self._entries.get(item_id)
-        return entry[1] if entry is not None and entry[0] == sig else None
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._uses[item_id] -= 1
+            if self._uses[item_id] > 0:
+                return entry
+            self._pop(item_id)
+            wake, self.wanted = self.wanted, False
+        if wake:
+            self.on_room()
+        return entry
 
     def entry(self, item_id: int) -> tuple[str, ItemContent, ItemFiles | None] | None:
         """``(sig, content, files)`` cached for the item, whatever its signature, or None."""
@@ -198,6 +229,7 @@ class ContentCache:
         entry = self._entries.pop(item_id, None)
         if entry is not None:
             self._bytes -= entry[1].size
+            del self._uses[item_id]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -320,7 +352,8 @@ def _as_displayed(error: str, width: int, height: int, orientation: int) -> str:
             "labels and masks are in the displayed orientation)")
 
 
-def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) -> Upload:
+def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None, *,
+              outcome_unknown_at_start: bool = False) -> Upload:
     return Upload(
         key=files.key,
         version=content.version,
@@ -337,4 +370,5 @@ def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) 
         mask=content.mask,
         class_map=content.class_map,
         previous=previous,
+        outcome_unknown_at_start=outcome_unknown_at_start,
     )

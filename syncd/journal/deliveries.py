@@ -23,7 +23,9 @@ from syncd.journal.writer import Writer
 class DueDelivery:
     """A delivery due now (or held by a job): one item of a batch the coordinator hands to
     the target's workers. ``image``/``sidecar``/``mask`` are the paths the item settled with;
-    ``solo``: it is sent alone (its batch was refused as a whole)."""
+    ``solo``: it is sent alone (its batch was refused as a whole). ``unknown_at_start`` is not
+    a column: the dispatcher sets it for a delivery whose outcome was already unknown when the
+    journal was opened (``unknown_outcomes``)."""
 
     item_id: int
     target: str
@@ -37,6 +39,7 @@ class DueDelivery:
     image: str | None = None
     sidecar: str | None = None
     mask: str | None = None
+    unknown_at_start: bool = False
 
 
 @dataclass(frozen=True)

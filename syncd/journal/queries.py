@@ -91,6 +91,11 @@ class JournalReader:
         ).fetchone()
         return bool(row and row[0] and row[1] == len(targets))
 
+    def unknown_outcomes(self) -> set[tuple[int, str]]:
+        """``(item_id, target)`` of every delivery still to do whose last outcome is unknown."""
+        return {(row[0], row[1]) for row in self.conn.execute(
+            "SELECT item_id, target FROM deliveries WHERE outcome_unknown=1 AND state IN ('pending', 'in_flight')")}
+
     def next_due_at(self, target: str, now: float) -> float | None:
         """When the next delivery of ``target`` (of a ready item) is due after ``now``, or None."""
         row = self.conn.execute(

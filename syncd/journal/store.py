@@ -124,18 +124,15 @@ class Store(Deliveries, JournalReader):
 
     def settled(self, item_id: int, version: str, targets: list[str], now: float, *,
                 label_error: str | None = None, notes: dict[str, str | None] | None = None,
-                stat_sig: str | None = None) -> None:
+                stat_sig: str | None = None) -> int:
         """The item is complete and valid at ``version``: every target of its folder wants it.
 
         ``label_error``: its labels or mask were left out (delivered without them), and why.
         ``notes``: per target, what that platform cannot represent of this item.
         ``stat_sig``: the files' stat signature it settled at (kept unless given).
+        Returns how many of ``targets`` are to send it (not holding it already).
         """
-        statements: list[tuple[str, tuple]] = [
-            ("UPDATE items SET version=?, state='ready', error=NULL, label_error=?, updated_at=?, "
-             "stat_sig=COALESCE(?, stat_sig) WHERE id=?",
-             (version, label_error, now, stat_sig, item_id))
-        ]
+        statements: list[tuple[str, tuple]] = []
         for target in targets:
             statements.append(
                 (
@@ -154,11 +151,15 @@ class Store(Deliveries, JournalReader):
                     "next_attempt_at=CASE WHEN deliveries.state='pending' THEN deliveries.next_attempt_at ELSE 0 END, "
                     "pending_since=COALESCE(CASE WHEN deliveries.state IN ('pending','in_flight') "
                     "  THEN deliveries.pending_since END, excluded.pending_since), "
-                    "updated_at=excluded.updated_at, note=excluded.note",
+                    "updated_at=excluded.updated_at, note=excluded.note RETURNING state",
                     (item_id, target, version, now, now, (notes or {}).get(target)),
                 )
             )
-        self._tx(statements)
+        with self.transaction():
+            self._tx([("UPDATE items SET version=?, state='ready', error=NULL, label_error=?, updated_at=?, "
+                       "stat_sig=COALESCE(?, stat_sig) WHERE id=?", (version, label_error, now, stat_sig, item_id))])
+            states = [self._write_returning(sql, args)[0][0] for sql, args in statements]
+        return sum(state in ("pending", "in_flight") for state in states)
 
     def invalid(self, item_id: int, error: str, targets: list[str], now: float) -> None:
         """The item's files are bad: it is failed for every target until they change."""

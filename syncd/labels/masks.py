@@ -32,12 +32,15 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
 from syncd.errors import ItemError, LocalError
 from syncd.labels.classmap import CLASS_MAP_NAME, ClassMap, Colour, parse_class_map
+
+if TYPE_CHECKING:  # numpy is imported by the functions that handle a mask: a tenth of a second and
+    import numpy as np  # a pool of BLAS threads that a daemon whose items have no mask never pays
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_LISTED = 8  # unknown colours named in one error message
@@ -91,6 +94,7 @@ def _png_header(data: bytes, source: str) -> tuple[int, int, int, int]:
 
 
 def _describe(values: np.ndarray, counts: np.ndarray, rgb: bool) -> str:
+    import numpy as np
     order = np.argsort(-counts, kind="stable")[:MAX_LISTED]
     parts = []
     for i in order:
@@ -104,6 +108,7 @@ def _describe(values: np.ndarray, counts: np.ndarray, rgb: bool) -> str:
 def _rgb_to_index(image: Image.Image, class_map: ClassMap, source: str) -> tuple[np.ndarray, int | None]:
     """Class indices of an RGB(A) image: colours packed into uint32 (alpha dropped) and mapped
     through a 2^24-entry lookup table (16 MiB, one gather; no per-pixel Python)."""
+    import numpy as np
     rgba = np.array(image.convert("RGBA") if image.mode != "RGBA" else image)  # a writable copy
     packed = rgba.view("<u4")[..., 0]
     packed &= np.uint32(0xFFFFFF)  # in place (r | g << 8 | b << 16): one 4-byte array per pixel, not two
@@ -127,6 +132,7 @@ def _rgb_to_index(image: Image.Image, class_map: ClassMap, source: str) -> tuple
 
 
 def _index_values(image: Image.Image, source: str) -> np.ndarray:
+    import numpy as np
     if image.mode in ("L", "P"):
         return np.asarray(image)
     if image.mode == "LA":
@@ -141,6 +147,7 @@ def _index_values(image: Image.Image, source: str) -> np.ndarray:
 
 def read_mask(data: bytes, class_map: ClassMap, *, width: int, height: int, source: str) -> Mask:
     """Decode and validate mask bytes against the image size and the class map."""
+    import numpy as np
     mask_w, mask_h, depth, colour_type = _png_header(data, source)
     if depth == 16:
         raise ItemError(f"{source}: the mask is 16-bit; masks must be 8-bit: save it with 8 bits per channel")
@@ -242,6 +249,7 @@ def binary_rgba_png(inside: np.ndarray, colour: Colour) -> bytes:
     the row above) and deflated with zlib's run-length strategy, which suits the long zero
     runs. Any PNG decoder reads it (tests decode it with pillow).
     """
+    import numpy as np
     h, w = inside.shape
     r, g, b = colour
     pixels = np.where(inside, np.uint32(r | g << 8 | b << 16 | 255 << 24), np.uint32(0)).astype("<u4", copy=False)
@@ -277,6 +285,7 @@ def nifti_instances(mask: Mask) -> tuple[bytes, list[tuple[int, str]]]:
     transposed, as RedBrick's SDK writes it), uint8, affine ``diag(-1, -1, 1, 1)``. The gzip
     header carries no timestamp, so the same mask gives the same bytes.
     """
+    import numpy as np
     try:
         import nibabel  # optional extra: pip install 'syncd[redbrick]'
     except ImportError:

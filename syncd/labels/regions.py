@@ -21,8 +21,10 @@ blobby classes has about 10^5 runs), so the whole thing takes tens of millisecon
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the functions below, when a mask is converted (see
+    import numpy as np  # syncd.labels.masks): a daemon whose items have no mask never pays for it
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Region:
 def _components(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Root of every node after joining the edges ``(u[i], v[i])``; roots are the smallest
     node of their component. The invariant ``parent[x] <= x`` rules out cycles."""
+    import numpy as np
     for _ in range(10_000):
         pu, pv = parent[u], parent[v]
         joined = pu != pv
@@ -64,6 +67,7 @@ def region_boxes(mask, *, min_pixels: int = 1) -> list[Region]:
     Regions smaller than ``min_pixels`` are left out (specks from anti-aliasing). The result is
     ordered by class index, then top-to-bottom, left-to-right: the same mask gives the same list.
     """
+    import numpy as np
     index = mask.index
     h, w = index.shape
     is_class = np.zeros(256, dtype=bool)

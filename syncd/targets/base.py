@@ -90,6 +90,12 @@ class Upload:
     mask, if any. ``width`` and ``height`` are the image's as displayed, and labels and mask
     are in that orientation: ``orientation`` is a JPEG's EXIF orientation (1-8), which turns
     the stored pixels for display (5-8 swap width and height); the image bytes are unchanged.
+
+    ``outcome_unknown_at_start``: what became of an earlier attempt of this item was already
+    unknown when this process started (it stopped between sending and journaling the answer,
+    or a previous run left a lost reply or a timeout unresolved), so a request of an earlier
+    process may still be at work on the platform (a Nucleus job nobody follows). Set by the
+    engine from the journal; attempts whose outcome this process lost are not flagged.
     """
 
     key: str
@@ -107,6 +113,7 @@ class Upload:
     class_map: dict[str, Any] | None = None
     previous: Receipt | None = None
     orientation: int = 1
+    outcome_unknown_at_start: bool = False
 
     @property
     def image_suffix(self) -> str:

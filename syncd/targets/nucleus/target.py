@@ -22,8 +22,8 @@ Idempotency and updates:
   outcome.
 - Because appends upsert, a job that runs late writes an older version over a newer one:
   ``ordering`` makes sure no item is appended while an earlier job that may write it
-  could still run (in this process: by item; after a restart: the dataset's jobs from
-  before the start are waited for first).
+  could still run (in this process: by item; after a restart, for an item whose outcome
+  was unknown at the start: the dataset's jobs from before the start are waited for first).
 
 ``upload.metadata`` is sent unchanged (any JSON). Labels and masks become ground-truth
 annotations once the append's job has ended (``_deliver_annotations``, see
@@ -155,16 +155,20 @@ class NucleusTarget(Target):
         Per item, without sending it: ``PermanentError`` for metadata JSON cannot carry (NaN)
         or an empty key, ``ItemError`` for a mask that cannot be converted, and
         ``TransientError`` (retry later, nothing sent) while an earlier job that may write the
-        item still runs. The request as a whole: raises ``TransientError``/``FatalTargetError``
+        item still runs: one of this process's, or, for an item whose outcome was unknown at
+        the start (``outcome_unknown_at_start``), the dataset's jobs from before the start
+        (``ordering.StartupJobs``). The request as a whole: raises ``TransientError``/``FatalTargetError``
         when every upload was in it (else each sent item gets the error); a refusal (4xx) is
         that item's ``PermanentError`` in a request of one, ``SendAlone`` for each otherwise."""
         results: list[ItemResult | None] = [None] * len(uploads)
-        waiting = self.startup.wait()
-        if waiting:
-            return [TransientError(f"{self._what(u.key)}: {waiting}", retry_after=self.settings.job_poll_interval,
-                                   outcome_unknown=False) for u in uploads]
+        # Only an item whose outcome was unknown at the start can be in a job of an earlier process.
+        waiting = self.startup.wait() if any(u.outcome_unknown_at_start for u in uploads) else None
         items: list[str] = [""] * len(uploads)
         for i, upload in enumerate(uploads):
+            if waiting and upload.outcome_unknown_at_start:
+                results[i] = TransientError(f"{self._what(upload.key)}: {waiting}",
+                                            retry_after=self.settings.job_poll_interval, outcome_unknown=False)
+                continue
             try:
                 items[i] = self._prepare(upload)
             except SyncdError as exc:

@@ -5,6 +5,7 @@ ordering guarantee, and 404s classified by route (issue 10, item 16)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -313,30 +314,55 @@ def restarted_target(emulator, dataset_id, **overrides) -> tuple[NucleusTarget, 
     return target, clock
 
 
-def test_jobs_from_before_the_start_are_waited_for(emulator, dataset_id):
-    """After a restart the new process does not know which items the old one's jobs hold:
-    it appends nothing until they have ended."""
+def unknown_at_start(uploads):
+    """The uploads as the engine hands them over after a restart that found their outcome unknown."""
+    return [dataclasses.replace(upload, outcome_unknown_at_start=True) for upload in uploads]
+
+
+def listed_jobs(emulator) -> int:
+    return sum(method == "POST" and path.endswith("/jobs/") for method, path in emulator.requests)
+
+
+def test_jobs_from_before_the_start_are_waited_for_by_items_whose_outcome_was_unknown(emulator, dataset_id):
+    """After a restart the new process does not know which items the old one's jobs hold;
+    only an item whose outcome was unknown at the start can be in one: it is not appended
+    until they have ended. The other items of the batch go at once."""
     emulator.state.fifo = False
     emulator.job_script = ["Running"] * 1000
     before = make_target(emulator, dataset_id)
-    before.deliver_batch(batch(2))  # then the process dies
+    crashed = batch(2)
+    before.deliver_batch(crashed)  # then the process dies before journaling the job
+    target, clock = restarted_target(emulator, dataset_id, job_timeout=60, job_poll_interval=0.5)
+    mixed = unknown_at_start(crashed) + batch(1, prefix="cam2/f")
+    results = target.deliver_batch(mixed)
+    assert all(isinstance(r, TransientError) and "running before syncd started" in str(r) for r in results[:2])
+    assert not results[0].outcome_unknown
+    assert isinstance(results[2], Submitted)
+    assert [r["payload"]["reference_id"] for r in appends(emulator)[-1]["rows"]] == ["cam2/f00"]
+    assert listed_jobs(emulator) == 1
+    emulator.run_jobs()
+    assert all(isinstance(r, Submitted) for r in target.deliver_batch(unknown_at_start(crashed)))
+    assert listed_jobs(emulator) == 1  # listed once per process
+
+
+def test_a_fresh_start_neither_lists_nor_waits_for_jobs_it_cannot_be_in(emulator, dataset_id):
+    """A daemon on a fresh journal (or after a clean stop) has no item of unknown outcome:
+    jobs running on the dataset (another device's, in a fleet) do not hold it up."""
+    emulator.job_script = ["Running"] * 1000
+    make_target(emulator, dataset_id).deliver_batch(batch(2, prefix="other-device/f"))
     target, clock = restarted_target(emulator, dataset_id, job_timeout=60, job_poll_interval=0.5)
     results = target.deliver_batch(batch(3, prefix="cam2/f"))
-    assert all(isinstance(r, TransientError) and "running before syncd started" in str(r) for r in results)
-    assert not results[0].outcome_unknown
-    assert len(appends(emulator)) == 1  # nothing sent
-    assert any(method == "POST" and path.endswith("/jobs/") for method, path in emulator.requests)
-    emulator.run_jobs()
-    assert all(isinstance(r, Submitted) for r in target.deliver_batch(batch(3, prefix="cam2/f")))
+    assert all(isinstance(r, Submitted) for r in results)
+    assert listed_jobs(emulator) == 0 and clock.now == 1000.0  # no listing, no waiting
 
 
 def test_jobs_from_before_the_start_are_given_up_after_job_timeout(emulator, dataset_id):
     emulator.job_script = ["Running"] * 1000
     make_target(emulator, dataset_id).deliver_batch(batch(1))
     target, clock = restarted_target(emulator, dataset_id, job_timeout=60, job_poll_interval=0.5)
-    assert isinstance(target.deliver_batch(batch(1, prefix="x/"))[0], TransientError)
+    assert isinstance(target.deliver_batch(unknown_at_start(batch(1, prefix="x/")))[0], TransientError)
     clock.now += 60  # job_timeout since the target found the job
-    assert isinstance(target.deliver_batch(batch(1, prefix="x/"))[0], Submitted)
+    assert isinstance(target.deliver_batch(unknown_at_start(batch(1, prefix="x/")))[0], Submitted)
 
 
 # -- error rows ---------------------------------------------------------------------------------------
