@@ -1,4 +1,4 @@
-"""Command line: run, once, status, check, retry, schema, init, systemd-unit. Errors become
+"""Command line: run, once, status, check, retry, pause, resume, schema, init, systemd-unit. Errors become
 exit codes here only.
 
 Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error
@@ -149,6 +149,34 @@ def cmd_retry(args) -> int:
     return EXIT_OK
 
 
+def cmd_pause(args) -> int:
+    return _pause(args, True)
+
+
+def cmd_resume(args) -> int:
+    return _pause(args, False)
+
+
+def _pause(args, paused: bool) -> int:
+    from syncd.control import set_paused
+
+    config = _config(args)
+    result = set_paused(config, args.target, paused)
+    verb = "paused" if paused else "resumed"
+    if not result.changed:
+        print(f"target {result.target} was already {'paused by operator' if paused else 'not paused by operator'}")
+    elif result.pid is not None and result.signal_error is None:
+        print(f"target {result.target} {verb}; the running syncd (pid {result.pid}) "
+              + ("holds its deliveries now" if paused else "resumes its deliveries now"))
+    elif result.pid is not None:
+        print(f"target {result.target} {verb} in the journal; the running syncd (pid {result.pid}) could not be told: "
+              f"{result.signal_error}; it notices within 30s")
+    else:
+        print(f"target {result.target} {verb}; no syncd is running: "
+              + ("it stays paused when one starts" if paused else "deliveries go on when one starts"))
+    return EXIT_OK
+
+
 def cmd_schema(args) -> int:
     from syncd.labels.sidecar import sidecar_json_schema
 
@@ -207,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--incomplete", action="store_true",
                        help="deliver again items a target took without some parts (status: 'not sent'), "
                             "e.g. after installing nibabel")
+    pause = add("pause", cmd_pause, "hold every delivery to TARGET (a running daemon within a second; "
+                                    "survives restarts) until `syncd resume TARGET`")
+    pause.add_argument("target", help="a target name, as in [targets.NAME]")
+    resume = add("resume", cmd_resume, "deliver to TARGET again after `syncd pause TARGET`")
+    resume.add_argument("target", help="a target name, as in [targets.NAME]")
     schema = sub.add_parser("schema", help="print the JSON Schema of the sidecar file")
     schema.set_defaults(func=cmd_schema)
     init_help = ("make DIR ready for the service: DIR/config.toml, the inbox (group-writable), "

@@ -49,6 +49,7 @@ log = logging.getLogger("syncd.daemon")
 LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
 CACHE_BYTES = 16 << 20  # settled content kept for the workers (read once); small: RSS < 80 MB at 100k items
 PRESENCE_EVERY = 0.5  # seconds between looks at the folders' presence when nothing else asks
+OPERATOR_EVERY = 30.0  # seconds between reads of the operator's pauses when no signal said they changed
 
 
 def build_targets(config: Config) -> dict[str, Target]:
@@ -72,6 +73,7 @@ class Daemon:
         self.watcher = FolderWatcher([(f.root, f.settings.poll, f.settings.poll_seconds) for f in self.folders])
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        self.control = threading.Event()  # set (with wake) by SIGUSR1: `syncd pause`/`resume` changed the journal
         self.results = Inbox(self.wake)
         self.cache = ContentCache(CACHE_BYTES)
         self.health = Health(self.targets, recheck_seconds=self.cfg.target_recheck_seconds, put=self.results.put)
@@ -84,6 +86,7 @@ class Daemon:
         self.local_error: str | None = None  # why the journal cannot be written (disk full), if so
         self.local_retry_at = 0.0
         self._presence_at = float("-inf")
+        self._operator_at = float("-inf")
         self.metrics = Metrics(config.metrics)
 
     # -- what the parts hold (for the loops, status lines and tests) -----------------------------
@@ -98,6 +101,11 @@ class Daemon:
     @property
     def paused(self) -> dict[str, float]:
         return self.health.paused
+
+    @property
+    def held(self) -> set[str]:
+        """Targets nothing is sent to now: paused, or paused by the operator."""
+        return set(self.health.paused) | set(self.health.operator)
 
     @property
     def checking(self) -> set[str]:
@@ -127,6 +135,7 @@ class Daemon:
         recovered = self.store.recover(now, job_targets=[n for n, t in self.targets.items() if t.has_jobs])
         if recovered:
             log.info("recovering %d deliveries whose outcome is unknown after a restart", recovered)
+        self._read_operator(now)
         self.dispatcher.start(now)
         for name in self.targets:
             self.health.start_check(name)
@@ -206,7 +215,19 @@ class Daemon:
             raise
         self.dispatcher.committed()
 
+    def _read_operator(self, now: float) -> None:
+        """Read the operator's pauses (``syncd pause``/``resume``) from the journal."""
+        assert self.store is not None
+        self.control.clear()
+        self._operator_at = now
+        for name in self.health.operator_pauses(self.store.operator_pauses()):
+            self.dispatcher.next_due.pop(name, None)  # resumed: due rows go at once
+
     def _pass(self, now: float) -> None:
+        # The operator's pauses: read when a signal says they changed, else now and then (a
+        # `syncd pause` that could not signal this process is still seen).
+        if self.control.is_set() or not 0 <= now - self._operator_at < OPERATOR_EVERY:
+            self._read_operator(now)
         events = self.watcher.drain()
         # Whether the folders are there (mounted) is looked at before anything could read an
         # absent folder as "every item was deleted": events, a rescan; else twice a second.
@@ -258,7 +279,7 @@ class Daemon:
     def metrics_text(self, now: float) -> str:
         assert self.store is not None
         in_flight = Counter(target for _, target in self.in_flight)
-        return metrics.render(self.store, targets=list(self.targets), paused=set(self.paused),
+        return metrics.render(self.store, targets=list(self.targets), paused=self.held,
                               in_flight=in_flight, attempts=self.attempts, now=now)
 
     def pending_total(self) -> int:

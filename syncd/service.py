@@ -41,8 +41,13 @@ def _install_signals(daemon: Daemon) -> None:
         daemon.stop_event.set()
         daemon.wake.set()
 
+    def control(signum, _frame):  # `syncd pause`/`resume` changed the journal (syncd.control)
+        daemon.control.set()
+        daemon.wake.set()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, control)
 
 
 def run_service(config: Config) -> int:
@@ -123,7 +128,8 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
 def _waiting(daemon: Daemon) -> int:
     """Deliveries still to do on targets that are not paused."""
     assert daemon.store is not None
-    active = [name for name in daemon.targets if name not in daemon.paused]
+    held = daemon.held
+    active = [name for name in daemon.targets if name not in held]
     if not active:
         return 0
     return daemon.store.waiting_count(active)
@@ -138,7 +144,7 @@ def _once_result(daemon: Daemon) -> OnceResult:
         elif row["state"] == "failed":
             result.failed.append((row["key"], row["target"], row["error"] or row["item_error"] or "failed"))
         elif row["item_state"] != "deleted":
-            reason = row["error"] or ("paused target" if row["target"] in daemon.paused else "not delivered yet")
+            reason = row["error"] or ("paused target" if row["target"] in daemon.held else "not delivered yet")
             result.pending.append((row["key"], row["target"], reason))
     for key, label_error in daemon.store.delivered_without_labels():
         result.failed.append((key, "(labels)", f"delivered without labels/mask: {label_error}"))

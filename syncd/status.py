@@ -57,13 +57,19 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                 }
             )
         targets = []
+        by_operator = journal.operator_pauses()
         for name, settings in config.target_settings.items():
             paused, last_success, last_error, last_error_at = journal.target_health(name)
+            since = by_operator.get(name)
+            if since is not None:
+                paused = "paused by operator" + (f"; also: {paused}" if paused else "")
             targets.append(
                 {
                     "target": name,
                     "platform": settings.platform,
                     "paused": paused,
+                    "paused_by_operator": since is not None,
+                    "paused_since": _iso(since),
                     "last_success": _iso(last_success),
                     "last_error": last_error,
                     "last_error_at": _iso(last_error_at),
@@ -101,6 +107,8 @@ def render(status: dict[str, Any]) -> str:
                 lines.append(f"     NOTE {note['key']}: {note['note']}")
     for t in status["targets"]:
         state = f"PAUSED: {t['paused']}" if t["paused"] else "ok"
+        if t.get("paused_since"):
+            state += f" (since {t['paused_since']}; `syncd resume {t['target']}`)"
         lines.append(f"target {t['target']} ({t['platform']}): {state}; last success {t['last_success'] or 'never'}"
                      + (f"; last error {t['last_error_at']}: {t['last_error']}" if t["last_error"] else ""))
     return "\n".join(lines)

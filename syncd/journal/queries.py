@@ -180,9 +180,18 @@ class JournalReader:
         return self.conn.execute("SELECT key, error FROM items WHERE state='settling'").fetchall()
 
     def paused_targets(self) -> dict[str, str]:
-        """``target -> reason`` of the targets paused in the journal."""
+        """``target -> reason`` of the targets paused in the journal: by the operator
+        (``syncd pause``, "paused by operator") or because they cannot work."""
         return dict(self.conn.execute(
-            "SELECT name, paused_reason FROM targets WHERE paused_reason IS NOT NULL").fetchall())
+            "SELECT name, CASE WHEN operator_paused_at IS NULL THEN paused_reason "
+            "WHEN paused_reason IS NULL THEN 'paused by operator' "
+            "ELSE 'paused by operator; also: ' || paused_reason END "
+            "FROM targets WHERE paused_reason IS NOT NULL OR operator_paused_at IS NOT NULL").fetchall())
+
+    def operator_pauses(self) -> dict[str, float]:
+        """``target -> since`` of the targets paused by the operator (``syncd pause``)."""
+        return dict(self.conn.execute(
+            "SELECT name, operator_paused_at FROM targets WHERE operator_paused_at IS NOT NULL").fetchall())
 
     # -- `syncd status`, per folder and target ----------------------------------------------
     def item_counts(self, folder: str) -> dict[str, int]:
@@ -266,3 +275,19 @@ class JournalReader:
             "SELECT paused_reason, last_success, last_error, last_error_at FROM targets WHERE name=?", (target,)
         ).fetchone()
         return row or (None, None, None, None)
+
+    def retention_totals(self) -> dict[str, tuple[int, int, float | None, str | None]]:
+        """``folder -> (items, bytes, last_at, last_key)`` that retention removed so far."""
+        return {folder: (items, size, last_at, last_key) for folder, items, size, last_at, last_key in
+                self.conn.execute("SELECT folder, items, bytes, last_at, last_key FROM retention")}
+
+    def retention_candidates(self, folder: str, targets: list[str], limit: int) -> list[tuple[int, str]]:
+        """``(id, key)`` of up to ``limit`` items of ``folder``, oldest first, that every one of
+        ``targets`` acked at the item's current version (what retention may remove)."""
+        marks = ",".join("?" * len(targets))
+        return self.conn.execute(
+            "SELECT i.id, i.key FROM items i WHERE i.folder=? AND i.state='ready' AND i.version IS NOT NULL "
+            f"AND (SELECT count(*) FROM deliveries d WHERE d.item_id=i.id AND d.target IN ({marks}) "
+            "AND d.state='acked' AND d.acked_version=i.version)=? "
+            "ORDER BY i.first_seen, i.id LIMIT ?",
+            (folder, *targets, len(targets), limit)).fetchall()
