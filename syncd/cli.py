@@ -41,24 +41,23 @@ def cmd_run(args) -> int:
 
 def cmd_once(args) -> int:
     from syncd import logconfig
+    from syncd.progress import Progress, TerminalLine, summary
     from syncd.service import run_once
 
     config = _config(args)
-    logconfig.configure(args.log_level or config.daemon.log_level, config.daemon.log_format)
-
-    def progress(daemon) -> None:
-        counts = daemon.store.counts()
-        print(f"... {counts.get('acked', 0)} delivered, {counts.get('pending', 0) + counts.get('in_flight', 0)} "
-              f"to go, {counts.get('settling', 0)} settling", file=sys.stderr)
-
-    result = run_once(config, max_wait=args.max_wait, progress=progress if sys.stderr.isatty() else None)
-    print(f"{result.delivered} delivered, {len(result.failed)} failed, {len(result.pending)} not delivered")
+    # At a terminal: one line rewritten in place, the log lines above it; else plain lines.
+    line = TerminalLine(sys.stderr) if sys.stderr.isatty() and not args.no_progress else None
+    logconfig.configure(args.log_level or config.daemon.log_level, config.daemon.log_format, stream=line)
+    progress = None if args.no_progress else Progress(line)
+    result = run_once(config, max_wait=args.max_wait, progress=progress)
     for key, target, reason in result.failed:
         print(f"FAILED {key} -> {target}: {reason}")
     for key, target, reason in result.pending:
         print(f"PENDING {key} -> {target}: {reason}")
     for target, reason in result.paused.items():
         print(f"PAUSED target {target}: {reason}")
+    print(summary(delivered_now=result.delivered_now, delivered=result.delivered, failed=len(result.failed),
+                  skipped=len(result.pending), sent_bytes=result.sent_bytes, seconds=result.seconds))
     return result.exit_code
 
 
@@ -225,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     once = add("once", cmd_once, "scan, deliver everything due, wait for the results, exit (0 ok, 1 failures)")
     once.add_argument("--max-wait", type=float, default=600.0, help="seconds to keep retrying transient failures (600)")
     once.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [daemon] log_level")
+    once.add_argument("--no-progress", action="store_true",
+                      help="no progress line (at a terminal) or progress log lines (elsewhere)")
     status = add("status", cmd_status, "delivered, pending and failed items per folder and target")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--all", action="store_true", help="list every failed item, not the first 50")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from syncd import sdnotify
 from syncd.config import Config
 from syncd.daemon import Daemon
+from syncd.delivery import ACKED
+from syncd.progress import Progress, snapshot
 
 log = logging.getLogger("syncd")
 
@@ -87,23 +89,27 @@ class OnceResult:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, target, reason)
     pending: list[tuple[str, str, str]] = field(default_factory=list)
     paused: dict[str, str] = field(default_factory=dict)
+    delivered_now: int = 0  # delivered by this run (the rest were delivered before)
+    sent_bytes: int = 0  # image and mask bytes this run sent
+    seconds: float = 0.0  # how long this run took
 
     @property
     def exit_code(self) -> int:
         return 0 if not (self.failed or self.pending or self.paused) else 1
 
 
-def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceResult:
+def run_once(config: Config, *, max_wait: float = 600.0, progress: Progress | None = None) -> OnceResult:
     """``syncd once``: scan, wait for files to settle, deliver what is due, wait, report.
 
     Transient failures are retried with their backoff until ``max_wait`` seconds have passed;
-    a paused target (bad credentials, unknown dataset) ends the wait at once.
+    a paused target (bad credentials, unknown dataset, paused by the operator) ends the wait
+    at once. ``progress``: shown every pass it is due, and once more at the end.
     """
     daemon = Daemon(config, watch=False)
     _install_signals(daemon)
+    started = time.monotonic()
     start = time.time()
     daemon.open(start)
-    last_progress = 0.0
     try:
         while not daemon.stop_event.is_set():
             daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
@@ -116,11 +122,16 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
             if now - start > max_wait:
                 log.warning("giving up waiting after %.0fs", max_wait)
                 break
-            if progress and now - last_progress >= 2:
-                progress(daemon)
-                last_progress = now
-            _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
-        return _once_result(daemon)
+            if progress is not None and progress.due():
+                progress.update(snapshot(daemon))
+            also = (progress.next_at,) if progress is not None else ()
+            _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now), *also)
+        if progress is not None:
+            progress.update(snapshot(daemon))  # the final figures
+            progress.finish()
+        result = _once_result(daemon)
+        result.seconds = time.monotonic() - started
+        return result
     finally:
         daemon.close(wait_seconds=0)
 
@@ -152,4 +163,6 @@ def _once_result(daemon: Daemon) -> OnceResult:
         result.pending.append((key, "-", error or "still being written"))
     paused = daemon.store.paused_targets()
     result.paused = {name: reason for name, reason in paused.items() if name in daemon.targets}
+    result.delivered_now = sum(n for (_, kind), n in daemon.attempts.items() if kind == ACKED)
+    result.sent_bytes = sum(daemon.dispatcher.sent_bytes.values())
     return result

@@ -86,6 +86,7 @@ class Settler:
         self._last_now = 0.0
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
+        self.invalid_deliveries = 0  # deliveries failed because their item's files are bad (progress lines)
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
         self._readers: ThreadPoolExecutor | None = None
 
@@ -195,6 +196,7 @@ class Settler:
         self.settling.pop(item_id, None)
         log.warning("item %s is invalid: %s", files.key, error)
         self.store.invalid(item_id, error, folder.targets, now)
+        self.invalid_deliveries += len(folder.targets)
 
     def forget(self) -> None:
         """A pass failed (its journal writes were rolled back): drop what it may have added;
@@ -336,6 +338,7 @@ class Settler:
         if isinstance(content, ItemError):
             log.warning("item %s is invalid: %s", entry.files.key, content)
             self.store.invalid(item_id, str(content), folder.targets, now)
+            self.invalid_deliveries += len(folder.targets)
             self.store.record_stat_sig(item_id, entry.sig)
             return
         label_error = "; ".join(content.label_errors) or None

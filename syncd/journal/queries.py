@@ -135,6 +135,18 @@ class JournalReader:
             "SELECT count(*) FROM deliveries WHERE state IN ('pending','in_flight')").fetchone()[0]
         return queued + self.settling_count()
 
+    def remaining(self, targets: list[str], folder_targets: dict[str, int]) -> int:
+        """Deliveries to ``targets`` still to do (pending or in flight), plus each settling
+        item once per target of its folder (``folder -> how many targets``): what is left
+        of a ``syncd once`` (its progress line). Counted from the state indexes."""
+        if not targets:
+            return 0
+        queued = self.conn.execute(
+            "SELECT count(*) FROM deliveries WHERE state IN ('pending','in_flight') "
+            f"AND target IN ({','.join('?' * len(targets))})", targets).fetchone()[0]
+        settling = self.conn.execute("SELECT folder, count(*) FROM items WHERE state='settling' GROUP BY folder")
+        return queued + sum(n * folder_targets.get(folder, 1) for folder, n in settling)
+
     def waiting_count(self, targets: list[str]) -> int:
         """Deliveries to ``targets`` still to do (pending or in flight) of ready items."""
         if not targets:
