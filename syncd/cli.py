@@ -45,6 +45,13 @@ def cmd_once(args) -> int:
     from syncd.service import run_once
 
     config = _config(args)
+    if args.dry_run:
+        from syncd.dryrun import dry_run, render
+
+        logconfig.configure(args.log_level or "WARNING", config.daemon.log_format)
+        result = dry_run(config, max_wait=args.max_wait)
+        print(render(result))
+        return result.exit_code
     # At a terminal: one line rewritten in place, the log lines above it; else plain lines.
     line = TerminalLine(sys.stderr) if sys.stderr.isatty() and not args.no_progress else None
     logconfig.configure(args.log_level or config.daemon.log_level, config.daemon.log_format, stream=line)
@@ -224,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     once = add("once", cmd_once, "scan, deliver everything due, wait for the results, exit (0 ok, 1 failures)")
     once.add_argument("--max-wait", type=float, default=600.0, help="seconds to keep retrying transient failures (600)")
     once.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [daemon] log_level")
+    once.add_argument("--dry-run", "-n", action="store_true",
+                      help="scan, settle and validate, then print per target what would be sent; send nothing "
+                           "and leave the journal as it was")
     once.add_argument("--no-progress", action="store_true",
                       help="no progress line (at a terminal) or progress log lines (elsewhere)")
     status = add("status", cmd_status, "delivered, pending and failed items per folder and target")
