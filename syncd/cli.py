@@ -63,6 +63,8 @@ def cmd_once(args) -> int:
         print(f"PENDING {key} -> {target}: {reason}")
     for target, reason in result.paused.items():
         print(f"PAUSED target {target}: {reason}")
+    if result.disk_low:
+        print(f"DISK LOW: {result.disk_low}")
     print(summary(delivered_now=result.delivered_now, delivered=result.delivered, failed=len(result.failed),
                   skipped=len(result.pending), sent_bytes=result.sent_bytes, seconds=result.seconds))
     return result.exit_code

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from syncd.errors import ConfigError
+from syncd.sizes import parse_size
 from syncd.targets import target_class
 from syncd.targets.base import TargetSettings
 
@@ -53,6 +54,13 @@ class DaemonSettings(BaseModel):
     bandwidth_limit: float = Field(0.0, ge=0, description="upload bytes per second over all targets (0 = unlimited)")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    min_free_space: int = Field(0, ge=0, description='keep this much free on the state directory\'s filesystem, '
+                                                    'e.g. "500MB" (0 = off); also what retention frees')
+
+    @field_validator("min_free_space", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
 
 
 class MetricsSettings(BaseModel):
@@ -89,6 +97,8 @@ class FolderSettings(BaseModel):
     poll: bool = Field(False, description="poll instead of inotify (network filesystems)")
     poll_seconds: float = Field(2.0, gt=0, description="polling interval when polling")
     create: bool = Field(True, description="create the folder at start-up when it is missing")
+    retention: Literal["off", "acknowledged"] = Field(
+        "off", description="acknowledged: below [daemon] min_free_space, remove the oldest items every target acked")
 
     @field_validator("key_prefix")
     @classmethod
@@ -259,6 +269,10 @@ def load_config(path: Path) -> Config:
                 setattr(settings, field_name, _resolve(base, value))
         config.target_settings[name] = settings
 
+    for index, folder in enumerate(config.folders):
+        if folder.retention != "off" and not config.daemon.min_free_space:
+            problems.append(f"{path}: folders[{index}].retention: needs [daemon] min_free_space (e.g. \"500MB\"): "
+                            "retention removes delivered items only below it")
     seen_prefix: dict[tuple[str, str], int] = {}
     for index, folder in enumerate(config.folders):
         for target in folder.targets:

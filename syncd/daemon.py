@@ -30,6 +30,7 @@ from pathlib import Path
 
 from syncd import limits, metrics
 from syncd.config import Config
+from syncd.diskguard import DiskGuard
 from syncd.dispatch import Dispatcher
 from syncd.errors import LocalError
 from syncd.folders import Folders
@@ -88,6 +89,7 @@ class Daemon:
         self._presence_at = float("-inf")
         self._operator_at = float("-inf")
         self.metrics = Metrics(config.metrics)
+        self.guard = DiskGuard(self.cfg.state_dir, self.cfg.min_free_space, self.folders)
 
     # -- what the parts hold (for the loops, status lines and tests) -----------------------------
     @property
@@ -143,7 +145,10 @@ class Daemon:
         if self.watch:
             self.watcher.start()
             self.metrics.start()
-        self.scan(now)
+        with self.store.transaction():
+            self.guard.step(self.store, now)
+        if self.guard.low is None:  # else the first pass that has room scans
+            self.scan(now)
 
     def close(self, *, wait_seconds: float | None = None) -> None:
         """Stop watching, let batches on the wire finish (up to ``shutdown_seconds``), release.
@@ -228,6 +233,14 @@ class Daemon:
         # `syncd pause` that could not signal this process is still seen).
         if self.control.is_set() or not 0 <= now - self._operator_at < OPERATOR_EVERY:
             self._read_operator(now)
+        self.guard.step(self.store, now)
+        if self.guard.low is not None:
+            # Too little room for the journal: no new work (events are found again by the
+            # rescan that follows), only the outcomes of what is on the wire are recorded.
+            if self.watcher.drain():
+                self.watcher.rescan_needed.set()
+            self.dispatcher.collect(now)
+            return
         events = self.watcher.drain()
         # Whether the folders are there (mounted) is looked at before anything could read an
         # absent folder as "every item was deleted": events, a rescan; else twice a second.
@@ -280,7 +293,7 @@ class Daemon:
         assert self.store is not None
         in_flight = Counter(target for _, target in self.in_flight)
         return metrics.render(self.store, targets=list(self.targets), paused=self.held,
-                              in_flight=in_flight, attempts=self.attempts, now=now)
+                              in_flight=in_flight, attempts=self.attempts, now=now, disk_low=self.guard.low is not None)
 
     def pending_total(self) -> int:
         """Deliveries pending or in flight plus items settling (the systemd STATUS line)."""

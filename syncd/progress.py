@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from syncd.sizes import format_size as human_bytes
+
 log = logging.getLogger("syncd.progress")
 
 TTY_EVERY = 0.25  # seconds between redraws of the line at a terminal
@@ -63,15 +65,6 @@ def snapshot(daemon) -> Snapshot:
     per_folder = {folder.name: len([t for t in folder.targets if t in active]) for folder in daemon.folders}
     remaining = daemon.store.remaining(active, per_folder)
     return Snapshot(delivered, failed, remaining, sum(daemon.dispatcher.sent_bytes.values()))
-
-
-def human_bytes(count: float) -> str:
-    """``1.2 MiB`` (powers of 1024, as rclone)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"  # pragma: no cover
 
 
 def human_duration(seconds: float) -> str:

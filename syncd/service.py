@@ -92,10 +92,11 @@ class OnceResult:
     delivered_now: int = 0  # delivered by this run (the rest were delivered before)
     sent_bytes: int = 0  # image and mask bytes this run sent
     seconds: float = 0.0  # how long this run took
+    disk_low: str | None = None  # the disk guard held the work (syncd.diskguard), and why
 
     @property
     def exit_code(self) -> int:
-        return 0 if not (self.failed or self.pending or self.paused) else 1
+        return 0 if not (self.failed or self.pending or self.paused or self.disk_low) else 1
 
 
 def run_once(config: Config, *, max_wait: float = 600.0, progress: Progress | None = None) -> OnceResult:
@@ -118,6 +119,9 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress: Progress | No
             # The count is only needed once nothing is settling or in flight (it is a query
             # per pass otherwise). A running check may still pause a target: wait for it.
             if not daemon.checking and not daemon.busy() and not _waiting(daemon):
+                break
+            if daemon.guard.low is not None and not daemon.busy():
+                log.warning("not waiting: %s", daemon.guard.low)
                 break
             if now - start > max_wait:
                 log.warning("giving up waiting after %.0fs", max_wait)
@@ -163,6 +167,7 @@ def _once_result(daemon: Daemon) -> OnceResult:
         result.pending.append((key, "-", error or "still being written"))
     paused = daemon.store.paused_targets()
     result.paused = {name: reason for name, reason in paused.items() if name in daemon.targets}
+    result.disk_low = daemon.guard.low
     result.delivered_now = sum(n for (_, kind), n in daemon.attempts.items() if kind == ACKED)
     result.sent_bytes = sum(daemon.dispatcher.sent_bytes.values())
     return result

@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 from syncd.config import Config
+from syncd.diskguard import free_bytes
 from syncd.journal.queries import JournalReader
+from syncd.sizes import format_size
 
 MAX_FAILED_LISTED = 50
 
@@ -19,7 +21,9 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
     """The status as a JSON-serialisable dict (the shape ``status --json`` prints)."""
     now = time.time() if now is None else now
     journal = JournalReader.open_readonly(config.daemon.state_dir)
+    min_free = config.daemon.min_free_space
     try:
+        removed = journal.retention_totals()
         folders = []
         for folder in config.folders:
             name = str(folder.path)
@@ -54,6 +58,8 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                     "not_settling": [{"key": key, "note": error}
                                      for key, error in journal.slow_settling(name, failed_limit)],
                     "targets": per_target,
+                    "free_bytes": free_bytes(folder.path),
+                    "retention": _retention(folder.retention, removed.get(name)),
                 }
             )
         targets = []
@@ -75,9 +81,22 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                     "last_error_at": _iso(last_error_at),
                 }
             )
-        return {"generated_at": _iso(now), "folders": folders, "targets": targets}
+        state_free = free_bytes(config.daemon.state_dir)
+        disk = {"state_dir": str(config.daemon.state_dir), "state_free_bytes": state_free,
+                "min_free_bytes": min_free or None,
+                "low": bool(min_free and state_free is not None and state_free < min_free)}
+        return {"generated_at": _iso(now), "folders": folders, "targets": targets, "disk": disk}
     finally:
         journal.close()
+
+
+def _retention(policy: str, totals) -> dict[str, Any] | None:
+    """What retention removed from a folder (None: it is off there)."""
+    if policy == "off":
+        return None
+    items, size, last_at, last_key = totals or (0, 0, None, None)
+    return {"policy": policy, "removed_items": items, "removed_bytes": size, "last_removed_at": _iso(last_at),
+            "last_removed_key": last_key}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -87,10 +106,22 @@ def _iso(ts: float | None) -> str | None:
 def render(status: dict[str, Any]) -> str:
     """Human-readable status text."""
     lines = []
+    disk = status.get("disk") or {}
+    if disk.get("low"):
+        lines.append(f"DISK LOW: the filesystem of the state directory {disk['state_dir']} has "
+                     f"{format_size(disk['state_free_bytes'])} free, below min_free_space "
+                     f"{format_size(disk['min_free_bytes'])}: syncd takes no new work until there is room")
     for folder in status["folders"]:
         deleted = folder["deleted_after_upload"]
         lines.append(f"{folder['folder']}: {folder['items']} items, {folder['settling']} settling"
                      + (f", {deleted} deleted after upload" if deleted else ""))
+        kept = folder.get("retention")
+        if kept:
+            free = "" if folder["free_bytes"] is None else f"; {format_size(folder['free_bytes'])} free"
+            last = (f", the last {kept['last_removed_key']} at {kept['last_removed_at']}"
+                    if kept["last_removed_key"] else "")
+            lines.append(f"  retention ({kept['policy']}): removed {kept['removed_items']} items "
+                         f"({format_size(kept['removed_bytes'])}){last}{free}")
         for note in folder["not_settling"]:
             lines.append(f"  settling {note['key']}: {note['note']}")
         for failed in folder["labels_failed"]:

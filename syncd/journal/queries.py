@@ -293,13 +293,17 @@ class JournalReader:
         return {folder: (items, size, last_at, last_key) for folder, items, size, last_at, last_key in
                 self.conn.execute("SELECT folder, items, bytes, last_at, last_key FROM retention")}
 
-    def retention_candidates(self, folder: str, targets: list[str], limit: int) -> list[tuple[int, str]]:
-        """``(id, key)`` of up to ``limit`` items of ``folder``, oldest first, that every one of
-        ``targets`` acked at the item's current version (what retention may remove)."""
+    def retention_candidates(self, folder: str, targets: list[str], limit: int, *,
+                             after: tuple[float, int] | None = None) -> list[tuple[int, str, float]]:
+        """``(id, key, first_seen)`` of up to ``limit`` items of ``folder``, oldest first (after
+        ``after``, a ``(first_seen, id)``), that every one of ``targets`` acked at the item's
+        current version: what retention may remove."""
         marks = ",".join("?" * len(targets))
+        since, last_id = after if after is not None else (float("-inf"), -1)
         return self.conn.execute(
-            "SELECT i.id, i.key FROM items i WHERE i.folder=? AND i.state='ready' AND i.version IS NOT NULL "
+            "SELECT i.id, i.key, i.first_seen FROM items i WHERE i.folder=? AND i.state='ready' "
+            "AND i.version IS NOT NULL AND (i.first_seen, i.id) > (?, ?) "
             f"AND (SELECT count(*) FROM deliveries d WHERE d.item_id=i.id AND d.target IN ({marks}) "
             "AND d.state='acked' AND d.acked_version=i.version)=? "
             "ORDER BY i.first_seen, i.id LIMIT ?",
-            (folder, *targets, len(targets), limit)).fetchall()
+            (folder, since, last_id, *targets, len(targets), limit)).fetchall()
