@@ -143,11 +143,7 @@ def dry_run(config: Config, *, max_wait: float = 600.0) -> DryRun:
 def _plan(store: Store, daemon: Daemon, name: str) -> TargetPlan:
     target = daemon.targets[name]
     plan = TargetPlan(name, target.platform, paused=store.paused_targets().get(name))
-    rows = store.query(
-        "SELECT i.key, i.image, i.sidecar, i.mask, i.label_error, i.error AS item_error, i.state AS item_state, "
-        "d.state, d.acked_version, d.receipt, d.outcome_unknown, d.note, d.error "
-        "FROM deliveries d JOIN items i ON i.id=d.item_id WHERE d.target=? AND i.state IN ('ready','invalid') "
-        "ORDER BY i.key", (name,))
+    rows = store.deliveries_of_target(name)
     for row in rows:
         if row["state"] == "acked":
             plan.delivered += 1

@@ -288,6 +288,16 @@ class JournalReader:
         ).fetchone()
         return row or (None, None, None, None)
 
+    def deliveries_of_target(self, target: str) -> list[dict[str, Any]]:
+        """Every delivery to ``target`` of a ready or invalid item, by key, with what a dry run
+        reports (syncd.dryrun): the item's files, label error and state, the delivery's state,
+        acked version, receipt, unknown outcome, note and error."""
+        return self.query(
+            "SELECT i.key, i.image, i.sidecar, i.mask, i.label_error, i.error AS item_error, i.state AS item_state, "
+            "d.state, d.acked_version, d.receipt, d.outcome_unknown, d.note, d.error "
+            "FROM deliveries d JOIN items i ON i.id=d.item_id WHERE d.target=? AND i.state IN ('ready','invalid') "
+            "ORDER BY i.key", (target,))
+
     def retention_totals(self) -> dict[str, tuple[int, int, float | None, str | None]]:
         """``folder -> (items, bytes, last_at, last_key)`` that retention removed so far."""
         return {folder: (items, size, last_at, last_key) for folder, items, size, last_at, last_key in
