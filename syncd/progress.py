@@ -1,6 +1,6 @@
 """What ``syncd once`` shows while it works, and its summary line.
 
-At a terminal (stderr is a TTY) one line is rewritten in place a few times a second: done
+At a terminal (stderr is a TTY) one line is rewritten in place twice a second: done
 out of total, images per second, bytes per second and the time left; log lines go above it
 (``TerminalLine`` is the log handler's stream: it clears the line, writes the log line, and
 draws the line again). Elsewhere (cron, a pipe, a journal) a plain progress line is logged
@@ -28,7 +28,7 @@ from syncd.sizes import format_size as human_bytes
 
 log = logging.getLogger("syncd.progress")
 
-TTY_EVERY = 0.25  # seconds between redraws of the line at a terminal
+TTY_EVERY = 0.5  # seconds between redraws of the line at a terminal (as rclone -P)
 PLAIN_EVERY = 10.0  # seconds between plain progress lines elsewhere
 WINDOW = 10.0  # seconds the rates are measured over
 CLEAR = "\r\x1b[K"  # back to the start of the line, erase it
