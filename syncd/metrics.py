@@ -8,6 +8,7 @@ atomically.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections import Counter
@@ -114,7 +115,15 @@ class Metrics:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        except OSError as exc:  # in use, an address not on this machine, a port below 1024
+            # Metrics never stop deliveries: say why there are none and go on.
+            reason = exc.strerror or str(exc)
+            hint = " (another syncd or exporter?)" if exc.errno == errno.EADDRINUSE else ""
+            log.error("cannot serve metrics on %s: %s%s; deliveries go on without /metrics: free the port or "
+                      "change [metrics] listen, then restart", self.settings.listen, reason, hint)
+            return
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
         log.info("serving metrics on http://%s/metrics", self.settings.listen)

@@ -1,8 +1,9 @@
 """The two ways to drive the Daemon: the service loop (``syncd run``) and ``syncd once``.
 
-Signal handlers only set flags. SIGTERM/SIGINT: stop taking new work, let in-flight
-deliveries finish for up to ``shutdown_seconds`` (what is still in flight then is recovered
-at the next start), exit 0. READY=1 is sent to systemd only after the watches are
+Signal handlers only set flags. SIGTERM/SIGINT/SIGHUP (a closed terminal): stop taking new
+work, let in-flight deliveries finish for up to ``shutdown_seconds`` (what is still in flight
+then is recovered at the next start); ``run`` exits 0, ``once`` reports what it did and exits
+130 (interrupted). READY=1 is sent to systemd only after the watches are
 installed and the first scan is done; WATCHDOG=1 only from a loop pass that completed.
 
 No polling: between passes both loops sleep until the coordinator is woken (a file event,
@@ -38,8 +39,16 @@ def _sleep(daemon: Daemon, now: float, *also: float) -> None:
         daemon.wake.wait(delay)
 
 
-def _install_signals(daemon: Daemon) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _install_signals(daemon: Daemon) -> list[int]:
+    """Make the stop signals set the daemon's stop flag; returns the list the signals
+    received are appended to (``once`` tells an interrupted run by it)."""
+    received: list[int] = []
+
     def stop(signum, _frame):
+        received.append(signum)
         daemon.stop_event.set()
         daemon.wake.set()
 
@@ -47,9 +56,10 @@ def _install_signals(daemon: Daemon) -> None:
         daemon.control.set()
         daemon.wake.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
     signal.signal(signal.SIGUSR1, control)
+    return received
 
 
 def run_service(config: Config) -> int:
@@ -93,9 +103,12 @@ class OnceResult:
     sent_bytes: int = 0  # image and mask bytes this run sent
     seconds: float = 0.0  # how long this run took
     disk_low: str | None = None  # the disk guard held the work (syncd.diskguard), and why
+    interrupted: bool = False  # a stop signal (Ctrl-C, SIGTERM, SIGHUP) ended it early
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
         return 0 if not (self.failed or self.pending or self.paused or self.disk_low) else 1
 
 
@@ -107,7 +120,7 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress: Progress | No
     at once. ``progress``: shown every pass it is due, and once more at the end.
     """
     daemon = Daemon(config, watch=False)
-    _install_signals(daemon)
+    received = _install_signals(daemon)
     started = time.monotonic()
     start = time.time()
     daemon.open(start)
@@ -135,6 +148,7 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress: Progress | No
             progress.finish()
         result = _once_result(daemon)
         result.seconds = time.monotonic() - started
+        result.interrupted = bool(received)
         return result
     finally:
         daemon.close(wait_seconds=0)
