@@ -20,6 +20,7 @@ import requests
 from pydantic import Field, field_validator
 
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
+from syncd.rate import is_throttle
 from syncd.targets.base import TargetSettings
 from syncd.targets.http import TRANSIENT_STATUS, Credentials, HttpClient, parse_retry_after, redact
 
@@ -45,7 +46,9 @@ def failure(message: str, *, status: int, retry_after: float | None = None) -> S
     if status in (401, 403) or any(w in lowered for w in AUTH_WORDS):
         return FatalTargetError(f"{message} — check the API key in the environment and its permissions")
     if status in TRANSIENT_STATUS or status >= 500 or any(w in lowered for w in RATE_WORDS):
-        return TransientError(message, retry_after=retry_after)
+        # A 429 was refused before anything was done; a throttle slows the target (syncd.rate).
+        return TransientError(message, retry_after=retry_after, throttled=is_throttle(status, retry_after),
+                              outcome_unknown=status != 429)
     if status == 404 or any(w in lowered for w in NOT_FOUND_WORDS):
         return RemoteNotFound(message)
     return PermanentError(message)
