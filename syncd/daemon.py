@@ -43,6 +43,7 @@ from syncd.labels.validate import read_options
 from syncd.metrics import Metrics
 from syncd.settle import Settler
 from syncd.targets import Target, target_class
+from syncd.timetable import BandwidthPlan
 from syncd.watcher import FolderWatcher
 
 log = logging.getLogger("syncd.daemon")
@@ -50,6 +51,7 @@ log = logging.getLogger("syncd.daemon")
 LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal cannot be written
 CACHE_BYTES = 16 << 20  # settled content kept for the workers (read once); small: RSS < 80 MB at 100k items
 PRESENCE_EVERY = 0.5  # seconds between looks at the folders' presence when nothing else asks
+BANDWIDTH_EVERY = 60.0  # seconds between looks at the bandwidth timetables (besides their changes: DST, clock jumps)
 OPERATOR_EVERY = 30.0  # seconds between reads of the operator's pauses when no signal said they changed
 
 
@@ -90,6 +92,11 @@ class Daemon:
         self._operator_at = float("-inf")
         self.metrics = Metrics(config.metrics)
         self.guard = DiskGuard(self.cfg.state_dir, self.cfg.min_free_space, self.folders)
+        self.bandwidth = BandwidthPlan(self.cfg.bandwidth_limit, {
+            name: getattr(t.settings, "bandwidth_limit", 0) for name, t in self.targets.items()})
+        self._bandwidth_at = float("-inf")  # when the limits were last looked at
+        self._bandwidth_next = float("inf")  # when the timetables change them next
+        self._bandwidth_now: tuple | None = None  # the limits in force
 
     # -- what the parts hold (for the loops, status lines and tests) -----------------------------
     @property
@@ -137,7 +144,8 @@ class Daemon:
         self.store = Store.open(self.cfg.state_dir)
         for part in (self.settler, self.dispatcher, self.health):
             part.store = self.store
-        limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, self.cfg.bandwidth_limit)
+        limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, None)
+        self._apply_bandwidth(now)
         recovered = self.store.recover(now, job_targets=[n for n, t in self.targets.items() if t.has_jobs])
         if recovered:
             log.info("recovering %d deliveries whose outcome is unknown after a restart", recovered)
@@ -188,6 +196,8 @@ class Daemon:
         journal intact, reports not yet recorded are kept in memory, and each retry starts
         with a full rescan, so nothing observed meanwhile is missed.
         """
+        if now >= self._bandwidth_next or not 0 <= now - self._bandwidth_at < BANDWIDTH_EVERY:
+            self._apply_bandwidth(now)
         if self.local_error is not None and 0 < self.local_retry_at - now <= LOCAL_RETRY_SECONDS:
             return
         try:
@@ -207,6 +217,22 @@ class Daemon:
         if self.metrics.enabled and (now >= self.metrics.next_refresh or self.metrics.next_refresh - now > interval):
             self.metrics.next_refresh = now + interval
             self.metrics.refresh(self.metrics_text(now))
+
+    def _apply_bandwidth(self, now: float) -> None:
+        """Put the bandwidth limits of ``now`` in force (timetables: syncd.timetable); say so
+        when they change."""
+        self._bandwidth_at = now
+        self._bandwidth_next = self.bandwidth.next_change(now) or float("inf")
+        overall, per_target = self.bandwidth.rates_at(now)
+        if (overall, per_target) == self._bandwidth_now:
+            return
+        limits.set_bandwidth(overall, per_target)
+        if self._bandwidth_now is not None or overall or any(per_target.values()):
+            shown = [f"{self.bandwidth.overall.describe(now)} over all targets"]
+            shown += [f"{table.describe(now)} to {name}" for name, table in self.bandwidth.targets.items()
+                      if per_target[name] or (self._bandwidth_now and self._bandwidth_now[1].get(name))]
+            log.info("bandwidth limit now %s", "; ".join(shown))
+        self._bandwidth_now = (overall, per_target)
 
     def _in_transaction(self, now: float, work) -> None:
         """Run ``work(now)`` in one journal transaction; hand its batches over once committed,
@@ -288,6 +314,7 @@ class Daemon:
             times.append(self.metrics.next_refresh)
         if self.local_error is not None:
             times.append(self.local_retry_at)
+        times.append(self._bandwidth_next)
         return min(times)
 
     def busy(self) -> bool:

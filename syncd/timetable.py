@@ -3,10 +3,12 @@
 ``bandwidth_limit`` (``[daemon]``, and per target) is a number of bytes per second (0 =
 unlimited) or a string in rclone's form (https://rclone.org/docs/#bwlimit-bandwidth-spec):
 
-- one rate: ``"1M"``, ``"512k"``, ``"off"``; a bare number counts in KiB as in rclone
-  (``"512"`` = 512 KiB/s), ``B`` means bytes; ``K``, ``M``, ``G``, ``T`` are powers of 1024.
-  rclone's ``UP:DOWN`` pair (``"10M:1M"``) is accepted; syncd only uploads, so the first one
-  applies.
+- one rate: ``"1M"``, ``"512k"``, ``"100B"``, ``"off"``; ``K``, ``M``, ``G``, ``T`` are powers
+  of 1024. rclone's ``UP:DOWN`` pair (``"10M:1M"``) is accepted; syncd only uploads, so the
+  first one applies. One difference: a number without a unit is bytes per second, as a
+  ``bandwidth_limit`` number always was in syncd (rclone reads it as KiB/s); the
+  configuration warns about one inside a string (``Timetable.bare``), so that a timetable
+  copied from rclone is not a thousand times slower than meant.
 - a timetable: entries ``[WEEKDAY-]HH:MM,RATE`` separated by spaces or semicolons, e.g.
   ``"07:00,1M 23:30,off"`` or ``"Mon-08:00,512k Fri-18:00,10M Sun-20:00,off"``. ``WEEKDAY`` is
   a day's English name or its first three letters (any case); an entry without one applies
@@ -46,9 +48,10 @@ class Slot:
 class Timetable:
     """A bandwidth limit, constant or by the time of the week (see the module docstring)."""
 
-    def __init__(self, slots: list[Slot], text: str):
+    def __init__(self, slots: list[Slot], text: str, *, bare: bool = False):
         self.slots = sorted(slots, key=lambda slot: slot.minute)  # stable: the last written wins a tie
         self.text = text
+        self.bare = bare  # a rate in the string has no unit (bytes/s here, KiB/s in rclone)
 
     @property
     def constant(self) -> bool:
@@ -96,21 +99,23 @@ def _minute_of_week(now: float) -> int:
     return local.tm_wday * 24 * 60 + local.tm_hour * 60 + local.tm_min
 
 
-def _rate(text: str) -> float | None:
-    """One rclone rate (``"1M"``, ``"off"``, ``"10M:1M"``): bytes per second, None = off."""
+def _rate(text: str) -> tuple[float | None, bool]:
+    """One rclone rate (``"1M"``, ``"off"``, ``"10M:1M"``): ``(bytes per second or None for
+    off, whether it had no unit)``."""
     upload = text.split(":", 1)[0].strip()
     if upload.lower() == "off":
-        return None
+        return None, False
     if not upload:
         raise ValueError(f"{text!r}: a rate is missing")
     try:
-        value = parse_size(upload, bare_unit=1024)
+        value = parse_size(upload)
     except ValueError:
-        raise ValueError(f"{text!r} is not a rate: write e.g. 512k, 1M, 1.5M or off "
-                         "(K, M, G: powers of 1024; a bare number counts in KiB, as in rclone)") from None
+        raise ValueError(f"{text!r} is not a rate: write e.g. 512K, 1M, 1.5M, 100B or off "
+                         "(K, M, G: powers of 1024)") from None
     if ":" in text:  # the download half must be valid too, as rclone wants
         _rate(text.split(":", 1)[1])
-    return float(value) or None  # 0 = no limit
+    bare = upload[-1].isdigit() or upload[-1] == "."
+    return (float(value) or None), bare and value > 0  # 0 = no limit
 
 
 def _time(text: str, entry: str) -> int:
@@ -144,15 +149,33 @@ def parse_bandwidth(value: str | int | float) -> Timetable:
         raise ValueError('empty: write a rate ("1M", "off") or a timetable ("07:00,1M 23:30,off")')
     entries = [entry for entry in re.split(r"[\s;]+", text) if entry]
     if len(entries) == 1 and "," not in entries[0]:
-        return Timetable([Slot(0, _rate(entries[0]))], text)
-    slots = []
+        rate, bare = _rate(entries[0])
+        return Timetable([Slot(0, rate)], text, bare=bare and ":" in entries[0])  # "1000" alone: bytes, no doubt
+    slots, any_bare = [], False
     for entry in entries:
         match = _ENTRY.match(entry)
         if match is None:
             raise ValueError(f"{entry!r}: a timetable entry is [WEEKDAY-]HH:MM,RATE, e.g. 07:00,1M or Mon-23:30,off")
         day, at, rate = match.groups()
         minute = _time(at, entry)
-        bandwidth = _rate(rate)
+        bandwidth, bare = _rate(rate)
+        any_bare = any_bare or bare
         days = [_day(day, entry)] if day else range(7)
         slots += [Slot(d * 24 * 60 + minute, bandwidth) for d in days]
-    return Timetable(slots, text)
+    return Timetable(slots, text, bare=any_bare)
+
+
+class BandwidthPlan:
+    """The bandwidth limits of a configuration: over all targets, and each target's own.
+    ``rates_at(now)`` says what applies at ``now``; ``next_change(now)`` when that changes."""
+
+    def __init__(self, overall: str | float, per_target: dict[str, str | float]):
+        self.overall = parse_bandwidth(overall)
+        self.targets = {name: parse_bandwidth(value) for name, value in per_target.items()}
+
+    def rates_at(self, now: float) -> tuple[float | None, dict[str, float | None]]:
+        return self.overall.rate_at(now), {name: table.rate_at(now) for name, table in self.targets.items()}
+
+    def next_change(self, now: float) -> float | None:
+        times = [at for table in (self.overall, *self.targets.values()) if (at := table.next_change(now)) is not None]
+        return min(times) if times else None

@@ -19,11 +19,12 @@ def at(day: int, hhmm: str, second: int = 0) -> float:
 
 @pytest.mark.parametrize("value, rate", [
     (0, None), (1000, 1000.0), (2.5e6, 2.5e6), ("off", None), ("OFF", None), ("0", None), ("1M", float(MiB)),
-    ("512k", 512.0 * KiB), ("512", 512.0 * KiB), ("100B", 100.0), ("1.5M", 1.5 * MiB), ("10M:1M", 10.0 * MiB),
+    ("512k", 512.0 * KiB), ("512", 512.0), ("100B", 100.0), ("1.5M", 1.5 * MiB), ("10M:1M", 10.0 * MiB),
     ("10M:off", 10.0 * MiB), ("2MiB", 2.0 * MiB), (" 1G ", float(1 << 30)),
 ])
 def test_one_rate(value, rate):
     table = parse_bandwidth(value)
+    assert not table.bare  # one number alone is bytes per second without doubt
     assert table.constant and table.rate_at(at(2, "12:00")) == rate and table.next_change(at(2, "12:00")) is None
 
 
@@ -41,7 +42,8 @@ def test_a_daily_timetable_changes_at_the_times_given():
 
 
 def test_rclones_weekday_example():
-    table = parse_bandwidth("Mon-00:00,512 Fri-23:59,10M Sat-10:00,1M Sun-20:00,off")
+    table = parse_bandwidth("Mon-00:00,512K Fri-23:59,10M Sat-10:00,1M Sun-20:00,off")
+    assert not table.bare
     assert table.rate_at(at(0, "00:00")) == 512 * KiB
     assert table.rate_at(at(4, "23:58")) == 512 * KiB
     assert table.rate_at(at(4, "23:59")) == 10 * MiB
@@ -52,7 +54,8 @@ def test_rclones_weekday_example():
 
 def test_entries_without_a_weekday_apply_every_day_and_semicolons_separate():
     table = parse_bandwidth("Mon-00:00,512;12:00,1M;Sun-20:00,off")
-    assert table.rate_at(at(0, "11:00")) == 512 * KiB
+    assert table.rate_at(at(0, "11:00")) == 512  # no unit: bytes per second (rclone: KiB), and said so
+    assert table.bare
     for day in range(7):
         assert table.rate_at(at(day, "12:30")) == MiB
     assert table.rate_at(at(6, "21:00")) is None
