@@ -144,7 +144,8 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress: Progress | No
             also = (progress.next_at,) if progress is not None else ()
             _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now), *also)
         if progress is not None:
-            progress.update(snapshot(daemon))  # the final figures
+            if progress.line is not None:
+                progress.update(snapshot(daemon))  # the final figures (elsewhere the summary line says it)
             progress.finish()
         result = _once_result(daemon)
         result.seconds = time.monotonic() - started
