@@ -38,7 +38,7 @@ from bench.common import BENCH_ROOT, PYTHON, Report, base_jpeg, env_with_repo, m
 from bench.configs import API_KEY_ENV, write_platform_config
 from bench.emulator_server import EmulatorServer
 
-SUMMARY = re.compile(r"^(\d+) delivered, (\d+) failed, (\d+) not delivered$", re.M)
+SUMMARY = re.compile(r"^(\d+) delivered \(\d+ in this run\), (\d+) failed, (\d+) skipped;", re.M)  # once: last line
 
 
 @dataclass

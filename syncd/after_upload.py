@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from syncd.errors import ItemError
+from syncd import cleanup
 from syncd.folders import Folders
-from syncd.items.content import ContentCache, stat_signature
+from syncd.items.content import ContentCache
 from syncd.journal.store import Store
 
 log = logging.getLogger("syncd.dispatch")
@@ -60,28 +60,10 @@ class AfterUpload:
         if folder.settings.after_upload != "delete":
             return
         assert self.store is not None
-        if not self.store.fully_acked(item_id, folder.targets):
+        self.deleting.add(item_id)  # (before the files go: the settler must not take them for gone)
+        if cleanup.delete_acked(self.store, folder, item_id, key) is None:
+            self.deleting.discard(item_id)
             return
-        acked_sig = self.store.item_stat_sig(item_id)
-        files = folder.probe(key)
-        if files is None:
-            return
-        try:
-            sig, _ = stat_signature(files)
-        except (OSError, ItemError):
-            return
-        if sig != acked_sig:
-            return  # changed since the acked version: keep it, it will be delivered again
-        self.deleting.add(item_id)
-        for path in files.paths():
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot delete %s after upload: %s", path, exc.strerror)
-                self.deleting.discard(item_id)
-                return
         log.info("deleted local files of %s after every target acked it", key)
         self.deleted.append(item_id)
         self.wake.set()  # the next pass journals it

@@ -1,4 +1,4 @@
-"""Command line: run, once, status, check, retry, schema, init, systemd-unit. Errors become
+"""Command line: run, once, status, check, retry, pause, resume, schema, init, systemd-unit. Errors become
 exit codes here only.
 
 Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error
@@ -57,19 +57,23 @@ def cmd_run(args) -> int:
 
 def cmd_once(args) -> int:
     from syncd import logconfig
+    from syncd.progress import Progress, TerminalLine, summary
     from syncd.service import run_once
 
     config = _config(args)
-    logconfig.configure(args.log_level or config.daemon.log_level, config.daemon.log_format)
+    if args.dry_run:
+        from syncd.dryrun import dry_run, render
 
-    def progress(daemon) -> None:
-        counts = daemon.store.counts()
-        print(f"... {counts.get('acked', 0)} delivered, {counts.get('pending', 0) + counts.get('in_flight', 0)} "
-              f"to go, {counts.get('settling', 0)} settling", file=sys.stderr)
-
+        logconfig.configure(args.log_level or "WARNING", config.daemon.log_format)
+        result = dry_run(config, max_wait=args.max_wait)
+        print(render(result))
+        return result.exit_code
+    # At a terminal: one line rewritten in place, the log lines above it; else plain lines.
     on_terminal = sys.stderr is not None and sys.stderr.isatty()  # None: started with stderr closed
-    result = run_once(config, max_wait=args.max_wait, progress=progress if on_terminal else None)
-    print(f"{result.delivered} delivered, {len(result.failed)} failed, {len(result.pending)} not delivered")
+    line = TerminalLine(sys.stderr) if on_terminal and not args.no_progress else None
+    logconfig.configure(args.log_level or config.daemon.log_level, config.daemon.log_format, stream=line)
+    progress = None if args.no_progress else Progress(line)
+    result = run_once(config, max_wait=args.max_wait, progress=progress)
     for key, target, reason in result.failed:
         print(f"FAILED {key} -> {target}: {reason}")
     for key, target, reason in result.pending:
@@ -80,6 +84,10 @@ def cmd_once(args) -> int:
         print(f"LATE {key}: {note}")
     for directory, reason in result.unreadable:
         print(f"UNREADABLE {directory}: {reason} (skipped: nothing in it is delivered)")
+    if result.disk_low:
+        print(f"DISK LOW: {result.disk_low}")
+    print(summary(delivered_now=result.delivered_now, delivered=result.delivered, failed=len(result.failed),
+                  skipped=len(result.pending), sent_bytes=result.sent_bytes, seconds=result.seconds))
     if result.interrupted:
         _say("syncd: interrupted: what was not delivered goes at the next run")
     return result.exit_code
@@ -186,6 +194,34 @@ def cmd_retry(args) -> int:
     return EXIT_OK
 
 
+def cmd_pause(args) -> int:
+    return _pause(args, True)
+
+
+def cmd_resume(args) -> int:
+    return _pause(args, False)
+
+
+def _pause(args, paused: bool) -> int:
+    from syncd.control import set_paused
+
+    config = _config(args)
+    result = set_paused(config, args.target, paused)
+    verb = "paused" if paused else "resumed"
+    if not result.changed:
+        print(f"target {result.target} was already {'paused by operator' if paused else 'not paused by operator'}")
+    elif result.pid is not None and result.signal_error is None:
+        print(f"target {result.target} {verb}; the running syncd (pid {result.pid}) "
+              + ("holds its deliveries now" if paused else "resumes its deliveries now"))
+    elif result.pid is not None:
+        print(f"target {result.target} {verb} in the journal; the running syncd (pid {result.pid}) could not be told: "
+              f"{result.signal_error}; it notices within 30s")
+    else:
+        print(f"target {result.target} {verb}; no syncd is running: "
+              + ("it stays paused when one starts" if paused else "deliveries go on when one starts"))
+    return EXIT_OK
+
+
 def cmd_schema(args) -> int:
     from syncd.labels.sidecar import sidecar_json_schema
 
@@ -246,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--max-wait", type=_seconds, default=600.0,
                       help="seconds to keep retrying transient failures (600)")
     once.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [daemon] log_level")
+    once.add_argument("--dry-run", "-n", action="store_true",
+                      help="scan, settle and validate, then print per target what would be sent; send nothing "
+                           "and leave the journal as it was")
+    once.add_argument("--no-progress", action="store_true",
+                      help="no progress line (at a terminal) or progress log lines (elsewhere)")
     status = add("status", cmd_status, "delivered, pending and failed items per folder and target")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--all", action="store_true", help="list every failed item, not the first 50")
@@ -256,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--incomplete", action="store_true",
                        help="deliver again items a target took without some parts (status: 'not sent'), "
                             "e.g. after installing nibabel")
+    pause = add("pause", cmd_pause, "hold every delivery to TARGET (a running daemon within a second; "
+                                    "survives restarts) until `syncd resume TARGET`")
+    pause.add_argument("target", help="a target name, as in [targets.NAME]")
+    resume = add("resume", cmd_resume, "deliver to TARGET again after `syncd pause TARGET`")
+    resume.add_argument("target", help="a target name, as in [targets.NAME]")
     schema = sub.add_parser("schema", help="print the JSON Schema of the sidecar file")
     schema.set_defaults(func=cmd_schema)
     init_help = ("make DIR ready for the service: DIR/config.toml, the inbox (group-writable), "

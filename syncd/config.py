@@ -27,8 +27,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from syncd.errors import ConfigError
 from syncd.overlap import overlap_problems
+from syncd.sizes import parse_size
 from syncd.targets import target_class
 from syncd.targets.base import TargetSettings
+from syncd.timetable import parse_bandwidth
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,9 +58,23 @@ class DaemonSettings(BaseModel):
     shutdown_seconds: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight deliveries")
     ignore: list[str] = Field(default_factory=list, description="extra ignore globs for every folder")
     max_image_pixels: int = Field(200_000_000, gt=0, description="larger images are refused (decompression bombs)")
-    bandwidth_limit: float = Field(0.0, ge=0, description="upload bytes per second over all targets (0 = unlimited)")
+    bandwidth_limit: float | str = Field(0.0, description="upload bytes per second over all targets (0 = unlimited), "
+                                                         'or rclone\'s form: "1M", "07:00,1M 23:30,off"')
+
+    @field_validator("bandwidth_limit")
+    @classmethod
+    def _bandwidth(cls, value: float | str) -> float | str:
+        parse_bandwidth(value)  # one clear line for a mistake, at load
+        return value
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    min_free_space: int = Field(0, ge=0, description='keep this much free on the state directory\'s filesystem, '
+                                                    'e.g. "500MB" (0 = off); also what retention frees')
+
+    @field_validator("min_free_space", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
 
 
 class MetricsSettings(BaseModel):
@@ -95,6 +111,8 @@ class FolderSettings(BaseModel):
     poll: bool = Field(False, description="poll instead of inotify (network filesystems)")
     poll_seconds: float = Field(2.0, gt=0, description="polling interval when polling")
     create: bool = Field(True, description="create the folder at start-up when it is missing")
+    retention: Literal["off", "acknowledged"] = Field(
+        "off", description="acknowledged: below [daemon] min_free_space, remove the oldest items every target acked")
 
     @field_validator("key_prefix")
     @classmethod
@@ -340,12 +358,23 @@ def load_config(path: Path) -> Config:
         config.target_settings[name] = settings
 
     for index, folder in enumerate(config.folders):
+        if folder.retention != "off" and not config.daemon.min_free_space:
+            problems.append(f"{path}: folders[{index}].retention: needs [daemon] min_free_space (e.g. \"500MB\"): "
+                            "retention removes delivered items only below it")
+    for index, folder in enumerate(config.folders):
         for target in folder.targets:
             if target not in config.targets:
                 known = ", ".join(sorted(config.targets)) or "none"
                 problems.append(f"{path}: folders[{index}].targets: unknown target {target!r} (defined: {known})")
     if not problems:
         problems += overlap_problems(config, path)
+    bare = [(key, value) for key, value in [("daemon.bandwidth_limit", config.daemon.bandwidth_limit)]
+            + [(f"targets.{n}.bandwidth_limit", getattr(t, "bandwidth_limit", 0))
+               for n, t in config.target_settings.items()]
+            if isinstance(value, str) and parse_bandwidth(value).bare]
+    for key, value in bare:
+        config.warnings.append(f"{path}: {key}: {value!r}: a rate without a unit is bytes per second "
+                               "(rclone reads it as KiB/s); write the unit, e.g. 512K or 512B")
     for name in sorted(set(config.targets) - config.folder_targets()):
         config.warnings.append(f"{path}: targets.{name}: defined but no folder uses it")
     if problems:

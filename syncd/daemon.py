@@ -30,6 +30,7 @@ from pathlib import Path
 
 from syncd import limits, metrics
 from syncd.config import Config
+from syncd.diskguard import DiskGuard
 from syncd.dispatch import Dispatcher
 from syncd.errors import JournalLost, LocalError
 from syncd.folders import Folders
@@ -44,6 +45,7 @@ from syncd.metrics import Metrics
 from syncd.scan import Stopped
 from syncd.settle import Settler
 from syncd.targets import Target, target_class
+from syncd.timetable import BandwidthPlan
 from syncd.watcher import FolderWatcher
 
 log = logging.getLogger("syncd.daemon")
@@ -52,6 +54,8 @@ LOCAL_RETRY_SECONDS = 5.0  # how often a pass is retried while the journal canno
 CACHE_BYTES = 16 << 20  # settled content kept for the workers (read once); small: RSS < 80 MB at 100k items
 PRESENCE_EVERY = 0.5  # seconds between looks at the folders' presence when nothing else asks
 LOCK_SLICE = 0.5  # seconds of waiting for another process's journal lock between looks (syncd.lockwait)
+BANDWIDTH_EVERY = 60.0  # seconds between looks at the bandwidth timetables (besides their changes: DST, clock jumps)
+OPERATOR_EVERY = 30.0  # seconds between reads of the operator's pauses when no signal said they changed
 
 
 def build_targets(config: Config) -> dict[str, Target]:
@@ -75,6 +79,7 @@ class Daemon:
         self.watcher = FolderWatcher([(f.root, f.settings.poll, f.settings.poll_seconds) for f in self.folders])
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        self.control = threading.Event()  # set (with wake) by SIGUSR1: `syncd pause`/`resume` changed the journal
         self.results = Inbox(self.wake)
         self.cache = ContentCache(CACHE_BYTES)
         self.health = Health(self.targets, recheck_seconds=self.cfg.target_recheck_seconds, put=self.results.put)
@@ -93,7 +98,14 @@ class Daemon:
         self.journal_lost: JournalLost | None = None  # why the journal was abandoned: nothing more is written
         self.local_retry_at = 0.0
         self._presence_at = float("-inf")
+        self._operator_at = float("-inf")
         self.metrics = Metrics(config.metrics)
+        self.guard = DiskGuard(self.cfg.state_dir, self.cfg.min_free_space, self.folders)
+        self.bandwidth = BandwidthPlan(self.cfg.bandwidth_limit, {
+            name: getattr(t.settings, "bandwidth_limit", 0) for name, t in self.targets.items()})
+        self._bandwidth_at = float("-inf")  # when the limits were last looked at
+        self._bandwidth_next = float("inf")  # when the timetables change them next
+        self._bandwidth_now: tuple | None = None  # the limits in force
 
     # -- what the parts hold (for the loops, status lines and tests) -----------------------------
     @property
@@ -107,6 +119,11 @@ class Daemon:
     @property
     def paused(self) -> dict[str, float]:
         return self.health.paused
+
+    @property
+    def held(self) -> set[str]:
+        """Targets nothing is sent to now: paused, or paused by the operator."""
+        return set(self.health.paused) | set(self.health.operator)
 
     @property
     def checking(self) -> set[str]:
@@ -139,11 +156,13 @@ class Daemon:
         self.journal_file = self.store.file()
         for part in (self.settler, self.dispatcher, self.health):
             part.store = self.store
-        limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, self.cfg.bandwidth_limit)
+        limits.configure({n: t.settings.rate_limit for n, t in self.targets.items()}, None)
+        self._apply_bandwidth(now)
         with translated(self.store.path):
             recovered = self.store.recover(now, job_targets=[n for n, t in self.targets.items() if t.has_jobs])
         if recovered:
             log.info("recovering %d deliveries whose outcome is unknown after a restart", recovered)
+        self._read_operator(now)
         self.dispatcher.start(now)
         for name in self.targets:
             self.health.start_check(name)
@@ -152,10 +171,13 @@ class Daemon:
             self.watcher.start()
             self.metrics.start()
         log.info("scanning %s", ", ".join(str(folder.root) for folder in self.folders))
-        try:
-            self.scan(now)
-        except Stopped:
-            log.info("stopped during the first scan; the next start scans again")
+        with self.store.transaction():
+            self.guard.step(self.store, now)
+        if self.guard.low is None:  # else the first pass that has room scans
+            try:
+                self.scan(now)
+            except Stopped:
+                log.info("stopped during the first scan; the next start scans again")
 
     def close(self, *, wait_seconds: float | None = None) -> None:
         """Stop watching, let batches on the wire finish (up to ``shutdown_seconds``), release.
@@ -196,6 +218,8 @@ class Daemon:
         journal intact, reports not yet recorded are kept in memory, and each retry starts
         with a full rescan, so nothing observed meanwhile is missed.
         """
+        if now >= self._bandwidth_next or not 0 <= now - self._bandwidth_at < BANDWIDTH_EVERY:
+            self._apply_bandwidth(now)
         if self.local_error is not None and 0 < self.local_retry_at - now <= LOCAL_RETRY_SECONDS:
             return
         self._check_journal()  # JournalLost out of tick: the journal file is gone, this one stops
@@ -221,6 +245,22 @@ class Daemon:
         if self.metrics.enabled and (now >= self.metrics.next_refresh or self.metrics.next_refresh - now > interval):
             self.metrics.next_refresh = now + interval
             self.metrics.refresh(self.metrics_text(now))
+
+    def _apply_bandwidth(self, now: float) -> None:
+        """Put the bandwidth limits of ``now`` in force (timetables: syncd.timetable); say so
+        when they change."""
+        self._bandwidth_at = now
+        self._bandwidth_next = self.bandwidth.next_change(now) or float("inf")
+        overall, per_target = self.bandwidth.rates_at(now)
+        if (overall, per_target) == self._bandwidth_now:
+            return
+        limits.set_bandwidth(overall, per_target)
+        if self._bandwidth_now is not None or overall or any(per_target.values()):
+            shown = [f"{self.bandwidth.overall.describe(now)} over all targets"]
+            shown += [f"{table.describe(now)} to {name}" for name, table in self.bandwidth.targets.items()
+                      if per_target[name] or (self._bandwidth_now and self._bandwidth_now[1].get(name))]
+            log.info("bandwidth limit now %s", "; ".join(shown))
+        self._bandwidth_now = (overall, per_target)
 
     def _in_transaction(self, now: float, work) -> None:
         """Run ``work(now)`` in one journal transaction; hand its batches over once committed,
@@ -255,7 +295,27 @@ class Daemon:
             self.journal_lost = self.store.abandon(exc)
         raise self.journal_lost from None
 
+    def _read_operator(self, now: float) -> None:
+        """Read the operator's pauses (``syncd pause``/``resume``) from the journal."""
+        assert self.store is not None
+        self.control.clear()
+        self._operator_at = now
+        for name in self.health.operator_pauses(self.store.operator_pauses()):
+            self.dispatcher.next_due.pop(name, None)  # resumed: due rows go at once
+
     def _pass(self, now: float) -> None:
+        # The operator's pauses: read when a signal says they changed, else now and then (a
+        # `syncd pause` that could not signal this process is still seen).
+        if self.control.is_set() or not 0 <= now - self._operator_at < OPERATOR_EVERY:
+            self._read_operator(now)
+        self.guard.step(self.store, now)
+        if self.guard.low is not None:
+            # Too little room for the journal: no new work (events are found again by the
+            # rescan that follows), only the outcomes of what is on the wire are recorded.
+            if self.watcher.drain():
+                self.watcher.rescan_needed.set()
+            self.dispatcher.collect(now)
+            return
         events = self.watcher.drain()
         # Whether the folders are there (mounted) is looked at before anything could read an
         # absent folder as "every item was deleted": events, a rescan; else twice a second.
@@ -300,6 +360,7 @@ class Daemon:
             times.append(self.metrics.next_refresh)
         if self.local_error is not None:
             times.append(self.local_retry_at)
+        times.append(self._bandwidth_next)
         return min(times)
 
     def busy(self) -> bool:
@@ -309,8 +370,9 @@ class Daemon:
         assert self.store is not None
         in_flight = Counter(target for _, target in self.in_flight)
         throttles = Counter({name: c.throttles for name in self.targets if (c := limits.controller(name))})
-        return metrics.render(self.store, targets=list(self.targets), paused=set(self.paused),
-                              in_flight=in_flight, attempts=self.attempts, now=now, throttles=throttles)
+        return metrics.render(self.store, targets=list(self.targets), paused=self.held,
+                              in_flight=in_flight, attempts=self.attempts, now=now, throttles=throttles,
+                              disk_low=self.guard.low is not None)
 
     def pending_total(self) -> int:
         """Deliveries pending or in flight plus items settling (the systemd STATUS line)."""

@@ -17,13 +17,14 @@ Outcome kinds (what the coordinator does with them): ``acked`` record the receip
 ``submitted`` a remote job holds the item (poll it); ``transient`` retry later (a
 ``throttled`` one slows the target instead of backing the item off); ``alone`` send it again
 by itself; ``permanent``/``invalid`` failed until it changes; ``stale`` settle again;
-``fatal`` pause the target.
+``fatal`` pause the target; ``held`` not sent, the operator paused the target meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,6 +46,7 @@ PERMANENT = "permanent"  # the platform refused the item: failed until it change
 INVALID = "invalid"  # the local files are bad: failed until they change
 STALE = "stale"  # files changed since the intent: settle again
 FATAL = "fatal"  # the target cannot work: pause it
+HELD = "held"  # not sent: the operator paused the target before the batch left (due again, no attempt)
 
 MAX_RETRY_AFTER = 3600.0
 
@@ -63,6 +65,15 @@ class Outcome:
     throttled: bool = False
     job_id: str | None = None  # submitted: the job holding it
     upload: Upload | None = None  # submitted: what was sent, without the image bytes (for finish_job)
+    bytes: int = 0  # image and mask bytes this attempt carried (0: nothing was sent)
+    duration_ms: float | None = None  # how long the request carrying it took (None: no request)
+
+    def log_extra(self) -> dict[str, Any]:
+        """The structured fields of this outcome's log line (``extra=``; JSON logs show them):
+        key, target, outcome, attempt (1 for the first), duration_ms, bytes."""
+        due = self.due
+        return {"fields": {"key": due.key, "target": due.target, "outcome": self.kind, "attempt": due.attempts + 1,
+                           "duration_ms": self.duration_ms, "bytes": self.bytes}}
 
 
 def backoff_delay(attempts: int, retry_after: float | None, *, base: float, cap: float, rng: random.Random) -> float:
@@ -124,10 +135,22 @@ def send_batch(batch: Sequence[tuple[DueDelivery, ItemFiles | None]], target: Ta
         if not isinstance(prepared, Outcome):
             ready.append((due, prepared))
     if ready:
+        started = time.monotonic()
         with limits.serving(target.name):
-            sent = iter(send_uploads(ready, target))
+            results = send_uploads(ready, target)
+        took = round((time.monotonic() - started) * 1000, 1)
+        for (_, upload), outcome in zip(ready, results):
+            outcome.duration_ms = took
+            if not outcome.adopted:
+                outcome.bytes = upload_bytes(upload)
+        sent = iter(results)
         outcomes = [outcome if outcome is not None else next(sent) for outcome in outcomes]
     return outcomes  # type: ignore[return-value]
+
+
+def upload_bytes(upload: Upload) -> int:
+    """The bytes an upload carries that count for progress and bandwidth: image and mask."""
+    return len(upload.image) + len(upload.mask or b"")
 
 
 def _send(due: DueDelivery, upload: Upload, target: Target) -> Outcome:
@@ -296,7 +319,13 @@ class FinishReport:
 
 
 def send_task(put: Callable[[object], None], target: Target, items: list, cache: ContentCache | None,
-              read_options: dict[str, Any], files_for: Callable[[DueDelivery], ItemFiles | None]) -> None:
+              read_options: dict[str, Any], files_for: Callable[[DueDelivery], ItemFiles | None],
+              held: Callable[[str], bool] = lambda name: False) -> None:
+    """Send one batch and report it; a batch of a target the operator paused after it was
+    handed over (``held``) is not sent: each item comes back ``held``."""
+    if held(target.name):
+        put(SendReport(target.name, [Outcome(due, HELD, message="paused by operator") for due, _ in items]))
+        return
     try:
         outcomes = send_batch(items, target, cache=cache, read_options=read_options, files_for=files_for)
     except Exception as exc:  # a bug: each item is retried, its outcome unknown

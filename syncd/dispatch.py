@@ -23,6 +23,7 @@ Per target, each pass (inside the coordinator's pass transaction):
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -71,6 +72,8 @@ class Dispatcher:
         self.in_flight: dict[tuple[int, str], str] = {}
         self.tasks: Counter = Counter()  # target -> send and finish tasks out
         self.attempts: Counter = Counter()  # (target, outcome kind) -> count, for metrics
+        self.sent_bytes: Counter = Counter()  # target -> image and mask bytes sent (acked or taken by a job)
+        self._job_sent: dict[tuple[int, str], tuple[int, float]] = {}  # held by a job: (bytes, when submitted)
         self.unrecorded: list = []  # reports taken by a pass that failed: recorded by the next one
         self.next_due: dict[str, float] = {}  # target -> when to ask the journal for due rows again
         # The longest delay a retry is ever scheduled for (see Store.due): clock jumps.
@@ -131,11 +134,12 @@ class Dispatcher:
         """A pass starts: what ``rolled_back`` puts back if it fails."""
         self._taken = []
         return (dict(self.in_flight), Counter(self.tasks), Counter(self.attempts), dict(self.next_due),
-                self.jobs.snapshot(), list(self.after_upload.deleted))
+                self.jobs.snapshot(), list(self.after_upload.deleted), Counter(self.sent_bytes), dict(self._job_sent))
 
     def rolled_back(self, saved) -> None:
         """The pass's transaction failed: its intents and outcomes are not journaled."""
-        self.in_flight, self.tasks, self.attempts, self.next_due, jobs, self.after_upload.deleted = saved
+        (self.in_flight, self.tasks, self.attempts, self.next_due, jobs, self.after_upload.deleted, self.sent_bytes,
+         self._job_sent) = saved
         self.jobs.restore(jobs)
         self.unrecorded = self._taken + self.unrecorded
         self._taken, self._staged, self.after_upload.acked = [], [], []
@@ -147,7 +151,8 @@ class Dispatcher:
             if isinstance(entry, tuple):
                 name, items = entry
                 self.executors[name].submit(delivery.send_task, self.inbox.put, self.targets[name], items,
-                                            self.cache, self.read_options, self._files_for)
+                                            self.cache, self.read_options, self._files_for,
+                                            self.health.held_by_operator)
             else:
                 entry()
         self.after_upload.committed()
@@ -184,12 +189,17 @@ class Dispatcher:
         self.attempts[(name, kind)] += 1
         self.next_due.pop(name, None)  # a slot is free, or the row is due again
         gate = self.health.gates[name]
+        from_job = False
         if kind != delivery.SUBMITTED:
             self.in_flight.pop((due.item_id, name), None)
+            from_job = self._from_job(outcome)
         if kind in (delivery.ACKED, delivery.SUBMITTED):
             gate.served(now)
+            if not from_job:  # a job's bytes were counted when it took them
+                self.sent_bytes[name] += outcome.bytes
         if kind in (delivery.ACKED, delivery.PERMANENT, delivery.INVALID):
             self.unknown_at_start.discard((due.item_id, name))
+        extra = outcome.log_extra()
         if kind == delivery.ACKED:
             assert outcome.receipt is not None
             self.store.acked(due.item_id, name, outcome.receipt.to_json(), now, succeeded=False)
@@ -198,30 +208,35 @@ class Dispatcher:
             if not_sent:
                 self.store.add_note(due.item_id, name, "not sent: " + "; ".join(map(str, not_sent)))
             how = "found already delivered on" if outcome.adopted else "delivered to"
-            log.info("%s %s %s as %s", due.key, how, name, outcome.receipt.remote_id)
+            log.info("%s %s %s as %s", due.key, how, name, outcome.receipt.remote_id, extra=extra)
             self.after_upload.delivered(due.item_id, due.folder, due.key)
         elif kind == delivery.SUBMITTED:
             assert outcome.job_id is not None
             self.store.submitted(due.item_id, name, outcome.job_id, now)
             self.jobs.add(name, outcome.job_id, (due, outcome.upload, None), now=now)
-            log.debug("%s is in job %s of %s", due.key, outcome.job_id, name)
+            self._job_sent[(due.item_id, name)] = (outcome.bytes, time.monotonic())
+            log.debug("%s is in job %s of %s", due.key, outcome.job_id, name, extra=extra)
         elif kind == delivery.TRANSIENT and outcome.throttled:
             # The target as a whole is overloaded: it is held (health), the item stays due.
             gate.throttled(now, outcome.retry_after)
-            log.info("%s throttled %s: %s", name, due.key, outcome.message)
+            log.info("%s throttled %s: %s", name, due.key, outcome.message, extra=extra)
             self.store.retry_later(due.item_id, name, outcome.message, now, outcome.outcome_unknown, now, count=False)
         elif kind == delivery.TRANSIENT:
             delay = delivery.backoff_delay(due.attempts + 1, outcome.retry_after, base=self.cfg.retry_base_seconds,
                                            cap=self.cfg.retry_max_seconds, rng=self.rng)
-            log.warning("retrying %s on %s in %.1fs: %s", due.key, name, delay, outcome.message)
+            log.warning("retrying %s on %s in %.1fs: %s", due.key, name, delay, outcome.message, extra=extra)
             self.store.retry_later(due.item_id, name, outcome.message, now + delay, outcome.outcome_unknown, now)
         elif kind == delivery.ALONE:
-            log.info("sending %s to %s alone: %s", due.key, name, outcome.message)
+            log.info("sending %s to %s alone: %s", due.key, name, outcome.message, extra=extra)
             self.store.send_alone(due.item_id, name, outcome.outcome_unknown, now)
         elif kind in (delivery.PERMANENT, delivery.INVALID):
-            log.error("failed %s on %s: %s", due.key, name, outcome.message)
+            log.error("failed %s on %s: %s", due.key, name, outcome.message, extra=extra)
             self.store.failed(due.item_id, name, outcome.message, now)
+        elif kind == delivery.HELD:
+            log.debug("%s not sent to %s: %s", due.key, name, outcome.message, extra=extra)
+            self.store.retry_later(due.item_id, name, None, now, False, now, count=False)
         elif kind == delivery.STALE:
+            log.debug("%s changed before it was sent to %s: settling again", due.key, name, extra=extra)
             self.store.retry_later(due.item_id, name, None, 0, False, now, count=False)
             self.store.resettle(due.item_id, now)
             folder = self.folders.named(due.folder)
@@ -229,9 +244,21 @@ class Dispatcher:
             if files is not None:
                 self.settler.observe(folder, files, now, None)
         elif kind == delivery.FATAL:
+            log.debug("%s not delivered to %s: %s", due.key, name, outcome.message, extra=extra)
             self.store.retry_later(due.item_id, name, outcome.message, now, True, now, count=False)
             if name not in self.health.paused:
                 self.health.pause(name, outcome.message, now)
+
+    def _from_job(self, outcome: Outcome) -> bool:
+        """True when a job of this run held the item: its log line gives the job's bytes and
+        time from submission."""
+        sent = self._job_sent.pop((outcome.due.item_id, outcome.due.target), None)
+        if sent is None:
+            return False
+        if outcome.duration_ms is None:
+            outcome.bytes = sent[0]
+            outcome.duration_ms = round((time.monotonic() - sent[1]) * 1000, 1)
+        return True
 
     def _polled(self, report: PollReport, now: float) -> None:
         assert self.store is not None
@@ -312,7 +339,9 @@ class Dispatcher:
             if name in self.health.paused:
                 continue
             if self.jobs.count(name):
-                self._jobs_step(name, now)
+                self._jobs_step(name, now)  # jobs already sent are read and finished even while paused by operator
+            if name in self.health.operator:
+                continue
             free = self.health.slots(name, now) - self.tasks[name]
             if target.has_jobs:  # each batch may become a job: stay under the cap
                 free = min(free, self.jobs.room(name) - self.tasks[name])
@@ -371,7 +400,7 @@ class Dispatcher:
         """The earliest time dispatch has something to do without being woken (None: nothing)."""
         times = []
         for name, target in self.targets.items():
-            if name in self.health.paused or self.health.slots(name, now) - self.tasks[name] <= 0:
+            if self.health.holding(name) or self.health.slots(name, now) - self.tasks[name] <= 0:
                 continue
             if not target.has_jobs or self.jobs.room(name) > self.tasks[name]:
                 times.append(self.next_due.get(name, now))

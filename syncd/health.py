@@ -19,6 +19,10 @@
   (the journal's ``targets.rate``/``rate_reason``). A throttled answer reported by the
   engine (``throttled``) also holds the target on the coordinator's clock until its
   Retry-After (for one the transport did not see); the item itself is not backed off.
+- **Paused by operator** (``syncd pause``/``resume``): a flag in the journal, read at start-up
+  and whenever the daemon is told (SIGUSR1, syncd.control) or every ``OPERATOR_EVERY``
+  seconds; while it is set no batch is handed out and a batch not yet on the wire is not
+  sent (``held``); a check never lifts it.
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ class Health:
         self.put = put  # the coordinator's inbox
         self.store: Store | None = None  # set by the daemon once the journal is open
         self.paused: dict[str, float] = {}  # target -> when to check it again
+        self.operator: dict[str, float] = {}  # target -> since when the operator paused it (syncd pause)
         self.checking: set[str] = set()
         self.interval: dict[str, float] = {}  # target -> its re-check period now (backoff)
         self._resumed: set[str] = set()  # resumed by a check, nothing delivered since
@@ -199,10 +204,31 @@ class Health:
         self._resumed.discard(name)
         self.interval.pop(name, None)
 
+    def holding(self, name: str) -> bool:
+        """True while ``name`` may not be sent anything: paused, or paused by the operator."""
+        return name in self.paused or name in self.operator
+
+    def held_by_operator(self, name: str) -> bool:
+        """True while the operator has ``name`` paused (asked from worker threads)."""
+        return name in self.operator
+
+    def operator_pauses(self, pauses: dict[str, float]) -> list[str]:
+        """Apply the operator's pauses as the journal has them now (``target -> since``; other
+        targets are not paused by the operator). Returns the targets resumed by this."""
+        pauses = {name: since for name, since in pauses.items() if name in self.targets}
+        for name in pauses.keys() - self.operator.keys():
+            log.warning("target %s paused by operator: nothing more is sent to it until `syncd resume %s`",
+                        name, name)
+        resumed = sorted(self.operator.keys() - pauses.keys())
+        for name in resumed:
+            log.info("target %s resumed by operator", name)
+        self.operator = pauses
+        return resumed
+
     # -- rate -----------------------------------------------------------------------------------
     def slots(self, name: str, now: float) -> int:
         """Batches ``name`` may have out now (0 when paused or held)."""
-        return 0 if name in self.paused else self.gates[name].slots(now)
+        return 0 if self.holding(name) else self.gates[name].slots(now)
 
     def record_rates(self) -> None:
         """Journal each target's rate and its reason when they changed (status, metrics)."""

@@ -9,8 +9,14 @@ set around each delivery, poll and check with ``serving``: targets need no code 
   ``rate_limit`` is a ceiling) and reports the response back to it, so a 429 (or a 503 with
   ``Retry-After``) slows and holds the whole target, whichever worker got it;
 - with a bandwidth limit, takes as many byte tokens from the global ``TokenBucket`` as the
-  request body has. Bodies are paid for before they are sent, so that limit holds on average
-  over a few seconds, not within one request.
+  request body has, and as many again from the target's own bucket when it has a limit.
+  Bodies are paid for before they are sent, so that limit holds on average over a few
+  seconds, not within one request.
+
+Bandwidth limits change while the daemon runs (a timetable, syncd.timetable):
+``set_bandwidth`` puts a new bucket in place for the requests that come next; requests
+already waiting in a bucket whose limit was raised or lifted go at once, those waiting in a
+bucket whose limit was lowered finish their wait at the old rate.
 """
 
 from __future__ import annotations
@@ -28,18 +34,24 @@ from syncd.rate import RateController, parse_retry_after
 
 
 class TokenBucket:
-    """``rate`` tokens per second, up to ``burst`` saved; ``acquire`` blocks until paid."""
+    """``rate`` tokens per second, up to ``burst`` saved; ``acquire`` blocks until paid.
+    ``sleep`` defaults to a wait that ``release`` cuts short (the limit was raised or lifted)."""
 
-    def __init__(self, rate: float, burst: float | None = None, *, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, rate: float, burst: float | None = None, *, clock=time.monotonic, sleep=None):
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.burst = burst if burst is not None else max(1.0, rate)
         self._tokens = self.burst
         self._clock = clock
-        self._sleep = sleep
+        self._released = threading.Event()
+        self._sleep = sleep if sleep is not None else self._released.wait
         self._last = clock()
         self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """This bucket is replaced by a higher limit or none: whoever waits in it goes now."""
+        self._released.set()
 
     def acquire(self, amount: float = 1.0) -> float:
         """Take ``amount`` tokens (going into debt if needed) and wait the debt off; returns the wait."""
@@ -67,22 +79,62 @@ class Serving:
 
 _controllers: dict[str, RateController] = {}
 _bandwidth: TokenBucket | None = None
+_target_bandwidth: dict[str, TokenBucket] = {}
+_bucket_time: tuple = (time.monotonic, None)  # (clock, sleep) of the bandwidth buckets
 _current: contextvars.ContextVar[Serving | None] = contextvars.ContextVar("syncd_serving", default=None)
 
 
-def configure(rate_limits: dict[str, float], bandwidth: float, *, clock=time.monotonic, sleep=time.sleep,
-              wall=time.time) -> dict[str, RateController]:
+def configure(rate_limits: dict[str, float], bandwidth: float | None, *, clock=time.monotonic, sleep=None,
+              wall=time.time, target_bandwidth: dict[str, float | None] | None = None) -> dict[str, RateController]:
     """A fresh ``RateController`` for each target named in ``rate_limits`` (the value is its
-    configured ceiling in requests/s, 0 = none) and the global bytes per second (0 =
-    unlimited). Returns the controllers by target name (status and metrics read them)."""
-    global _bandwidth
+    configured ceiling in requests/s, 0 = none), the global bytes per second and each
+    target's (``target_bandwidth``; 0 or None = unlimited). Returns the controllers by target
+    name (status and metrics read them). ``sleep``: None waits the real time."""
+    global _bandwidth, _bucket_time
     _controllers.clear()
     for name, ceiling in rate_limits.items():
-        _controllers[name] = RateController(ceiling=ceiling or 0.0, clock=clock, sleep=sleep, wall=wall)
-    # One second of burst: short enough to keep the average honest, long enough for one image.
-    _bandwidth = (TokenBucket(bandwidth, burst=bandwidth, clock=clock, sleep=sleep)
-                  if bandwidth and bandwidth > 0 else None)
+        _controllers[name] = RateController(ceiling=ceiling or 0.0, clock=clock, sleep=sleep or time.sleep,
+                                            wall=wall)
+    _bucket_time = (clock, sleep)
+    _bandwidth = None
+    _target_bandwidth.clear()
+    set_bandwidth(bandwidth, target_bandwidth or {})
     return dict(_controllers)
+
+
+def _bucket(rate: float | None) -> TokenBucket | None:
+    # One second of burst: short enough to keep the average honest, long enough for one image.
+    clock, sleep = _bucket_time
+    return TokenBucket(rate, burst=rate, clock=clock, sleep=sleep) if rate and rate > 0 else None
+
+
+def _replaced(old: TokenBucket | None, rate: float | None) -> TokenBucket | None:
+    """The bucket for ``rate`` instead of ``old`` (``old`` itself when its rate is the same)."""
+    rate = rate if rate and rate > 0 else None
+    if (old.rate if old is not None else None) == rate:
+        return old
+    if old is not None and (rate is None or rate > old.rate):
+        old.release()  # raised or lifted: what waits at the old rate goes now
+    return _bucket(rate)
+
+
+def set_bandwidth(overall: float | None, per_target: dict[str, float | None]) -> None:
+    """Bytes per second from now on (None or 0: unlimited), over all targets and for each
+    target named (the others keep theirs); see the module docstring for requests waiting."""
+    global _bandwidth
+    _bandwidth = _replaced(_bandwidth, overall)
+    for name, rate in per_target.items():
+        bucket = _replaced(_target_bandwidth.get(name), rate)
+        if bucket is None:
+            _target_bandwidth.pop(name, None)
+        else:
+            _target_bandwidth[name] = bucket
+
+
+def bandwidth() -> tuple[float | None, dict[str, float]]:
+    """The bandwidth limits in force: ``(overall, target -> rate)`` in bytes per second."""
+    return (_bandwidth.rate if _bandwidth is not None else None,
+            {name: bucket.rate for name, bucket in _target_bandwidth.items()})
 
 
 def register(name: str, controller: RateController) -> None:
@@ -113,11 +165,15 @@ class LimitedAdapter(HTTPAdapter):
         record = _current.get()
         rate = _controllers.get(record.target) if record is not None else None
         ticket = rate.acquire() if rate is not None else None
-        if _bandwidth is not None and request.body:
-            body = request.body
-            size = len(body) if isinstance(body, (bytes, bytearray, str)) else 0
-            if size:
-                _bandwidth.acquire(size)
+        body = request.body
+        size = len(body) if isinstance(body, (bytes, bytearray, str)) else 0
+        if size:
+            overall = _bandwidth  # read once: set_bandwidth may put another in place meanwhile
+            if overall is not None:
+                overall.acquire(size)
+            own = _target_bandwidth.get(record.target) if record is not None else None
+            if own is not None:
+                own.acquire(size)
         try:
             response = super().send(request, *args, **kwargs)
         except BaseException:

@@ -32,8 +32,9 @@ def _escape(value: str) -> str:
 
 
 def render(store: JournalReader, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter,
-           now: float, throttles: Counter | None = None) -> str:
-    """The metrics text for the journal ``store`` plus the coordinator's in-memory counters."""
+           now: float, throttles: Counter | None = None, disk_low: bool = False) -> str:
+    """The metrics text for the journal ``store`` plus the coordinator's in-memory counters
+    (``disk_low``: the disk guard holds new work, syncd.diskguard)."""
     lines = [
         "# HELP syncd_build_info syncd version.",
         "# TYPE syncd_build_info gauge",
@@ -80,6 +81,15 @@ def render(store: JournalReader, *, targets: list[str], paused: set[str], in_fli
     settling = store.settling_count()
     lines += ["# HELP syncd_items_settling Items waiting for their files to be complete.",
               "# TYPE syncd_items_settling gauge", f"syncd_items_settling {settling}"]
+    lines += ["# HELP syncd_disk_low 1 while the state directory's filesystem is below min_free_space "
+              "(no new work is taken).", "# TYPE syncd_disk_low gauge", f"syncd_disk_low {int(disk_low)}"]
+    removed = sorted(store.retention_totals().items())
+    lines += ["# HELP syncd_retention_removed_items_total Items whose local files retention removed "
+              "(every target had acknowledged them).", "# TYPE syncd_retention_removed_items_total counter"]
+    lines += [f"syncd_retention_removed_items_total{_labels(folder=f)} {n}" for f, (n, _, _, _) in removed]
+    lines += ["# HELP syncd_retention_removed_bytes_total Bytes those files held.",
+              "# TYPE syncd_retention_removed_bytes_total counter"]
+    lines += [f"syncd_retention_removed_bytes_total{_labels(folder=f)} {b}" for f, (_, b, _, _) in removed]
     return "\n".join(lines) + "\n"
 
 

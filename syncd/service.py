@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from syncd import sdnotify
 from syncd.config import Config
 from syncd.daemon import Daemon
+from syncd.delivery import ACKED
 from syncd.journal.schema import translated
+from syncd.progress import Progress, snapshot
 
 log = logging.getLogger("syncd")
 
@@ -53,8 +55,13 @@ def _install_signals(daemon: Daemon) -> list[int]:
         daemon.stop_event.set()
         daemon.wake.set()
 
+    def control(signum, _frame):  # `syncd pause`/`resume` changed the journal (syncd.control)
+        daemon.control.set()
+        daemon.wake.set()
+
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
+    signal.signal(signal.SIGUSR1, control)
     return received
 
 
@@ -128,27 +135,33 @@ class OnceResult:
     paused: dict[str, str] = field(default_factory=dict)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (directory, reason): skipped
     late: list[tuple[str, str]] = field(default_factory=list)  # (key, note): a companion not delivered
+    delivered_now: int = 0  # delivered by this run (the rest were delivered before)
+    sent_bytes: int = 0  # image and mask bytes this run sent
+    seconds: float = 0.0  # how long this run took
+    disk_low: str | None = None  # the disk guard held the work (syncd.diskguard), and why
     interrupted: bool = False  # a stop signal (Ctrl-C, SIGTERM, SIGHUP) ended it early
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 0 if not (self.failed or self.pending or self.paused or self.unreadable or self.late) else 1
+        return 0 if not (self.failed or self.pending or self.paused or self.unreadable or self.late
+                         or self.disk_low) else 1
 
 
-def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceResult:
+def run_once(config: Config, *, max_wait: float = 600.0, progress: Progress | None = None) -> OnceResult:
     """``syncd once``: scan, wait for files to settle, deliver what is due, wait, report.
 
     Transient failures are retried with their backoff until ``max_wait`` seconds have passed;
-    a paused target (bad credentials, unknown dataset) ends the wait at once.
+    a paused target (bad credentials, unknown dataset, paused by the operator) ends the wait
+    at once. ``progress``: shown every pass it is due, and once more at the end.
     """
     daemon = Daemon(config, watch=False)
     received = _install_signals(daemon)
+    started = time.monotonic()
     start = time.time()
     daemon.journal_wait.give_up_at = time.monotonic() + max_wait
     daemon.open(start)
-    last_progress = 0.0
     try:
         with translated(daemon.store.path):  # the reads between passes and of the result
             while not daemon.stop_event.is_set():
@@ -159,14 +172,22 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
                 # per pass otherwise). A running check may still pause a target: wait for it.
                 if not daemon.checking and not daemon.busy() and not _waiting(daemon):
                     break
+                if daemon.guard.low is not None and not daemon.busy():
+                    log.warning("not waiting: %s", daemon.guard.low)
+                    break
                 if now - start > max_wait:
                     log.warning("giving up waiting after %.0fs", max_wait)
                     break
-                if progress and now - last_progress >= 2:
-                    progress(daemon)
-                    last_progress = now
-                _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
+                if progress is not None and progress.due():
+                    progress.update(snapshot(daemon))
+                also = (progress.next_at,) if progress is not None else ()
+                _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now), *also)
+            if progress is not None:
+                if progress.line is not None:
+                    progress.update(snapshot(daemon))  # the final figures (elsewhere the summary line says it)
+                progress.finish()
             result = _once_result(daemon)
+            result.seconds = time.monotonic() - started
             result.interrupted = bool(received)
             return result
     finally:
@@ -176,7 +197,8 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
 def _waiting(daemon: Daemon) -> int:
     """Deliveries still to do on targets that are not paused."""
     assert daemon.store is not None
-    active = [name for name in daemon.targets if name not in daemon.paused]
+    held = daemon.held
+    active = [name for name in daemon.targets if name not in held]
     if not active:
         return 0
     return daemon.store.waiting_count(active)
@@ -191,7 +213,7 @@ def _once_result(daemon: Daemon) -> OnceResult:
         elif row["state"] == "failed":
             result.failed.append((row["key"], row["target"], row["error"] or row["item_error"] or "failed"))
         elif row["item_state"] != "deleted":
-            reason = row["error"] or ("paused target" if row["target"] in daemon.paused else "not delivered yet")
+            reason = row["error"] or ("paused target" if row["target"] in daemon.held else "not delivered yet")
             result.pending.append((row["key"], row["target"], reason))
     for key, label_error in daemon.store.delivered_without_labels():
         result.failed.append((key, "(labels)", f"delivered without labels/mask: {label_error}"))
@@ -202,4 +224,7 @@ def _once_result(daemon: Daemon) -> OnceResult:
         result.late += daemon.store.late_companions(folder.name)
     paused = daemon.store.paused_targets()
     result.paused = {name: reason for name, reason in paused.items() if name in daemon.targets}
+    result.disk_low = daemon.guard.low
+    result.delivered_now = sum(n for (_, kind), n in daemon.attempts.items() if kind == ACKED)
+    result.sent_bytes = sum(daemon.dispatcher.sent_bytes.values())
     return result

@@ -64,6 +64,7 @@ class Settler:
         self._last_now = 0.0
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
+        self.invalid_deliveries = 0  # deliveries failed because their item's files are bad (progress lines)
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
         # An item settled at a version every target has (a file delivered and deleted came back
         # the same): the dispatcher applies after_upload to it again.
@@ -246,6 +247,7 @@ class Settler:
         self.settling.pop(item_id, None)
         log.warning("item %s is invalid: %s", files.key, error)
         self.store.invalid(item_id, error, folder.targets, now)
+        self.invalid_deliveries += len(folder.targets)
 
     def forget(self) -> None:
         """A pass failed (its journal writes were rolled back): drop what it may have added;
@@ -365,6 +367,7 @@ class Settler:
         if isinstance(content, ItemError):
             log.warning("item %s is invalid: %s", entry.files.key, content)
             self.store.invalid(item_id, str(content), folder.targets, now)
+            self.invalid_deliveries += len(folder.targets)
             self.store.record_stat_sig(item_id, invalid_signature(entry.files, entry.sig))
             return
         label_error = "; ".join(content.label_errors) or None

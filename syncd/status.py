@@ -10,9 +10,11 @@ import time
 from typing import Any
 
 from syncd.config import Config
+from syncd.diskguard import free_bytes
 from syncd.journal.guard import write_lock_holder
 from syncd.journal.queries import JournalReader
 from syncd.journal.schema import DB_NAME, LOCK_NAME, translated
+from syncd.sizes import format_size
 
 MAX_FAILED_LISTED = 50
 
@@ -30,6 +32,7 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
 
 def _collect(config: Config, journal: JournalReader, now: float, failed_limit: int) -> dict[str, Any]:
     """The status from an open journal (``collect``)."""
+    removed = journal.retention_totals()
     folders = []
     for folder in config.folders:
         name = str(folder.path)
@@ -67,18 +70,26 @@ def _collect(config: Config, journal: JournalReader, now: float, failed_limit: i
                 "late_companions": [{"key": key, "note": note}
                                     for key, note in journal.late_companions(name, failed_limit)],
                 "targets": per_target,
+                "free_bytes": free_bytes(folder.path),
+                "retention": _retention(folder.retention, removed.get(name)),
             }
         )
     targets = []
     rates = journal.target_rates()
+    by_operator = journal.operator_pauses()
     for name, settings in config.target_settings.items():
         paused, last_success, last_error, last_error_at = journal.target_health(name)
         rate, rate_reason = rates.get(name, (None, None))
+        since = by_operator.get(name)
+        if since is not None:
+            paused = "paused by operator" + (f"; also: {paused}" if paused else "")
         targets.append(
             {
                 "target": name,
                 "platform": settings.platform,
                 "paused": paused,
+                "paused_by_operator": since is not None,
+                "paused_since": _iso(since),
                 "last_success": _iso(last_success),
                 "last_error": last_error,
                 "last_error_at": _iso(last_error_at),
@@ -86,7 +97,13 @@ def _collect(config: Config, journal: JournalReader, now: float, failed_limit: i
                 "rate_reason": rate_reason,  # why; None until a daemon recorded it
             }
         )
-    return {"generated_at": _iso(now), "journal": _journal(config), "folders": folders, "targets": targets}
+    min_free = config.daemon.min_free_space
+    state_free = free_bytes(config.daemon.state_dir)
+    disk = {"state_dir": str(config.daemon.state_dir), "state_free_bytes": state_free,
+            "min_free_bytes": min_free or None,
+            "low": bool(min_free and state_free is not None and state_free < min_free)}
+    return {"generated_at": _iso(now), "journal": _journal(config), "folders": folders, "targets": targets,
+            "disk": disk}
 
 
 def _journal(config: Config) -> dict[str, Any]:
@@ -101,6 +118,15 @@ def _journal(config: Config) -> dict[str, Any]:
     return {"path": str(db), "locked_by": write_lock_holder(db, but=daemon_pid)}
 
 
+def _retention(policy: str, totals) -> dict[str, Any] | None:
+    """What retention removed from a folder (None: it is off there)."""
+    if policy == "off":
+        return None
+    items, size, last_at, last_key = totals or (0, 0, None, None)
+    return {"policy": policy, "removed_items": items, "removed_bytes": size, "last_removed_at": _iso(last_at),
+            "last_removed_key": last_key}
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -112,6 +138,11 @@ def render(status: dict[str, Any]) -> str:
     if journal.get("locked_by"):
         lines.append(f"journal {journal['path']}: LOCKED by {journal['locked_by']}, which keeps a write transaction "
                      "open: syncd records nothing until it ends (COMMIT, or quit that sqlite3 shell)")
+    disk = status.get("disk") or {}
+    if disk.get("low"):
+        lines.append(f"DISK LOW: the filesystem of the state directory {disk['state_dir']} has "
+                     f"{format_size(disk['state_free_bytes'])} free, below min_free_space "
+                     f"{format_size(disk['min_free_bytes'])}: syncd takes no new work until there is room")
     for folder in status["folders"]:
         deleted = folder["deleted_after_upload"]
         lines.append(f"{folder['folder']}: {folder['items']} items, {folder['settling']} settling"
@@ -120,6 +151,13 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"  UNREADABLE {entry['path']}: {entry['reason']} (skipped: nothing in it is delivered)")
         for late in folder["late_companions"]:
             lines.append(f"  LATE {late['key']}: {late['note']}")
+        kept = folder.get("retention")
+        if kept:
+            free = "" if folder["free_bytes"] is None else f"; {format_size(folder['free_bytes'])} free"
+            last = (f", the last {kept['last_removed_key']} at {kept['last_removed_at']}"
+                    if kept["last_removed_key"] else "")
+            lines.append(f"  retention ({kept['policy']}): removed {kept['removed_items']} items "
+                         f"({format_size(kept['removed_bytes'])}){last}{free}")
         for note in folder["not_settling"]:
             lines.append(f"  settling {note['key']}: {note['note']}")
         for failed in folder["labels_failed"]:
@@ -136,6 +174,8 @@ def render(status: dict[str, Any]) -> str:
                 lines.append(f"     NOTE {note['key']}: {note['note']}")
     for t in status["targets"]:
         state = f"PAUSED: {t['paused']}" if t["paused"] else "ok"
+        if t.get("paused_since"):
+            state += f" (since {t['paused_since']}; `syncd resume {t['target']}`)"
         lines.append(f"target {t['target']} ({t['platform']}): {state}; last success {t['last_success'] or 'never'}"
                      + (f"; last error {t['last_error_at']}: {t['last_error']}" if t["last_error"] else "")
                      + _rate_text(t))

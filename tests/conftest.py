@@ -169,7 +169,7 @@ def _pending(daemon: Daemon) -> bool:
         "SELECT d.target FROM deliveries d JOIN items i ON i.id=d.item_id "
         "WHERE d.state IN ('pending','in_flight') AND i.state='ready'"
     )
-    return any(r["target"] not in daemon.paused for r in rows)
+    return any(r["target"] not in daemon.held for r in rows)
 
 
 def drive(daemon: Daemon, *, now: float | None = None, until=None, timeout: float = 20.0, step: float = 5.0) -> float:

@@ -245,6 +245,30 @@ class Deliveries(Writer):
             (target, error, now),
         )
 
+    def set_operator_pause(self, target: str, paused: bool, now: float) -> bool:
+        """``syncd pause``/``resume``: hold ``target``'s deliveries until resumed (it survives
+        restarts). Returns False when it was already so (paused since earlier, or not paused)."""
+        if paused:
+            rows = self._write_returning(
+                "INSERT INTO targets (name, operator_paused_at) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET operator_paused_at=excluded.operator_paused_at WHERE targets.operator_paused_at IS NULL "
+                "RETURNING name", (target, now))
+        else:
+            rows = self._write_returning(
+                "UPDATE targets SET operator_paused_at=NULL WHERE name=? AND operator_paused_at IS NOT NULL "
+                "RETURNING name", (target,))
+        return bool(rows)
+
+    def removed_by_retention(self, folder: str, item_id: int, key: str, freed: int, now: float) -> None:
+        """Retention removed the local files of ``key`` (every target had acked it): the item is
+        ``deleted`` and the folder's totals grow (status, metrics)."""
+        self._tx([
+            ("UPDATE items SET state='deleted', stat_sig=NULL, updated_at=? WHERE id=?", (now, item_id)),
+            ("INSERT INTO retention (folder, items, bytes, last_at, last_key) VALUES (?, 1, ?, ?, ?) "
+             "ON CONFLICT (folder) DO UPDATE SET items=retention.items+1, bytes=retention.bytes+excluded.bytes, "
+             "last_at=excluded.last_at, last_key=excluded.last_key", (folder, freed, now, key)),
+        ])
+
     def set_paused(self, target: str, reason: str | None, now: float) -> None:
         statements = [
             (

@@ -155,6 +155,18 @@ class JournalReader:
             "SELECT count(*) FROM deliveries WHERE state IN ('pending','in_flight')").fetchone()[0]
         return queued + self.settling_count()
 
+    def remaining(self, targets: list[str], folder_targets: dict[str, int]) -> int:
+        """Deliveries to ``targets`` still to do (pending or in flight), plus each settling
+        item once per target of its folder (``folder -> how many targets``): what is left
+        of a ``syncd once`` (its progress line). Counted from the state indexes."""
+        if not targets:
+            return 0
+        queued = self.conn.execute(
+            "SELECT count(*) FROM deliveries WHERE state IN ('pending','in_flight') "
+            f"AND target IN ({','.join('?' * len(targets))})", targets).fetchone()[0]
+        settling = self.conn.execute("SELECT folder, count(*) FROM items WHERE state='settling' GROUP BY folder")
+        return queued + sum(n * folder_targets.get(folder, 1) for folder, n in settling)
+
     def waiting_count(self, targets: list[str]) -> int:
         """Deliveries to ``targets`` still to do (pending or in flight) of ready items."""
         if not targets:
@@ -200,9 +212,18 @@ class JournalReader:
         return self.conn.execute("SELECT key, error FROM items WHERE state='settling'").fetchall()
 
     def paused_targets(self) -> dict[str, str]:
-        """``target -> reason`` of the targets paused in the journal."""
+        """``target -> reason`` of the targets paused in the journal: by the operator
+        (``syncd pause``, "paused by operator") or because they cannot work."""
         return dict(self.conn.execute(
-            "SELECT name, paused_reason FROM targets WHERE paused_reason IS NOT NULL").fetchall())
+            "SELECT name, CASE WHEN operator_paused_at IS NULL THEN paused_reason "
+            "WHEN paused_reason IS NULL THEN 'paused by operator' "
+            "ELSE 'paused by operator; also: ' || paused_reason END "
+            "FROM targets WHERE paused_reason IS NOT NULL OR operator_paused_at IS NOT NULL").fetchall())
+
+    def operator_pauses(self) -> dict[str, float]:
+        """``target -> since`` of the targets paused by the operator (``syncd pause``)."""
+        return dict(self.conn.execute(
+            "SELECT name, operator_paused_at FROM targets WHERE operator_paused_at IS NOT NULL").fetchall())
 
     # -- `syncd status`, per folder and target ----------------------------------------------
     def item_counts(self, folder: str) -> dict[str, int]:
@@ -309,3 +330,33 @@ class JournalReader:
             "SELECT paused_reason, last_success, last_error, last_error_at FROM targets WHERE name=?", (target,)
         ).fetchone()
         return row or (None, None, None, None)
+
+    def deliveries_of_target(self, target: str) -> list[dict[str, Any]]:
+        """Every delivery to ``target`` of a ready or invalid item, by key, with what a dry run
+        reports (syncd.dryrun): the item's files, label error and state, the delivery's state,
+        acked version, receipt, unknown outcome, note and error."""
+        return self.query(
+            "SELECT i.key, i.image, i.sidecar, i.mask, i.label_error, i.error AS item_error, i.state AS item_state, "
+            "d.state, d.acked_version, d.receipt, d.outcome_unknown, d.note, d.error "
+            "FROM deliveries d JOIN items i ON i.id=d.item_id WHERE d.target=? AND i.state IN ('ready','invalid') "
+            "ORDER BY i.key", (target,))
+
+    def retention_totals(self) -> dict[str, tuple[int, int, float | None, str | None]]:
+        """``folder -> (items, bytes, last_at, last_key)`` that retention removed so far."""
+        return {folder: (items, size, last_at, last_key) for folder, items, size, last_at, last_key in
+                self.conn.execute("SELECT folder, items, bytes, last_at, last_key FROM retention")}
+
+    def retention_candidates(self, folder: str, targets: list[str], limit: int, *,
+                             after: tuple[float, int] | None = None) -> list[tuple[int, str, float]]:
+        """``(id, key, first_seen)`` of up to ``limit`` items of ``folder``, oldest first (after
+        ``after``, a ``(first_seen, id)``), that every one of ``targets`` acked at the item's
+        current version: what retention may remove."""
+        marks = ",".join("?" * len(targets))
+        since, last_id = after if after is not None else (float("-inf"), -1)
+        return self.conn.execute(
+            "SELECT i.id, i.key, i.first_seen FROM items i WHERE i.folder=? AND i.state='ready' "
+            "AND i.version IS NOT NULL AND (i.first_seen, i.id) > (?, ?) "
+            f"AND (SELECT count(*) FROM deliveries d WHERE d.item_id=i.id AND d.target IN ({marks}) "
+            "AND d.state='acked' AND d.acked_version=i.version)=? "
+            "ORDER BY i.first_seen, i.id LIMIT ?",
+            (folder, since, last_id, *targets, len(targets), limit)).fetchall()

@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,13 +142,29 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX items_late_companion ON items (folder) WHERE state='deleted' AND error IS NOT NULL;
     """,
+    # 7: steering: a target paused by the operator (syncd pause), what retention removed
+    """
+    ALTER TABLE targets ADD COLUMN operator_paused_at REAL;  -- syncd pause: since when (NULL: not paused)
+    CREATE TABLE retention (
+        folder TEXT PRIMARY KEY,
+        items INTEGER NOT NULL DEFAULT 0,     -- items whose local files retention removed (state 'deleted')
+        bytes INTEGER NOT NULL DEFAULT 0,     -- what those files held
+        last_at REAL,                         -- when it last removed one
+        last_key TEXT
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)  # the user_version of an up-to-date journal
 
 
 class StateLock:
-    """An exclusive ``flock`` on the state directory: one daemon per journal."""
+    """An exclusive ``flock`` on the state directory: one daemon per journal.
+
+    A lock found taken is tried again for up to ``BUSY_SECONDS``: commands that only look
+    whether a daemon runs (``syncd pause``, a dry run) hold a shared lock for an instant."""
+
+    BUSY_SECONDS = 1.0
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / LOCK_NAME
@@ -162,17 +179,23 @@ class StateLock:
                 raise LocalError(read_only_message(self.path.parent)) from None
             raise LocalError(f"cannot open the lock file {self.path}: {exc.strerror}; check permissions of the "
                              "state directory, or set [daemon] state_dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise LocalError(
-                    f"another syncd (pid {owner}) is already using the state directory {self.path.parent}: "
-                    "stop it first, or give this instance its own [daemon] state_dir"
-                ) from None
-            raise
+        deadline = time.monotonic() + self.BUSY_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise LocalError(
+                        f"another syncd (pid {owner}) is already using the state directory {self.path.parent}: "
+                        "stop it first, or give this instance its own [daemon] state_dir"
+                    ) from None
+                raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd

@@ -152,7 +152,7 @@ def test_a_lost_journal_ends_in_adoption_not_a_second_sample(tmp_path):
         emulator.record = True
         result = run_once(config, env=env, args=("--max-wait", "10"))
         assert result.returncode == 0, result.stderr[-2000:]
-        assert "3 delivered, 0 failed" in result.stdout
+        assert "3 delivered (3 in this run), 0 failed" in result.stdout  # adopted: "delivered" by this run
         assert len(emulator.samples_in(project["id"])) == 3
         uploads = [e for e in emulator.recorded("POST", r"^/api/split/files$") if e["headers"].get("x-metadata")]
         assert len(uploads) == 3  # one refused re-send each (the other POST is the check's probe)
