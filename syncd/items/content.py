@@ -192,10 +192,11 @@ class ContentCache:
                 self._pop(next(iter(self._entries)))
 
     def room(self) -> int:
-        """About how many more entries of the average size fit (1 when empty: the size of
-        what is read is not known yet)."""
+        """About how many more entries of the average size fit. Unbounded when empty: the
+        size of what is read is not known yet, and the first read of a burst must fill a whole
+        batch (a first batch of one item costs a remote job per item on Nucleus)."""
         if not self._entries:
-            return 1
+            return self.max_bytes
         average = self._bytes // len(self._entries) or 1
         return max(0, (self.max_bytes - self._bytes) // average)
 
