@@ -10,6 +10,7 @@ variable that holds their key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -45,23 +46,60 @@ class DaemonSettings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6) -> ``(host, port)``; ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('use "HOST:PORT", e.g. "127.0.0.1:9464"')
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): not reachable from
+    other machines."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _check_listen(value: str) -> str:
+    if value:
+        split_listen(value)
+    return value
+
+
+class HttpSettings(BaseModel):
+    """The ``[http]`` table: the read-only HTTP listener of ``syncd run`` (syncd.http)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = Field("", description='serve /, /healthz, /status.json, /history.json, /metrics on "HOST:PORT" '
+                                        '("" = off)')
+    sample_seconds: float = Field(15.0, ge=1, le=300,
+                                  description="one history sample (backlog, delivered, bytes) every this many seconds")
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
 class MetricsSettings(BaseModel):
     """The ``[metrics]`` table: Prometheus text format, opt-in."""
 
     model_config = ConfigDict(extra="forbid")
 
-    listen: str = Field("", description='serve /metrics on this address, e.g. "127.0.0.1:9464" ("" = off)')
+    listen: str = Field("", description="deprecated alias of [http] listen")
     textfile: Path | None = Field(None, description="write a node_exporter textfile here (None = off)")
     interval_seconds: float = Field(15.0, gt=0, description="how often the figures are refreshed")
 
     @field_validator("listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        if value:
-            host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError('use "HOST:PORT", e.g. "127.0.0.1:9464"')
-        return value
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
 
 
 class FolderSettings(BaseModel):
@@ -94,6 +132,7 @@ class Config(BaseSettings):
 
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     folders: list[FolderSettings] = Field(min_length=1)
     targets: dict[str, dict[str, Any]] = Field(min_length=1)
 
@@ -185,6 +224,8 @@ def load_config(path: Path) -> Config:
     if config.metrics.textfile is not None:
         config.metrics.textfile = _resolve(base, config.metrics.textfile)
 
+    _http_listen(config, path, problems)
+
     for name, table in config.targets.items():
         if not isinstance(table, dict) or "platform" not in table:
             problems.append(f"{path}: targets.{name}.platform: required key is missing (e.g. platform = \"local\")")
@@ -221,3 +262,22 @@ def load_config(path: Path) -> Config:
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+def _http_listen(config: Config, path: Path, problems: list[str]) -> None:
+    """``[metrics] listen`` is the deprecated spelling of ``[http] listen`` (the one listener
+    serves /metrics with the other routes); a listener other machines can reach is a warning."""
+    old, new = config.metrics.listen, config.http.listen
+    if old and new and old != new:
+        problems.append(f"{path}: metrics.listen: {old!r} differs from http.listen {new!r}: there is one listener; "
+                        "remove [metrics] listen (it is the deprecated spelling of [http] listen)")
+    elif old:
+        config.http.listen = old
+        config.warnings.append(f"{path}: metrics.listen is deprecated: write [http] listen = {old!r} instead "
+                               "(the listener now serves /, /healthz, /status.json and /metrics)")
+    listen = config.http.listen
+    if listen and not is_loopback(split_listen(listen)[0]):
+        config.warnings.append(
+            f"{path}: http.listen: {listen} can be reached from other machines, and the listener has no "
+            "authentication: its page and /status.json show folder paths and failure reasons. Prefer "
+            "127.0.0.1 and an SSH tunnel (docs/operations.md#the-http-listener)")

@@ -6,6 +6,10 @@ from the bucket of the target currently being served (a context variable set aro
 delivery and check: targets need no code for it) and, with a bandwidth limit, as many byte
 tokens as the request body has. Bodies are paid for before they are sent, so the limit holds
 on average over a few seconds, not within one request.
+
+The same adapter counts the body bytes sent for each target (``sent_bytes``, since the
+process started: the metrics and the status page); targets that write instead of sending
+(the local directory) count what they wrote with ``count_sent``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class TokenBucket:
 _request_buckets: dict[str, TokenBucket] = {}
 _bandwidth: TokenBucket | None = None
 _current_target: contextvars.ContextVar[str | None] = contextvars.ContextVar("syncd_target", default=None)
+_sent: dict[str, int] = {}
+_sent_lock = threading.Lock()
 
 
 def configure(rate_limits: dict[str, float], bandwidth: float, *, clock=time.monotonic, sleep=time.sleep) -> None:
@@ -72,6 +78,20 @@ def serving(target: str):
         _current_target.reset(token)
 
 
+def count_sent(size: int) -> None:
+    """Add ``size`` bytes to what was sent for the target being served (see ``serving``)."""
+    target = _current_target.get()
+    if target and size:
+        with _sent_lock:
+            _sent[target] = _sent.get(target, 0) + size
+
+
+def sent_bytes() -> dict[str, int]:
+    """``target -> bytes`` sent (request bodies, or written) since the process started."""
+    with _sent_lock:
+        return dict(_sent)
+
+
 class LimitedAdapter(HTTPAdapter):
     """A requests transport adapter applying the limits above before each request."""
 
@@ -80,9 +100,9 @@ class LimitedAdapter(HTTPAdapter):
         bucket = _request_buckets.get(target) if target else None
         if bucket is not None:
             bucket.acquire(1)
-        if _bandwidth is not None and request.body:
-            body = request.body
-            size = len(body) if isinstance(body, (bytes, bytearray, str)) else 0
-            if size:
-                _bandwidth.acquire(size)
+        body = request.body
+        size = len(body) if isinstance(body, (bytes, bytearray, str)) else 0
+        if _bandwidth is not None and size:
+            _bandwidth.acquire(size)
+        count_sent(size)
         return super().send(request, *args, **kwargs)

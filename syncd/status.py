@@ -6,6 +6,7 @@ syncd.journal.queries), so it answers quickly on 100k items and can run while th
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -72,6 +73,11 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
         return {"generated_at": _iso(now), "folders": folders, "targets": targets}
     finally:
         journal.close()
+
+
+def as_json(status: dict[str, Any]) -> str:
+    """The JSON text ``status --json`` prints (and the HTTP listener's /status.json serves)."""
+    return json.dumps(status, indent=2)
 
 
 def _iso(ts: float | None) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import Field
 
+from syncd import limits
 from syncd.errors import FatalTargetError, PermanentError
 from syncd.fsutil import write_atomic
 from syncd.labels.support import FEATURES
@@ -87,8 +88,10 @@ class LocalTarget(Target):
             _remove_stale_temps(path)
         fsync = self.settings.fsync
         write_atomic(image_path, upload.image, fsync=fsync)
+        limits.count_sent(len(upload.image))
         if upload.mask is not None:
             write_atomic(mask_path, upload.mask, fsync=fsync)
+            limits.count_sent(len(upload.mask))
         elif mask_path.exists():
             mask_path.unlink()
         record = {
@@ -105,7 +108,9 @@ class LocalTarget(Target):
             "source_path": str(upload.source_path),
             "delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_atomic(record_path, json.dumps(record, indent=2, sort_keys=True).encode(), fsync=fsync)
+        encoded = json.dumps(record, indent=2, sort_keys=True).encode()
+        write_atomic(record_path, encoded, fsync=fsync)
+        limits.count_sent(len(encoded))
         if self.settings.log_deliveries:
             self._log(upload)
         return Receipt(remote_id=str(record_path.relative_to(self.root)), extra={"version": upload.version})
