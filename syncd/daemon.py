@@ -105,7 +105,7 @@ class Daemon:
         self.unrecorded: list[delivery.Outcome] = []  # outcomes waiting for a writable journal
         # The longest delay a retry is ever scheduled for (see Store.due): clock jumps.
         self.horizon = max(self.cfg.retry_max_seconds, delivery.MAX_RETRY_AFTER) + 60.0
-        self.metrics = Metrics(config.metrics)
+        self.metrics = Metrics(config, serving=watch and bool(config.http.listen))
         self.attempts: Counter = Counter()  # (target, outcome kind) -> count, for metrics
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -130,13 +130,11 @@ class Daemon:
                     log.error("cannot create folder %s: %s", folder.root, exc.strerror)
         if self.watch:
             self.watcher.start()
-            self.metrics.start()
         self.scan(now)
 
     def close(self, *, wait_seconds: float | None = None) -> None:
         """Stop watching, let in-flight deliveries finish (up to ``shutdown_seconds``), release."""
         self.watcher.stop()
-        self.metrics.stop()
         deadline = time.monotonic() + (self.cfg.shutdown_seconds if wait_seconds is None else wait_seconds)
         try:
             while self.in_flight and time.monotonic() < deadline:
@@ -200,7 +198,8 @@ class Daemon:
         assert self.store is not None
         in_flight = Counter(target for _, target in self.in_flight)
         return metrics.render(self.store, targets=list(self.targets), paused=set(self.paused),
-                              in_flight=in_flight, attempts=self.attempts, now=now)
+                              in_flight=in_flight, attempts=self.attempts, now=now, sent=limits.sent_bytes(),
+                              filesystems=self.metrics.filesystems)
 
     def busy(self) -> bool:
         return bool(self.settling or self.in_flight)

@@ -4,6 +4,10 @@ Signal handlers only set flags. SIGTERM/SIGINT: stop taking new work, let in-fli
 deliveries finish for up to ``shutdown_seconds`` (what is still in flight then is recovered
 at the next start), exit 0. READY=1 is sent to systemd only after the watches are
 installed and the first scan is done; WATCHDOG=1 only from a loop pass that completed.
+
+With ``[http] listen`` the HTTP listener (syncd.http) starts before the first scan (its
+/healthz says "starting" until the first pass) and reads only its ``Provider``, which the
+loop feeds after every pass (``_report``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from syncd import sdnotify
+from syncd import limits, sdnotify
 from syncd.config import Config
 from syncd.daemon import Daemon
+from syncd.delivery import ACKED
 
 log = logging.getLogger("syncd")
 
@@ -36,7 +41,18 @@ def run_service(config: Config) -> int:
     """``syncd run``: watch and deliver until SIGTERM. Returns the exit code."""
     daemon = Daemon(config)
     _install_signals(daemon)
-    daemon.open(time.time())
+    provider = listener = None
+    if config.http.listen:
+        from syncd import http
+
+        provider = http.Provider(config)
+        listener = http.serve(config, provider)
+    try:
+        daemon.open(time.time())
+    except BaseException:
+        if listener is not None:
+            listener.stop()
+        raise
     folders = ", ".join(str(f.root) for f in daemon.folders)
     log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
     sdnotify.notify("READY=1\nSTATUS=first scan done")
@@ -46,6 +62,8 @@ def run_service(config: Config) -> int:
         while not daemon.stop_event.is_set():
             now = time.time()
             daemon.tick(now)
+            if provider is not None:
+                _report(provider, daemon, now)
             if ping_every and now - last_ping >= ping_every:
                 sdnotify.notify("WATCHDOG=1")
                 last_ping = now
@@ -58,9 +76,23 @@ def run_service(config: Config) -> int:
         sdnotify.notify("STOPPING=1")
         log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds,
                  len(daemon.in_flight))
+        if listener is not None:
+            listener.stop()
         daemon.close()
     log.info("stopped")
     return 0
+
+
+def _report(provider, daemon: Daemon, now: float) -> None:
+    """After a pass: tell the HTTP listener's ``Provider`` the pass happened (and whether the
+    journal could be written), hand it the metrics text, and add a history sample when one
+    is due (backlog, deliveries acknowledged and bytes sent since start)."""
+    provider.passed(journal_error=daemon.local_error)
+    provider.publish_metrics(daemon.metrics.text)
+    if provider.sample_due() and daemon.local_error is None:
+        delivered = sum(n for (_, kind), n in daemon.attempts.items() if kind == ACKED)
+        provider.sample(now, backlog=daemon.pending_total(), delivered=delivered,
+                        sent_bytes=sum(limits.sent_bytes().values()))
 
 
 @dataclass
