@@ -1,7 +1,9 @@
-"""Command line: run, once, status, check, retry, schema. Errors become exit codes here only.
+"""Command line: run, once, status, check, retry, schema, init, systemd-unit. Errors become
+exit codes here only.
 
-Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error;
-3 local problem (state directory locked or unwritable, disk full).
+Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error
+(including ``syncd init`` refusing to overwrite a configuration, an unknown user or group);
+3 local problem (state directory locked or unwritable, disk full, a directory that cannot be made).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def cmd_check(args) -> int:
         print(f"state directory {state_dir}: writable")
     except OSError as exc:
         ok = False
-        print(f"state directory {state_dir}: NOT writable: {exc.strerror}; fix its permissions or set [daemon] state_dir")
+        print(f"state directory {state_dir}: NOT writable: {exc.strerror}; "
+              "fix its permissions or set [daemon] state_dir")
     journal = inspect_journal(state_dir)
     if not journal.exists:
         print(f"journal {journal.path}: none yet (made at the first start)")
@@ -117,7 +120,8 @@ def cmd_check(args) -> int:
                 print(f"  warning: {warning}")
             lost = target.unsupported_types()
             if lost:
-                print(f"  note: {target.platform} cannot represent {', '.join(lost)}: such labels are reported, not sent")
+                print(f"  note: {target.platform} cannot represent {', '.join(lost)}: "
+                      "such labels are reported, not sent")
         except SyncdError as exc:
             ok = False
             print(f"target {name} ({target.platform}): FAILED: {exc}")
@@ -152,8 +156,34 @@ def cmd_schema(args) -> int:
     return EXIT_OK
 
 
+def cmd_init(args) -> int:
+    from syncd.install import init_dir
+
+    plan = init_dir.plan(args.dir, user=args.user, group=args.group, mode=args.mode, state_dir=args.state_dir)
+    for line in init_dir.create(plan):
+        print(line)
+    print(init_dir.next_steps(plan))
+    return EXIT_OK
+
+
+def cmd_systemd_unit(args) -> int:
+    from syncd.install.shipped import shipped_text
+    from syncd.install.unit import render_unit
+
+    if args.sysusers:
+        sys.stdout.write(shipped_text("syncd.sysusers"))
+        return EXIT_OK
+    config = _config(args)
+    text, warnings = render_unit(config, user=args.user, credentials_dir=Path(args.credentials_dir))
+    sys.stdout.write(text)
+    for warning in warnings:
+        print(f"syncd systemd-unit: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="syncd", description="Deliver drop-folder items exactly once to ML data platforms.")
+    parser = argparse.ArgumentParser(
+        prog="syncd", description="Deliver drop-folder items exactly once to ML data platforms.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -175,9 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("keys", nargs="*", help="item keys, e.g. cam1/frame_0001")
     retry.add_argument("--failed", action="store_true", help="requeue every failed item")
     retry.add_argument("--incomplete", action="store_true",
-                       help="deliver again items a target took without some parts (status: 'not sent'), e.g. after installing nibabel")
+                       help="deliver again items a target took without some parts (status: 'not sent'), "
+                            "e.g. after installing nibabel")
     schema = sub.add_parser("schema", help="print the JSON Schema of the sidecar file")
     schema.set_defaults(func=cmd_schema)
+    init_help = ("make DIR ready for the service: DIR/config.toml, the inbox (group-writable), "
+                 "the dataset and state directories")
+    init = sub.add_parser("init", help=init_help, description=init_help)
+    init.add_argument("--dir", required=True, help="directory to set up, e.g. /srv/syncd")
+    init.add_argument("--user", help="service user that owns the directories (default: syncd as root, else you)")
+    init.add_argument("--group", help="writer group of the inbox (default: syncd-writers as root, else your group)")
+    init.add_argument("--mode", help="inbox mode, octal (default 2770: the group writes, new files get the group)")
+    init.add_argument("--state-dir", help="state directory (default DIR/state)")
+    init.set_defaults(func=cmd_init)
+    unit = add("systemd-unit", cmd_systemd_unit,
+               "print the hardened systemd unit for this installation and configuration")
+    unit.add_argument("--user", default="syncd", help="service user (default syncd)")
+    unit.add_argument("--credentials-dir", default="/etc/syncd/credentials",
+                      help="directory of the API key files loaded with LoadCredential= "
+                           "(default /etc/syncd/credentials)")
+    unit.add_argument("--sysusers", action="store_true",
+                      help="print the sysusers.d file instead (user syncd, group syncd-writers); needs no --config")
     return parser
 
 

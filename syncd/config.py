@@ -4,15 +4,18 @@
 line per problem, each naming the key as it is spelt in the file (``folders[0].targets``).
 Environment variables override file values with ``__`` between levels, for example
 ``SYNCD_DAEMON__STATE_DIR=/var/lib/syncd``. Relative paths resolve against the directory of
-the configuration file. Secrets are never read from the file: targets name the environment
-variable that holds their key.
+the configuration file. A folder's ``key_prefix`` may hold ``{hostname}`` and ``{machine_id}``,
+expanded once at load (``expand_key_prefix``), so one file serves a fleet. Secrets are never
+read from the file: targets name the environment variable that holds their key.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
+import socket
+import string
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +26,14 @@ from syncd.errors import ConfigError
 from syncd.targets import target_class
 from syncd.targets.base import TargetSettings
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04, JetPack 6): the same parser, published as tomli
+    import tomli as tomllib
+
 CONFIG_ENV = "SYNCD_CONFIG"
+MACHINE_ID = Path("/etc/machine-id")
+KEY_PREFIX_PLACEHOLDERS = ("hostname", "machine_id")
 
 
 class DaemonSettings(BaseModel):
@@ -111,7 +121,8 @@ class FolderSettings(BaseModel):
     targets: list[str] = Field(min_length=1, description="names of [targets.*] tables this folder feeds")
     include: list[str] = Field(default_factory=list, description="only file names matching one of these globs")
     exclude: list[str] = Field(default_factory=list, description="file names or relative paths to ignore")
-    key_prefix: str = Field("", description="prepended to every item key of this folder")
+    key_prefix: str = Field("", description="prepended to every item key of this folder; "
+                                            "{hostname} and {machine_id} expand")
     after_upload: Literal["keep", "delete"] = Field("keep", description="delete local files once every target acked")
     poll: bool = Field(False, description="poll instead of inotify (network filesystems)")
     poll_seconds: float = Field(2.0, gt=0, description="polling interval when polling")
@@ -190,6 +201,46 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def expand_key_prefix(template: str, *, machine_id_file: Path = MACHINE_ID) -> str:
+    """``template`` with ``{hostname}`` and ``{machine_id}`` replaced by this machine's values.
+
+    ``{hostname}`` is the host name (``socket.gethostname()``), ``{machine_id}`` the 32 hex
+    digits of ``machine_id_file`` (/etc/machine-id); ``{{`` and ``}}`` are literal braces.
+    Raises ``ValueError`` with a one-line reason for any other placeholder, for a format
+    specification, or when the machine id is missing or empty (an image not yet booted).
+    """
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write a literal brace as {{{{ or }}}})") from None
+    values: dict[str, str] = {}
+    for _, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in KEY_PREFIX_PLACEHOLDERS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"unknown placeholder {shown}; key_prefix knows {{hostname}} and {{machine_id}}")
+        if name == "hostname":
+            values[name] = socket.gethostname()
+        elif name not in values:
+            values[name] = _machine_id(machine_id_file)
+    return template.format(**values)
+
+
+def _machine_id(path: Path) -> str:
+    try:
+        value = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(f"{{machine_id}} needs {path}, which cannot be read ({reason}); "
+                         "create it with systemd-machine-id-setup, or use {hostname}") from None
+    if len(value) != 32 or not all(c in "0123456789abcdef" for c in value):
+        state = "empty" if not value else f"not a machine id ({value[:40]!r})"
+        raise ValueError(f"{{machine_id}} needs {path}, which is {state} (an image not booted yet?); "
+                         "run systemd-machine-id-setup, or use {hostname}")
+    return value
+
+
 def default_config_path(explicit: str | None) -> Path:
     value = explicit or os.environ.get(CONFIG_ENV)
     if not value:
@@ -219,8 +270,12 @@ def load_config(path: Path) -> Config:
     problems: list[str] = []
     config.config_path = path.resolve()
     config.daemon.state_dir = _resolve(base, config.daemon.state_dir)
-    for folder in config.folders:
+    for index, folder in enumerate(config.folders):
         folder.path = _resolve(base, folder.path)
+        try:
+            folder.key_prefix = FolderSettings._clean_prefix(expand_key_prefix(folder.key_prefix))
+        except ValueError as exc:
+            problems.append(f"{path}: folders[{index}].key_prefix: {exc}")
     if config.metrics.textfile is not None:
         config.metrics.textfile = _resolve(base, config.metrics.textfile)
 

@@ -5,7 +5,7 @@ the coordinator drains it. When the queue overflows, the kernel's inotify queue 
 or an observer thread dies, ``rescan_needed`` is set and the coordinator rescans.
 
 Polling (watchdog's PollingObserver) is used for folders with ``poll = true``, for network
-filesystems (detected from /proc/mounts), and as a fallback when inotify cannot be used —
+filesystems (detected from /proc/self/mounts), and as a fallback when inotify cannot be used —
 for example when the inotify watch limit is reached (the log names the sysctl to raise).
 """
 
@@ -36,9 +36,10 @@ INOTIFY_LIMIT_FIX = (
 
 
 def filesystem_type(path: Path) -> str | None:
-    """The filesystem type of the mount holding ``path`` (Linux /proc/mounts), or None."""
+    """The filesystem type of the mount holding ``path`` (Linux /proc/self/mounts), or None."""
     try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
+        # /proc/self/..., not the /proc/mounts link: the unit's ProcSubset=pid hides the latter.
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
             entries = [line.split() for line in mounts]
     except OSError:
         return None

@@ -52,8 +52,10 @@ def test_broken_toml_names_the_file(tmp_path):
     [
         (GOOD.replace('path = "inbox"', 'path = "inbox"\npoll_secs = 3'), r"folders\[0\]\.poll_secs: unknown key"),
         ("[daemon]\nsettle_seconds = \"soon\"\n" + GOOD, r"daemon\.settle_seconds: Input should be a valid number"),
-        (GOOD.replace('targets = ["local"]', 'targets = ["nucleus"]'), r"folders\[0\]\.targets: unknown target 'nucleus'"),
-        (GOOD.replace('platform = "local"', 'platform = "s3"'), r"targets\.local\.platform: unknown platform 's3'; known platforms: .*local.*nucleus"),
+        (GOOD.replace('targets = ["local"]', 'targets = ["nucleus"]'),
+         r"folders\[0\]\.targets: unknown target 'nucleus'"),
+        (GOOD.replace('platform = "local"', 'platform = "s3"'),
+         r"targets\.local\.platform: unknown platform 's3'; known platforms: .*local.*nucleus"),
         (GOOD.replace('path = "out"', 'pth = "out"'), r"targets\.local\.pth: unknown key"),
         (GOOD.replace('path = "out"', ""), r"targets\.local\.path: required key is missing"),
         ("[daemon]\n", r"folders: required key is missing"),
@@ -94,8 +96,7 @@ def test_check_reports_ok_targets(tmp_path):
 
 def test_commented_platform_examples_in_the_example_config_are_valid(tmp_path):
     """Every [targets.*] example in config.example.toml validates when uncommented."""
-    import tomllib
-
+    from syncd.config import tomllib
     from syncd.targets import target_class
 
     lines = (REPO / "config.example.toml").read_text().splitlines()
@@ -109,6 +110,7 @@ def test_commented_platform_examples_in_the_example_config_are_valid(tmp_path):
         if block:
             examples.update(tomllib.loads("\n".join(block))["targets"])
             block = []
-    assert {t["platform"] for t in examples.values()} == {"nucleus", "edgeimpulse", "edgeimpulse-org", "dataloop", "redbrick"}
+    platforms = {t["platform"] for t in examples.values()}
+    assert platforms == {"nucleus", "edgeimpulse", "edgeimpulse-org", "dataloop", "redbrick"}
     for name, table in examples.items():
         target_class(table["platform"]).Settings(**table)

@@ -106,7 +106,7 @@ def test_readme_starts_with_the_two_commands():
     assert install_and_run == (
         "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/syncd run --config config.example.toml"
     )
-    assert install_and_test == "bash tests/install.sh && .venv/bin/python -m pytest -q"
+    assert install_and_test == "bash tests/install.sh && .venv/bin/python -m pytest -q && bash tests/pytest310.sh -q"
     assert install_and_test == ci_test_command(), "the README's test command is the one CI runs"
 
 
