@@ -24,7 +24,10 @@ h1 { font-size: 1.4em; margin: .6em 0; } h2 { font-size: 1.1em; margin: 1.4em 0 
 h3 { font-size: 1em; margin: 1em 0 .3em; font-family: ui-monospace, monospace; }
 .muted, #state { color: var(--muted); } #state.error { color: var(--bad); }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .2em .6em .2em 0; border-bottom: 1px solid var(--rule); vertical-align: top; }
+th, td { text-align: left; padding: .2em .6em .2em 0; border-bottom: 1px solid var(--rule); vertical-align: top;
+         overflow-wrap: break-word; }
+#summary { font-size: 1.05em; margin: .8em 0 0; }
+#summary .bad { color: var(--bad); } #summary .warn { color: var(--warn); }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.paused td { color: var(--warn); } td.failed.some { color: var(--bad); font-weight: bold; }
 .sparks { display: flex; flex-wrap: wrap; gap: 1.5em; }
@@ -56,6 +59,7 @@ function age(seconds) {
   return seconds < 90 ? Math.round(seconds) + " s" : seconds < 5400 ? Math.round(seconds / 60) + " min"
     : (seconds / 3600).toFixed(1) + " h";
 }
+function when(iso) { return iso == null ? null : iso.replace("T", " "); }
 async function getJSON(url) {
   const reply = await fetch(url, {cache: "no-store"});
   const body = await reply.json();
@@ -68,10 +72,21 @@ function renderTargets(status) {
     const row = el("tr", {"data-target": t.target, class: t.paused ? "paused" : ""},
       cell(t.target), cell(t.platform), cell(state, "state"),
       cell(t.rate == null ? null : t.rate + "/s" + (t.rate_reason ? " (" + t.rate_reason + ")" : ""), "rate"),
-      cell(t.last_success), cell(t.last_error ? t.last_error_at + ": " + t.last_error : null));
+      cell(when(t.last_success)), cell(t.last_error ? when(t.last_error_at) + ": " + t.last_error : null));
     return row;
   });
   $("targets").querySelector("tbody").replaceChildren(...rows);
+}
+function renderSummary(status) {
+  let delivered = 0, pending = 0, failed = 0;
+  for (const f of status.folders) for (const t of f.targets) {
+    delivered += t.delivered; pending += t.pending; failed += t.failed;
+  }
+  const paused = status.targets.filter((t) => t.paused).length;
+  $("summary").replaceChildren(delivered + " delivered \u00b7 " + pending + " pending \u00b7 ",
+    el("span", {class: failed ? "bad" : ""}, failed + " failed"),
+    ...(paused ? [" \u00b7 ", el("span", {class: "warn"}, paused + (paused > 1 ? " targets" : " target") + " paused")]
+      : []));
 }
 function renderFolders(status) {
   const blocks = [], problems = [];
@@ -123,11 +138,12 @@ function renderHistory(history) {
   spark("spark-backlog", s.map((p) => [p.at, p.backlog]), (v) => String(Math.round(v)));
   spark("spark-throughput", rates, (v) => v.toFixed(v < 10 ? 1 : 0) + "/min");
   spark("spark-bytes", sent, (v) => bytes(v) + "/s");
+  $("span").textContent = s.length > 1 ? "(" + age(s[s.length - 1].at - s[0].at) + " recorded)" : "";
 }
 async function refresh() {
   try {
     const [status, history] = await Promise.all([getJSON("status.json"), getJSON("history.json")]);
-    renderTargets(status); renderFolders(status); renderHistory(history);
+    renderSummary(status); renderTargets(status); renderFolders(status); renderHistory(history);
     $("state").className = ""; $("state").textContent = "as of " + status.generated_at;
   } catch (error) {
     $("state").className = "error";
@@ -140,7 +156,8 @@ refresh();
 
 BODY = """<header><h1>syncd</h1><span id="state">loading\u2026</span></header>
 <main>
-<h2>Last hour</h2>
+<p id="summary"></p>
+<h2>Last hour <span id="span" class="muted"></span></h2>
 <div class="sparks">
 <figure id="spark-backlog"><figcaption>backlog <b class="now"></b> <span class="max muted"></span></figcaption>
 <svg viewBox="0 0 300 48" preserveAspectRatio="none" role="img" aria-label="backlog"><path d=""/></svg></figure>
