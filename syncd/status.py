@@ -16,10 +16,12 @@ from syncd.journal.queries import JournalReader
 MAX_FAILED_LISTED = 50
 
 
-def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX_FAILED_LISTED) -> dict[str, Any]:
-    """The status as a JSON-serialisable dict (the shape ``status --json`` prints)."""
+def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX_FAILED_LISTED,
+            migrate: bool = True) -> dict[str, Any]:
+    """The status as a JSON-serialisable dict (the shape ``status --json`` prints).
+    ``migrate``: see ``syncd.journal.schema.connect_readonly``."""
     now = time.time() if now is None else now
-    journal = JournalReader.open_readonly(config.daemon.state_dir)
+    journal = JournalReader.open_readonly(config.daemon.state_dir, migrate=migrate)
     try:
         folders = []
         for folder in config.folders:

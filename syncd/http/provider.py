@@ -6,7 +6,8 @@ history behind the page's sparklines) and ``publish_metrics`` (the Prometheus te
 renders every ``interval_seconds``). The listener's worker threads read: ``health``,
 ``status_json``, ``history`` and ``metrics_text``. Nothing here touches the coordinator's
 journal connection: ``status_json`` and ``health`` open their own read-only connection, as
-``syncd status`` does, so the listener can never block or corrupt a journal write.
+``syncd status`` does (but never migrate an older journal: the daemon does that as it opens
+it), so the listener can never block or corrupt a journal write.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Provider:
             now = self._monotonic()
             if self._status is None or now - self._status[0] >= STATUS_CACHE_SECONDS:
                 try:
-                    data = status.collect(self.config)
+                    data = status.collect(self.config, migrate=False)
                 except sqlite3.Error as exc:
                     raise LocalError(f"cannot read the journal in {self.state_dir}: {exc}") from None
                 self._status = (now, (status.as_json(data) + "\n").encode())
@@ -124,7 +125,7 @@ class Provider:
             problems.append(f"cannot look at the state directory {self.state_dir}: {exc.strerror}")
         paused: list[dict[str, str]] = []
         try:
-            reader = JournalReader.open_readonly(self.state_dir)
+            reader = JournalReader.open_readonly(self.state_dir, migrate=False)
             try:
                 paused = [{"target": name, "reason": reason} for name, reason in sorted(reader.paused_targets().items())
                           if name in self.config.target_settings]

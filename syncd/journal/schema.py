@@ -168,16 +168,22 @@ def connect(state_dir: Path) -> sqlite3.Connection:
     return conn
 
 
-def connect_readonly(state_dir: Path) -> sqlite3.Connection:
+def connect_readonly(state_dir: Path, *, migrate: bool = True) -> sqlite3.Connection:
     """A read-only connection to the journal (``syncd status``); ``LocalError`` when there is
     no journal yet. A journal from an older syncd (its daemon not restarted since the
-    upgrade) is migrated first, so the queries find the tables and indexes they expect."""
+    upgrade) is migrated first, so the queries find the tables and indexes they expect.
+
+    ``migrate=False`` (the HTTP listener, inside the daemon's process) never writes: a journal
+    not at this schema yet is a ``LocalError`` instead, since the daemon is opening (and
+    migrating) it at that moment and a second migration would race with it."""
     path = state_dir / DB_NAME
     if not path.exists():
         raise LocalError(f"no journal at {path}: has syncd run with this configuration yet?")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
         conn.close()
+        if not migrate:
+            raise LocalError(f"the journal {path} is being opened by the daemon: try again in a moment")
         connect(state_dir).close()
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     return conn

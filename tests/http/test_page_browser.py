@@ -91,7 +91,7 @@ def test_the_page_shows_what_status_json_says_while_the_daemon_delivers(tmp_path
     page.on("pageerror", lambda error: errors.append(str(error)))
     writer = threading.Thread(target=keep_dropping, daemon=True)
     with DaemonProcess(config) as daemon:
-        wait_for(lambda: _up(port), timeout=30, message="the listener")
+        wait_for(lambda: _up(port), timeout=60, message="the listener and the journal")
         writer.start()
         try:
             page.goto(base)
@@ -146,8 +146,9 @@ def test_the_page_shows_what_status_json_says_while_the_daemon_delivers(tmp_path
 
 
 def _up(port: int) -> bool:
+    """The listener answers and the daemon has opened its journal (/status.json is 200)."""
     try:
-        get_json(port, "/history.json")
+        get_json(port, "/status.json")
         return True
     except (OSError, AssertionError):
         return False

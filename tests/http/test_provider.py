@@ -5,6 +5,7 @@ parameter: a fake monotonic clock ages the last pass."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from syncd.config import load_config
 from syncd.errors import LocalError
 from syncd.http.provider import STALL_SECONDS, Provider
+from syncd.journal.schema import DB_NAME
 from syncd.journal.store import Store
 from tests.daemon_harness import run_cli, write_config
 
@@ -128,3 +130,23 @@ def test_status_json_without_a_journal_is_a_local_error(config):
     provider = Provider(config, monotonic=Clock())
     with pytest.raises(LocalError, match="no journal"):
         provider.status_json()
+
+
+def test_the_listener_never_migrates_the_journal_the_daemon_is_opening(config):
+    """The daemon creates the journal file, then migrates it: a status read in between must
+    not run a second migration (it made the daemon fail with 'table items already exists')."""
+    config.daemon.state_dir.mkdir(parents=True)
+    db = config.daemon.state_dir / DB_NAME
+    sqlite3.connect(db).close()  # the file exists, its schema does not yet
+    provider = Provider(config, monotonic=Clock())
+    with pytest.raises(LocalError, match="is being opened by the daemon"):
+        provider.status_json()
+    provider.passed(journal_error=None)
+    healthy, details = provider.health()
+    assert not healthy and any("is being opened by the daemon" in p for p in details["problems"])
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    conn.close()
+    Store.open(config.daemon.state_dir).close()  # the daemon's own migration goes through
+    assert json.loads(provider.status_json())["folders"][0]["items"] == 0

@@ -35,7 +35,7 @@ def test_every_route_of_a_running_daemon(tmp_path):
         write_item(tmp_path / "inbox", f"cam/{n}", metadata={"n": n}, seed=n)
     (tmp_path / "inbox" / "cam" / "broken.png").write_bytes(b"\x89PNG not really")
     with DaemonProcess(config) as daemon:
-        status = wait_for(delivered(port, 3), timeout=30, message="3 items delivered, seen on /status.json")
+        status = wait_for(delivered(port, 3), timeout=60, message="3 items delivered, seen on /status.json")
         printed = json.loads(run_cli("status", "--json", "--config", str(config)).stdout)
         assert without_time(status) == without_time(printed)
         assert status["folders"][0]["targets"][0]["failed_items"][0]["key"] == "cam/broken"
@@ -46,7 +46,7 @@ def test_every_route_of_a_running_daemon(tmp_path):
         assert health["healthy"] and health["problems"] == [] and health["paused_targets"] == []
 
         history = wait_for(lambda: (h := get_json(port, "/history.json")) and len(h["samples"]) >= 3 and h,
-                           timeout=20, message="three history samples")
+                           timeout=30, message="three history samples")
         assert history["step_seconds"] == 1.0
         assert history["samples"][-1]["delivered"] == 3 and history["samples"][-1]["bytes"] > 0
 
@@ -85,7 +85,7 @@ def test_idle_connections_hold_no_threads_and_the_page_still_answers(tmp_path):
     config = http_config(tmp_path, port=port)
     write_item(tmp_path / "inbox", "a", metadata={})
     with DaemonProcess(config) as daemon:
-        wait_for(delivered(port, 1), timeout=30, message="the item delivered")
+        wait_for(delivered(port, 1), timeout=60, message="the item delivered")
         request(port, "/")
         # The pool starts its WORKERS threads as requests come: at most that many more.
         bound = threads_of(daemon.proc.pid) + WORKERS
