@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -32,22 +33,21 @@ def connect(server: Listener) -> socket.socket:
     return sock
 
 
+_readers: "weakref.WeakKeyDictionary[socket.socket, object]" = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket, *, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
-    """One response from ``sock``: (status, headers, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-    length = 0 if head_only else int(headers["content-length"])
-    while len(rest) < length:
-        chunk = sock.recv(4096)
-        assert chunk
-        rest += chunk
-    return int(line.split(" ")[1]), headers, rest[:length]
+    """The next response on ``sock``: (status, headers, body). One buffered reader per socket
+    keeps what arrived of the following (pipelined) responses."""
+    reader = _readers.setdefault(sock, sock.makefile("rb"))
+    line = reader.readline()
+    assert line, "connection closed before a response"
+    headers = {}
+    while (header := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = header.decode("latin-1").partition(":")
+        headers[name.lower()] = value.strip()
+    body = reader.read(0 if head_only else int(headers["content-length"]))
+    return int(line.split()[1]), headers, body
 
 
 def closed(sock: socket.socket, timeout: float = 5.0) -> bool:
