@@ -246,7 +246,8 @@ def jpeg_images(directory: Path, count: int, *, width: int = 640, height: int = 
     when a previous run left the same set (a marker file records the parameters)."""
     marker = directory.parent / f".{directory.name}.bench-set"
     spec = f"{count} {width}x{height} sidecars={sidecars} dirs={dirs}"
-    items = [(f"cam{i % dirs}/frame_{i:06d}", directory / f"cam{i % dirs}" / f"frame_{i:06d}.jpg") for i in range(count)]
+    items = [(f"cam{i % dirs}/frame_{i:06d}", directory / f"cam{i % dirs}" / f"frame_{i:06d}.jpg")
+             for i in range(count)]
     if marker.exists() and marker.read_text() == spec:
         return items
     if directory.exists():
@@ -374,7 +375,8 @@ def fill_journal(config_path: Path, *, mix: JournalMix = JournalMix(), now: floa
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?)", item_rows)
             store.conn.executemany(
                 "INSERT INTO deliveries (item_id, target, want_version, acked_version, inflight_version, "
-                "failed_version, state, attempts, next_attempt_at, receipt, error, pending_since, updated_at, acked_at) "
+                "failed_version, state, attempts, next_attempt_at, receipt, error, pending_since, updated_at, "
+                "acked_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", delivery_rows)
             for target in folder.targets:
                 store.conn.execute("INSERT OR IGNORE INTO targets (name, last_success) VALUES (?, ?)", (target, now))

@@ -159,7 +159,9 @@ def run(args: argparse.Namespace) -> Report:
     report.add("requests refused (429)", refused, "")
     report.add("refused / served", refused / served if served else float("nan"), "<= 0.5")
     report.add("requests served per delivery", served / delivered if delivered else float("nan"), "")
-    report.add("slowest device / median device (wall)", slowest / typical, "<= 2")
+    stopped = sum(1 for d in devices if d.code != 0)
+    report.add("slowest device / median device (wall)", slowest / typical if not stopped else
+               f"{slowest / typical:.2f} ({stopped} devices stopped unfinished: walls capped by --max-wait)", "<= 2")
     report.add("device wall s: fastest, median, slowest", f"{min(walls):.1f}, {typical:.1f}, {slowest:.1f}", "")
     report.facts.update(
         platform=args.platform, devices=args.devices, items_per_device=args.items, rate_limit=args.rate_limit,

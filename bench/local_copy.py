@@ -125,6 +125,13 @@ def _count(dest) -> tuple[int, int]:
     return images, records
 
 
+def _spread(ratios: list[float]) -> str:
+    """``median (min-max)`` of per-round ratios."""
+    from bench.common import median
+
+    return f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def main(argv: list[str] | None = None):
     import argparse
     import shutil
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None):
             print(f"round {round_no + 1} {kind}: wall {wall:.2f}s, CPU {cpu:.2f}s", flush=True)
 
     report = Report(args.name, ["program", "wall s (median)", "CPU s (median)", "CPU ms/frame",
-                                "wall vs copier", "CPU vs copier", "wall vs copier, per round", "CPU vs copier, per round"])
+                                "wall vs copier", "CPU vs copier", "wall vs copier, per round",
+                                "CPU vs copier, per round"])
     copier_wall = median([w for w, _ in figures["copier"]])
     copier_cpu = median([c for _, c in figures["copier"]])
     for kind in ("syncd", "copier"):
@@ -176,8 +184,7 @@ def main(argv: list[str] | None = None):
         paired_wall = [a[0] / b[0] for a, b in zip(figures[kind], figures["copier"])]
         paired_cpu = [a[1] / b[1] for a, b in zip(figures[kind], figures["copier"])]
         report.add(kind, wall, cpu, cpu / len(pairs) * 1000, wall / copier_wall, cpu / copier_cpu,
-                   "" if kind == "copier" else f"{median(paired_wall):.2f} ({min(paired_wall):.2f}-{max(paired_wall):.2f})",
-                   "" if kind == "copier" else f"{median(paired_cpu):.2f} ({min(paired_cpu):.2f}-{max(paired_cpu):.2f})")
+                   "" if kind == "copier" else _spread(paired_wall), "" if kind == "copier" else _spread(paired_cpu))
     report.facts.update(items=len(pairs), rounds=args.rounds, workers=args.workers, taskset=args.taskset,
                         runs={k: [{"wall": w, "cpu": c} for w, c in v] for k, v in figures.items()})
     report.notes.append(f"{len(pairs)} frames 640x480 with sidecars; syncd workers = copier threads = {args.workers}; "

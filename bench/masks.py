@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
           f"PNG {len(data) / 1e6:.2f} MB; best of {args.repeat}")
     print(f"python {platform.python_version()}, numpy {np.__version__}, pillow {Image.__version__}, "
           f"{platform.machine()}, {platform.processor() or platform.system()}")
-    print(f"| step | ms | ms/MP |\n| --- | ---: | ---: |")
+    print("| step | ms | ms/MP |\n| --- | ---: | ---: |")
     for name, func in steps:
         seconds, result = best_of(args.repeat, func)
         extra = f" ({len(result)} boxes)" if name.startswith("region") else ""

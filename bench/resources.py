@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import BENCH_ROOT, ProcessProbe, Report, SyncdRun as Daemon, env_with_repo, fill_journal, \
-    shared_tree
+from bench.common import BENCH_ROOT, ProcessProbe, Report, env_with_repo, fill_journal, shared_tree
+from bench.common import SyncdRun as Daemon
 from bench.configs import write_local_config
 
 MB = 1024 * 1024

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> Report:
     m = {k: median(v) for k, v in rows.items()}
 
     report = Report("status_speed", ["", f"{items} items (s)", "baseline (s)", "ratio", "added by the items (s)"])
-    report.add("`syncd status` (process)", m["cmd"], m["cmd_empty"], m["cmd"] / m["cmd_empty"], m["cmd"] - m["cmd_empty"])
+    report.add("`syncd status` (process)", m["cmd"], m["cmd_empty"], m["cmd"] / m["cmd_empty"],
+               m["cmd"] - m["cmd_empty"])
     report.add("`syncd status --json` (process)", m["json"], m["json_empty"], m["json"] / m["json_empty"],
                m["json"] - m["json_empty"])
     report.add("`status.collect()` vs one GROUP BY", m["collect"], m["floor"], m["collect"] / m["floor"], "")

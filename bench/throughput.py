@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None):
     contenders = args.contenders.split(",")
 
     report = Report(args.name, ["platform", "uploader", "images/s (median)", "vs hand loop",
-                                   "vs hand loop, per round", "vs SDK", "requests/item", "CPU ms/frame: uploader, emulator"])
+                                "vs hand loop, per round", "vs SDK", "requests/item",
+                                "CPU ms/frame: uploader, emulator"])
     for platform in args.platforms.split(","):
         kinds = contenders + (["sdk-fastpoll"] if platform == "nucleus" and "sdk" in contenders else [])
         rates = {k: [] for k in kinds}
@@ -283,8 +284,9 @@ def main(argv: list[str] | None = None):
                     requests[kind].append(window["requests"])
                     client_cpu = _children_cpu() - client_cpu_before
                     cpu[kind].append((client_cpu, server_cpu))
-                    print(f"{platform} round {round_no + 1} {kind}: {rate:.0f} images/s ({window['requests']} requests, "
-                          f"process {wall:.1f}s, CPU: uploader {client_cpu:.1f}s, emulator {server_cpu:.1f}s)", flush=True)
+                    print(f"{platform} round {round_no + 1} {kind}: {rate:.0f} images/s ({window['requests']} "
+                          f"requests, process {wall:.1f}s, CPU: uploader {client_cpu:.1f}s, emulator "
+                          f"{server_cpu:.1f}s)", flush=True)
         med = {k: median(v) for k, v in rates.items()}
         for kind in kinds:
             frames = min(args.items, args.shipped_sdk_items) if (kind, platform) == ("sdk", "nucleus") else args.items

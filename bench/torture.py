@@ -10,7 +10,7 @@ no half-written one at all); nothing pending, in flight or failed in the journal
     python -m bench.torture                       # the large run (see docs/torture.md)
     python -m bench.torture --items 200 --duration 15 --kills 2 --outages 1   # a small one
 
-tests/test_torture.py runs a small configuration through ``run``.
+tests/core/test_torture.py runs a small configuration through ``run``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.torture_check import (history_violations, journal_violations, limited, remote_violations,
-                                 write_counts)
+from bench.torture_check import history_violations, journal_violations, remote_violations, write_counts
 from bench.torture_platforms import PLATFORMS, Platform
 from bench.torture_producers import Oracle, Producers, make_plan
 from tests.daemon_harness import DaemonProcess, run_cli, wait_for, write_config

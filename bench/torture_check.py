@@ -37,7 +37,8 @@ def remote_violations(platform: Platform, final: dict[str, State]) -> list[str]:
         if item.image != state.image:
             out.append(f"{platform.name}: {key}: the remote image differs from the latest local image")
         if item.metadata != platform.metadata_view(state.metadata):
-            out.append(f"{platform.name}: {key}: remote metadata {item.metadata!r} != {platform.metadata_view(state.metadata)!r}")
+            out.append(f"{platform.name}: {key}: remote metadata {item.metadata!r} != "
+                       f"{platform.metadata_view(state.metadata)!r}")
     return out
 
 
@@ -95,7 +96,8 @@ def journal_violations(status: dict) -> list[str]:
 def write_counts(platform: Platform) -> dict[str, int]:
     history = platform.history()
     per_key = Counter(w.key for w in history)
-    return {"writes": len(history), "items_written": len(per_key), "max_writes_per_item": max(per_key.values(), default=0)}
+    return {"writes": len(history), "items_written": len(per_key),
+            "max_writes_per_item": max(per_key.values(), default=0)}
 
 
 def limited(violations: list[str]) -> list[str]:

@@ -123,7 +123,8 @@ class LocalPlatform(Platform):
                 continue
             record = json.loads(record_path.read_text())
             image = (record_path.parent / record["image"]).read_bytes()
-            out.setdefault(record["key"], []).append(Remote(record["key"], record["version"], image, record["metadata"]))
+            remote = Remote(record["key"], record["version"], image, record["metadata"])
+            out.setdefault(record["key"], []).append(remote)
         return out
 
     def history(self) -> list[Write]:
@@ -198,7 +199,8 @@ class NucleusPlatform(Platform):
             kind, error = original(dataset_id, row)
             if kind in ("new", "updated"):
                 payload = row.payload
-                self._record(payload["reference_id"], None, self.content_of(sha(row.image), payload.get("metadata") or {}))
+                content = self.content_of(sha(row.image), payload.get("metadata") or {})
+                self._record(payload["reference_id"], None, content)
             return kind, error
 
         state.apply_row = apply_row
@@ -210,7 +212,8 @@ class NucleusPlatform(Platform):
 
     def remote(self) -> dict[str, list[Remote]]:
         return {item["reference_id"]: [Remote(item["reference_id"], None,
-                                              self.emulator.image(self.dataset, item["reference_id"]), item["metadata"])]
+                                              self.emulator.image(self.dataset, item["reference_id"]),
+                                              item["metadata"])]
                 for item in self.emulator.items(self.dataset)}
 
 
@@ -289,7 +292,8 @@ class RedBrickPlatform(Platform):
 
         def handler(variables, key_org):  # GraphQL operations run under the emulator's lock
             result = original(variables, key_org)
-            task = self.emulator.tasks.get(variables.get("taskId") or (result.get("createDatapoint") or {}).get("taskId"))
+            created = result.get("createDatapoint") or {}
+            task = self.emulator.tasks.get(variables.get("taskId") or created.get("taskId"))
             if task is None and variables.get("dpId"):
                 task = next((t for t in self.emulator.tasks.values() if t["dpId"] == variables["dpId"]), None)
             if task is not None:

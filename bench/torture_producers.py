@@ -241,7 +241,8 @@ class Producers:
         elif kind == "sidecar_inplace":  # truncate and rewrite: an empty file for a moment
             self._write(sidecar, self._sidecar(plan), "plain", rng)
         elif kind == "mask":
-            self._write(mask, mask_data(plan.width, plan.height, plan.seed + plan.rev), rng.choice(("plain", "editor")), rng)
+            data = mask_data(plan.width, plan.height, plan.seed + plan.rev)
+            self._write(mask, data, rng.choice(("plain", "editor")), rng)
         elif kind == "image":
             data = image_data(plan.fmt, plan.width, plan.height, plan.seed + 7919 * plan.rev)
             self._write(image, data, rng.choice(("editor", "rename", "copy", "slow")), rng)

@@ -64,7 +64,8 @@ def error(status: int, message: str) -> Response:
 class DataloopEmulator(AnnotationRoutes, Emulator):
     name = "dataloop"
 
-    def __init__(self, *, seed: int = 1234, secret: bytes = b"dataloop-emulator-secret", overwrite_new_id: bool = False):
+    def __init__(self, *, seed: int = 1234, secret: bytes = b"dataloop-emulator-secret",
+                 overwrite_new_id: bool = False):
         super().__init__(seed=seed)
         self.secret = secret
         # Whether mode=overwrite gives the item a new id (the real behaviour is unverified).
@@ -120,7 +121,8 @@ class DataloopEmulator(AnnotationRoutes, Emulator):
 
     def items_in(self, dataset_id: str) -> list[dict]:
         with self.lock:
-            return [copy.deepcopy(i) for i in self.items.values() if i["datasetId"] == dataset_id and i["type"] == "file"]
+            return [copy.deepcopy(i) for i in self.items.values()
+                    if i["datasetId"] == dataset_id and i["type"] == "file"]
 
     @staticmethod
     def _now() -> str:

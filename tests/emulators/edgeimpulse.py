@@ -160,7 +160,8 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         if content_type.startswith("multipart/form-data"):
             try:
                 entry["parts"] = [{"name": p.name, "filename": p.filename, "content_type": p.content_type,
-                                   "size": len(p.data), "text": None if p.filename else p.text} for p in request.parts()]
+                                   "size": len(p.data), "text": None if p.filename else p.text}
+                                  for p in request.parts()]
             except ValueError:
                 entry["parts"] = None
         elif request.body:

@@ -22,8 +22,8 @@ from tests.emulators.base import Request, Response, json_response, route
 
 OID = r"(?P<oid>\d+)"
 DID = r"(?P<did>\d+)"
-_CONDITION = re.compile(r"\s*(?P<field>name|dataset|bucket|metadata->[A-Za-z0-9_]+)\s*(?P<op>!=|=)\s*'(?P<value>(?:[^']|'')*)'\s*",
-                        re.IGNORECASE)
+_CONDITION = re.compile(r"\s*(?P<field>name|dataset|bucket|metadata->[A-Za-z0-9_]+)\s*(?P<op>!=|=)\s*"
+                        r"'(?P<value>(?:[^']|'')*)'\s*", re.IGNORECASE)
 
 
 def fail(message: str, status: int) -> Response:
@@ -233,6 +233,7 @@ class OrgDataRoutes:
                 return self._no_item(request)
             del self.data_items[item["id"]]
             # Files under the item's path go with it (they may be shared by a same-named item).
-            for key in [k for k in self.bucket_files if k[0] == item["bucketId"] and k[1].startswith(item["bucketPath"])]:
+            under = [k for k in self.bucket_files if k[0] == item["bucketId"] and k[1].startswith(item["bucketPath"])]
+            for key in under:
                 del self.bucket_files[key]
         return json_response({"success": True})

@@ -37,8 +37,18 @@ import json
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
 from tests.emulators.nucleus_annotations import AnnotationRoutes, AnnotationStore
-from tests.emulators.nucleus_state import (REMOTE_SCHEMES, BadRequest, Job, NucleusState, Row, json_object, new_id,
-                                           update_flag)
+from tests.emulators.nucleus_state import (
+    REMOTE_SCHEMES,
+    BadRequest,
+    Job,
+    NucleusState,
+    Row,
+    item_list,
+    json_object,
+    new_id,
+    new_row,
+    update_flag,
+)
 
 API = "/v1/nucleus"
 DS = r"(?P<ds>[^/]+)"
@@ -236,7 +246,7 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
                 if "requestId" in body:
                     rows, is_async = self._signed_rows(body), True
                 elif "items" in body:
-                    rows = [_row(p, None, update_flag(body)) for p in _item_list(body["items"])]
+                    rows = [new_row(p, None, update_flag(body)) for p in item_list(body["items"])]
                 else:
                     raise BadRequest("expected multipart items+image parts, {requestId, update} or {items, update}")
             refs = [row.payload["reference_id"] for row in rows]
@@ -244,7 +254,8 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
                 raise BadRequest("duplicate reference_id in one request")
             if self.record:
                 self.journal.append({"dataset_id": dataset_id, "query": request.query, "content_type": content_type,
-                                     "rows": [{"payload": r.payload, "image": r.image, "update": r.update} for r in rows],
+                                     "rows": [{"payload": r.payload, "image": r.image, "update": r.update}
+                                              for r in rows],
                                      "parts": getattr(request, "_parts_seen", None), "body": request.body})
             if is_async:
                 return json_response(self.state.new_job(dataset_id, rows).info_json())
@@ -270,7 +281,7 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
         if len(items) != 1:
             raise BadRequest("exactly one 'items' part is required")
         try:
-            payloads = _item_list(json.loads(items[0].text))
+            payloads = item_list(json.loads(items[0].text))
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the 'items' part is not valid JSON: {exc}") from None
         images = [p for p in parts if p.name == "image"]
@@ -281,20 +292,20 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
         for part in images:
             if not (part.content_type or "").startswith("image/"):
                 raise BadRequest(f"image part {part.filename!r} has content type {part.content_type!r}")
-        return [_row(p, img.data, update_flag(p)) for p, img in zip(payloads, images)]
+        return [new_row(p, img.data, update_flag(p)) for p, img in zip(payloads, images)]
 
     def _signed_rows(self, body: dict) -> list[Row]:
         data = self.signed.pop(str(body["requestId"]), None)
         if data is None:
             raise BadRequest(f"no upload found for requestId {body['requestId']!r}")
         try:
-            payloads = _item_list([json.loads(line) for line in data.decode().splitlines() if line.strip()])
+            payloads = item_list([json.loads(line) for line in data.decode().splitlines() if line.strip()])
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the uploaded NDJSON is invalid: {exc}") from None
         for payload in payloads:
             if not str(payload["image_url"]).startswith(REMOTE_SCHEMES):
                 raise BadRequest(f"image_url {payload['image_url']!r} is not a remote URL")
-        return [_row(p, None, update_flag(body)) for p in payloads]
+        return [new_row(p, None, update_flag(body)) for p in payloads]
 
     # -- jobs ---------------------------------------------------------------------------------
     def _job(self, request: Request) -> Job:
@@ -385,27 +396,3 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
                 return json_response(job.info_json())
             return json_response({"dataset_id": dataset_id, "updated_items": updated, "errors": errors})
         return self._call(handle, request)
-
-
-def _item_list(value) -> list[dict]:
-    """Validate a list of item payloads (400 on the first problem)."""
-    if not isinstance(value, list) or not value:
-        raise BadRequest("items must be a non-empty JSON list")
-    for index, payload in enumerate(value):
-        if not isinstance(payload, dict):
-            raise BadRequest(f"items[{index}] must be an object")
-        ref = payload.get("reference_id")
-        if not isinstance(ref, str) or not ref:
-            raise BadRequest(f"items[{index}]: reference_id is required")
-        if not isinstance(payload.get("image_url"), str) or not payload["image_url"]:
-            raise BadRequest(f"items[{index}] ({ref}): image_url is required")
-        if not isinstance(payload.get("metadata", {}), dict):
-            raise BadRequest(f"items[{index}] ({ref}): metadata must be an object")
-        for dim in ("width", "height"):
-            if dim in payload and (not isinstance(payload[dim], int) or payload[dim] <= 0):
-                raise BadRequest(f"items[{index}] ({ref}): {dim} must be a positive integer")
-    return value
-
-
-def _row(payload: dict, image: bytes | None, update: bool) -> Row:
-    return Row(payload=copy.deepcopy(payload), image=image, update=update)

@@ -9,13 +9,15 @@ Kept apart from the HTTP routes (tests/emulators/nucleus.py) so the rules are in
 - A ``Job`` holds the rows of one append until it runs. It is created in the first status
   of ``job_script``; the n-th poll of ``GET job/{id}`` shows the n-th status of the script
   and the poll after the last one runs it (with the default ``["Queued", "Running"]``:
-  Queued, Queued, Running, Completed). An empty script runs jobs at creation. Jobs of one dataset run in creation order: running a job first runs every older
-  pending job of the dataset (a FIFO queue), so an append whose reply was lost still
-  lands before a later re-send.
+  Queued, Queued, Running, Completed). An empty script runs jobs at creation. Jobs of one
+  dataset run in creation order: running a job first runs every older pending job of the
+  dataset (a FIFO queue), so an append whose reply was lost still lands before a later
+  re-send.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import io
 import itertools
@@ -55,6 +57,31 @@ def update_flag(obj: dict) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"update must be a boolean, got {value!r}")
     return value
+
+
+def item_list(value) -> list[dict]:
+    """Validate a list of item payloads (400 on the first problem)."""
+    if not isinstance(value, list) or not value:
+        raise BadRequest("items must be a non-empty JSON list")
+    for index, payload in enumerate(value):
+        if not isinstance(payload, dict):
+            raise BadRequest(f"items[{index}] must be an object")
+        ref = payload.get("reference_id")
+        if not isinstance(ref, str) or not ref:
+            raise BadRequest(f"items[{index}]: reference_id is required")
+        if not isinstance(payload.get("image_url"), str) or not payload["image_url"]:
+            raise BadRequest(f"items[{index}] ({ref}): image_url is required")
+        if not isinstance(payload.get("metadata", {}), dict):
+            raise BadRequest(f"items[{index}] ({ref}): metadata must be an object")
+        for dim in ("width", "height"):
+            if dim in payload and (not isinstance(payload[dim], int) or payload[dim] <= 0):
+                raise BadRequest(f"items[{index}] ({ref}): {dim} must be a positive integer")
+    return value
+
+
+def new_row(payload: dict, image: bytes | None, update: bool) -> Row:
+    """A row of an append: its own copy of ``payload``."""
+    return Row(payload=copy.deepcopy(payload), image=image, update=update)
 
 
 def value_kind(value: Any) -> str | None:

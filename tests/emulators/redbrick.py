@@ -227,7 +227,8 @@ class RedBrickEmulator(LabelsMixin, Emulator):
     def _task(self, field: str, project: dict, task_id: str | None, dp_id: str | None = None) -> dict:
         for task in self.tasks.values():
             same_project = (task["orgId"], task["projectId"]) == (project["orgId"], project["projectId"])
-            if same_project and ((task_id and task["taskId"] == task_id) or (not task_id and dp_id and task["dpId"] == dp_id)):
+            wanted = (task_id and task["taskId"] == task_id) or (not task_id and dp_id and task["dpId"] == dp_id)
+            if same_project and wanted:
                 return task
         raise GraphQLFailure(field, f"Task {task_id or dp_id} not found")
 
