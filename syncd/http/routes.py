@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from syncd.errors import LocalError
-from syncd.http import page
+from syncd.http.page import HEADERS as PAGE_HEADERS
+from syncd.http.page import HTML as PAGE
 from syncd.http.provider import Provider
 from syncd.http.server import Request, Response
 
@@ -88,7 +89,7 @@ class Routes:
         return handler()
 
     def page(self) -> Response:
-        return Response(200, page.HTML, "text/html; charset=utf-8", headers=dict(page.HEADERS))
+        return Response(200, PAGE, "text/html; charset=utf-8", headers=dict(PAGE_HEADERS))
 
     def healthz(self) -> Response:
         healthy, details = self.provider.health()
