@@ -155,8 +155,9 @@ def test_metrics_listen_still_works_as_a_deprecated_alias(tmp_path):
     config = write_config(tmp_path, {"local": {"platform": "local", "path": "synced"}})
     config.write_text(config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
     with DaemonProcess(config) as daemon:
-        wait_for(lambda: reachable(port), timeout=30, message="the listener")
-        assert request(port, "/healthz")[0] == 200 and request(port, "/")[0] == 200
+        wait_for(lambda: reachable(port) and request(port, "/healthz")[0] == 200, timeout=60,
+                 message="the listener, healthy after the first pass")
+        assert request(port, "/")[0] == 200
         assert daemon.stop() == 0
     assert f"metrics.listen is deprecated: write [http] listen = '127.0.0.1:{port}' instead" in daemon.logs()
 
