@@ -3,35 +3,64 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
 from syncd.errors import LocalError
 
+_serial = itertools.count()  # with the pid: temp names no other writer uses (O_EXCL checks anyway)
+_pid = os.getpid()  # (a syscall per file otherwise)
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def write_atomic(path: Path | str, data: bytes, *, fsync: bool = True, make_parents: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace``.
 
     Readers see the old content or the new content, never a half-written file. Raises
     LocalError with the fix when the disk is full or the directory is not writable.
+    ``make_parents=False``: the caller knows the directory exists (FileNotFoundError if not).
+    The temp file is ``.<name>.<pid>-<n>.tmp``: a process killed while writing leaves it
+    behind, for whoever writes that directory next to sweep (syncd.targets.local).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    if make_parents:
+        os.makedirs(directory or ".", exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.{_pid}-{next(_serial)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        _raise_local(exc, path)
+    try:
+        try:  # plain os calls: a file object would add a buffer and a tty check per file
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if exc.errno == errno.ENOSPC:
-            raise LocalError(f"no space left on the device holding {path.parent}: free some space") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise LocalError(f"cannot write {path}: {exc.strerror}; check the directory's permissions") from exc
-        raise
+        _raise_local(exc, path)
+
+
+def _raise_local(exc: OSError, path: str):
+    """Raise the LocalError (with the fix) for a full disk or a directory not writable, else ``exc``."""
+    if exc.errno == errno.ENOSPC:
+        raise LocalError(f"no space left on the device holding {os.path.dirname(path)}: free some space") from exc
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        raise LocalError(f"cannot write {path}: {exc.strerror}; check the directory's permissions") from exc
+    raise exc

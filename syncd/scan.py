@@ -162,10 +162,10 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
         stem, role = found
         slot = by_stem.get(stem)
         if slot is None:
-            by_stem[stem] = slot = [None, None, None, False]  # image, sidecar, mask; a clash
+            by_stem[stem] = slot = [None, None, None, []]  # image, sidecar, mask; the names of a clash
         index = 0 if role == "image" else 1 if role == "sidecar" else 2
         if slot[index] is not None:
-            slot[3] = True  # two images (or sidecars, masks) for one stem: the full rules decide
+            slot[3].append(slot[index].name)  # two images (sidecars, masks) for one stem: the full rules decide
         slot[index] = entry
     rest: list[str] = []
     accepted: set[str] = set()
@@ -191,7 +191,7 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
             if row is not None and row[1] == "|".join(parts) and row[2] in SETTLED and key not in settling_keys:
                 accepted.add(key)
                 continue
-        rest += [e.name for e in (image, sidecar, mask) if e is not None]
+        rest += [e.name for e in (image, sidecar, mask) if e is not None] + clash
     return rest, accepted
 
 

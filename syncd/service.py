@@ -5,6 +5,11 @@ deliveries finish for up to ``shutdown_seconds`` (what is still in flight then i
 at the next start), exit 0. READY=1 is sent to systemd only after the watches are
 installed and the first scan is done; WATCHDOG=1 only from a loop pass that completed.
 
+No polling: between passes both loops sleep until the coordinator is woken (a file event,
+a worker's report, a check, a signal) or until its next deadline (``Daemon.next_deadline``:
+settling, a due retry, a job poll, a rescan, a re-check), the next watchdog ping or status
+line — at most ``MAX_SLEEP``, so folders and watches are looked at every second.
+
 With ``[http] listen`` the HTTP listener (syncd.http) starts before the first scan (its
 /healthz says "starting" until the first pass) and reads only its ``Provider``, which the
 loop feeds after every pass (``_report``).
@@ -24,8 +29,16 @@ from syncd.delivery import ACKED
 
 log = logging.getLogger("syncd")
 
-IDLE_WAIT = 1.0  # seconds between passes when nothing is settling or in flight
-BUSY_WAIT = 0.05
+MAX_SLEEP = 1.0  # seconds between passes at most (folder presence, watcher supervision)
+STATUS_EVERY = 5.0  # seconds between systemd STATUS lines
+
+
+def _sleep(daemon: Daemon, now: float, *also: float) -> None:
+    """Wait for a wake-up or until the daemon's next deadline (or one of ``also``, monotonic
+    times), at most MAX_SLEEP."""
+    delay = min(MAX_SLEEP, daemon.next_deadline(now) - now, *(at - time.monotonic() for at in also))
+    if delay > 0:
+        daemon.wake.wait(delay)
 
 
 def _install_signals(daemon: Daemon) -> None:
@@ -57,21 +70,22 @@ def run_service(config: Config) -> int:
     log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
     sdnotify.notify("READY=1\nSTATUS=first scan done")
     ping_every = sdnotify.watchdog_interval()
-    last_ping = last_status = 0.0
+    next_ping = next_status = time.monotonic()  # monotonic: a clock set back must not stop the pings
     try:
         while not daemon.stop_event.is_set():
+            daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
             now = time.time()
             daemon.tick(now)
             if provider is not None:
                 _report(provider, daemon, now)
-            if ping_every and now - last_ping >= ping_every:
+            if ping_every and time.monotonic() >= next_ping:
                 sdnotify.notify("WATCHDOG=1")
-                last_ping = now
-            if now - last_status >= 5:
+                next_ping = time.monotonic() + ping_every
+            if time.monotonic() >= next_status:
                 sdnotify.notify(f"STATUS={daemon.pending_total()} queued, {len(daemon.in_flight)} in flight")
-                last_status = now
-            daemon.wake.wait(BUSY_WAIT if daemon.busy() else IDLE_WAIT)
-            daemon.wake.clear()
+                next_status = time.monotonic() + STATUS_EVERY
+            _sleep(daemon, now, next_status, *((next_ping,) if ping_every else ()),
+                   *((provider.next_sample_at(),) if provider is not None else ()))
     finally:
         sdnotify.notify("STOPPING=1")
         log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds,
@@ -120,14 +134,12 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
     last_progress = 0.0
     try:
         while not daemon.stop_event.is_set():
+            daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
             now = time.time()
             daemon.tick(now)
-            if daemon.checking:
-                time.sleep(BUSY_WAIT)
-                continue
             # The count is only needed once nothing is settling or in flight (it is a query
-            # per pass otherwise, and it contends with the upload workers).
-            if not daemon.busy() and not _waiting(daemon):
+            # per pass otherwise). A running check may still pause a target: wait for it.
+            if not daemon.checking and not daemon.busy() and not _waiting(daemon):
                 break
             if now - start > max_wait:
                 log.warning("giving up waiting after %.0fs", max_wait)
@@ -135,8 +147,7 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
             if progress and now - last_progress >= 2:
                 progress(daemon)
                 last_progress = now
-            daemon.wake.wait(BUSY_WAIT if daemon.busy() else 0.2)
-            daemon.wake.clear()
+            _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
         return _once_result(daemon)
     finally:
         daemon.close(wait_seconds=0)

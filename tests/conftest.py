@@ -8,8 +8,17 @@ import pytest
 
 from syncd.config import load_config
 from syncd.daemon import Daemon
-from syncd.targets.base import Receipt, Target, TargetSettings, Upload
+from syncd.errors import FatalTargetError, SendAlone, SyncdError, TransientError
+from syncd.targets.base import JobState, Receipt, Submitted, Target, TargetSettings, Upload
 from tests.daemon_harness import write_config
+
+
+class ScriptedSettings(TargetSettings):
+    """A job target's settings (as Nucleus has them), for the scripted fake."""
+
+    job_poll_interval: float = 2.0
+    job_timeout: float = 600.0
+    max_jobs: int = 32
 
 
 class ScriptedTarget(Target):
@@ -17,13 +26,26 @@ class ScriptedTarget(Target):
 
     ``script`` maps an item key to a list of exceptions raised on successive deliveries of
     that key (then it succeeds). ``gate`` (a threading.Event) blocks deliveries until set.
+
+    Batches and jobs (the engine's framework): ``max_batch`` items per ``deliver_batch``
+    (each call's keys are in ``batches``); ``batch_script`` lists what successive calls do
+    as a whole: an exception to raise, or ``"lose_reply"`` (the items are written, then the
+    reply is lost). With ``jobs``, a batch is answered ``Submitted`` (one job per call); a
+    job answers ``running`` to its first ``job_polls`` reads, then ``done``; its items are
+    written when it is finished (``finish_job``), where ``script`` applies. ``job_script``
+    maps a job number (1, 2, ...) to ``"lost"`` (the platform forgets it), ``"stuck"`` (it
+    runs for ever), ``"unpinned"`` (an error that names no item: every item gets SendAlone) or
+    ``"revoked"`` (its first read answers that the key was revoked: FatalTargetError).
     """
 
     platform = "scripted"
 
-    def __init__(self, name: str = "fake", *, create_only: bool = False, workers: int = 2):
-        super().__init__(name, TargetSettings(platform="scripted", workers=workers))
+    def __init__(self, name: str = "fake", *, create_only: bool = False, workers: int = 2, max_batch: int = 1,
+                 jobs: bool = False, **settings):
+        super().__init__(name, ScriptedSettings(platform="scripted", workers=workers, **settings))
         self.create_only = create_only
+        self.max_batch = max_batch
+        self.has_jobs = jobs
         self.items: dict[str, dict] = {}
         self.sent: list[tuple[str, str, bool]] = []  # (key, version, was_update)
         self.script: dict[str, list[Exception]] = {}
@@ -32,6 +54,12 @@ class ScriptedTarget(Target):
         self.entered = threading.Event()  # set when a delivery reached the platform
         self.lock = threading.Lock()
         self.lookups = 0
+        self.batches: list[list[str]] = []
+        self.batch_script: list[Exception | str] = []
+        self.job_polls = 2
+        self.job_script: dict[int, str] = {}
+        self.jobs: dict[str, dict] = {}  # job id -> {"uploads", "reads", "fate"}
+        self.finished: list[tuple[str, list[str]]] = []  # (job id, keys finish_job was given)
 
     def check(self) -> list[str]:
         if self.check_error:
@@ -49,6 +77,51 @@ class ScriptedTarget(Target):
             self.sent.append((upload.key, upload.version, upload.previous is not None))
             self.items[upload.key] = {"version": upload.version, "metadata": upload.metadata, "image": upload.image}
         return Receipt(remote_id=f"id-{upload.key}", extra={"version": upload.version})
+
+    def deliver_batch(self, uploads):
+        assert 1 <= len(uploads) <= self.max_batch, f"a batch of {len(uploads)} for max_batch {self.max_batch}"
+        with self.lock:
+            self.batches.append([upload.key for upload in uploads])
+            whole = self.batch_script.pop(0) if self.batch_script else None
+            number = len(self.jobs) + 1
+        if isinstance(whole, Exception):
+            raise whole
+        if whole == "lose_reply":
+            super().deliver_batch(uploads)
+            raise TransientError("the reply was lost", outcome_unknown=True)
+        if not self.has_jobs:
+            return super().deliver_batch(uploads)
+        job_id = f"job-{number}"
+        with self.lock:
+            self.jobs[job_id] = {"uploads": list(uploads), "reads": 0, "fate": self.job_script.get(number)}
+        return [Submitted(job_id) for _ in uploads]
+
+    def job_state(self, job_id: str) -> JobState:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None or job["fate"] == "lost":
+                return JobState("lost")
+            if job["fate"] == "revoked":
+                job["fate"] = None
+                raise FatalTargetError("HTTP 401: the API key was revoked")
+            job["reads"] += 1
+            return JobState("running" if job["reads"] <= self.job_polls or job["fate"] == "stuck" else "done")
+
+    def finish_job(self, job_id: str, state: JobState, uploads):
+        job = self.jobs[job_id]
+        self.finished.append((job_id, [upload.key for upload in uploads]))
+        sent = {upload.key: upload for upload in job["uploads"]}  # the job holds the image bytes
+        results: list = []
+        for upload in uploads:
+            assert upload.version == sent[upload.key].version, "finish_job got another version than the job"
+            if job["fate"] == "unpinned":
+                results.append(SendAlone(f"job {job_id} failed for an item it does not name"))
+                continue
+            try:
+                results.append(self.deliver(sent[upload.key]))
+            except SyncdError as exc:
+                results.append(exc)
+        return results
 
     def lookup(self, upload: Upload) -> Receipt | None:
         self.lookups += 1

@@ -68,6 +68,10 @@ class Provider:
     def sample_due(self) -> bool:
         return self._monotonic() >= self._next_sample
 
+    def next_sample_at(self) -> float:
+        """When the next sample is due (monotonic), for a loop that sleeps until its deadlines."""
+        return self._next_sample
+
     def sample(self, now: float, *, backlog: int, delivered: int, sent_bytes: int) -> None:
         """Add a point to the history (the oldest beyond HISTORY_SECONDS goes)."""
         with self._lock:

@@ -9,6 +9,13 @@ with the input is an ``ItemError`` naming the file and what to do.
 The version is a SHA-256 over the image bytes, the canonical sidecar, the mask bytes and (for
 masked items) the class map, so a change of whitespace in a sidecar is not a change but any
 content change is. ``to_upload`` turns files and content into the ``Upload`` a target sends.
+
+The read path (read once): what settling read is kept in a ``ContentCache`` (bounded by
+bytes, keyed by item and stat signature) for the upload workers; ``verified`` re-hashes the
+cached bytes against the journaled version before they are sent. On a miss (a restart, an
+eviction, a file changed since) ``read_item(..., expect_version=v)`` reads and hashes the
+files again and raises ``Changed`` when they are not version ``v`` any more; when they are,
+the image is not decoded a second time (those very bytes were decoded when they settled).
 """
 
 from __future__ import annotations
@@ -75,9 +82,18 @@ def stat_signature(files: ItemFiles) -> tuple[str, float]:
     return "|".join(sigs), quiet
 
 
+class Changed(Exception):
+    """The files are no longer the version the caller expected (``read_item``)."""
+
+
 @dataclass
 class ItemContent:
-    """An item's bytes as read from disk, validated."""
+    """An item's bytes as read from disk, validated.
+
+    ``parts``: SHA-256 digests of the canonical sidecar, the raw mask and the class map;
+    with ``image_sha256`` they make the version (``item_version``), so cached content can
+    be verified by re-hashing only the bytes that are sent (``verified``).
+    """
 
     image: bytes
     image_format: str
@@ -89,24 +105,109 @@ class ItemContent:
     version: str
     image_sha256: str
     label_errors: list[str] = field(default_factory=list)  # labels/mask left out, and why
+    parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+
+    @property
+    def size(self) -> int:
+        """Bytes held in memory (for the cache's bound)."""
+        return len(self.image) + len(self.mask or b"")
+
+
+def item_version(image_sha256: str, parts: tuple[bytes, bytes, bytes]) -> str:
+    """The version of an item from its image hash and the digests of its other parts."""
+    digest = hashlib.sha256(hashlib.sha256(image_sha256.encode()).digest())
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()[:32]
+
+
+def verified(content: ItemContent, version: str) -> bool:
+    """True when ``content`` is exactly ``version``: its image and mask bytes are hashed
+    again now (a cached copy must never send the bytes of another version)."""
+    if content.version != version or item_version(content.image_sha256, content.parts) != version:
+        return False
+    if hashlib.sha256(content.image).hexdigest() != content.image_sha256:
+        return False
+    return content.mask is None or hashlib.sha256(content.mask).digest() == content.parts[1]
+
+
+class ContentCache:
+    """Settled content waiting to be sent, by item id and stat signature, most recent last,
+    bounded by ``max_bytes`` (the oldest go first). Shared by the coordinator (``put``,
+    ``drop``) and the upload workers (``get``)."""
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[int, tuple[str, ItemContent, ItemFiles | None]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, item_id: int, sig: str, content: ItemContent, files: ItemFiles | None = None) -> None:
+        """Keep ``content`` read from ``files`` at stat signature ``sig``."""
+        if content.size > self.max_bytes:
+            return
+        with self._lock:
+            self._pop(item_id)
+            self._entries[item_id] = (sig, content, files)
+            self._bytes += content.size
+            while self._bytes > self.max_bytes:
+                self._pop(next(iter(self._entries)))
+
+    def get(self, item_id: int, sig: str) -> ItemContent | None:
+        """The content cached for the item at stat signature ``sig``, or None."""
+        with self._lock:
+            entry = self._entries.get(item_id)
+        return entry[1] if entry is not None and entry[0] == sig else None
+
+    def entry(self, item_id: int) -> tuple[str, ItemContent, ItemFiles | None] | None:
+        """``(sig, content, files)`` cached for the item, whatever its signature, or None."""
+        with self._lock:
+            return self._entries.get(item_id)
+
+    def drop(self, item_id: int) -> None:
+        with self._lock:
+            self._pop(item_id)
+
+    def _pop(self, item_id: int) -> None:
+        entry = self._entries.pop(item_id, None)
+        if entry is not None:
+            self._bytes -= entry[1].size
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def display_name(files: ItemFiles, path: Path) -> str:
-    try:
-        return f"{files.root.name}/{path.relative_to(files.root).as_posix()}"
-    except ValueError:
-        return str(path)
+    """``path`` as messages show it: from the watched folder's name down (``inbox/cam1/f.png``)."""
+    root, text = str(files.root), str(path)  # strings: this runs for every file read
+    if text.startswith(root) and text[len(root):len(root) + 1] == "/":
+        return f"{files.root.name}{text[len(root):]}"
+    return text
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
 
 def _read(path: Path, files: ItemFiles) -> bytes:
-    if path.is_symlink() and not path.resolve().is_relative_to(files.root.resolve()):
-        raise ItemError(
-            f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: "
-            "copy the file in instead"
-        )
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        try:
+            fd = os.open(path, _READ_FLAGS | os.O_NOFOLLOW)  # no lstat first: this refuses a symlink
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            # A symlink: read only if it leads to a file inside the watched folder.
+            try:
+                inside = path.resolve().is_relative_to(files.root.resolve())
+            except RuntimeError:  # a loop (Python < 3.13)
+                raise OSError(errno.ELOOP, "Too many levels of symbolic links") from None
+            if not inside:
+                raise ItemError(f"{display_name(files, path)}: a symlink leading outside the watched folder is "
+                                "refused: copy the file in instead") from None
+            fd = os.open(path, _READ_FLAGS)
+        try:
+            return _read_all(fd)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ItemError(f"{display_name(files, path)}: the file disappeared before it could be read") from None
     except PermissionError:
@@ -119,6 +220,19 @@ def _read(path: Path, files: ItemFiles) -> bytes:
         if exc.errno == errno.EIO:
             raise ItemError(f"{display_name(files, path)}: I/O error reading the file (failing disk?)") from None
         raise ItemError(f"{display_name(files, path)}: cannot read: {exc.strerror}") from None
+
+
+def _read_all(fd: int) -> bytes:
+    """The file's bytes: its size from fstat, then read until a short read (a file object
+    would add a buffer and a tty check per file)."""
+    want = os.fstat(fd).st_size + 1  # one more: a file that grew since is read on
+    chunks = []
+    while True:
+        chunk = os.read(fd, want)
+        chunks.append(chunk)
+        if len(chunk) < want:  # end of file (a short read of a regular file)
+            return b"".join(chunks) if len(chunks) > 1 else chunk
+        want = 1 << 20
 
 
 # Images (by SHA-256) that decoded completely in this process, most recent last: an item is
@@ -196,11 +310,15 @@ def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: i
     return fmt, width, height
 
 
-def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, validate_mask=None) -> ItemContent:
+def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, validate_mask=None,
+              expect_version: str | None = None) -> ItemContent:
     """Read and validate every file of an item and compute its version.
 
     ``validate_labels(labels, width, height, name)`` and ``validate_mask(mask, class_map_bytes,
     width, height, name)`` hook the label and mask checks in; each raises ItemError.
+
+    ``expect_version``: the files must still be this (settled, so validated) version: raises
+    ``Changed`` when they are not, and does not decode the image again when they are.
     """
     if files.extra_images:
         others = ", ".join(p.name for p in files.extra_images)
@@ -211,9 +329,10 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     image_name = display_name(files, files.image)
     image = _read(files.image, files)
     image_sha = hashlib.sha256(image).hexdigest()
-    suffix = files.image.suffix.lower()
-    fmt, width, height = decode_image(image, name=image_name, expected_format=FORMAT_BY_SUFFIX[suffix],
-                                      max_pixels=max_pixels, sha256=image_sha)
+    expected_format = FORMAT_BY_SUFFIX[files.image.suffix.lower()]
+    if expect_version is None:
+        fmt, width, height = decode_image(image, name=image_name, expected_format=expected_format,
+                                          max_pixels=max_pixels, sha256=image_sha)
     sidecar = Sidecar()
     if files.sidecar is not None:
         sidecar = parse_sidecar(_read(files.sidecar, files), name=display_name(files, files.sidecar))
@@ -221,9 +340,13 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     class_map_bytes = _read(files.class_map, files) if (mask is not None and files.class_map) else None
     # The version covers what the user wrote (raw labels, mask, class map): fixing a bad label
     # or mask changes it, and the item is delivered again with them.
-    digest = hashlib.sha256()
-    for part in (image_sha.encode(), canonical(sidecar), mask or b"", class_map_bytes or b""):
-        digest.update(hashlib.sha256(part).digest())
+    parts = (hashlib.sha256(canonical(sidecar)).digest(), hashlib.sha256(mask or b"").digest(),
+             hashlib.sha256(class_map_bytes or b"").digest())
+    version = item_version(image_sha, parts)
+    if expect_version is not None:
+        if version != expect_version:
+            raise Changed(f"{image_name}: changed since it settled")
+        fmt, width, height = _image_header(image, name=image_name)
     # Bad labels or a bad mask do not hold the image back: it is delivered without them and the
     # problem is reported (status, once) until the files are fixed.
     label_errors: list[str] = []
@@ -248,10 +371,20 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
         sidecar=sidecar,
         mask=mask,
         class_map=class_map,
-        version=digest.hexdigest()[:32],
+        version=version,
         image_sha256=image_sha,
         label_errors=label_errors,
+        parts=parts,
     )
+
+
+def _image_header(data: bytes, *, name: str) -> tuple[str, int, int]:
+    """Format and size from an image's header (no decode): for bytes validated before."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format or "?", image.size[0], image.size[1]
+    except Exception as exc:  # the bytes hash to a validated version: this is not expected
+        raise ItemError(f"{name}: the image cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) -> Upload:

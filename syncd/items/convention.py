@@ -160,12 +160,15 @@ def group_directory(root: Path, directory: Path, names: Iterable[str], rules: Ig
         stem, role = found
         by_stem.setdefault(stem, {}).setdefault(role, []).append(name)
     class_map: Path | None | bool = False  # False: not looked up yet
+    rel = directory.relative_to(root).as_posix()  # once per directory (as make_key derives it)
+    rel = "" if rel == "." else rel + "/"
+    key_base = (prefix.rstrip("/") + "/" if prefix else "") + rel
     for stem, roles in sorted(by_stem.items()):
         images = sorted(roles.get("image", []))
         if not images or not rules.included(images[0]):
             continue
-        files = ItemFiles(root=root, key=make_key(root, directory, stem, prefix), image=directory / images[0])
-        relpath = (directory / images[0]).relative_to(root).as_posix()
+        files = ItemFiles(root=root, key=printable(key_base + stem), image=directory / images[0])
+        relpath = rel + images[0]
         reason = unsafe_name(relpath)
         if reason:
             files.problem = f"{root.name}/{printable(relpath)}: the file name {reason}: rename it"

@@ -76,6 +76,14 @@ class JournalReader:
         ).fetchone()
         return bool(row and row[0] and row[1] == len(targets))
 
+    def next_due_at(self, target: str, now: float) -> float | None:
+        """When the next delivery of ``target`` (of a ready item) is due after ``now``, or None."""
+        row = self.conn.execute(
+            "SELECT d.next_attempt_at FROM deliveries d JOIN items i ON i.id=d.item_id "
+            "WHERE d.target=? AND d.state='pending' AND d.next_attempt_at>? AND i.state='ready' "
+            "ORDER BY d.next_attempt_at LIMIT 1", (target, now)).fetchone()
+        return row[0] if row else None
+
     # -- rescans (syncd.scan) ---------------------------------------------------------------
     def dir_digests(self, folder: str) -> dict[str, tuple[str, int]]:
         """``dir -> (digest, item count)`` of the directories of ``folder`` last seen unchanged."""
@@ -246,6 +254,11 @@ class JournalReader:
             "SELECT key, label_error FROM items INDEXED BY items_label_error "
             "WHERE folder=? AND state='ready' AND label_error IS NOT NULL ORDER BY key LIMIT ?",
             (folder, limit)).fetchall()
+
+    def target_rates(self) -> dict[str, tuple[float | None, str | None]]:
+        """``target -> (requests per second or None, why)`` as the daemon last recorded them."""
+        return {name: (rate, reason) for name, rate, reason in self.conn.execute(
+            "SELECT name, rate, rate_reason FROM targets WHERE rate_reason IS NOT NULL")}
 
     def target_health(self, target: str) -> tuple[str | None, float | None, str | None, float | None]:
         """``(paused_reason, last_success, last_error, last_error_at)`` of ``target`` (Nones if never used)."""

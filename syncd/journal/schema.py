@@ -107,6 +107,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deliveries_noted ON deliveries (target) WHERE note IS NOT NULL;
     CREATE INDEX items_label_error ON items (folder) WHERE label_error IS NOT NULL;
     """,
+    # 5: engine v2: remote jobs holding in-flight deliveries, items sent alone, a target's rate
+    """
+    ALTER TABLE deliveries ADD COLUMN job_id TEXT;           -- the remote job holding it while in_flight
+    ALTER TABLE deliveries ADD COLUMN solo INTEGER NOT NULL DEFAULT 0;  -- 1: send it alone, not in a batch
+    CREATE INDEX deliveries_job ON deliveries (target, job_id) WHERE job_id IS NOT NULL;
+    CREATE TABLE jobs (
+        target TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        next_poll_at REAL NOT NULL DEFAULT 0,
+        polls INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (target, job_id)
+    );
+    ALTER TABLE targets ADD COLUMN rate REAL;                -- requests/s the target is held to (NULL: unlimited)
+    ALTER TABLE targets ADD COLUMN rate_reason TEXT;         -- why: "configured limit", "slowed by 429 at ..."
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)  # the user_version of an up-to-date journal

@@ -24,7 +24,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from syncd.errors import ItemError
-from syncd.labels.masks import check_mask
 from syncd.labels.model import (
     LABEL_ADAPTER,
     Box,
@@ -112,4 +111,12 @@ def validate_labels(labels: list, width: int, height: int, name: str) -> list[di
 
 
 def read_options(max_pixels: int) -> dict[str, Any]:
-    return {"max_pixels": max_pixels, "validate_labels": validate_labels, "validate_mask": check_mask}
+    return {"max_pixels": max_pixels, "validate_labels": validate_labels, "validate_mask": _check_mask}
+
+
+def _check_mask(*args, **kwargs):
+    """``syncd.labels.masks.check_mask``, imported on first use: numpy (a tenth of a second
+    and a pool of BLAS threads at import) is only needed once an item has a mask."""
+    from syncd.labels.masks import check_mask
+
+    return check_mask(*args, **kwargs)

@@ -15,7 +15,6 @@ the exactly-once tests).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import threading
@@ -52,6 +51,11 @@ class LocalTarget(Target):
         super().__init__(name, settings, **kwargs)
         self.root: Path = settings.path
         self._log_lock = threading.Lock()
+        self._resolved_root: Path | None = None
+        self._started = time.time()
+        self._parents: dict[str, str] = {}  # key's directory -> its resolved path
+        self._ready: set[str] = set()  # directories made and swept of stale temp files
+        self._sweep_lock = threading.Lock()
 
     def check(self) -> list[str]:
         """The dataset directory exists (created if missing) and is writable; FatalTargetError
@@ -64,12 +68,22 @@ class LocalTarget(Target):
             raise FatalTargetError(f"target {self.name!r}: {self.root} is not writable by this user")
         return []
 
-    def _paths(self, key: str, suffix: str) -> tuple[Path, Path, Path]:
-        base = (self.root / key).resolve()
-        if not base.is_relative_to(self.root.resolve()):
-            raise PermanentError(f"item key {key!r} escapes the dataset directory {self.root}")
-        return (base.with_name(base.name + suffix), base.with_name(base.name + ".mask.png"),
-                base.with_name(base.name + ".json"))
+    def _paths(self, key: str, suffix: str) -> tuple[str, str, str]:
+        """The image, mask and record paths of ``key``; PermanentError if it would escape the
+        dataset directory (through ``..`` or a symlinked directory). A directory is resolved
+        once (its real path is then used: a symlink put in its place later is not followed)."""
+        directory, _, name = key.rpartition("/")
+        parent = self._parents.get(directory)
+        if parent is None or name in ("", ".", ".."):
+            if self._resolved_root is None:
+                self._resolved_root = self.root.resolve()
+            base = (self.root / key).resolve()
+            if not base.is_relative_to(self._resolved_root):
+                raise PermanentError(f"item key {key!r} escapes the dataset directory {self.root}")
+            parent, name = str(base.parent), base.name
+            self._parents[directory] = parent
+        stem = os.path.join(parent, name)  # strings: Path objects cost more than the rest of this
+        return stem + suffix, stem + ".mask.png", stem + ".json"
 
     def _read_record(self, record_path: Path) -> dict[str, Any] | None:
         try:
@@ -84,36 +98,50 @@ class LocalTarget(Target):
         atomically; the record is the commit point. A re-send overwrites the same files, so
         it can never make a second item. A key escaping the directory is a PermanentError."""
         image_path, mask_path, record_path = self._paths(upload.key, upload.image_suffix)
-        for path in (image_path, mask_path, record_path):
-            _remove_stale_temps(path)
+        directory = os.path.dirname(image_path)
+        self._prepare(directory)
         fsync = self.settings.fsync
-        write_atomic(image_path, upload.image, fsync=fsync)
+        try:
+            write_atomic(image_path, upload.image, fsync=fsync, make_parents=False)
+        except FileNotFoundError:  # the directory was removed since: make it again
+            self._ready.discard(directory)
+            self._prepare(directory)
+            write_atomic(image_path, upload.image, fsync=fsync, make_parents=False)
         limits.count_sent(len(upload.image))
         if upload.mask is not None:
-            write_atomic(mask_path, upload.mask, fsync=fsync)
+            write_atomic(mask_path, upload.mask, fsync=fsync, make_parents=False)
             limits.count_sent(len(upload.mask))
-        elif mask_path.exists():
-            mask_path.unlink()
+        else:
+            try:
+                os.unlink(mask_path)  # of an earlier version
+            except FileNotFoundError:
+                pass
         record = {
             "key": upload.key,
             "version": upload.version,
-            "image": image_path.name,
+            "image": os.path.basename(image_path),
             "image_sha256": upload.image_sha256,
             "width": upload.width,
             "height": upload.height,
             "metadata": upload.metadata,
             "labels": upload.labels,
-            "mask": mask_path.name if upload.mask is not None else None,
+            "mask": os.path.basename(mask_path) if upload.mask is not None else None,
             "class_map": upload.class_map,
             "source_path": str(upload.source_path),
             "delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        encoded = json.dumps(record, indent=2, sort_keys=True).encode()
-        write_atomic(record_path, encoded, fsync=fsync)
+        # Compact: json's indenting encoder is pure Python (several times the C one's cost).
+        encoded = json.dumps(record, sort_keys=True).encode()
+        write_atomic(record_path, encoded, fsync=fsync, make_parents=False)
         limits.count_sent(len(encoded))
         if self.settings.log_deliveries:
             self._log(upload)
-        return Receipt(remote_id=str(record_path.relative_to(self.root)), extra={"version": upload.version})
+        return Receipt(remote_id=self._remote_id(record_path), extra={"version": upload.version})
+
+    def _remote_id(self, record_path: str) -> str:
+        """The record's path relative to the dataset directory."""
+        assert self._resolved_root is not None
+        return os.path.relpath(record_path, self._resolved_root)
 
     def _log(self, upload: Upload) -> None:
         line = json.dumps({"key": upload.key, "version": upload.version, "at": time.time()}) + "\n"
@@ -124,14 +152,33 @@ class LocalTarget(Target):
         """The record of ``upload.key``, or None (none, or damaged); ``extra["version"]`` is
         the version the record says is complete."""
         _, _, record_path = self._paths(upload.key, upload.image_suffix)
-        record = self._read_record(record_path)
+        record = self._read_record(Path(record_path))
         if record is None or record.get("key") != upload.key:
             return None
-        return Receipt(remote_id=str(record_path.relative_to(self.root)), extra={"version": record.get("version")})
+        return Receipt(remote_id=self._remote_id(record_path), extra={"version": record.get("version")})
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Remove temp files a killed earlier delivery of this file left behind (see fsutil)."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            stale.unlink(missing_ok=True)
+    def _prepare(self, directory: str) -> None:
+        """Before the first delivery into ``directory`` (once per directory and process):
+        make it, and remove the temp files a killed earlier process left there (see fsutil):
+        those older than this process; the temp files of this process's writes are younger.
+        (Listing the directory for every file made a delivery cost as much as the directory
+        is large.)"""
+        if directory in self._ready:
+            return
+        os.makedirs(directory, exist_ok=True)
+        with self._sweep_lock:
+            if directory in self._ready:
+                return
+            self._ready.add(directory)
+        try:
+            with os.scandir(directory) as entries:
+                stale = [entry for entry in entries if entry.name.startswith(".") and entry.name.endswith(".tmp")]
+        except FileNotFoundError:
+            return
+        for entry in stale:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < self._started:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                pass

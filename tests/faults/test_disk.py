@@ -145,3 +145,50 @@ def test_syncd_run_pauses_on_a_full_state_dir_and_resumes(tmp_path):
         for i in range(30):
             record = json.loads((tmp_path / "synced" / "during" / f"item{i:02d}.json").read_text())
             assert record["metadata"]["i"] == i
+
+
+def test_a_pass_whose_journal_write_fails_hands_nothing_to_the_workers(state_tmpfs, make_daemon, inbox):
+    """Work goes to the workers only after the commit that journaled its intent: a pass whose
+    one transaction fails (disk full) sends nothing and leaves no trace in the journal; once
+    space returns the same items are sent, each once."""
+    target = ScriptedTarget("fake", max_batch=10)
+    for name in ("a", "b", "c"):
+        write_item(inbox, name, metadata={"name": name})
+    daemon = make_daemon({"fake": target})  # the start-up scan observed them (committed)
+    filler = fill(state_tmpfs)
+    now = time.time() + 3600
+    daemon.tick(now)  # settles them and plans one batch: its transaction cannot commit
+    assert daemon.local_error and "is full" in daemon.local_error
+    assert not daemon.in_flight and not any(daemon.dispatcher.tasks.values())
+    time.sleep(0.3)
+    assert target.batches == []  # nothing was handed over
+    assert daemon.store.query("SELECT count(*) AS n FROM deliveries")[0]["n"] == 0  # nor journaled
+    assert {r["state"] for r in daemon.store.query("SELECT state FROM items")} == {"settling"}
+    filler.unlink()
+    drive(daemon)
+    assert target.batches == [["a", "b", "c"]]
+    assert sorted(key for key, _, _ in target.sent) == ["a", "b", "c"]
+    assert integrity(state_tmpfs / "syncd.db") == "ok"
+
+
+def test_a_job_answered_while_the_disk_is_full_is_recorded_once(state_tmpfs, make_daemon, inbox):
+    """A batch the platform took into a job while the journal could not be written: the
+    job is journaled once space returns (not lost, not sent again) and its items acked once."""
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    for name in ("a", "b"):
+        write_item(inbox, name, metadata={"name": name})
+    daemon = make_daemon({"fake": target})
+    now = time.time() + 3600
+    daemon.tick(now)  # intents committed, the batch handed over
+    wait_for(lambda: not daemon.results.empty(), timeout=5, message="the batch's report")
+    filler = fill(state_tmpfs)
+    daemon.tick(now + 1)  # records Submitted: cannot commit
+    assert daemon.local_error and daemon.unrecorded
+    assert daemon.store.query("SELECT count(*) AS n FROM jobs")[0]["n"] == 0
+    assert daemon.dispatcher.jobs.count("fake") == 0  # the job is not kept in memory either
+    filler.unlink()
+    drive(daemon)
+    assert target.batches == [["a", "b"]]  # sent once
+    assert target.finished == [("job-1", ["a", "b"])]
+    assert sorted(key for key, _, _ in target.sent) == ["a", "b"]
+    assert daemon.store.query("SELECT count(*) AS n FROM jobs")[0]["n"] == 0

@@ -119,13 +119,19 @@ def test_unreadable_file_is_reported(tmp_path, monkeypatch):
         # root reads mode-000 files anyway; only here do we fake the kernel's refusal.
         import builtins
 
-        real_open = builtins.open
+        real_open, real_os_open = builtins.open, os.open
 
         def refusing_open(file, *args, **kwargs):
-            if Path(file) == path:
+            if not isinstance(file, int) and Path(file) == path:
                 raise PermissionError(13, "Permission denied", str(file))
             return real_open(file, *args, **kwargs)
 
+        def refusing_os_open(file, *args, **kwargs):  # the read path opens with os.open (O_NOFOLLOW)
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_os_open(file, *args, **kwargs)
+
         monkeypatch.setattr(builtins, "open", refusing_open)
+        monkeypatch.setattr(os, "open", refusing_os_open)
     with pytest.raises(ItemError, match="a.png: permission denied"):
         read_item(items_of(tmp_path)["a"], max_pixels=MAX)

@@ -68,8 +68,15 @@ def test_faults_and_sigkill_converge_to_one_item_each(tmp_path):
                     return False
             return True
 
+        def labelled_with_annotations() -> int:
+            items = remote()
+            return sum(1 for k in labels if f"/e2e/{k}.png" in items and k != keypoints
+                       and emulator.annotations_of(items[f"/e2e/{k}.png"]["id"]))
+
         with FaultyRun(config, {"DATALOOP_API_KEY": token}, emulator) as run:
-            run.kill_when(lambda: len(remote()) >= 12, message="some deliveries")
+            # Some deliveries, two of them with labels (under faults, a labelled item's annotations
+            # can lag its image: waiting for the count alone made the precondition below flaky).
+            run.kill_when(lambda: len(remote()) >= 12 and labelled_with_annotations() >= 2, message="some deliveries")
             at_kill = {f["filename"] for f in remote().values()}
             assert len(at_kill) < COUNT, "the kill came too late to test anything"
             # While the daemon is down: metadata edits and new images, on items already

@@ -1,0 +1,408 @@
+"""Dispatch: due deliveries -> batches per target -> the target's workers -> outcomes journaled.
+
+Per target, each pass (inside the coordinator's pass transaction):
+
+- **Batches.** Due rows (pending, item ready, ``next_attempt_at`` reached) are grouped into
+  batches of at most ``max_batch`` (rows marked ``solo`` alone) and spread over the free
+  request slots (``syncd.health``: twice ``workers``, none while the target is paused or
+  held after a throttled answer). Whatever is due goes now: a lone item never waits for a
+  batch to fill; batches fill by themselves when the target is the bottleneck.
+- **Intent first.** Each item's intent is journaled in the pass transaction; the batches are
+  handed to the target's ``ThreadPoolExecutor`` only after that transaction committed
+  (``committed``). A failed commit (disk full) puts this module's bookkeeping back as it
+  was before the pass (``rolled_back``) and keeps the reports it took for the next pass.
+- **Outcomes per item.** A worker reports a batch's outcomes at once (``SendReport``); each
+  is recorded for its own row (syncd.delivery lists the kinds): a refused item fails alone,
+  ``alone`` re-sends an item by itself, a throttled one stays due and holds the target.
+- **Jobs.** An item a job holds stays in flight (``syncd.jobs``); one poll task per target
+  reads the due jobs; a finished job is settled per item by a finish task in a worker.
+- **After upload.** With ``after_upload = "delete"``, an item every target acked at its
+  current version is deleted once the ack is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+
+from syncd import delivery
+from syncd.config import DaemonSettings
+from syncd.delivery import FinishReport, Outcome, PollReport, SendReport
+from syncd.errors import FatalTargetError, ItemError, SyncdError, TransientError
+from syncd.folders import Folders
+from syncd.health import CheckReport, Health
+from syncd.inbox import Inbox
+from syncd.items.content import ContentCache, stat_signature
+from syncd.jobs import Job, JobBook
+from syncd.journal.store import DueDelivery, Store
+from syncd.settle import Settler
+from syncd.targets import Target
+from syncd.targets.base import JobState
+from syncd.workers import Workers
+
+log = logging.getLogger("syncd.dispatch")
+
+DUE_RECHECK = 5.0  # seconds: the journal is asked again for due rows at least this often (syncd retry)
+
+
+class Dispatcher:
+    """See the module docstring. ``in_flight``: ``(item_id, target) -> key`` of every delivery
+    handed to a worker or held by a job."""
+
+    def __init__(self, cfg: DaemonSettings, targets: dict[str, Target], folders: Folders, health: Health,
+                 settler: Settler, cache: ContentCache, inbox: Inbox, *, read_options: dict, rng, stopping):
+        self.cfg = cfg
+        self.targets = targets
+        self.folders = folders
+        self.health = health
+        self.settler = settler
+        self.cache = cache
+        self.inbox = inbox
+        self.read_options = read_options
+        self.rng = rng
+        self.stopping: Callable[[], bool] = stopping
+        self.store: Store | None = None  # set by the daemon once the journal is open
+        self.executors: dict[str, Workers] = {}
+        self.jobs = JobBook(targets)
+        self.in_flight: dict[tuple[int, str], str] = {}
+        self.tasks: Counter = Counter()  # target -> send and finish tasks out
+        self.attempts: Counter = Counter()  # (target, outcome kind) -> count, for metrics
+        self.unrecorded: list = []  # reports taken by a pass that failed: recorded by the next one
+        self.next_due: dict[str, float] = {}  # target -> when to ask the journal for due rows again
+        # The longest delay a retry is ever scheduled for (see Store.due): clock jumps.
+        self.horizon = max(cfg.retry_max_seconds, delivery.MAX_RETRY_AFTER) + 60.0
+        self._taken: list = []
+        self._staged: list = []  # handed to the executors once the pass committed
+        self._acked: list[DueDelivery] = []  # for after_upload, once the pass committed
+        self._deleted: list[int] = []  # deleted after upload: journaled by the next pass
+        self._succeeded: set[str] = set()  # targets that acked something in this pass
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Start the workers; take over the jobs the journal lists (polled, not re-sent)."""
+        assert self.store is not None
+        for name, target in self.targets.items():
+            self.executors[name] = Workers(target.settings.workers, f"upload-{name}")
+        for job in self.store.outstanding_jobs():
+            if job.target not in self.targets:
+                continue
+            for due in job.items:
+                folder = self.folders.named(due.folder)
+                files = folder.files(due.key, due.image, due.sidecar, due.mask) if folder else None
+                self.jobs.add(job.target, job.job_id, (due, None, files), now=now, submitted_at=job.submitted_at,
+                              polls=job.polls)
+                self.in_flight[(due.item_id, job.target)] = due.key
+            log.info("waiting for job %s of %s (%d items) left by the previous run", job.job_id, job.target,
+                     len(job.items))
+
+    def busy(self) -> bool:
+        """Work out or unrecorded (items held by jobs of a paused target wait for its resumption)."""
+        paused = self.health.paused
+        return (bool(self.jobs.polling or self.unrecorded) or any(self.tasks.values())
+                or any(target not in paused for _, target in self.in_flight))
+
+    def tasks_out(self) -> bool:
+        """Work handed to the workers and not reported yet (jobs are safe in the journal)."""
+        return any(self.tasks.values()) or bool(self.jobs.polling)
+
+    def shutdown(self) -> None:
+        for executor in self.executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- a pass ---------------------------------------------------------------------------------
+    def begin(self):
+        """A pass starts: what ``rolled_back`` puts back if it fails."""
+        self._taken = []
+        return (dict(self.in_flight), Counter(self.tasks), Counter(self.attempts), dict(self.next_due),
+                self.jobs.snapshot(), list(self._deleted))
+
+    def rolled_back(self, saved) -> None:
+        """The pass's transaction failed: its intents and outcomes are not journaled."""
+        self.in_flight, self.tasks, self.attempts, self.next_due, jobs, self._deleted = saved
+        self.jobs.restore(jobs)
+        self.unrecorded = self._taken + self.unrecorded
+        self._taken, self._staged, self._acked = [], [], []
+
+    def committed(self) -> None:
+        """The pass's transaction committed: hand its batches over, delete what was acked."""
+        staged, self._staged = self._staged, []
+        for entry in staged:
+            if isinstance(entry, tuple):
+                name, items = entry
+                self.executors[name].submit(delivery.send_task, self.inbox.put, self.targets[name], items,
+                                            self.cache, self.read_options, self._files_for)
+            else:
+                entry()
+        acked, self._acked = self._acked, []
+        for due in acked:
+            self._after_upload(due)
+
+    # -- recording reports --------------------------------------------------------------------
+    def collect(self, now: float) -> None:
+        """Record every report the workers and checks put on the inbox."""
+        assert self.store is not None
+        deleted, self._deleted = self._deleted, []
+        for item_id in deleted:
+            self.store.gone(item_id, now, state="deleted")
+        reports = self.unrecorded + self.inbox.drain()
+        self.unrecorded = []
+        self._taken = reports
+        self._succeeded: set[str] = set()
+        for report in reports:
+            if isinstance(report, SendReport):
+                self.tasks[report.target] -= 1
+                for outcome in report.outcomes:
+                    self._record(outcome, now)
+            elif isinstance(report, PollReport):
+                self._polled(report, now)
+            elif isinstance(report, FinishReport):
+                self._finished(report, now)
+            elif isinstance(report, CheckReport):
+                self.health.checked(report, now)
+                self.next_due.pop(report.target, None)
+        for name in self._succeeded:
+            self.store.target_succeeded(name, now)
+
+    def _record(self, outcome: Outcome, now: float) -> None:
+        assert self.store is not None
+        due, kind = outcome.due, outcome.kind
+        name = due.target
+        self.attempts[(name, kind)] += 1
+        self.next_due.pop(name, None)  # a slot is free, or the row is due again
+        gate = self.health.gates[name]
+        if kind != delivery.SUBMITTED:
+            self.in_flight.pop((due.item_id, name), None)
+        if kind in (delivery.ACKED, delivery.SUBMITTED):
+            gate.served(now)
+        if kind == delivery.ACKED:
+            assert outcome.receipt is not None
+            self.store.acked(due.item_id, name, outcome.receipt.to_json(), now, succeeded=False)
+            self._succeeded.add(name)
+            not_sent = outcome.receipt.extra.get("not_sent")
+            if not_sent:
+                self.store.add_note(due.item_id, name, "not sent: " + "; ".join(map(str, not_sent)))
+            how = "found already delivered on" if outcome.adopted else "delivered to"
+            log.info("%s %s %s as %s", due.key, how, name, outcome.receipt.remote_id)
+            self._acked.append(due)
+        elif kind == delivery.SUBMITTED:
+            assert outcome.job_id is not None
+            self.store.submitted(due.item_id, name, outcome.job_id, now)
+            self.jobs.add(name, outcome.job_id, (due, outcome.upload, None), now=now)
+            log.debug("%s is in job %s of %s", due.key, outcome.job_id, name)
+        elif kind == delivery.TRANSIENT and outcome.throttled:
+            # The target as a whole is overloaded: it is held (health), the item stays due.
+            gate.throttled(now, outcome.retry_after)
+            log.info("%s throttled %s: %s", name, due.key, outcome.message)
+            self.store.retry_later(due.item_id, name, outcome.message, now, outcome.outcome_unknown, now, count=False)
+        elif kind == delivery.TRANSIENT:
+            delay = delivery.backoff_delay(due.attempts + 1, outcome.retry_after, base=self.cfg.retry_base_seconds,
+                                           cap=self.cfg.retry_max_seconds, rng=self.rng)
+            log.warning("retrying %s on %s in %.1fs: %s", due.key, name, delay, outcome.message)
+            self.store.retry_later(due.item_id, name, outcome.message, now + delay, outcome.outcome_unknown, now)
+        elif kind == delivery.ALONE:
+            log.info("sending %s to %s alone: %s", due.key, name, outcome.message)
+            self.store.send_alone(due.item_id, name, outcome.outcome_unknown, now)
+        elif kind in (delivery.PERMANENT, delivery.INVALID):
+            log.error("failed %s on %s: %s", due.key, name, outcome.message)
+            self.store.failed(due.item_id, name, outcome.message, now)
+        elif kind == delivery.STALE:
+            self.store.retry_later(due.item_id, name, None, 0, False, now, count=False)
+            self.store.resettle(due.item_id, now)
+            folder = self.folders.named(due.folder)
+            files = folder.probe(due.key) if folder is not None else None
+            if files is not None:
+                self.settler.observe(folder, files, now, None)
+        elif kind == delivery.FATAL:
+            self.store.retry_later(due.item_id, name, outcome.message, now, True, now, count=False)
+            if name not in self.health.paused:
+                self.health.pause(name, outcome.message, now)
+
+    def _polled(self, report: PollReport, now: float) -> None:
+        assert self.store is not None
+        name = report.target
+        self.jobs.polling.discard(name)
+        gate = self.health.gates[name]
+        for job_id, state in report.states:
+            job = self.jobs.get(name, job_id)
+            if job is None or job.finishing:
+                continue
+            if isinstance(state, JobState):
+                gate.served(now)
+                if state.status == "running":
+                    self.jobs.poll_later(job, now)
+                    self.store.job_polled(name, job_id, job.next_poll_at, job.polls)
+                elif state.status == "done":
+                    if self.stopping():
+                        continue  # shutting down: the next start polls it again and finishes it
+                    job.finishing = True
+                    self.tasks[name] += 1
+                    self._staged.append(partial(self._submit, name, delivery.finish_task, self.inbox.put,
+                                                self.targets[name], job_id, state, list(job.items),
+                                                self.read_options))
+                else:
+                    self._give_up(job, now, f"job {job_id} of {name} was lost: its items are sent again")
+            elif isinstance(state, FatalTargetError):
+                if name not in self.health.paused:
+                    self.health.pause(name, str(state), now)
+            else:
+                retry_after = state.retry_after if isinstance(state, TransientError) else None
+                if isinstance(state, TransientError) and state.throttled:
+                    gate.throttled(now, retry_after)
+                log.warning("cannot read job %s of %s now: %s", job_id, name, state)
+                self.jobs.poll_later(job, now, at_least=retry_after or 0.0)
+
+    def _finished(self, report: FinishReport, now: float) -> None:
+        assert self.store is not None
+        name = report.target
+        self.tasks[name] -= 1
+        self.next_due.pop(name, None)
+        job = self.jobs.get(name, report.job_id)
+        if job is None:
+            return
+        if isinstance(report.result, SyncdError):
+            job.finishing = False
+            error = report.result
+            if isinstance(error, FatalTargetError) and name not in self.health.paused:
+                self.health.pause(name, str(error), now)
+            retry_after = error.retry_after if isinstance(error, TransientError) else None
+            if isinstance(error, TransientError) and error.throttled:
+                self.health.gates[name].throttled(now, retry_after)
+            log.warning("cannot read the end of job %s of %s now: %s", report.job_id, name, error)
+            self.jobs.poll_later(job, now, at_least=retry_after or 0.0)
+            return
+        for outcome in report.result:
+            self._record(outcome, now)
+        self.store.job_ended(name, report.job_id)
+        self.jobs.remove(name, report.job_id)
+
+    def _give_up(self, job: Job, now: float, message: str) -> None:
+        """Stop waiting for ``job``: its items are due again, their outcome unknown."""
+        assert self.store is not None
+        log.warning("%s", message)
+        for due, _, _ in job.items:
+            self.in_flight.pop((due.item_id, job.target), None)
+            self.store.retry_later(due.item_id, job.target, message, now, True, now, count=False)
+        self.store.job_ended(job.target, job.job_id)
+        self.jobs.remove(job.target, job.job_id)
+        self.next_due.pop(job.target, None)
+
+    # -- handing out work -----------------------------------------------------------------------
+    def dispatch(self, now: float) -> None:
+        """Journal the intents of this pass's batches (handed over by ``committed``)."""
+        assert self.store is not None
+        if self.stopping():
+            return
+        for name, target in self.targets.items():
+            if name in self.health.paused:
+                continue
+            if self.jobs.count(name):
+                self._jobs_step(name, now)
+            free = self.health.slots(name, now) - self.tasks[name]
+            if target.has_jobs:  # each batch may become a job: stay under the cap
+                free = min(free, self.jobs.room(name) - self.tasks[name])
+            if free <= 0:
+                continue
+            if 0 < self.next_due.get(name, 0.0) - now <= DUE_RECHECK:
+                continue  # nothing is due before then (a report or a settled item makes it sooner)
+            limit = free * target.max_batch
+            rows = self.store.due(name, now, limit, horizon=self.horizon)
+            handed = self._hand_out(name, target, rows, free, now)
+            if handed >= free:
+                self.next_due[name] = now
+            else:
+                later = self.store.next_due_at(name, now)
+                self.next_due[name] = now + DUE_RECHECK if later is None else min(later, now + DUE_RECHECK)
+
+    def _hand_out(self, name: str, target: Target, rows: list[DueDelivery], free: int, now: float) -> int:
+        """Group ``rows`` into at most ``free`` batches, journal their intents, stage them."""
+        assert self.store is not None
+        solo = [[row] for row in rows if row.solo]
+        rest = [row for row in rows if not row.solo]
+        size = target.max_batch  # full batches first: fewer requests (rate limits), the rest in parallel
+        batches = (solo + [rest[i:i + size] for i in range(0, len(rest), size)])[:free]
+        handed = 0
+        for batch in batches:
+            items = []
+            for due in batch:
+                folder = self.folders.named(due.folder)
+                if folder is None or folder.missing:
+                    continue
+                if not due.image:
+                    self.store.gone(due.item_id, now)
+                    continue
+                self.store.intend(due.item_id, name, due.version, now)
+                self.in_flight[(due.item_id, name)] = due.key
+                items.append((due, None))  # its files: the worker takes them from the cache or the row
+            if items:
+                handed += 1
+                self.tasks[name] += 1
+                self._staged.append((name, items))
+        return handed
+
+    def _jobs_step(self, name: str, now: float) -> None:
+        for job in self.jobs.timed_out(name, now):
+            self._give_up(job, now, f"job {job.job_id} of {name} is still running after "
+                                    f"{now - job.timer_start:.0f}s: its items are sent again")
+        ids = self.jobs.due_polls(name, now)
+        if ids:
+            self.jobs.polling.add(name)
+            self._staged.append(partial(self._submit, name, delivery.poll_task, self.inbox.put, self.targets[name],
+                                        ids))
+
+    def next_deadline(self, now: float) -> float | None:
+        """The earliest time dispatch has something to do without being woken (None: nothing)."""
+        times = []
+        for name, target in self.targets.items():
+            if name in self.health.paused or self.health.slots(name, now) - self.tasks[name] <= 0:
+                continue
+            if not target.has_jobs or self.jobs.room(name) > self.tasks[name]:
+                times.append(self.next_due.get(name, now))
+        jobs = self.jobs.next_deadline(self.health.paused)
+        if jobs is not None:
+            times.append(jobs)
+        return min(times) if times else None
+
+    # -- in the workers -------------------------------------------------------------------------
+    def _submit(self, name: str, task, *args) -> None:
+        self.executors[name].submit(task, *args)
+
+    def _files_for(self, due: DueDelivery):
+        """The item's files at the paths the journal has (in a worker: no journal access)."""
+        folder = self.folders.named(due.folder)
+        return folder.files(due.key, due.image, due.sidecar, due.mask) if folder is not None else None
+
+    # -- after upload ---------------------------------------------------------------------------
+    def _after_upload(self, due: DueDelivery) -> None:
+        folder = self.folders.named(due.folder)
+        if folder is None:
+            return
+        if len(folder.targets) == 1:
+            self.cache.drop(due.item_id)
+        if folder.settings.after_upload != "delete":
+            return
+        assert self.store is not None
+        if not self.store.fully_acked(due.item_id, folder.targets):
+            return
+        acked_sig = self.store.item_stat_sig(due.item_id)
+        files = folder.probe(due.key)
+        if files is None:
+            return
+        try:
+            sig, _ = stat_signature(files)
+        except (OSError, ItemError):
+            return
+        if sig != acked_sig:
+            return  # changed since the acked version: keep it, it will be delivered again
+        for path in files.paths():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("cannot delete %s after upload: %s", path, exc.strerror)
+                return
+        log.info("deleted local files of %s after every target acked it", due.key)
+        self._deleted.append(due.item_id)
+        self.inbox.wake.set()  # the next pass journals it

@@ -1,0 +1,373 @@
+"""Settling: hints and scans -> observe -> settled (a version every target wants) | invalid.
+
+An item is *observed* when a file event (a hint) or a scan finds its files new or changed:
+the journal records it as settling and ``Settler`` follows it. It is complete when its
+files' stat signature has not changed for ``settle_seconds`` (or their mtime/ctime is that
+old), the image decodes completely and the sidecar parses; then one read validates it,
+hashes it into its version, journals ``settled`` and keeps the bytes in the content cache
+for the upload workers (read once). Bad files make it ``invalid``; a file still changing
+after ``max_settle_seconds`` is reported, not sent half-written.
+
+Cheap per item: each settling item has its own deadline (a heap), so a pass stats only the
+items whose deadline came, and an item observed less than ``FRESH`` ago (by the scan that
+found it, usually in the same pass) is not stat'ed again.
+Reading is bounded per pass (``SETTLE_SLICE``) so a burst is delivered while the rest of it
+is still being read.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from syncd.config import DaemonSettings
+from syncd.errors import ItemError
+from syncd.folders import Folder, Folders
+from syncd.items.content import ContentCache, ItemContent, read_item, stat_signature
+from syncd.items.convention import ItemFiles, printable, probe_item, role_of
+from syncd.journal.store import Store
+from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
+from syncd.scan import Scan
+from syncd.targets import Target
+from syncd.watcher import FolderWatcher
+
+log = logging.getLogger("syncd.settle")
+
+SETTLE_SLICE = 0.005  # seconds of reading per pass: the pass then dispatches, so sending keeps up with reading
+READERS = min(4, os.cpu_count() or 1)  # threads reading complete items in parallel
+READ_CHUNK = 4 * READERS  # complete items read together
+FRESH = 1.0  # seconds: an item stat'ed this recently (by the scan that found it) is not stat'ed again
+
+
+@dataclass
+class Settling:
+    """An item whose files are being watched until they are complete."""
+
+    folder: Folder
+    item_id: int
+    files: ItemFiles
+    sig: str
+    since: float  # when the signature was last seen to change
+    quiet: float  # the files' latest mtime/ctime
+    first: float  # when it started settling
+    observed_at: float  # when its files were last stat'ed
+    reported: bool = False  # "still being written" was reported
+    check_at: float = field(default=0.0)  # its next look
+    ticket: int = -1  # its live entry in the deadline heap (older ones are superseded)
+
+
+class Settler:
+    """Observes items and settles them (see the module docstring). Every journal write goes
+    into the coordinator's pass transaction; nothing here survives a failed pass but what a
+    rescan finds again (``forget``)."""
+
+    def __init__(self, cfg: DaemonSettings, folders: Folders, targets: dict[str, Target], watcher: FolderWatcher,
+                 cache: ContentCache, read_options: dict, wake: threading.Event, rng):
+        self.cfg = cfg
+        self.folders = folders
+        self.targets = targets
+        self.watcher = watcher
+        self.cache = cache
+        self.read_options = read_options
+        self.wake = wake
+        self.rng = rng
+        self.store: Store | None = None  # set by the daemon once the journal is open
+        self.settling: dict[int, Settling] = {}
+        self._heap: list[tuple[float, int, int]] = []
+        self._seq = itertools.count()
+        self._last_now = 0.0
+        self.next_rescan = 0.0
+        self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
+        self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
+        self._readers: ThreadPoolExecutor | None = None
+
+    # -- scans and hints --------------------------------------------------------------------
+    def scan(self, now: float) -> None:
+        """Full rescan of every folder: the truth behind the event hints."""
+        self.watcher.rescan_needed.clear()
+        self.next_rescan = now + self.cfg.rescan_seconds * self.rng.uniform(0.9, 1.1)
+        for folder in self.folders:
+            if folder.missing or not folder.root.is_dir():
+                continue
+            self._scan_tree(folder, folder.root, now, full=True)
+
+    def rescan_due(self, now: float) -> bool:
+        # A deadline further ahead than its period was set under a clock since set back.
+        return self.watcher.rescan_needed.is_set() or not 0 < self.next_rescan - now <= self.cfg.rescan_seconds * 1.1
+
+    def _scan_tree(self, folder: Folder, start: Path, now: float, *, full: bool) -> None:
+        """Observe every new or changed item below ``start``; with ``full`` (``start`` is the
+        folder) also mark the journal's items that are no longer there. Unchanged items and
+        directories cost one stat per file (see syncd.scan)."""
+        assert self.store is not None
+        settling_keys = {entry.files.key for entry in self.settling.values() if entry.folder is folder}
+        scan = Scan(self.store, folder.name, folder.root, folder.rules, folder.settings.key_prefix, settling_keys)
+        for files in scan.items(start):
+            self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
+        scan.finish()
+        if not full:
+            return
+        for key, item_id in scan.vanished():
+            if item_id not in self.settling:
+                self._vanished(folder, key, item_id, now)
+
+    def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
+        assert self.store is not None
+        image = self.store.item_image(item_id)
+        if image is not None and os.path.exists(image):
+            return  # unreadable directory or a race: not gone
+        log.info("item %s is gone from %s", key, folder.root)
+        self.store.gone(item_id, now)
+        self.on_gone(item_id)
+
+    def hint(self, path: Path, now: float) -> None:
+        """A file event named ``path``: observe what it may have changed."""
+        folder = self.folders.of(path)
+        if folder is None or folder.missing:
+            return
+        if path.is_dir():
+            self._scan_tree(folder, path, now, full=False)
+            return
+        if path.name in (CLASS_MAP_NAME, DATAPOINT_MAP_NAME):
+            self._scan_tree(folder, path.parent, now, full=False)
+            return
+        if folder.rules.ignored(path.name):
+            return
+        found = role_of(path.name)
+        if found is None:
+            return
+        stem, _role = found
+        files = probe_item(folder.root, path.parent, stem, folder.rules, folder.settings.key_prefix)
+        assert self.store is not None
+        if files is None:
+            key = folder.key_for(path.parent, stem)
+            item_id = self.store.item_id(folder.name, key)
+            if item_id is not None:
+                self.settling.pop(item_id, None)
+                self._vanished(folder, key, item_id, now)
+            return
+        self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
+
+    # -- observing --------------------------------------------------------------------------
+    def observe(self, folder: Folder, files: ItemFiles, now: float, known: tuple[int, str | None, str] | None) -> None:
+        """The item's files may have changed: follow them until they settle."""
+        self._last_now = max(self._last_now, now)  # for settle() to notice a clock set back
+        try:
+            sig, quiet = stat_signature(files)
+        except ItemError as exc:
+            self._observed_invalid(folder, files, str(exc), now, known)
+            return
+        except OSError:
+            return  # vanished meanwhile; the next event or scan decides
+        if known is not None:
+            item_id, old_sig, state = known
+            current = self.settling.get(item_id)
+            if current is not None:
+                current.files, current.observed_at = files, now
+                if sig != current.sig:
+                    current.sig, current.since, current.quiet = sig, now, quiet
+                    self._schedule(current, now)
+                return
+            if old_sig == sig and state in ("ready", "invalid"):
+                return  # unchanged since it was settled: nothing to re-hash
+        assert self.store is not None
+        item_id = self.store.observe(folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask),
+                                     sig, now)
+        entry = Settling(folder, item_id, files, sig, now, quiet, now, now)
+        self.settling[item_id] = entry
+        self._schedule(entry, now)
+
+    def _observed_invalid(self, folder: Folder, files: ItemFiles, error: str, now: float, known) -> None:
+        """A file of the item cannot even be stat'ed (broken symlink, no permission)."""
+        assert self.store is not None
+        if known is not None and known[2] == "invalid":
+            return  # already reported; retried when it changes or on `syncd retry`
+        item_id = self.store.observe(folder.name, files.key, _opt(files.image), _opt(files.sidecar),
+                                     _opt(files.mask), "", now)
+        self.settling.pop(item_id, None)
+        log.warning("item %s is invalid: %s", files.key, error)
+        self.store.invalid(item_id, error, folder.targets, now)
+
+    def forget(self) -> None:
+        """A pass failed (its journal writes were rolled back): drop what it may have added;
+        the rescan that follows observes every unsettled item again."""
+        self.settling.clear()
+        self._heap.clear()
+        self.newly_due.clear()
+
+    # -- deadlines ---------------------------------------------------------------------------
+    def _schedule(self, entry: Settling, now: float) -> None:
+        settle = self.cfg.settle_seconds
+        at = entry.since + settle
+        if entry.quiet <= now:
+            at = min(at, entry.quiet + settle)
+        if not entry.reported:
+            at = min(at, entry.first + self.cfg.max_settle_seconds)
+        self._push(entry, at)
+
+    def _push(self, entry: Settling, at: float) -> None:
+        entry.check_at, entry.ticket = at, next(self._seq)
+        heapq.heappush(self._heap, (at, entry.ticket, entry.item_id))
+
+    def next_deadline(self) -> float | None:
+        """When the next settling item must be looked at (None: nothing is settling)."""
+        while self._heap:
+            at, ticket, item_id = self._heap[0]
+            entry = self.settling.get(item_id)
+            if entry is not None and entry.ticket == ticket:
+                return at
+            heapq.heappop(self._heap)  # superseded
+        return None
+
+    # -- settling -----------------------------------------------------------------------------
+    def settle(self, now: float) -> None:
+        """Look at the settling items whose deadline came; read those that are complete."""
+        assert self.store is not None
+        if now < self._last_now - 1.0:  # the clock was set back: quiet from now on, every deadline again
+            for entry in self.settling.values():
+                entry.since, entry.first = min(entry.since, now), min(entry.first, now)
+                self._schedule(entry, now)
+        self._last_now = now
+        # Reading (decoding, hashing) items is the expensive part: a pass reads for at most
+        # SETTLE_SLICE seconds, so a burst of thousands of files is delivered while the rest
+        # of it is still being read instead of after all of it.
+        deadline = time.monotonic() + SETTLE_SLICE
+        later: list[Settling] = []  # looked at again by the next pass
+        while self._heap and self._heap[0][0] <= now:
+            if time.monotonic() > deadline:
+                self.wake.set()  # more is due: the next pass goes on right after dispatching
+                break
+            ready = self._complete(now, READ_CHUNK, later)
+            if ready:
+                self._read_all(ready, now)
+        for entry in later:
+            self._push(entry, now)
+
+    def _complete(self, now: float, limit: int, later: list[Settling]) -> list[Settling]:
+        """Up to ``limit`` due items whose files are complete (no longer settling); the other
+        due items get their next deadline."""
+        assert self.store is not None
+        settle = self.cfg.settle_seconds
+        ready: list[Settling] = []
+        while self._heap and self._heap[0][0] <= now and len(ready) < limit:
+            _, ticket, item_id = heapq.heappop(self._heap)
+            entry = self.settling.get(item_id)
+            if entry is None or entry.ticket != ticket:
+                continue  # superseded
+            if entry.folder.missing:
+                self._push(entry, now + settle)
+                continue
+            if not 0 <= now - entry.observed_at < FRESH:  # stat'ed just now: that is its latest look
+                try:
+                    sig, quiet = stat_signature(entry.files)
+                except ItemError as exc:
+                    del self.settling[item_id]
+                    self._observed_invalid(entry.folder, entry.files, str(exc), now, None)
+                    continue
+                except OSError:
+                    self._refind(entry, now, later)
+                    continue
+                entry.observed_at = now
+                if sig != entry.sig:
+                    entry.sig, entry.since, entry.quiet = sig, now, quiet
+            if entry.since > now:  # the clock was set back: quiet from now on
+                entry.since, entry.first = now, min(entry.first, now)
+            if now - entry.since >= settle or (entry.quiet <= now and now - entry.quiet >= settle):
+                del self.settling[item_id]
+                ready.append(entry)
+                continue
+            if now - entry.first >= self.cfg.max_settle_seconds and not entry.reported:
+                message = (f"{entry.files.image}: still being written after {now - entry.first:.0f}s; "
+                           "it is delivered once it stops changing")
+                log.warning(message)
+                self.store.settling_error(item_id, message, now)
+                entry.reported = True
+            self._schedule(entry, now)
+        return ready
+
+    def _refind(self, entry: Settling, now: float, later: list[Settling]) -> None:
+        """A file of the settling item vanished: find what it is now, or mark it gone."""
+        assert self.store is not None
+        files = entry.files
+        fresh = probe_item(entry.folder.root, files.image.parent, files.image.stem, entry.folder.rules,
+                           entry.folder.settings.key_prefix)
+        if fresh is None:
+            del self.settling[entry.item_id]
+            self.store.gone(entry.item_id, now)
+            self.on_gone(entry.item_id)
+            return
+        entry.files, entry.sig, entry.since = fresh, "", now  # observed again by the next pass
+        later.append(entry)
+
+    def _read_all(self, ready: list[Settling], now: float) -> None:
+        """Read, validate and hash ``ready`` items (in parallel: decoding and hashing release the
+        GIL), then journal each one's outcome in order."""
+        if len(ready) == 1 or READERS < 2:
+            results = _load(ready, self.read_options)
+        else:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(READERS - 1, thread_name_prefix="read")
+            # One part per thread, this one included (not one task per item).
+            parts = [ready[i::READERS] for i in range(READERS)]
+            others = [self._readers.submit(_load, part, self.read_options) for part in parts[1:] if part]
+            loaded = [_load(parts[0], self.read_options)] + [future.result() for future in others]
+            by_entry = {id(entry): result for part, results in zip(parts, loaded)
+                        for entry, result in zip(part, results)}
+            results = [by_entry[id(entry)] for entry in ready]
+        for entry, result in zip(ready, results):
+            self._settled(entry, result, now)
+
+    def close(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=False, cancel_futures=True)
+            self._readers = None
+
+    def _settled(self, entry: Settling, content: ItemContent | ItemError, now: float) -> None:
+        assert self.store is not None
+        item_id, folder = entry.item_id, entry.folder
+        if isinstance(content, ItemError):
+            log.warning("item %s is invalid: %s", entry.files.key, content)
+            self.store.invalid(item_id, str(content), folder.targets, now)
+            self.store.record_stat_sig(item_id, entry.sig)
+            return
+        label_error = "; ".join(content.label_errors) or None
+        if label_error:
+            log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
+        self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
+                           notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
+        self.cache.put(item_id, entry.sig, content, entry.files)
+        self.newly_due.update(folder.targets)
+        log.debug("item %s settled at version %s", entry.files.key, content.version)
+
+    def _unrepresentable(self, folder: Folder, content) -> dict[str, str | None]:
+        """Per target: what its platform cannot represent of this item (reported, not hidden)."""
+        notes: dict[str, str | None] = {}
+        for name in folder.targets:
+            target = self.targets[name]
+            lost = target.unsupported_labels(content.sidecar.labels, has_mask=content.mask is not None)
+            notes[name] = f"{target.platform} cannot represent: {', '.join(lost)}" if lost else None
+        return notes
+
+
+def _load(entries: list[Settling], read_options: dict) -> list[ItemContent | ItemError]:
+    """Each entry's content, or the ItemError that makes it invalid."""
+    results: list[ItemContent | ItemError] = []
+    for entry in entries:
+        try:
+            results.append(read_item(entry.files, **read_options))
+        except ItemError as exc:
+            results.append(exc)
+    return results
+
+
+def _opt(path: Path | None) -> str | None:
+    # printable: a file name that is not UTF-8 must not break the journal (the item is invalid).
+    return None if path is None else printable(str(path))

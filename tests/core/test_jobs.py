@@ -1,0 +1,163 @@
+"""Remote jobs (syncd.jobs, syncd.dispatch) driven tick by tick against the scripted target:
+jobs that complete, fail per item, fail without naming an item, get lost or time out; a cap
+on outstanding jobs; a restart with jobs outstanding polls them instead of re-sending."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from syncd.errors import PermanentError
+from tests.conftest import ScriptedTarget, drive
+from tests.helpers import age_files, write_item
+
+
+def rows(daemon) -> dict[str, dict]:
+    return {r["key"]: r for r in daemon.store.query(
+        "SELECT i.key, d.state, d.error, d.job_id, d.solo, d.outcome_unknown "
+        "FROM deliveries d JOIN items i ON i.id=d.item_id")}
+
+
+def jobs_table(daemon) -> list[dict]:
+    return daemon.store.query("SELECT target, job_id, polls FROM jobs")
+
+
+def write_items(inbox, count: int) -> list[str]:
+    for i in range(count):
+        write_item(inbox, f"f{i}", metadata={"i": i}, seed=i)
+    return [f"f{i}" for i in range(count)]
+
+
+def test_items_are_acked_when_their_job_completes(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    keys = write_items(inbox, 3)
+    daemon = make_daemon({"fake": target})
+    now = time.time() + 3600
+    daemon.tick(now)
+    daemon._collect(now, block=5)
+    # Submitted: in flight, held by the job, which the journal lists; no worker waits on it.
+    states = rows(daemon)
+    assert {r["state"] for r in states.values()} == {"in_flight"}
+    assert {r["job_id"] for r in states.values()} == {"job-1"}
+    assert [j["job_id"] for j in jobs_table(daemon)] == ["job-1"]
+    assert not any(daemon.dispatcher.tasks.values()) and target.items == {}
+    drive(daemon, now=now - 3600)
+    assert target.jobs["job-1"]["reads"] == target.job_polls + 1  # running, running, done
+    assert target.finished == [("job-1", keys)]
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and jobs_table(daemon) == []
+    assert sorted(key for key, _, _ in target.sent) == keys and len(target.batches) == 1
+
+
+def test_polls_back_off_and_stop_when_no_job_is_left(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True, job_poll_interval=1.0)
+    target.job_polls = 5
+    write_items(inbox, 2)
+    daemon = make_daemon({"fake": target})
+    now = time.time() + 3600
+    daemon.tick(now)
+    daemon._collect(now, block=5)
+    job = daemon.dispatcher.jobs.get("fake", "job-1")
+    gaps, clock = [], now
+    while daemon.dispatcher.jobs.get("fake", "job-1") is not None and clock < now + 60:
+        clock = max(clock + 0.01, daemon.next_deadline(clock))
+        polls = job.polls
+        daemon.tick(clock)
+        daemon._collect(clock, block=1)
+        if job.polls > polls:  # read, still running: when is the next read?
+            gaps.append(round(job.next_poll_at - clock, 3))
+    assert gaps == [0.4, 0.8, 1.0, 1.0, 1.0]  # backing off up to job_poll_interval
+    assert daemon.dispatcher.jobs.count("fake") == 0 and not daemon.dispatcher.jobs.polling
+    assert daemon.dispatcher.jobs.next_deadline(daemon.paused) is None  # no polling without jobs
+
+
+def test_an_item_refused_in_a_job_fails_alone(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    write_items(inbox, 3)
+    target.script["f1"] = [PermanentError("row 2: f1 is refused")]
+    daemon = make_daemon({"fake": target})
+    drive(daemon)
+    states = rows(daemon)
+    assert states["f1"]["state"] == "failed" and "f1 is refused" in states["f1"]["error"]
+    assert states["f0"]["state"] == states["f2"]["state"] == "acked"
+
+
+def test_a_job_error_that_names_no_item_sends_each_item_alone(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    keys = write_items(inbox, 3)
+    target.job_script = {1: "unpinned"}
+    daemon = make_daemon({"fake": target})
+    drive(daemon)
+    assert target.batches[0] == keys and sorted(target.batches[1:]) == [[key] for key in keys]
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"}
+
+
+def test_a_lost_job_sends_its_items_again(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    keys = write_items(inbox, 2)
+    target.job_script = {1: "lost"}
+    daemon = make_daemon({"fake": target})
+    drive(daemon)
+    assert target.batches == [keys, keys]
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and jobs_table(daemon) == []
+
+
+def test_a_job_running_past_job_timeout_is_given_up_and_its_items_sent_again(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True, job_timeout=30)
+    target.job_script = {1: "stuck"}
+    write_items(inbox, 2)
+    daemon = make_daemon({"fake": target})
+    drive(daemon)
+    assert len(target.batches) == 2 and "job-1" not in [job for job, _ in target.finished]
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"}
+
+
+def test_outstanding_jobs_are_capped(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=1, workers=4, jobs=True, max_jobs=2)
+    target.job_polls = 1000
+    write_items(inbox, 5)
+    daemon = make_daemon({"fake": target})
+    now = time.time() + 3600
+    for step in range(5):
+        daemon.tick(now + step)
+        daemon._collect(now + step, block=0.5)
+    assert len(target.batches) == 2 and daemon.dispatcher.jobs.count("fake") == 2
+
+
+def test_a_restart_with_jobs_outstanding_polls_them_instead_of_sending_again(make_daemon, inbox, tmp_path):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    keys = write_items(inbox, 3)
+    target.job_polls = 1000  # still running when the daemon stops
+    daemon = make_daemon({"fake": target})
+    now = time.time() + 3600
+    daemon.tick(now)
+    daemon._collect(now, block=5)
+    assert [j["job_id"] for j in jobs_table(daemon)] == ["job-1"]
+    daemon.close(wait_seconds=0)  # as good as a kill: the journal has the job
+    # The item f2 changes while the daemon is down: it is sent again, at its new version.
+    (inbox / "f2.json").write_text(json.dumps({"metadata": {"i": 2, "edited": True}}))
+    age_files(inbox / "f2.json")
+    target.job_polls = 0
+    again = make_daemon({"fake": target})
+    states = rows(again)
+    assert {r["state"] for r in states.values()} == {"in_flight"}  # not made due again
+    drive(again)
+    assert target.jobs["job-1"]["reads"] >= 1  # polled after the restart
+    assert target.finished[0] == ("job-1", ["f0", "f1"])  # f2's files changed since: not finished
+    assert target.batches == [keys, ["f2"]]  # only the changed item is sent again
+    assert {r["state"] for r in rows(again).values()} == {"acked"}
+    assert target.items["f2"]["metadata"] == {"i": 2, "edited": True}
+
+
+def test_a_job_that_cannot_be_read_pauses_the_target_and_is_read_after_it_resumes(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True)
+    write_items(inbox, 2)
+    target.job_script = {1: "revoked"}
+    daemon = make_daemon({"fake": target}, daemon={"target_recheck_seconds": 30})
+    clock = drive(daemon, until=lambda: "fake" in daemon.paused)
+    # Paused with its job outstanding: the job holds its items (in flight), nothing is polled,
+    # and `once` would not wait for it (the daemon is not busy).
+    assert {r["state"] for r in rows(daemon).values()} == {"in_flight"}
+    assert not daemon.busy() and daemon.dispatcher.jobs.next_deadline(daemon.paused) is None
+    drive(daemon, now=clock - 3600, step=40)  # the re-check passes: resumed, the job read again
+    assert "fake" not in daemon.paused and target.finished == [("job-1", ["f0", "f1"])]
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and len(target.batches) == 1
