@@ -1,5 +1,8 @@
 import sys
 
-from syncd.cli import main
+try:
+    from syncd.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python was still loading syncd
+    sys.exit(130)
 
 sys.exit(main())

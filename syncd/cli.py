@@ -3,7 +3,12 @@ exit codes here only.
 
 Exit codes: 0 success; 1 some items failed or a target check failed; 2 configuration error
 (including ``syncd init`` refusing to overwrite a configuration, an unknown user or group);
-3 local problem (state directory locked or unwritable, disk full, a directory that cannot be made).
+3 local problem (state directory locked or unwritable, disk full, a directory that cannot be made);
+130 interrupted (Ctrl-C before the command could stop by itself); 141 the reader of the output
+went away (``syncd status | head -1``), as for any tool killed by SIGPIPE.
+
+This module imports only the standard library and ``syncd.errors`` at load time, so ``--help``
+is quick and a Ctrl-C while the rest loads is an exit code, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,20 +16,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from syncd import __version__
-from syncd.config import Config, default_config_path, load_config
 from syncd.errors import ConfigError, LocalError, SyncdError
+
+if TYPE_CHECKING:
+    from syncd.config import Config
 
 log = logging.getLogger("syncd")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCAL = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for `yes | head -1`
 
 
 def _config(args) -> Config:
+    from syncd.config import default_config_path, load_config
+
     return load_config(default_config_path(args.config))
 
 
@@ -51,7 +65,8 @@ def cmd_once(args) -> int:
         print(f"... {counts.get('acked', 0)} delivered, {counts.get('pending', 0) + counts.get('in_flight', 0)} "
               f"to go, {counts.get('settling', 0)} settling", file=sys.stderr)
 
-    result = run_once(config, max_wait=args.max_wait, progress=progress if sys.stderr.isatty() else None)
+    on_terminal = sys.stderr is not None and sys.stderr.isatty()  # None: started with stderr closed
+    result = run_once(config, max_wait=args.max_wait, progress=progress if on_terminal else None)
     print(f"{result.delivered} delivered, {len(result.failed)} failed, {len(result.pending)} not delivered")
     for key, target, reason in result.failed:
         print(f"FAILED {key} -> {target}: {reason}")
@@ -59,6 +74,8 @@ def cmd_once(args) -> int:
         print(f"PENDING {key} -> {target}: {reason}")
     for target, reason in result.paused.items():
         print(f"PAUSED target {target}: {reason}")
+    if result.interrupted:
+        _say("syncd: interrupted: what was not delivered goes at the next run")
     return result.exit_code
 
 
@@ -181,6 +198,17 @@ def cmd_systemd_unit(args) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds for argparse: finite and not negative (``nan`` would wait forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds, 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncd", description="Deliver drop-folder items exactly once to ML data platforms.")
@@ -195,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the daemon in the foreground (systemd runs it this way)")
     once = add("once", cmd_once, "scan, deliver everything due, wait for the results, exit (0 ok, 1 failures)")
-    once.add_argument("--max-wait", type=float, default=600.0, help="seconds to keep retrying transient failures (600)")
+    once.add_argument("--max-wait", type=_seconds, default=600.0,
+                      help="seconds to keep retrying transient failures (600)")
     once.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [daemon] log_level")
     status = add("status", cmd_status, "delivered, pending and failed items per folder and target")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -230,17 +259,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    _standard_fds()
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except ConfigError as exc:
-        print(f"syncd: configuration error:\n{exc}", file=sys.stderr)
+        _say(f"syncd: configuration error:\n{exc}")
         return EXIT_CONFIG
     except LocalError as exc:
-        print(f"syncd: {exc}", file=sys.stderr)
+        _say(f"syncd: {exc}")
         return EXIT_LOCAL
     except KeyboardInterrupt:
-        return EXIT_OK
+        _say("syncd: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except sqlite3.DatabaseError as exc:  # the journal is the only database: damaged under us
+        _say(f"syncd: the journal cannot be read ({exc}): syncd check says more")
+        return EXIT_LOCAL
+
+
+def _standard_fds() -> None:
+    """Open /dev/null on stdin, stdout or stderr when syncd was started with one closed
+    (`syncd run <&- >&-`): otherwise the journal or the lock file would get that number, and
+    anything written to it (by a library, in C) would land in the journal."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # a lower one was free too: it is opened in its own turn
+                os.close(opened)
+
+
+def _say(line: str) -> None:
+    """A line on stderr, if there is one to write to (it may be closed, or a pipe nobody reads)."""
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and Python's final flush of what is still
+    buffered would otherwise print "Exception ignored ... BrokenPipeError" on the way out."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,24 +5,29 @@ line per problem, each naming the key as it is spelt in the file (``folders[0].t
 Environment variables override file values with ``__`` between levels, for example
 ``SYNCD_DAEMON__STATE_DIR=/var/lib/syncd``. Relative paths resolve against the directory of
 the configuration file. A folder's ``key_prefix`` may hold ``{hostname}`` and ``{machine_id}``,
-expanded once at load (``expand_key_prefix``), so one file serves a fleet. Secrets are never
+expanded once at load (``expand_key_prefix``), so one file serves a fleet, and is normalised
+(``normalise_key_prefix``). Folders, destinations and key prefixes that overlap are refused
+(``syncd.overlap``). Secrets are never
 read from the file: targets name the environment variable that holds their key.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import string
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from syncd.errors import ConfigError
+from syncd.overlap import overlap_problems
 from syncd.targets import target_class
 from syncd.targets.base import TargetSettings
 
@@ -32,6 +37,7 @@ else:  # Python 3.10 (Ubuntu 22.04, JetPack 6): the same parser, published as to
     import tomli as tomllib
 
 CONFIG_ENV = "SYNCD_CONFIG"
+ENV_PREFIX = "SYNCD_"
 MACHINE_ID = Path("/etc/machine-id")
 KEY_PREFIX_PLACEHOLDERS = ("hostname", "machine_id")
 
@@ -131,15 +137,26 @@ class FolderSettings(BaseModel):
     @field_validator("key_prefix")
     @classmethod
     def _clean_prefix(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("key_prefix must be a relative path without '..'")
-        return value
+        return normalise_key_prefix(value)
+
+
+def normalise_key_prefix(value: str) -> str:
+    """``value`` as one spelling: ``/`` between components (a backslash is one too), no empty
+    or ``.`` components, no trailing ``/`` (``"cam/"``, ``"./cam"`` and ``"cam"`` are the same
+    prefix; ``"a\\b"`` and ``"a/./b"`` are ``"a/b"``). Raises ValueError for an absolute
+    prefix, ``..``, or characters a key cannot hold."""
+    if not value.isprintable():
+        raise ValueError(f"key_prefix {value!r} holds a control character")
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or ".." in parts:
+        raise ValueError(f"key_prefix {value!r} must be a relative path without '..'")
+    return "/".join(part for part in parts if part not in ("", "."))
 
 
 class Config(BaseSettings):
     """The whole configuration; build it with ``load_config``."""
 
-    model_config = SettingsConfigDict(env_prefix="SYNCD_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -184,16 +201,64 @@ def _explain(error: dict) -> str:
         return "unknown key (check the spelling against config.example.toml)"
     if kind == "missing":
         return "required key is missing"
-    return error.get("msg", "invalid value")
+    return error.get("msg", "invalid value").removeprefix("Value error, ")
 
 
 def _format_errors(prefix: str, exc: ValidationError, source: Path) -> list[str]:
     lines = []
+    env = {name.upper(): name for name in os.environ} if not prefix else {}
     for error in exc.errors():
         where = _loc(error["loc"])
         key = f"{prefix}.{where}" if prefix else where
-        lines.append(f"{source}: {key}: {_explain(error)}")
+        variable = env.get(ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper())
+        origin = f"environment variable {variable} ({key})" if variable else f"{source}: {key}"
+        lines.append(f"{origin}: {_explain(error)}")
     return lines
+
+
+def _env_json_problems(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``SYNCD_*`` variable for a list or a table whose value is not JSON."""
+    problems = []
+    for name, value in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        kind = _structured_kind(name[len(ENV_PREFIX):].lower().split("__"))
+        if kind is None:
+            continue
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            example = '["*.raw", "drafts"]' if kind == "list" else '{"key": "value"}'
+            problems.append(f"environment variable {name}: not valid JSON ({getattr(exc, 'msg', exc)}): "
+                            f"a {kind} is written as JSON, e.g. {name}='{example}'")
+    return problems
+
+
+def _structured_kind(parts: list[str]) -> str | None:
+    """"list" or "table" when the configuration key at ``parts`` holds one, else None."""
+    annotation: Any = Config
+    for part in parts:
+        origin = get_origin(annotation)
+        if origin is dict:
+            annotation = get_args(annotation)[1]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+            annotation = annotation.model_fields[part].annotation
+        else:
+            return None
+    origin = get_origin(annotation)
+    if origin is list:
+        return "list"
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return "table"
+    return None
+
+
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+        return True
+    except OSError:
+        return False
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -253,10 +318,23 @@ def load_config(path: Path) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+        resolved = path.resolve()
     except FileNotFoundError:
+        if not os.path.isabs(path) and not _cwd_exists():
+            raise ConfigError(f"{path}: the working directory was removed; give the configuration as an "
+                              "absolute path") from None
         raise ConfigError(f"{path}: configuration file not found (copy config.example.toml to start)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file (e.g. {path}/config.toml)") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied: make it readable by the user running syncd "
+                          "(the service: chgrp syncd FILE; chmod 640 FILE)") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}): "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -265,10 +343,12 @@ def load_config(path: Path) -> Config:
         config = Config(**data)
     except ValidationError as exc:
         raise ConfigError("\n".join(_format_errors("", exc, path))) from None
+    except SettingsError as exc:  # a SYNCD_* variable that should hold JSON (a list, a table) does not
+        raise ConfigError("\n".join(_env_json_problems(os.environ) or [f"SYNCD_* environment: {exc}"])) from None
 
-    base = path.resolve().parent
+    base = resolved.parent
     problems: list[str] = []
-    config.config_path = path.resolve()
+    config.config_path = resolved
     config.daemon.state_dir = _resolve(base, config.daemon.state_dir)
     for index, folder in enumerate(config.folders):
         folder.path = _resolve(base, folder.path)
@@ -300,18 +380,13 @@ def load_config(path: Path) -> Config:
                 setattr(settings, field_name, _resolve(base, value))
         config.target_settings[name] = settings
 
-    seen_prefix: dict[tuple[str, str], int] = {}
     for index, folder in enumerate(config.folders):
         for target in folder.targets:
             if target not in config.targets:
                 known = ", ".join(sorted(config.targets)) or "none"
                 problems.append(f"{path}: folders[{index}].targets: unknown target {target!r} (defined: {known})")
-            other = seen_prefix.setdefault((target, folder.key_prefix), index)
-            if other != index:
-                problems.append(
-                    f"{path}: folders[{index}].key_prefix: folders[{other}] and folders[{index}] both feed "
-                    f"target {target!r} with key_prefix {folder.key_prefix!r}; give one of them a distinct key_prefix"
-                )
+    if not problems:
+        problems += overlap_problems(config, path)
     for name in sorted(set(config.targets) - config.folder_targets()):
         config.warnings.append(f"{path}: targets.{name}: defined but no folder uses it")
     if problems:

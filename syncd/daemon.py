@@ -118,7 +118,11 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self, now: float) -> None:
         """Lock the state dir, open the journal, recover, start workers and watches, scan."""
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, read-only or not ours: exit 3, one line
+            raise LocalError(f"cannot create the state directory {self.cfg.state_dir}: {exc.strerror}; create it "
+                             "writable by the user syncd runs as, or set [daemon] state_dir") from None
         self.lock.acquire()
         self.store = Store.open(self.cfg.state_dir)
         for part in (self.settler, self.dispatcher, self.health):

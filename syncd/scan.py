@@ -153,11 +153,12 @@ def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirE
     rel = directory.relative_to(root).as_posix()
     rel = "" if rel == "." else rel + "/"
     ignored = rules._name
+    by_path = rules.has_path_globs  # rare: only then is a file's path (drafts/*) asked too
     by_stem: dict[str, list] = {}
     for entry in entries:
         name = entry.name
         found = role_of(name)
-        if found is None or ignored(name) is not None:
+        if found is None or ignored(name) is not None or (by_path and rules.ignored(name, rel + name)):
             continue  # never part of an item
         stem, role = found
         slot = by_stem.get(stem)

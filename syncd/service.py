@@ -1,8 +1,9 @@
 """The two ways to drive the Daemon: the service loop (``syncd run``) and ``syncd once``.
 
-Signal handlers only set flags. SIGTERM/SIGINT: stop taking new work, let in-flight
-deliveries finish for up to ``shutdown_seconds`` (what is still in flight then is recovered
-at the next start), exit 0. READY=1 is sent to systemd only after the watches are
+Signal handlers only set flags. SIGTERM/SIGINT/SIGHUP (a closed terminal): stop taking new
+work, let in-flight deliveries finish for up to ``shutdown_seconds`` (what is still in flight
+then is recovered at the next start); ``run`` exits 0, ``once`` reports what it did and exits
+130 (interrupted). READY=1 is sent to systemd only after the watches are
 installed and the first scan is done; WATCHDOG=1 only from a loop pass that completed.
 
 No polling: between passes both loops sleep until the coordinator is woken (a file event,
@@ -41,13 +42,22 @@ def _sleep(daemon: Daemon, now: float, *also: float) -> None:
         daemon.wake.wait(delay)
 
 
-def _install_signals(daemon: Daemon) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _install_signals(daemon: Daemon) -> list[int]:
+    """Make the stop signals set the daemon's stop flag; returns the list the signals
+    received are appended to (``once`` tells an interrupted run by it)."""
+    received: list[int] = []
+
     def stop(signum, _frame):
+        received.append(signum)
         daemon.stop_event.set()
         daemon.wake.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+    return received
 
 
 def run_service(config: Config) -> int:
@@ -60,6 +70,8 @@ def run_service(config: Config) -> int:
 
         provider = http.Provider(config)
         listener = http.serve(config, provider)
+        if listener is None:  # it could not listen (said why); deliveries go on without it
+            provider = None
     try:
         daemon.open(time.time())
     except BaseException:
@@ -115,9 +127,12 @@ class OnceResult:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, target, reason)
     pending: list[tuple[str, str, str]] = field(default_factory=list)
     paused: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # a stop signal (Ctrl-C, SIGTERM, SIGHUP) ended it early
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
         return 0 if not (self.failed or self.pending or self.paused) else 1
 
 
@@ -128,7 +143,7 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
     a paused target (bad credentials, unknown dataset) ends the wait at once.
     """
     daemon = Daemon(config, watch=False)
-    _install_signals(daemon)
+    received = _install_signals(daemon)
     start = time.time()
     daemon.open(start)
     last_progress = 0.0
@@ -148,7 +163,9 @@ def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceR
                 progress(daemon)
                 last_progress = now
             _sleep(daemon, now, time.monotonic() + max(0.0, start + max_wait - now))
-        return _once_result(daemon)
+        result = _once_result(daemon)
+        result.interrupted = bool(received)
+        return result
     finally:
         daemon.close(wait_seconds=0)
 

@@ -32,7 +32,7 @@ from syncd.config import DaemonSettings
 from syncd.errors import ItemError
 from syncd.folders import Folder, Folders
 from syncd.items.content import ContentCache, ItemContent, read_item, stat_signature
-from syncd.items.convention import ItemFiles, printable, probe_item, role_of
+from syncd.items.convention import ItemFiles, printable, probe_item, relative_path, role_of
 from syncd.journal.store import Store
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
 from syncd.scan import Scan
@@ -123,8 +123,12 @@ class Settler:
         assert self.store is not None
         image = self.store.item_image(item_id)
         if image is not None and os.path.exists(image):
-            return  # unreadable directory or a race: not gone
-        log.info("item %s is gone from %s", key, folder.root)
+            rel = relative_path(folder.root, Path(image))
+            if rel is None or not folder.rules.ignored_path(rel):
+                return  # unreadable directory or a race: not gone
+            log.info("item %s is now ignored in %s (ignore/exclude); it stays where it was delivered", key, folder.root)
+        else:
+            log.info("item %s is gone from %s", key, folder.root)
         self.store.gone(item_id, now)
         self.on_gone(item_id)
 
@@ -133,6 +137,9 @@ class Settler:
         folder = self.folders.of(path)
         if folder is None or folder.missing:
             return
+        rel = relative_path(folder.root, path)
+        if rel is None or folder.rules.ignored_path(rel):
+            return  # the scans' rules: in .Trash-1000/, .git/, an excluded directory... (no stat even)
         if path.is_dir():
             self._scan_tree(folder, path, now, full=False)
             return

@@ -7,18 +7,17 @@
 - ``provider.py``: ``Provider``, the only thing the listener reads of the daemon;
 - ``page.py``: the self-contained status page.
 
-``serve(config, provider)`` starts it; errors binding the address become a ``ConfigError``
-(an address this machine does not have) or a ``LocalError`` (the port is taken).
+``serve(config, provider)`` starts it. The listener never stops deliveries: an address it
+cannot listen on (the port taken, an address this machine does not have) is one error line,
+and the daemon goes on without it.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import socket
 
 from syncd.config import Config, is_loopback, split_listen
-from syncd.errors import ConfigError, LocalError
 from syncd.http.provider import Provider
 from syncd.http.routes import Routes
 from syncd.http.server import Listener
@@ -26,22 +25,20 @@ from syncd.http.server import Listener
 log = logging.getLogger("syncd.http")
 
 
-def serve(config: Config, provider: Provider) -> Listener:
-    """Start the listener on ``[http] listen`` (which must be set); returns it (``stop()`` it)."""
+def serve(config: Config, provider: Provider) -> Listener | None:
+    """Start the listener on ``[http] listen`` (which must be set) and return it (``stop()``
+    it); None, after one error line, when it cannot listen there."""
     listen = config.http.listen
     host, port = split_listen(listen)
     listener = Listener(host, port, Routes(provider, loopback=is_loopback(host)))
     try:
         listener.start()
-    except socket.gaierror as exc:
-        raise ConfigError(f"http.listen: cannot resolve {host!r}: {exc.strerror}; use an IP address such as "
-                          "127.0.0.1") from None
-    except OSError as exc:
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError(f"http.listen: {listen}: this machine has no such address") from None
-        hint = ("another program, or another syncd, uses that port: choose another one"
-                if exc.errno == errno.EADDRINUSE else "choose another address or port")
-        raise LocalError(f"cannot listen on {listen} ([http] listen): {exc.strerror}; {hint}") from None
+    except OSError as exc:  # taken, not this machine's address, a name that does not resolve, a port < 1024
+        reason = exc.strerror or str(exc)
+        hint = " (another syncd or exporter?)" if exc.errno == errno.EADDRINUSE else ""
+        log.error("cannot serve HTTP on %s: %s%s; deliveries go on without the status page, /healthz and /metrics: "
+                  "free the port or change [http] listen, then restart", listen, reason, hint)
+        return None
     log.info("serving http://%s/ (status page, /healthz, /status.json, /history.json, /metrics)", listen)
     return listener
 

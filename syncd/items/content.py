@@ -2,7 +2,7 @@
 
 ``stat_signature`` is size, mtime and inode of every file of an item: what a scan compares
 before reading anything. ``read_item`` reads the files of an ``ItemFiles``
-(syncd.items.convention), fully decodes the image, parses the sidecar, runs the label and
+(syncd.items.convention), fully decodes the image (syncd.items.image), parses the sidecar, runs the label and
 mask checks it is given (syncd.labels.validate) and returns an ``ItemContent``; every problem
 with the input is an ``ItemError`` naming the file and what to do.
 
@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import stat as stat_module
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from syncd.errors import ItemError
+from syncd.items.confined import NotRegular, OutsideFolder, read_inside
 from syncd.items.convention import ItemFiles, printable
+from syncd.items.image import decode_image, image_header
 from syncd.labels.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
 
-PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: every complete PNG has it
 FORMAT_BY_SUFFIX = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP",
 }
@@ -106,6 +103,7 @@ class ItemContent:
     image_sha256: str
     label_errors: list[str] = field(default_factory=list)  # labels/mask left out, and why
     parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+    orientation: int = 1  # a JPEG's EXIF orientation; width and height are as displayed
 
     @property
     def size(self) -> int:
@@ -185,29 +183,24 @@ def display_name(files: ItemFiles, path: Path) -> str:
     return text
 
 
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
-
-
 def _read(path: Path, files: ItemFiles) -> bytes:
+    """The bytes of one file of the item, read only if it is inside the watched folder at
+    the moment it is read (``syncd.items.confined``); every problem is an ItemError."""
     try:
-        try:
-            fd = os.open(path, _READ_FLAGS | os.O_NOFOLLOW)  # no lstat first: this refuses a symlink
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            # A symlink: read only if it leads to a file inside the watched folder.
-            try:
-                inside = path.resolve().is_relative_to(files.root.resolve())
-            except RuntimeError:  # a loop (Python < 3.13)
-                raise OSError(errno.ELOOP, "Too many levels of symbolic links") from None
-            if not inside:
-                raise ItemError(f"{display_name(files, path)}: a symlink leading outside the watched folder is "
-                                "refused: copy the file in instead") from None
-            fd = os.open(path, _READ_FLAGS)
-        try:
-            return _read_all(fd)
-        finally:
-            os.close(fd)
+        return read_inside(path, files.root)
+    except OutsideFolder as exc:
+        if os.path.islink(path):
+            raise ItemError(
+                f"{display_name(files, path)}: a symlink leading outside the watched folder is refused: "
+                "copy the file in instead"
+            ) from None
+        raise ItemError(
+            f"{display_name(files, path)}: leads outside the watched folder (to {printable(exc.real)}): a "
+            "directory on its path was replaced by a symlink; symlinked directories are refused: move the "
+            "files in instead"
+        ) from None
+    except NotRegular:
+        raise ItemError(f"{display_name(files, path)}: not a regular file") from None
     except FileNotFoundError:
         raise ItemError(f"{display_name(files, path)}: the file disappeared before it could be read") from None
     except PermissionError:
@@ -220,94 +213,6 @@ def _read(path: Path, files: ItemFiles) -> bytes:
         if exc.errno == errno.EIO:
             raise ItemError(f"{display_name(files, path)}: I/O error reading the file (failing disk?)") from None
         raise ItemError(f"{display_name(files, path)}: cannot read: {exc.strerror}") from None
-
-
-def _read_all(fd: int) -> bytes:
-    """The file's bytes: its size from fstat, then read until a short read (a file object
-    would add a buffer and a tty check per file)."""
-    want = os.fstat(fd).st_size + 1  # one more: a file that grew since is read on
-    chunks = []
-    while True:
-        chunk = os.read(fd, want)
-        chunks.append(chunk)
-        if len(chunk) < want:  # end of file (a short read of a regular file)
-            return b"".join(chunks) if len(chunks) > 1 else chunk
-        want = 1 << 20
-
-
-# Images (by SHA-256) that decoded completely in this process, most recent last: an item is
-# decoded when it settles, and its upload workers re-read the same bytes (verified against the
-# version, which covers their hash) — one full decode of those bytes is enough.
-_DECODED_MAX = 2048
-_decoded: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
-_decoded_lock = threading.Lock()
-
-
-def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
-                 sha256: str | None = None) -> tuple[str, int, int]:
-    """Fully decode image bytes; return ``(format, width, height)`` or raise ItemError.
-
-    ``sha256`` (the hash of ``data``): bytes with this hash that decoded completely before
-    in this process are not decoded again.
-    """
-    if sha256 is not None:
-        with _decoded_lock:
-            known = _decoded.get(sha256)
-        if known is not None and known[0] == expected_format and known[1] * known[2] <= max_pixels:
-            return known
-    result = _decode_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels)
-    if sha256 is not None:
-        with _decoded_lock:
-            _decoded[sha256] = result
-            _decoded.move_to_end(sha256)
-            while len(_decoded) > _DECODED_MAX:
-                _decoded.popitem(last=False)
-    return result
-
-
-def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int) -> tuple[str, int, int]:
-    if not data:
-        raise ItemError(f"{name}: the file is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ItemError(
-                        f"{name}: {width}x{height} pixels exceeds max_image_pixels={max_pixels} "
-                        "(a decompression bomb?): raise [daemon] max_image_pixels if it is genuine"
-                    )
-                fmt = image.format or "?"
-                if fmt == "JPEG":
-                    # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
-                    # or corrupt file fails exactly as in a full decode: checked on 1,200
-                    # fuzzed files) but skips most of the inverse DCT and colour work, which
-                    # halves the cost of validating a camera frame.
-                    image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-                image.load()
-    except ItemError:
-        raise
-    except UnidentifiedImageError:
-        raise ItemError(
-            f"{name}: not an image pillow can read (the content is not JPEG/PNG/TIFF/BMP/WebP): replace the file"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ItemError(f"{name}: refused as a possible decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ItemError(f"{name}: the image is truncated or corrupt: {exc}") from None
-    except Exception as exc:  # pillow raises odd things on hostile input
-        raise ItemError(f"{name}: the image cannot be decoded: {type(exc).__name__}: {exc}") from None
-    if fmt != expected_format and not (expected_format == "TIFF" and fmt == "TIFF"):
-        raise ItemError(
-            f"{name}: the file is a {fmt} image but its name says {expected_format}: rename it with the right extension"
-        )
-    # pillow decodes a PNG that lacks its last bytes (the end chunk, even some of the pixel
-    # data's checksum): without this a file caught mid-write would be delivered.
-    if fmt == "PNG" and data.rfind(PNG_END) == -1:
-        raise ItemError(f"{name}: the image is truncated or corrupt: the PNG file has no end chunk (IEND); "
-                        "it is cut short or still being written")
-    return fmt, width, height
 
 
 def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, validate_mask=None,
@@ -331,8 +236,8 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     image_sha = hashlib.sha256(image).hexdigest()
     expected_format = FORMAT_BY_SUFFIX[files.image.suffix.lower()]
     if expect_version is None:
-        fmt, width, height = decode_image(image, name=image_name, expected_format=expected_format,
-                                          max_pixels=max_pixels, sha256=image_sha)
+        fmt, width, height, orientation = decode_image(image, name=image_name, expected_format=expected_format,
+                                                       max_pixels=max_pixels, sha256=image_sha)
     sidecar = Sidecar()
     if files.sidecar is not None:
         sidecar = parse_sidecar(_read(files.sidecar, files), name=display_name(files, files.sidecar))
@@ -346,22 +251,23 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
     if expect_version is not None:
         if version != expect_version:
             raise Changed(f"{image_name}: changed since it settled")
-        fmt, width, height = _image_header(image, name=image_name)
+        fmt, width, height, orientation = image_header(image, name=image_name)
     # Bad labels or a bad mask do not hold the image back: it is delivered without them and the
-    # problem is reported (status, once) until the files are fixed.
+    # problem is reported (status, once) until the files are fixed. Both are read in the
+    # displayed orientation (width and height above), which a turned JPEG's error says.
     label_errors: list[str] = []
     if validate_labels is not None and sidecar.labels:
         try:
             sidecar.labels = validate_labels(sidecar.labels, width, height, display_name(files, files.sidecar))
         except ItemError as exc:
-            label_errors.append(str(exc))
+            label_errors.append(_as_displayed(str(exc), width, height, orientation))
             sidecar.labels = []
     class_map = None
     if mask is not None and validate_mask is not None:
         try:
             class_map = validate_mask(mask, class_map_bytes, width, height, display_name(files, files.mask))
         except ItemError as exc:
-            label_errors.append(str(exc))
+            label_errors.append(_as_displayed(str(exc), width, height, orientation))
             mask = None
     return ItemContent(
         image=image,
@@ -375,16 +281,15 @@ def read_item(files: ItemFiles, *, max_pixels: int, validate_labels=None, valida
         image_sha256=image_sha,
         label_errors=label_errors,
         parts=parts,
+        orientation=orientation,
     )
 
 
-def _image_header(data: bytes, *, name: str) -> tuple[str, int, int]:
-    """Format and size from an image's header (no decode): for bytes validated before."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.format or "?", image.size[0], image.size[1]
-    except Exception as exc:  # the bytes hash to a validated version: this is not expected
-        raise ItemError(f"{name}: the image cannot be read: {type(exc).__name__}: {exc}") from None
+def _as_displayed(error: str, width: int, height: int, orientation: int) -> str:
+    if orientation == 1:
+        return error
+    return (f"{error} (the image is {width}x{height} as displayed, turned by its EXIF orientation {orientation}: "
+            "labels and masks are in the displayed orientation)")
 
 
 def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) -> Upload:
@@ -397,6 +302,7 @@ def to_upload(files: ItemFiles, content: ItemContent, previous: Receipt | None) 
         image_format=content.image_format,
         width=content.width,
         height=content.height,
+        orientation=content.orientation,
         metadata=content.sidecar.metadata,
         labels=list(content.sidecar.labels),
         source_path=files.image,

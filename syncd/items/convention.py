@@ -37,22 +37,68 @@ DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownloa
 
 
 class IgnoreRules:
-    """Decides which names are never items: the defaults, the daemon's and the folder's globs."""
+    """Decides which paths are never items: the defaults, the daemon's and the folder's globs.
+
+    One set of rules for every path, whether a scan lists it or an event names it. Paths are
+    relative to the watched folder (``cam1/.Trash-1000/files/c.jpg``); the globs are shell
+    globs, case-sensitive, in two kinds:
+
+    - a **name glob** (no ``/``: ``.*``, ``*.raw``, ``drafts``) is matched against every
+      component of the path, directories and the file name alike: a directory it matches is
+      skipped with everything below it, at any depth;
+    - a **path glob** (a ``/`` inside: ``drafts/*``, ``cam*/raw``, ``**/tmp``) is matched
+      against the path from the folder's root, a leading ``/`` optional; ``*``, ``?`` and
+      ``[...]`` stay within one component and ``**`` spans any number of them. It is tried on
+      every directory on the way down as well as on the file, so ``drafts/*`` ignores
+      ``drafts/a.jpg`` and ``drafts/old/b.jpg`` alike.
+
+    A trailing ``/`` only says the glob names a directory (``drafts/`` is ``drafts``).
+    ``include`` globs are matched against the image's file name.
+    """
 
     def __init__(self, extra: Iterable[str] = (), include: Iterable[str] = ()):
         self.patterns = tuple(DEFAULT_IGNORES) + tuple(extra)
         self.include = tuple(include)
+        names, paths = [], []
+        for pattern in self.patterns:
+            pattern = pattern.rstrip("/") if pattern.strip("/") else pattern
+            if "/" in pattern:
+                paths.append(_path_glob(pattern.lstrip("/")))
+            else:
+                names.append(pattern)
         # One compiled alternation per rule set instead of one fnmatchcase call per pattern:
         # the same matches (fnmatchcase compiles fnmatch.translate too), ~10x faster per name,
         # which a rescan of 100,000 files notices.
-        self._name = _globs(self.patterns)
-        self._path = _globs(p for p in self.patterns if "/" in p)
+        self._name = _globs(names)
+        self._paths = tuple(paths)
         self._include = _globs(self.include)
 
     def ignored(self, name: str, relpath: str = "") -> bool:
+        """True when the name ``name`` is ignored, or ``relpath`` (its path from the folder's
+        root, when given) matches a path glob. Its parent directories are not looked at:
+        ``ignored_path`` does that."""
         if self._name(name) is not None:
             return True
-        return bool(relpath and self._path is not None and self._path(relpath) is not None)
+        return bool(relpath and self._paths and self._path_matches(relpath.split("/")))
+
+    def ignored_path(self, relpath: str) -> bool:
+        """True when ``relpath`` (from the folder's root, ``/``-separated) or any directory on
+        the way to it is ignored: what an event's path is asked before anything is read."""
+        if not relpath or relpath == ".":
+            return False
+        parts = relpath.strip("/").split("/")
+        name = self._name
+        if any(name(part) is not None for part in parts):
+            return True
+        return bool(self._paths) and any(self._path_matches(parts[:n]) for n in range(1, len(parts) + 1))
+
+    def _path_matches(self, parts: list[str]) -> bool:
+        return any(_match_parts(glob, 0, parts, 0) for glob in self._paths)
+
+    @property
+    def has_path_globs(self) -> bool:
+        """Whether any glob is a path (with a ``/``): only then does a file's path matter."""
+        return bool(self._paths)
 
     def included(self, image_name: str) -> bool:
         return self._include is None or self._include(image_name) is not None
@@ -64,6 +110,27 @@ def _globs(patterns: Iterable[str]):
     if not patterns:
         return None
     return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+
+
+_ANY_DEPTH = None  # a ``**`` component of a path glob
+
+
+def _path_glob(pattern: str) -> tuple:
+    """A path glob as one matcher per component (``_ANY_DEPTH`` for ``**``)."""
+    return tuple(_ANY_DEPTH if part == "**" else re.compile(fnmatch.translate(part)).match
+                 for part in pattern.split("/") if part)
+
+
+def _match_parts(glob: tuple, g: int, parts: list[str], p: int) -> bool:
+    """Whether ``glob[g:]`` matches ``parts[p:]`` exactly (``**`` takes zero or more parts)."""
+    while g < len(glob):
+        matcher = glob[g]
+        if matcher is _ANY_DEPTH:
+            return any(_match_parts(glob, g + 1, parts, q) for q in range(p, len(parts) + 1))
+        if p == len(parts) or matcher(parts[p]) is None:
+            return False
+        g, p = g + 1, p + 1
+    return p == len(parts)
 
 
 def role_of(name: str) -> tuple[str, str] | None:
@@ -142,6 +209,33 @@ def make_key(root: Path, directory: Path, stem: str, prefix: str) -> str:
     return printable(f"{prefix.rstrip('/')}/{key}" if prefix else key)
 
 
+def relative_path(root: Path, directory: Path) -> str | None:
+    """``directory`` (or any path) relative to ``root``, ``/``-separated ("" for the root
+    itself), None when outside it. By string when it can: this runs for every event."""
+    root_text, text = os.fspath(root), os.fspath(directory)
+    if text == root_text:
+        return ""
+    if text.startswith(root_text) and text[len(root_text):len(root_text) + 1] == "/":
+        return text[len(root_text) + 1:].rstrip("/")
+    try:
+        rel = directory.relative_to(root).as_posix()
+    except ValueError:
+        return None
+    return "" if rel == "." else rel
+
+
+def _through_symlink(root: Path, rel: str) -> bool:
+    """Whether a directory on the way from ``root`` down ``rel`` is a symlink (as walk never
+    follows one, a hint for a path through one is not followed either; reading refuses what
+    is outside the folder anyway, syncd.items.confined)."""
+    path = os.fspath(root)
+    for part in rel.split("/") if rel else ():
+        path = f"{path}/{part}"
+        if os.path.islink(path):
+            return True
+    return False
+
+
 def group_directory(root: Path, directory: Path, names: Iterable[str], rules: IgnoreRules, prefix: str,
                     export: Export | None = None) -> Iterator[ItemFiles]:
     """Group the file names of one directory into items (images with their companions).
@@ -149,10 +243,14 @@ def group_directory(root: Path, directory: Path, names: Iterable[str], rules: Ig
     Inside a RedBrick ``export`` the masks come from its datapoint map instead.
     """
     by_stem: dict[str, dict[str, list[str]]] = {}
+    rel = relative_path(root, directory)
+    if rel is None or rules.ignored_path(rel):
+        return  # outside the folder, or in an ignored directory (.Trash-1000/, .git/, drafts/...)
     if export is not None:
         names = [n for n in names if directory / n not in export.masks]
+    base = f"{rel}/" if rel else ""
     for name in names:
-        if rules.ignored(name):
+        if rules.ignored(name, base + name):
             continue
         found = role_of(name)
         if found is None:
@@ -215,8 +313,10 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
          filter_listing: ListingFilter | None = None) -> Iterator[ItemFiles]:
     """All items below ``start`` (default ``root``), keyed relative to ``root``.
 
-    Depth first; hidden and ignored directories are skipped; symlinked directories are not
-    followed (they could lead outside the watched folder or loop).
+    Depth first; ignored directories (``IgnoreRules``: hidden ones, ``drafts/*``...) are
+    skipped with everything below them, ``start`` included; symlinked directories are not
+    followed (they could lead outside the watched folder or loop), nor is a ``start`` reached
+    through one.
 
     ``filter_listing(directory, entries, export)``: when given, it receives each directory's
     file entries (``os.DirEntry``, stat results cached on them) and returns the names still
@@ -224,18 +324,22 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
     without building an ``ItemFiles`` for each.
     """
     first = start or root
-    stack: list[tuple[str, Export | None]] = [(os.fspath(first), find_export(first, root))]
+    first_rel = relative_path(root, first)
+    if first_rel is None or rules.ignored_path(first_rel) or _through_symlink(root, first_rel):
+        return  # a hint for a directory that is ignored, outside the folder or reached by a symlink
+    stack: list[tuple[str, str, Export | None]] = [(os.fspath(first), first_rel, find_export(first, root))]
     while stack:
-        directory, export = stack.pop()
+        directory, rel, export = stack.pop()
         path = Path(directory)
         export = load_export(path) or export
+        base = f"{rel}/" if rel else ""
         entries: list[os.DirEntry] = []
         try:
             with os.scandir(directory) as listing:
                 for entry in listing:
                     if entry.is_dir(follow_symlinks=follow_symlinks):
-                        if not rules.ignored(entry.name):
-                            stack.append((entry.path, export))
+                        if not rules.ignored(entry.name, base + entry.name):
+                            stack.append((entry.path, base + entry.name, export))
                     else:
                         entries.append(entry)
         except OSError:

@@ -178,10 +178,19 @@ def connect(state_dir: Path) -> sqlite3.Connection:
                 conn.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
     except sqlite3.OperationalError as exc:
         raise local_error(exc, path) from None
+    except sqlite3.DatabaseError as exc:  # "file is not a database": overwritten, or not ours
+        raise damaged(exc, path) from None
     except OSError as exc:
         raise LocalError(
             f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
     return conn
+
+
+def damaged(exc: sqlite3.DatabaseError, path: Path) -> LocalError:
+    """The ``LocalError`` for a journal file SQLite cannot read as a database."""
+    return LocalError(f"the journal {path} is damaged or not a syncd journal ({exc}): stop syncd, move it away "
+                      "(and its -wal and -shm files) and start again; everything is then delivered again "
+                      "(the platform pages say what that costs)")
 
 
 def connect_readonly(state_dir: Path, *, migrate: bool = True) -> sqlite3.Connection:
@@ -195,13 +204,18 @@ def connect_readonly(state_dir: Path, *, migrate: bool = True) -> sqlite3.Connec
     path = state_dir / DB_NAME
     if not path.exists():
         raise LocalError(f"no journal at {path}: has syncd run with this configuration yet?")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        conn.close()
-        if not migrate:
-            raise LocalError(f"the journal {path} is being opened by the daemon: try again in a moment")
-        connect(state_dir).close()
+    try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            conn.close()
+            if not migrate:
+                raise LocalError(f"the journal {path} is being opened by the daemon: try again in a moment")
+            connect(state_dir).close()
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.OperationalError as exc:
+        raise local_error(exc, path) from None
+    except sqlite3.DatabaseError as exc:
+        raise damaged(exc, path) from None
     return conn
 
 

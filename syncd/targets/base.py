@@ -19,16 +19,20 @@ through ``targets.http.HttpClient``.
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from syncd.errors import FatalTargetError, SyncdError
 from syncd.labels.support import FEATURES, unsupported_labels, unsupported_types
+
+#: What ``api_key_env`` may be: a portable environment variable name, so also a plain file name.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class TargetSettings(BaseModel):
@@ -40,6 +44,15 @@ class TargetSettings(BaseModel):
     timeout: float = Field(30.0, gt=0, description="seconds for each HTTP request")
     workers: int = Field(4, ge=1, le=64, description="concurrent deliveries to this target")
     rate_limit: float = Field(0.0, ge=0, description="requests per second to this target (0 = unlimited)")
+
+    @field_validator("api_key_env", check_fields=False)
+    @classmethod
+    def _check_api_key_env(cls, value: str) -> str:
+        # The name is also a file name under $CREDENTIALS_DIRECTORY: a path would read any file.
+        if not ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an environment variable name (letters, digits and _, "
+                             "not starting with a digit), e.g. NUCLEUS_API_KEY")
+        return value
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,9 @@ class Upload:
     ``key`` is the item key (``cam1/frame_0001``, with the folder's ``key_prefix``); every
     remote idempotency key is derived from it. ``labels`` are the sidecar's labels as
     plain dicts (see syncd.labels.sidecar); ``class_map`` is the class map that applies to the
-    mask, if any.
+    mask, if any. ``width`` and ``height`` are the image's as displayed, and labels and mask
+    are in that orientation: ``orientation`` is a JPEG's EXIF orientation (1-8), which turns
+    the stored pixels for display (5-8 swap width and height); the image bytes are unchanged.
     """
 
     key: str
@@ -91,6 +106,7 @@ class Upload:
     mask: bytes | None = None
     class_map: dict[str, Any] | None = None
     previous: Receipt | None = None
+    orientation: int = 1
 
     @property
     def image_suffix(self) -> str:
@@ -139,8 +155,11 @@ def read_secret(env_name: str, *, target: str, env: Mapping[str, str] | None = N
 
     Falls back to a systemd credential file ``$CREDENTIALS_DIRECTORY/<env_name>``
     (``LoadCredential=`` in the unit). Raises FatalTargetError naming the variable, never
-    the value, when neither exists.
+    the value, when neither exists, when the credential file cannot be read, or when
+    ``env_name`` is not an environment variable name (it would be a path).
     """
+    if not ENV_NAME.fullmatch(env_name):
+        raise FatalTargetError(f"target {target!r}: api_key_env {env_name!r} is not an environment variable name")
     env = os.environ if env is None else env
     value = env.get(env_name, "").strip()
     if value:
@@ -149,7 +168,12 @@ def read_secret(env_name: str, *, target: str, env: Mapping[str, str] | None = N
     if cred_dir:
         path = Path(cred_dir) / env_name
         if path.is_file():
-            value = path.read_text(encoding="utf-8").strip()
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise FatalTargetError(f"target {target!r}: the credential file {path} cannot be read ({reason}): "
+                                       "fix its permissions or content") from None
             if value:
                 return value
     raise FatalTargetError(

@@ -130,6 +130,8 @@ class LocalTarget(Target):
             "source_path": str(upload.source_path),
             "delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if upload.orientation != 1:
+            record["exif_orientation"] = upload.orientation  # width, height and labels are as displayed
         # Compact: json's indenting encoder is pure Python (several times the C one's cost).
         encoded = json.dumps(record, sort_keys=True).encode()
         write_atomic(record_path, encoded, fsync=fsync, make_parents=False)

@@ -114,3 +114,43 @@ def test_commented_platform_examples_in_the_example_config_are_valid(tmp_path):
     assert platforms == {"nucleus", "edgeimpulse", "edgeimpulse-org", "dataloop", "redbrick"}
     for name, table in examples.items():
         target_class(table["platform"]).Settings(**table)
+
+
+NUCLEUS = GOOD.replace('targets = ["local"]', 'targets = ["local", "nucleus"]') + """
+[targets.nucleus]
+platform = "nucleus"
+dataset_id = "ds_1"
+"""
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/hostname", "KEY/x", "", "1KEY", "MY KEY", "KEY=x", "ключ"])
+def test_api_key_env_must_be_an_environment_variable_name(tmp_path, name):
+    """A path in api_key_env would read a file outside $CREDENTIALS_DIRECTORY (issue 10, item 3)."""
+    text = NUCLEUS + f'api_key_env = "{name}"\n'
+    with pytest.raises(ConfigError, match=r"c\.toml: targets\.nucleus\.api_key_env: .*environment variable name"):
+        load_config(write(tmp_path, text))
+
+
+def test_api_key_env_accepts_usual_names(tmp_path):
+    config = load_config(write(tmp_path, NUCLEUS + 'api_key_env = "_Scale_KEY_2"\n'))
+    assert config.target_settings["nucleus"].api_key_env == "_Scale_KEY_2"
+
+
+def test_read_secret_refuses_a_path_as_a_credential_name(tmp_path):
+    from syncd.errors import FatalTargetError
+    from syncd.targets.base import read_secret
+
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "secret").write_text("outside")
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+    with pytest.raises(FatalTargetError, match="not an environment variable name"):
+        read_secret("../secret", target="t", env=env)
+
+
+def test_an_unreadable_credential_file_is_a_clear_error(tmp_path):
+    from syncd.errors import FatalTargetError
+    from syncd.targets.base import read_secret
+
+    (tmp_path / "KEY").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(FatalTargetError, match=r"credential file .*KEY cannot be read"):
+        read_secret("KEY", target="t", env={"CREDENTIALS_DIRECTORY": str(tmp_path)})

@@ -74,6 +74,59 @@ def test_an_unknown_placeholder_is_a_configuration_error_naming_the_key(tmp_path
 
 
 def test_the_collision_check_sees_the_expanded_prefix(tmp_path):
-    with pytest.raises(ConfigError, match=r"folders\[0\] and folders\[1\] both feed target 'local'"):
+    with pytest.raises(ConfigError, match=r"folders\[0\] \(key_prefix .*\) and folders\[1\] .* both feed "
+                                          r"target 'local' with the same key_prefix"):
         load_config(write(tmp_path, "{hostname}/", f"{socket.gethostname()}/"))
 
+
+
+@pytest.mark.parametrize("spelt, normal", [
+    ("cam/", "cam"), ("./cam", "cam"), ("cam//x/", "cam/x"), ("a/./b", "a/b"), ("a\\b", "a/b"),
+    (".", ""), ("", ""), ("site-a/{hostname}/", f"site-a/{socket.gethostname()}"),
+])
+def test_key_prefix_is_normalised(tmp_path, spelt, normal):
+    """Spellings of one prefix give one prefix, so they give the same keys (issue 10, item 6)."""
+    config = load_config(write(tmp_path, spelt.replace("\\", "\\\\")))
+    assert config.folders[0].key_prefix == normal
+
+
+@pytest.mark.parametrize("spelt", ["/abs", "a/../b", "..", "\\\\server\\share", "a\tb"])
+def test_key_prefix_outside_the_keys_is_refused(tmp_path, spelt):
+    toml_value = spelt.replace("\\", "\\\\").replace("\t", "\\t")
+    with pytest.raises(ConfigError, match=r"folders\[0\]\.key_prefix: key_prefix .* (relative path|control)"):
+        load_config(write(tmp_path, toml_value))
+
+
+@pytest.mark.parametrize("first, second, why", [
+    ("cam", "cam/", "with the same key_prefix"),
+    ("a/./b", "a/b", "with the same key_prefix"),
+    ("a\\\\b", "a/b", "with the same key_prefix"),
+    ("", "sub", r"and a subdirectory sub/ of folders\[0\] would have the keys of folders\[1\]"),
+    ("site/cam", "site", r"and a subdirectory cam/ of folders\[1\] would have the keys of folders\[0\]"),
+])
+def test_prefixes_whose_keys_can_meet_on_one_target_are_refused(tmp_path, first, second, why):
+    path = write(tmp_path, first, second)
+    with pytest.raises(ConfigError, match=rf"folders\[1\]\.key_prefix: .*both feed target 'local' {why}"):
+        load_config(path)
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 2 and "both feed target 'local'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("first, second", [("a", "b"), ("site/cam1", "site/cam2"), ("dev01", "dev010")])
+def test_prefixes_apart_are_accepted(tmp_path, first, second):
+    config = load_config(write(tmp_path, first, second))
+    assert [f.key_prefix for f in config.folders] == [first, second]
+
+
+def test_the_issue_case_cam_and_cam_slash_no_longer_lose_an_item(tmp_path):
+    """Before: `once` reported 2 delivered and one image existed. Now the configuration is refused."""
+    from tests.daemon_harness import run_once
+    from tests.helpers import write_item
+
+    path = write(tmp_path, "cam", "cam/")
+    for folder in ("in0", "in1"):
+        write_item(tmp_path / folder, "x", seed=len(folder))
+    result = run_once(path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "key_prefix 'cam'" in result.stderr and not (tmp_path / "out").exists()

