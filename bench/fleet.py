@@ -15,8 +15,9 @@ doubling up to 600 s, with jitter).
 Reported: deliveries/s over the fleet's wall time (first start to last exit), requests
 served per second over the emulator's window (first to last request) and as a share of the
 limit, refused requests against served ones, whether every device delivered everything
-(its exit code, its own count, and the items the dataset holds under its prefix), and the
-slowest device's wall time against the median device's.
+(its exit code, its own count, and the items the dataset holds under its prefix), the
+slowest device's wall time against the median device's, and the requests served and
+refused per 10 s since the fleet started (the emulator's counts, read once a second).
 
 Goals (issue 9): everything delivered, served >= 80 % of the limit, refusals <= 0.5x served,
 slowest device <= 2x the median.
@@ -87,6 +88,21 @@ def remote_prefix(platform: str, device: str) -> str:
     return device + ("/" if platform == "nucleus" else "__")
 
 
+def per_interval(timeline: list[tuple[float, int, int]], step: float) -> list[tuple[float, float]]:
+    """Requests served and refused per second in each ``step`` seconds, from cumulative
+    counts sampled about once a second."""
+    series: list[tuple[float, float]] = []
+    if not timeline:
+        return series
+    edge, last = step, (0.0, 0, 0)
+    for sample in timeline:
+        if sample[0] >= edge:
+            span = sample[0] - last[0]
+            series.append((round((sample[1] - last[1]) / span, 1), round((sample[2] - last[2]) / span, 1)))
+            last, edge = sample, edge + step
+    return series
+
+
 def run(args: argparse.Namespace) -> Report:
     workdir = BENCH_ROOT / "fleet"
     size = tuple(int(v) for v in args.size.split("x"))
@@ -115,7 +131,12 @@ def run(args: argparse.Namespace) -> Report:
             log.close()
         deadline = time.perf_counter() + args.max_wait + 180
         waiting = list(devices)
+        timeline: list[tuple[float, int, int]] = []  # (s since start, served, refused) once a second
         while waiting:
+            elapsed = time.perf_counter() - fleet_start
+            if not timeline or elapsed - timeline[-1][0] >= 1.0:
+                counts = emulator.call("stats")
+                timeline.append((elapsed, counts["served"], counts["refused"]))
             for device in list(waiting):
                 code = device.proc.poll()
                 if code is None and time.perf_counter() > deadline:
@@ -172,6 +193,10 @@ def run(args: argparse.Namespace) -> Report:
         faults=stats["faults"], devices_detail=[
             {"device": d.name, "exit": d.code, "wall": round(d.wall, 2), "delivered": d.delivered,
              "failed": d.failed, "not_delivered": d.pending, "held": d.held} for d in devices])
+    series = per_interval(timeline, 10.0)
+    report.facts["served_refused_per_10s"] = series
+    report.notes.append("served/s (refused/s) per 10 s since the fleet started: "
+                        + ", ".join(f"{a:.0f} ({b:.0f})" for a, b in series))
     report.notes.append(
         f"{args.devices} syncd processes x {args.items} frames ({args.size} JPEG + sidecar), {args.platform} emulator: "
         f"{args.rate_limit} req/s, {args.fault_rate:.0%} faults ({args.fault_kinds})"

@@ -245,7 +245,7 @@ class Daemon:
         """When the next pass is due if nothing wakes the coordinator before."""
         times = [self.settler.next_rescan]
         for deadline in (self.settler.next_deadline(), self.dispatcher.next_deadline(now),
-                         self.health.next_deadline()):
+                         self.health.next_deadline(now)):
             if deadline is not None:
                 times.append(deadline)
         if self.metrics.enabled:
@@ -260,9 +260,10 @@ class Daemon:
     def metrics_text(self, now: float) -> str:
         assert self.store is not None
         in_flight = Counter(target for _, target in self.in_flight)
+        throttles = Counter({name: c.throttles for name in self.targets if (c := limits.controller(name))})
         return metrics.render(self.store, targets=list(self.targets), paused=set(self.paused),
-                              in_flight=in_flight, attempts=self.attempts, now=now, sent=limits.sent_bytes(),
-                              filesystems=self.metrics.filesystems)
+                              in_flight=in_flight, attempts=self.attempts, now=now, throttles=throttles,
+                              sent=limits.sent_bytes(), filesystems=self.metrics.filesystems)
 
     def pending_total(self) -> int:
         """Deliveries pending or in flight plus items settling (the systemd STATUS line)."""

@@ -5,18 +5,22 @@
   stalls the coordinator; its result comes back through the coordinator's inbox.
 - **Pause**: a ``FatalTargetError`` (from a check or an attempt) pauses the target
   (journaled, shown by ``status``); its deliveries stay due and go on when a check passes.
-- **Rate** (the seam for the adaptive controller of syncd.limits): one ``RateGate`` per
-  target answers "how many batches may be out now" (``slots``) and hears about throttled
-  answers (429, 503 with Retry-After: ``throttled``) and served ones (``served``). The
-  gate here holds the whole target until the server's Retry-After (never sooner) — the item
-  itself is not backed off — and otherwise allows twice ``workers`` batches out, so a
-  worker that finishes finds its next batch queued. ``describe()`` is what status and
-  metrics show (the journal's ``targets.rate``/``rate_reason``).
+- **Rate**: every request of a target is paced and held at the transport by its
+  ``rate.RateController`` (``syncd.limits``: unlimited until the platform throttles, then
+  adapted; a 429 or 503 with Retry-After holds every worker of the target). One ``RateGate``
+  per target is the dispatcher's view of it: how many batches may be out now (``slots``:
+  none while the target is held, about one second's worth of requests while it is paced,
+  else twice ``workers`` so a worker that finishes finds its next batch queued), when a held
+  target may send again (``ready_at``), and ``describe()``, what status and metrics show
+  (the journal's ``targets.rate``/``rate_reason``). A throttled answer reported by the
+  engine (``throttled``) also holds the target on the coordinator's clock until its
+  Retry-After (for one the transport did not see); the item itself is not backed off.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from syncd import limits
 from syncd.errors import SyncdError, TransientError
 from syncd.journal.store import Store
+from syncd.rate import RateController
 from syncd.targets import Target
 
 log = logging.getLogger("syncd.health")
@@ -51,35 +56,58 @@ class RateGate:
         self.rate_limit = rate_limit
         self.hold_until = 0.0
         self.throttles = 0  # throttled answers in a row
-        self.reason = f"configured limit {rate_limit:g}/s" if rate_limit else "unlimited"
+
+    @property
+    def controller(self) -> RateController | None:
+        """The target's transport rate controller (None until ``limits.configure``)."""
+        return limits.controller(self.name)
 
     def slots(self, now: float) -> int:
         """Batches that may be out at the same time now (0 while the target is held)."""
         if self.hold_until and not 0 < self.hold_until - now <= MAX_HOLD:
             self.hold_until = 0.0  # over (or set under a clock since set back)
-        return 0 if self.hold_until else self.max_slots
+        controller = self.controller
+        if self.hold_until or (controller is not None and controller.hold_remaining() > 0):
+            return 0
+        rate = controller.rate if controller is not None else None
+        if rate is None:
+            return self.max_slots
+        # Paced: about one second's worth of requests out; the rest stays due in the journal
+        # (and fills fuller batches) instead of waiting for a token in a worker.
+        return max(1, min(self.max_slots, 1 + math.ceil(rate)))
 
     def throttled(self, now: float, retry_after: float | None) -> None:
-        """The platform refused a request as overloaded: hold the whole target."""
+        """The engine got a throttled answer: hold the whole target on the coordinator's clock
+        (the transport controller has already slowed and held it, if it saw the answer)."""
         self.throttles += 1
         hold = retry_after if retry_after is not None else min(MAX_HOLD, FIRST_HOLD * 2 ** (self.throttles - 1))
         self.hold_until = max(self.hold_until, now + min(hold, MAX_HOLD))
-        until = time.strftime("%H:%M:%S", time.localtime(self.hold_until))
-        self.reason = f"held until {until} after a throttled request"
 
     def served(self, now: float) -> None:
         """A request was answered (not throttled)."""
         if self.throttles and now >= self.hold_until:
             self.throttles = 0
-            self.reason = f"configured limit {self.rate_limit:g}/s" if self.rate_limit else "unlimited"
 
-    def ready_at(self) -> float | None:
+    def ready_at(self, now: float) -> float | None:
         """When a held target may send again (None: not held)."""
-        return self.hold_until or None
+        controller = self.controller
+        remaining = controller.hold_remaining() if controller is not None else 0.0
+        times = [at for at in (self.hold_until, now + remaining if remaining > 0 else 0.0) if at]
+        return max(times) if times else None
 
     def describe(self) -> tuple[float | None, str]:
-        """``(requests per second or None for unlimited, why)``, for status and metrics."""
-        return (self.rate_limit or None), self.reason
+        """``(requests per second or None for unlimited, why)``, for status and metrics. The
+        rate is rounded to two significant digits: the journal is written when it changes."""
+        controller = self.controller
+        if self.hold_until:
+            until = time.strftime("%H:%M:%SZ", time.gmtime(self.hold_until))
+            return (controller.rate if controller else None), f"held until {until} after a throttled request"
+        if controller is None:
+            return (self.rate_limit or None), (f"configured limit {self.rate_limit:g}/s" if self.rate_limit
+                                               else "unlimited")
+        state = controller.state()
+        rate = None if state.rate is None else float(f"{state.rate:.2g}")
+        return rate, state.reason
 
 
 class Health:
@@ -160,10 +188,10 @@ class Health:
                 self.store.set_rate(name, *described)
                 self._described[name] = described
 
-    def next_deadline(self) -> float | None:
+    def next_deadline(self, now: float) -> float | None:
         """The earliest re-check or end of a hold (None: nothing to wait for)."""
         times = [at for name, at in self.paused.items() if name not in self.checking]
-        times += [at for gate in self.gates.values() if (at := gate.ready_at()) is not None]
+        times += [at for gate in self.gates.values() if (at := gate.ready_at(now)) is not None]
         return min(times) if times else None
 
     # -- a failed pass --------------------------------------------------------------------------

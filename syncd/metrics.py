@@ -31,7 +31,8 @@ def _escape(value: str) -> str:
 
 
 def render(store: JournalReader, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter,
-           now: float, sent: dict[str, int] | None = None, filesystems: list[tuple[str, Path]] = ()) -> str:
+           now: float, throttles: Counter | None = None, sent: dict[str, int] | None = None,
+           filesystems: list[tuple[str, Path]] = ()) -> str:
     """The metrics text for the journal ``store`` plus the coordinator's in-memory counters,
     the bytes sent per target (``syncd.limits.sent_bytes``) and the free space of
     ``filesystems`` (``(role, path)``: the state directory, the watched folders)."""
@@ -66,6 +67,18 @@ def render(store: JournalReader, *, targets: list[str], paused: set[str], in_fli
     lines += [f"syncd_target_last_success_timestamp_seconds{_labels(target=t)} {success.get(t) or 0}" for t in targets]
     lines += ["# HELP syncd_in_flight Deliveries currently on the wire.", "# TYPE syncd_in_flight gauge"]
     lines += [f"syncd_in_flight{_labels(target=t)} {in_flight.get(t, 0)}" for t in targets]
+    rates = store.target_rates()
+    lines += ["# HELP syncd_target_rate Requests per second the target is held to now (+Inf: unlimited); "
+              "syncd status says why.",
+              "# TYPE syncd_target_rate gauge"]
+    for target in targets:
+        rate = rates.get(target, (None, None))[0]
+        lines.append(f"syncd_target_rate{_labels(target=target)} {'+Inf' if rate is None else rate}")
+    lines += ["# HELP syncd_target_throttled_total Requests the platform refused as over its rate limit (429, "
+              "503 with Retry-After) since start.",
+              "# TYPE syncd_target_throttled_total counter"]
+    lines += [f"syncd_target_throttled_total{_labels(target=t)} {(throttles or Counter()).get(t, 0)}"
+              for t in targets]
     settling = store.settling_count()
     lines += ["# HELP syncd_items_settling Items waiting for their files to be complete.",
               "# TYPE syncd_items_settling gauge", f"syncd_items_settling {settling}"]

@@ -60,8 +60,10 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                 }
             )
         targets = []
+        rates = journal.target_rates()
         for name, settings in config.target_settings.items():
             paused, last_success, last_error, last_error_at = journal.target_health(name)
+            rate, rate_reason = rates.get(name, (None, None))
             targets.append(
                 {
                     "target": name,
@@ -70,6 +72,8 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                     "last_success": _iso(last_success),
                     "last_error": last_error,
                     "last_error_at": _iso(last_error_at),
+                    "rate": rate,  # requests/s the daemon last held it to; None: unlimited
+                    "rate_reason": rate_reason,  # why; None until a daemon recorded it
                 }
             )
         return {"generated_at": _iso(now), "folders": folders, "targets": targets}
@@ -110,5 +114,18 @@ def render(status: dict[str, Any]) -> str:
     for t in status["targets"]:
         state = f"PAUSED: {t['paused']}" if t["paused"] else "ok"
         lines.append(f"target {t['target']} ({t['platform']}): {state}; last success {t['last_success'] or 'never'}"
-                     + (f"; last error {t['last_error_at']}: {t['last_error']}" if t["last_error"] else ""))
+                     + (f"; last error {t['last_error_at']}: {t['last_error']}" if t["last_error"] else "")
+                     + _rate_text(t))
     return "\n".join(lines)
+
+
+def _rate_text(target: dict[str, Any]) -> str:
+    """``; rate 1.3/s (slowed by 429 at 12:03:04Z to 0.93/s)``, ``; rate unlimited``, or nothing
+    when no daemon recorded it yet."""
+    reason = target.get("rate_reason")
+    if not reason:
+        return ""
+    rate = target.get("rate")
+    if rate is None or reason.startswith("configured limit"):
+        return f"; rate {reason}"
+    return f"; rate {rate:g}/s ({reason})"

@@ -68,7 +68,7 @@ def test_throughput_smoke(tmp_path):
     for (platform, kind), row in rows.items():
         rate, requests_per_item = row[2], row[6]
         assert rate > 0, row
-        assert requests_per_item >= 1, row
+        assert requests_per_item > 0, row  # under 1 when items go in batches (Nucleus: up to 10 per append)
         uploader_ms, emulator_ms = (float(v) for v in row[7].split(","))
         assert uploader_ms > 0 and emulator_ms >= 0, row
     assert rows[("nucleus", "hand")][6] == 1  # one synchronous append per item, no job

@@ -66,12 +66,17 @@ async function getJSON(url) {
   if (!reply.ok) throw new Error(body.error || reply.statusText);
   return body;
 }
+function rateText(t) {  // as syncd status words it: "unlimited", "configured limit 5/s", "1.3/s (why)"
+  if (!t.rate_reason) return null;
+  if (t.rate == null || t.rate_reason.startsWith("configured limit")) return t.rate_reason;
+  return (+t.rate.toPrecision(6)) + "/s (" + t.rate_reason + ")";
+}
 function renderTargets(status) {
   const rows = status.targets.map((t) => {
     const state = t.paused ? "paused: " + t.paused : "ok";
     const row = el("tr", {"data-target": t.target, class: t.paused ? "paused" : ""},
       cell(t.target), cell(t.platform), cell(state, "state"),
-      cell(t.rate == null ? null : t.rate + "/s" + (t.rate_reason ? " (" + t.rate_reason + ")" : ""), "rate"),
+      cell(rateText(t), "rate"),
       cell(when(t.last_success)), cell(t.last_error ? when(t.last_error_at) + ": " + t.last_error : null));
     return row;
   });

@@ -6,7 +6,9 @@ own calls); a target owns one client and hands it to its helpers. Every request 
 through ``send``, so that:
 - a timeout is always set;
 - connection errors and timeouts become ``TransientError`` (outcome unknown);
-- 408/425/429/5xx become ``TransientError`` with the ``Retry-After`` hint;
+- 408/425/429/5xx become ``TransientError`` with the ``Retry-After`` hint; a throttle (429,
+  or 503 with ``Retry-After``) is marked ``throttled`` (the target slows, not the item: the
+  transport's ``rate.RateController`` has already held the whole target);
 - 401/403 become ``FatalTargetError`` (the target pauses);
 - other 4xx become ``PermanentError`` (the item fails);
 - secrets never reach a message: the caller's secrets are masked in the response text.
@@ -14,10 +16,8 @@ through ``send``, so that:
 
 from __future__ import annotations
 
-import email.utils
 import os
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ import requests
 from syncd import __version__
 from syncd.errors import FatalTargetError, PermanentError, TransientError
 from syncd.limits import LimitedAdapter
+from syncd.rate import is_throttle, parse_retry_after
 from syncd.targets.base import read_secret
 
 TRANSIENT_STATUS = frozenset({408, 425, 429})
@@ -72,22 +73,6 @@ class SessionPool:
         self._local = threading.local()
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
-
-
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret (and its base64-looking uses) replaced by ``***``."""
     for secret in secrets:
@@ -113,10 +98,23 @@ def raise_for_status(response: requests.Response, *, context: str, secrets: Iter
         return
     message = f"{context}: {describe(response, secrets)}"
     if status in TRANSIENT_STATUS or status >= 500:
-        raise TransientError(message, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        raise transient_error(message, response)
     if status in (401, 403):
         raise FatalTargetError(f"{message} — check the API key and its permissions")
     raise PermanentError(message)
+
+
+def transient_error(message: str, response: requests.Response) -> TransientError:
+    """The ``TransientError`` for a retryable status, with the server's ``Retry-After``.
+
+    A throttle (429, or 503 with ``Retry-After``) is ``throttled``; a 429 is also known not to
+    have been processed (``outcome_unknown`` False: the platform refused it before doing
+    anything, so create-only targets need no lookup before sending again).
+    """
+    status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    throttled = is_throttle(status, retry_after)
+    return TransientError(message, retry_after=retry_after, throttled=throttled, outcome_unknown=status != 429)
 
 
 def send(

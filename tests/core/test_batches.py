@@ -4,6 +4,7 @@ a lost reply for a whole batch recovered item by item, send-alone, throttling.""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from syncd.errors import PermanentError, SendAlone, TransientError
@@ -25,13 +26,18 @@ def write_items(inbox, count: int, prefix: str = "f") -> list[str]:
 
 def test_due_items_go_in_batches_of_at_most_max_batch(make_daemon, inbox):
     target = ScriptedTarget("fake", max_batch=10, workers=1)
-    keys = write_items(inbox, 25)
+    target.gate = threading.Event()  # the first batches wait on the platform while the rest settles
+    # The two slots of one worker take at most 20 items before the gate opens: of 35, at least
+    # 15 are due at once afterwards, and full batches go first.
+    keys = write_items(inbox, 35)
     daemon = make_daemon({"fake": target})
+    drive(daemon, until=lambda: not daemon.settling and target.entered.is_set())
+    target.gate.set()
     drive(daemon)
     assert sorted(key for key, _, _ in target.sent) == keys  # each once
     assert all(1 <= len(batch) <= 10 for batch in target.batches)
     assert max(len(batch) for batch in target.batches) == 10  # two slots of one worker: full batches
-    assert sum(len(batch) for batch in target.batches) == 25
+    assert sum(len(batch) for batch in target.batches) == 35
     assert {r["state"] for r in rows(daemon).values()} == {"acked"}
 
 

@@ -24,8 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.parser import BytesParser
-from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -65,34 +63,75 @@ class Request:
 
     def parts(self) -> list[Part]:
         """The parts of a multipart/form-data body (raises ValueError when it is not one)."""
-        content_type = self.header("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
-            raise ValueError(f"expected multipart/form-data, got {content_type!r}")
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + self.body
-        )
-        parts = []
-        for part in message.iter_parts():
-            disposition = part.get("Content-Disposition", "")
-            name = part.get_param("name", header="content-disposition")
-            filename = part.get_param("filename", header="content-disposition")
-            if name is None:
-                raise ValueError(f"multipart part without a name: {disposition!r}")
-            data = part.get_payload(decode=True) or b""
-            if part.get_content_maintype() == "multipart" and data.endswith(b"\r\n"):
-                # A part declaring a multipart type without a boundary (the Edge Impulse SDK
-                # labels file parts "multipart/form-data") is kept raw by the email parser,
-                # including the CRLF that belongs to the next delimiter.
-                data = data[:-2]
-            parts.append(
-                Part(
-                    name=str(name),
-                    filename=None if filename is None else unquote(str(filename)),
-                    content_type=part.get("Content-Type"),
-                    data=data,
-                )
-            )
-        return parts
+        return parse_multipart(self.header("content-type", ""), self.body)
+
+
+_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+def _header_params(value: str) -> dict[str, str]:
+    """The ``; name=value`` parameters of a header value (quotes and escapes removed; an
+    RFC 5987 ``name*=charset\'\'pct-encoded`` value is decoded and stored under ``name``)."""
+    params: dict[str, str] = {}
+    for name, raw in _PARAM.findall(value):
+        raw = raw.strip()
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        name = name.lower()
+        if name.endswith("*"):
+            charset, _, encoded = raw.partition("\'")
+            raw = unquote(encoded.partition("\'")[2], encoding=charset or "utf-8")
+            name = name[:-1]
+        elif name in params:
+            continue  # an extended (*) value wins
+        params[name] = raw
+    return params
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[Part]:
+    """The parts of a multipart/form-data ``body`` (ValueError when it is not a complete one).
+
+    Split on the boundary as bytes: the part bodies are never copied line by line, and
+    what a part's own Content-Type says (image/jpeg, or the Edge Impulse SDK's odd
+    multipart/form-data) makes no difference to the cost, so an emulator costs the same
+    for every client. A body without its closing delimiter (cut short) is refused.
+    """
+    if not content_type.startswith("multipart/form-data"):
+        raise ValueError(f"expected multipart/form-data, got {content_type!r}")
+    boundary = _header_params(content_type).get("boundary")
+    if not boundary:
+        raise ValueError("multipart/form-data without a boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    first = body.find(delimiter)
+    if first < 0 or (first > 0 and body[first - 2:first] != b"\r\n"):
+        raise ValueError("multipart body without its first delimiter")
+    segments = body[first + len(delimiter):].split(b"\r\n" + delimiter)
+    parts: list[Part] = []
+    for index, segment in enumerate(segments):
+        if segment.startswith(b"--"):
+            break  # the closing delimiter
+        if index == len(segments) - 1:
+            raise ValueError("multipart body without its closing delimiter (cut short?)")
+        line_end = segment.find(b"\r\n")
+        end = segment.find(b"\r\n\r\n", line_end)
+        if line_end < 0 or end < 0 or segment[:line_end].strip(b" \t"):
+            raise ValueError("malformed multipart part")
+        headers: dict[str, str] = {}
+        for line in segment[line_end + 2:end].split(b"\r\n"):
+            name, colon, value = line.decode("utf-8", "surrogateescape").partition(":")
+            if not colon:
+                raise ValueError(f"malformed multipart header {line[:80]!r}")
+            headers[name.strip().lower()] = value.strip()
+        disposition = headers.get("content-disposition", "")
+        params = _header_params(disposition)
+        if "name" not in params:
+            raise ValueError(f"multipart part without a name: {disposition!r}")
+        filename = params.get("filename")
+        parts.append(Part(name=params["name"], filename=None if filename is None else unquote(filename),
+                          content_type=headers.get("content-type"), data=segment[end + 4:]))
+    else:
+        raise ValueError("multipart body without its closing delimiter (cut short?)")
+    return parts
 
 
 @dataclass

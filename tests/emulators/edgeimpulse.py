@@ -22,12 +22,19 @@ Behaviour the targets and the SDKs rely on:
 - Studio errors: request validation fails with 400; a missing sample, project, dataset or
   data item answers ``{"success": false, "error": ...}`` with HTTP ``self.error_status``
   (200 by default, as the real Studio often does; set 404 to test the other shape).
+- ``ingest_seconds``: each ingestion request takes this long (after its checks, before
+  its answer); ``ingest_peak`` is the most ingestion requests seen at once.
+- ``hash_envelope``: a sample's ``sha256Hash`` is not the SHA-256 of the file as sent (as
+  the generated client's "including CBOR envelope if applicable" allows); by default it is.
 - ``metadata_merge``: the set-metadata route merges instead of replacing (the documented
   "adds or updates" could mean either; the targets must survive both).
 - ``record``: every request is kept in ``self.journal`` (method, path, query, x-* headers,
   JSON body or multipart parts).
 - ``reply_next(path_regex, status, body)``: answer the next matching request with a canned
   reply instead (after auth, before touching state): for reply shapes no state produces.
+- ``hide_routes(path_regex)``: until ``hide_routes()`` (none), requests whose path matches get
+  the web framework's own 404 (``text/html``, ``Cannot POST /path``, before any auth), as a
+  wrong URL, a deleted project or a service being redeployed would answer.
 """
 
 from __future__ import annotations
@@ -76,6 +83,10 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         super().__init__(seed=seed)
         self.error_status = error_status
         self.metadata_merge = metadata_merge
+        self.hash_envelope = False
+        self.ingest_seconds = 0.0
+        self.ingest_peak = 0
+        self._ingesting = 0
         self.record = False
         self.journal: list[dict] = []
         self._ids = itertools.count(1)
@@ -86,6 +97,7 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         self.samples: dict[int, dict] = {}
         self.sample_data: dict[int, bytes] = {}
         self.canned: list[tuple[re.Pattern, Response]] = []
+        self.hidden: re.Pattern | None = None
         self.init_org_state()
 
     # -- test-side helpers -------------------------------------------------------------------
@@ -122,6 +134,11 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         with self.lock:
             self.canned.append((re.compile(path_regex), Response(status=status, body=body)))
 
+    def hide_routes(self, path_regex: str | None = None) -> None:
+        """Answer requests whose path matches ``path_regex`` with a bare 404 (None: none)."""
+        with self.lock:
+            self.hidden = re.compile(path_regex) if path_regex else None
+
     def recorded(self, method: str, path_regex: str) -> list[dict]:
         with self.lock:
             return [e for e in self.journal if e["method"] == method and re.search(path_regex, e["path"])]
@@ -130,6 +147,9 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
     def authorize(self, request: Request) -> Response | None:
         if self.record:
             self._journal(request)
+        if self.hidden is not None and self.hidden.search(request.path):
+            return Response(status=404, body=f"<pre>Cannot {request.method} {request.path}</pre>",
+                            headers={"Content-Type": "text/html; charset=utf-8"})
         key = request.header("x-api-key")
         if not key:
             return json_response({"success": False, "error": "Missing x-api-key header (or JWT token)"}, 401)
@@ -203,6 +223,13 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
         except ValueError as exc:
             return fail(f"Invalid bounding boxes: {exc}", 400)
         project = self._project(request)
+        if self.ingest_seconds:
+            with self.lock:
+                self._ingesting += 1
+                self.ingest_peak = max(self.ingest_peak, self._ingesting)
+            time.sleep(self.ingest_seconds)
+            with self.lock:
+                self._ingesting -= 1
         results = []
         with self.lock:
             for part in files:
@@ -221,7 +248,7 @@ class EdgeImpulseEmulator(BoxRoutes, OrgDataRoutes, Emulator):
                 return {"success": False, "error": f"Failed to process {filename}: not a valid image"}
         elif ext not in OTHER_TYPES:
             return {"success": False, "error": f"Failed to process {filename}: unsupported file type '{ext}'"}
-        digest = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256((b"envelope:" if self.hash_envelope else b"") + data).hexdigest()
         if no_duplicates:
             for other in self.samples.values():
                 if other["projectId"] == project["id"] and other["sha256Hash"] == digest:

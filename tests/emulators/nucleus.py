@@ -14,7 +14,14 @@ Served:
   ``{"items": [...], "update"}`` (≤ 0.18) answering counts. Without ``async=1`` a
   multipart append is synchronous too. A malformed request is 400 with an error body.
 - ``GET job/{id}``, ``job/{id}/errors``, ``job/{id}/info`` (jobs progress over polls, or
-  with ``job_seconds`` stay Running that long, as real jobs take seconds).
+  with ``job_seconds`` stay Running that long, as real jobs take seconds; each job of a
+  batch append for its own ``job_seconds`` from its creation). One append is one job
+  however many items it carries; a refused item fails alone: the job still ends
+  ``Completed``, the others are written, and ``errors`` lists one JSON-encoded record per
+  refused item in the shape the SDK documents (``{"item": {"referenceId", "imageUrl",
+  ...}, "error"}``, camelCase as in ``AsyncJob.errors``); ``fail_next_job(..., rows=)``
+  adds rows that name no item. ``POST jobs/`` lists jobs (``dataset_id``, ``job_types``,
+  ``show_completed``, ``limit``).
 - ``GET|DELETE dataset/{id}/refloc/{ref}``, ``GET dataset/{id}/datasetItems`` (items carry
   ``ref_id``, the backend quirk the SDK handles), ``POST dataset/{id}/itemsPage``,
   ``POST dataset/{id}/metadata?async=0|1`` (merge), and ``GET /images/{item id}``.
@@ -37,6 +44,7 @@ import json
 
 from tests.emulators.base import Emulator, Request, Response, json_response, route
 from tests.emulators.nucleus_annotations import AnnotationRoutes, AnnotationStore
+from tests.emulators.nucleus_jobs import JobRoutes
 from tests.emulators.nucleus_state import (
     REMOTE_SCHEMES,
     BadRequest,
@@ -59,7 +67,7 @@ def error(status: int, message: str) -> Response:
     return json_response({"error": message, "status_code": status}, status)
 
 
-class NucleusEmulator(AnnotationRoutes, Emulator):
+class NucleusEmulator(JobRoutes, AnnotationRoutes, Emulator):
     name = "nucleus"
 
     def __init__(self, *, seed: int = 1234, api_key: str = DEFAULT_KEY, job_script=("Queued", "Running"),
@@ -128,10 +136,13 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
         with self.lock:
             self.state.run_all()
 
-    def fail_next_job(self, status: str, message: str = "scripted failure", *, apply: bool = False) -> None:
-        """The next job created ends with ``status`` (rows applied only with ``apply``)."""
+    def fail_next_job(self, status: str, message: str = "scripted failure", *, apply: bool = False,
+                      rows: list[str] = ()) -> None:
+        """The next job created ends with ``status`` (its items applied only with ``apply``,
+        each refused item then gets its error row), its errors listing ``rows`` too (rows
+        naming no item, e.g. ``"Internal error"``)."""
         with self.lock:
-            self.state.forced.append((status, message, apply))
+            self.state.forced.append((status, message, apply, list(rows)))
 
     def revoke(self, key: str) -> None:
         with self.lock:
@@ -253,17 +264,17 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
             if len(set(refs)) != len(refs):
                 raise BadRequest("duplicate reference_id in one request")
             if self.record:
+                sent = [{"payload": r.payload, "image": r.image, "update": r.update} for r in rows]
                 self.journal.append({"dataset_id": dataset_id, "query": request.query, "content_type": content_type,
-                                     "rows": [{"payload": r.payload, "image": r.image, "update": r.update}
-                                              for r in rows],
-                                     "parts": getattr(request, "_parts_seen", None), "body": request.body})
+                                     "rows": sent, "parts": getattr(request, "_parts_seen", None),
+                                     "body": request.body})
             if is_async:
                 return json_response(self.state.new_job(dataset_id, rows).info_json())
             counts, errors = self.state.run_rows(dataset_id, rows)
             reply = {"dataset_id": dataset_id, "new_items": counts["new"], "updated_items": counts["updated"],
                      "ignored_items": counts["ignored"], "upload_errors": counts["errors"]}
-            if errors:
-                reply["error_payload"] = [json.loads(e) for e in errors]
+            if errors:  # the legacy reply lists the refused items' payloads (the SDK reads them as items)
+                reply["error_payload"] = [dict(payload, error=error) for payload, error in errors]
             return json_response(reply)
         return self._call(handle, request)
 
@@ -306,25 +317,6 @@ class NucleusEmulator(AnnotationRoutes, Emulator):
             if not str(payload["image_url"]).startswith(REMOTE_SCHEMES):
                 raise BadRequest(f"image_url {payload['image_url']!r} is not a remote URL")
         return [new_row(p, None, update_flag(body)) for p in payloads]
-
-    # -- jobs ---------------------------------------------------------------------------------
-    def _job(self, request: Request) -> Job:
-        job = self.state.jobs.get(request.params["job"])
-        if job is None:
-            raise LookupError(f"Job {request.params['job']} not found")
-        return job
-
-    @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)")
-    def job_status(self, request: Request) -> Response:
-        return self._call(lambda r: json_response(self.state.poll(self._job(r)).status_json()), request)
-
-    @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)/errors")
-    def job_errors(self, request: Request) -> Response:
-        return self._call(lambda r: json_response(list(self._job(r).errors)), request)
-
-    @route("GET", r"/v1/nucleus/job/(?P<job>[^/]+)/info")
-    def job_info(self, request: Request) -> Response:
-        return self._call(lambda r: json_response(self._job(r).info_json()), request)
 
     # -- items --------------------------------------------------------------------------------
     @route("GET", f"{API}/dataset/{DS}/refloc/(?P<ref>[^/]+)")

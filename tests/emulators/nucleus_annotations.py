@@ -320,7 +320,7 @@ class AnnotationRoutes:
                 raise BadRequest("keep_history must be a boolean")
             if self.record:
                 self.annotation_journal.append({"dataset_id": dataset_id, "delete": refs, "body": body})
-            job = self.state.new_job(dataset_id, [], "deleteAnnotations",
+            job = self.state.new_job(dataset_id, [], "annotationDeletion",
                                      action=lambda: self.gt.delete(dataset_id, list(refs)))
             return json_response(job.info_json())
         return self._call(handle, request)

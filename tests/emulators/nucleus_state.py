@@ -37,6 +37,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{next(_ids):06d}emu"
 
 
+CAMEL = {"reference_id": "referenceId", "image_url": "imageUrl", "embedding_info": "embeddingInfo"}
+
+
+def job_error_row(payload: dict, error: str) -> str:
+    """One row of ``GET job/{id}/errors`` for a refused item: a JSON-encoded record in the
+    shape the SDK documents for job errors (``AsyncJob.errors``: ``{"annotation": {...,
+    "referenceId": ..., "annotationId": ...}, "error": "..."}``, camelCase keys), with the
+    item under ``item`` (the item's record name is not documented: inferred)."""
+    record = {CAMEL.get(key, key): value for key, value in payload.items()}
+    return json.dumps({"item": record, "error": error}, separators=(",", ":"))
+
+
 class BadRequest(Exception):
     """A malformed request: answered 400 with the message."""
 
@@ -116,8 +128,10 @@ class Job:
     errors: list[str] = field(default_factory=list)
     message: Any = ""
     counts: dict[str, int] = field(default_factory=lambda: {"new": 0, "updated": 0, "ignored": 0, "errors": 0})
-    # A scripted end instead of running the rows: (status, message, apply rows?)
+    # A scripted end instead of running the rows: (status, message, apply rows?), and
+    # error rows it adds (which name no item).
     forced: tuple[str, str, bool] | None = None
+    forced_rows: list[str] = field(default_factory=list)
     # A job that is not an item upload (e.g. deleting annotations): run instead of the rows,
     # returns the job's error rows.
     action: Callable[[], list[str]] | None = None
@@ -150,7 +164,7 @@ class NucleusState:
         self.key_kinds: dict[str, dict[str, str]] = {}  # dataset id -> metadata key -> number|string
         self.jobs: dict[str, Job] = {}
         self.reject: dict[str, str] = {}  # reference_id -> row error message (test hook)
-        self.forced: list[tuple[str, str, bool]] = []  # scripted ends of the next jobs
+        self.forced: list[tuple[str, str, bool, list[str]]] = []  # scripted ends of the next jobs
         self.job_script: list[str] = ["Queued", "Running"]
         self.job_seconds: float | None = None  # a job's time Running (None: follow job_script)
         self.clock: Callable[[], float] = time.monotonic  # replaceable by tests
@@ -232,25 +246,34 @@ class NucleusState:
                 self.key_kinds[dataset_id].setdefault(key, value_kind(value))
         return ("updated" if existing else "new"), None
 
-    def run_rows(self, dataset_id: str, rows: list[Row]) -> tuple[dict[str, int], list[str]]:
+    def run_rows(self, dataset_id: str, rows: list[Row]) -> tuple[dict[str, int], list[tuple[dict, str]]]:
+        """Apply the rows of one append, each on its own (a refused row does not stop the
+        others); returns the counts and the refused rows' payloads with their errors."""
         counts = {"new": 0, "updated": 0, "ignored": 0, "errors": 0}
-        errors = []
+        refused = []
         for row in rows:
             kind, error = self.apply_row(dataset_id, row)
             if error:
                 counts["errors"] += 1
-                shown = {k: v for k, v in row.payload.items() if k != "update"}
-                errors.append(json.dumps({"item": shown, "error": error}))
+                refused.append(({k: v for k, v in row.payload.items() if k != "update"}, error))
             else:
                 counts[kind] += 1
-        return counts, errors
+        return counts, refused
 
     # -- jobs ---------------------------------------------------------------------------------
+    def unfinished(self, dataset_id: str | None, job_types: list[str] | None) -> list[Job]:
+        """Jobs not Completed (``POST jobs/`` with ``show_completed: false``), oldest first."""
+        return sorted((j for j in self.jobs.values() if j.status != "Completed"
+                       and (dataset_id is None or j.dataset_id == dataset_id)
+                       and (not job_types or j.job_type in job_types)), key=lambda j: j.seq)
+
     def new_job(self, dataset_id: str, rows: list[Row], job_type: str = "uploadDatasetItems", *,
                 action: Callable[[], list[str]] | None = None) -> Job:
         job = Job(job_id=new_id("job"), dataset_id=dataset_id, seq=next(self._seq), rows=rows, job_type=job_type,
                   action=action)
-        job.forced = self.forced.pop(0) if self.forced else None
+        if self.forced:
+            status, message, apply, rows = self.forced.pop(0)
+            job.forced, job.forced_rows = (status, message, apply), rows
         self.jobs[job.job_id] = job
         if self.job_seconds is not None and self.job_seconds > 0:
             job.status, job.due = "Running", self.clock() + self.job_seconds
@@ -308,14 +331,17 @@ class NucleusState:
             if apply and job.action is not None:
                 job.errors = job.action()
             elif apply:
-                job.counts, job.errors = self.run_rows(job.dataset_id, job.rows)
+                job.counts, refused = self.run_rows(job.dataset_id, job.rows)
+                job.errors = [job_error_row(payload, error) for payload, error in refused]
+            job.errors += job.forced_rows
             job.status, job.message = status, message
             return
         if job.action is not None:
             job.errors = job.action()
             job.status, job.message = "Completed", {"errors": len(job.errors)}
             return
-        job.counts, job.errors = self.run_rows(job.dataset_id, job.rows)
+        job.counts, refused = self.run_rows(job.dataset_id, job.rows)
+        job.errors = [job_error_row(payload, error) for payload, error in refused]
         job.status = "Completed"
         job.message = {"new_items": job.counts["new"], "updated_items": job.counts["updated"],
                        "ignored_items": job.counts["ignored"], "upload_errors": job.counts["errors"]}

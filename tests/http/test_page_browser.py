@@ -119,6 +119,9 @@ def test_the_page_shows_what_status_json_says_while_the_daemon_delivers(tmp_path
         assert paused and "Not a directory" in paused
         assert page.locator('#targets tr[data-target="blocked"] .state').inner_text() == f"paused: {paused}"
         assert page.locator('#targets tr[data-target="local"] .state').inner_text() == "ok"
+        local = next(t for t in status["targets"] if t["target"] == "local")
+        if local["rate_reason"]:  # the rate as syncd status words it ("unlimited" for a directory)
+            assert local["rate_reason"] in page.locator('#targets tr[data-target="local"] .rate').inner_text()
 
         # Backlog and throughput over time as SVG paths with points, drawn with a size.
         for figure in ("spark-backlog", "spark-throughput", "spark-bytes"):

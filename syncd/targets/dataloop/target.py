@@ -87,6 +87,11 @@ class DataloopTarget(Target):
     # lookup() is one exact query by path: after an unknown outcome it saves re-uploading
     # the binary. Re-sends are safe without it too (mode=skip + metadata PATCH).
     create_only = True
+    # One item per request: the upload route takes one ``file`` part with its own ``path``
+    # and ``metadata`` fields and answers with that one item (and its ``x-item-op``); the
+    # official SDK (dtlpy 1.126.5, uploader.py) sends one request per file, five at a time.
+    # The annotations and the metadata PATCH that follow are per item too. Nothing to share.
+    max_batch = 1
     label_types = payload.LABEL_TYPES
     single_classification = payload.SINGLE_CLASSIFICATION
 

@@ -38,8 +38,17 @@ from pydantic import Field
 
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
 from syncd.targets.base import Receipt, Target, Upload
-from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
-from syncd.targets.edgeimpulse.payload import IMAGE_KEY, choose, desired_metadata, sample_name
+from syncd.targets.edgeimpulse.client import (
+    EdgeImpulseClient,
+    EdgeImpulseSettingsBase,
+    RemoteNotFound,
+)
+from syncd.targets.edgeimpulse.payload import (
+    IMAGE_KEY,
+    choose,
+    desired_metadata,
+    sample_name,
+)
 
 PAGE = 100
 MAX_PAGES = 100
@@ -64,6 +73,8 @@ class EdgeImpulseOrgTarget(Target):
     platform = "edgeimpulse-org"
     Settings = EdgeImpulseOrgSettings
     create_only = True  # a re-send of data/add would create a second item: look it up first
+    # One item per request: data/add creates one data item (its files[] are that item's files).
+    max_batch = 1
     label_types = frozenset()  # data items hold files and metadata, no annotations
     single_classification = False
 
@@ -100,7 +111,7 @@ class EdgeImpulseOrgTarget(Target):
         """The key reads the organization dataset ``dataset``; FatalTargetError otherwise."""
         s = self.settings
         try:
-            self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"),
+            self.client.call("GET", self.org(f"/dataset/{quote(s.dataset, safe='')}"), item=True,
                              context=f"reading dataset {s.dataset!r}")
         except PermanentError as exc:
             raise FatalTargetError(
@@ -153,8 +164,8 @@ class EdgeImpulseOrgTarget(Target):
     def _update(self, data_id: int, upload: Upload, desired: dict[str, str]) -> Receipt:
         """Replace the item's metadata with ``desired``; verified by reading the item back."""
         context = f"updating data item {data_id} of {upload.key!r}"
-        self.client.call("POST", self.org(f"/data/{data_id}"), context=context, json={"metadata": desired})
-        body = self.client.call("GET", self.org(f"/data/{data_id}"), context=f"reading data item {data_id}")
+        self.client.call("POST", self.org(f"/data/{data_id}"), context=context, item=True, json={"metadata": desired})
+        body = self.client.call("GET", self.org(f"/data/{data_id}"), context=f"reading data item {data_id}", item=True)
         item = body.get("data") if isinstance(body.get("data"), dict) else {}
         if item.get("dataset") not in (None, self.settings.dataset):
             raise RemoteNotFound(f"{self.name}: data item {data_id} moved to dataset {item.get('dataset')!r}")
@@ -171,7 +182,7 @@ class EdgeImpulseOrgTarget(Target):
         """Delete superseded items; a failure is an unknown outcome (the lookup sorts it out)."""
         for data_id in sorted(set(ids)):
             try:
-                self.client.call("DELETE", self.org(f"/data/{data_id}"),
+                self.client.call("DELETE", self.org(f"/data/{data_id}"), item=True,
                           context=f"deleting the superseded data item {data_id} of {upload.key!r}")
             except RemoteNotFound:
                 pass

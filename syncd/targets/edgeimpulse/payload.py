@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import PermanentError
-from syncd.labels.masks import mask_of
-from syncd.labels.regions import region_boxes
 from syncd.labels.support import labels_of, unsupported_labels
 from syncd.targets.base import Upload
 
@@ -176,8 +174,13 @@ def to_edgeimpulse(upload, *, min_region_pixels: int = 1) -> EdgeImpulseLabels:
     boxes = [pixel_box(label["label"], label["x"], label["y"], label["width"], label["height"],
                        image_width=upload.width, image_height=upload.height)
              for label in labels if label["type"] == "box"]
-    mask = mask_of(upload)
-    if mask is not None:
+    mask = None
+    if upload.mask is not None:
+        # Only items with a mask need numpy (masks, regions): imported then, not at start-up.
+        from syncd.labels.masks import mask_of
+        from syncd.labels.regions import region_boxes
+
+        mask = mask_of(upload)
         boxes += [{"label": r.label, "x": r.x, "y": r.y, "width": r.width, "height": r.height}
                   for r in region_boxes(mask, min_pixels=min_region_pixels)]
     lost = unsupported_labels(labels, label_types=LABEL_TYPES, single_classification=SINGLE_CLASSIFICATION,

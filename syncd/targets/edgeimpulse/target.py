@@ -4,8 +4,9 @@ Wire protocol (docs/platforms/edgeimpulse.md): a new image is one multipart requ
 ingestion service ``POST {ingestion_url}/api/{category}/files`` (part ``data``; headers
 ``x-api-key``, ``x-label`` (percent-encoded) or ``x-no-label``, ``x-metadata``,
 ``x-bounding-boxes``, ``x-disallow-duplicates``, ``x-upload-source``); the reply lists one
-result per file and both the top-level and the per-file ``success`` are checked. Later
-changes use Studio (``{api_url}/api/{projectId}/raw-data/...``): ``.../{sampleId}/metadata``
+result per file and both the top-level and the per-file ``success`` are checked (the
+request is built in ``ingest``; new items with identical headers share one request, see
+``batch``). Later changes use Studio (``{api_url}/api/{projectId}/raw-data/...``): ``.../{sampleId}/metadata``
 with the complete map, ``.../{sampleId}/edit-label``, ``.../{sampleId}/bounding-boxes``
 (the complete list), ``DELETE .../{sampleId}``, and the list route for lookups by name.
 
@@ -37,33 +38,30 @@ Idempotency (see ``payload`` for names and markers):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 from typing import Any, Literal
-from urllib.parse import quote
 
 from pydantic import Field, field_validator
 
 from syncd.errors import FatalTargetError, PermanentError, SyncdError, TransientError
 from syncd.targets.base import Receipt, Target, Upload
-from syncd.targets.edgeimpulse import payload
-from syncd.targets.edgeimpulse.client import EdgeImpulseClient, EdgeImpulseSettingsBase, RemoteNotFound
+from syncd.targets.edgeimpulse import ingest, payload
+from syncd.targets.edgeimpulse.batch import SharedUploads
+from syncd.targets.edgeimpulse.client import (
+    EdgeImpulseClient,
+    EdgeImpulseSettingsBase,
+    RemoteNotFound,
+    result,
+)
+from syncd.targets.edgeimpulse.ingest import Form, Wanted
 from syncd.targets.edgeimpulse.payload import (
     IMAGE_KEY,
-    EdgeImpulseLabels,
     choose,
     desired_metadata,
     holds_image,
-    image_for_upload,
     sample_name,
     to_edgeimpulse,
 )
 
-UPLOAD_SOURCE = "SYNCD"
-# x-metadata travels in a header; beyond this size it is set through Studio after the upload
-# (servers commonly refuse headers over 8 KiB).
-METADATA_HEADER_LIMIT = 4096
-# Boxes beyond this go in a bounding_boxes.labels part (both headers together stay < 16 KiB).
-BOXES_HEADER_LIMIT = 4096
 BOX_FIELDS = ("label", "x", "y", "width", "height")
 PAGE = 100
 MAX_PAGES = 100
@@ -115,20 +113,7 @@ def same_boxes(remote: Any, wanted: list[dict[str, Any]]) -> bool:
     return sorted(map(_box_key, remote)) == sorted(map(_box_key, wanted))
 
 
-@dataclass(frozen=True)
-class Wanted:
-    """What the sample must hold for one upload."""
-
-    metadata: dict[str, str]
-    label: str | None
-    annotations: EdgeImpulseLabels
-
-    @property
-    def boxes(self) -> list[dict[str, Any]]:
-        return self.annotations.bounding_boxes
-
-
-class EdgeImpulseTarget(Target):
+class EdgeImpulseTarget(SharedUploads, Target):
     """Delivers items as samples of one Edge Impulse project; see the module docstring."""
 
     platform = "edgeimpulse"
@@ -143,7 +128,9 @@ class EdgeImpulseTarget(Target):
         self.client = EdgeImpulseClient(name, key_env=settings.api_key_env, timeout=settings.timeout, env=self.env)
 
     def close(self) -> None:
-        """Close the client's sessions (the target can still be used afterwards)."""
+        """Close the client's sessions and request threads (the target can still be used
+        afterwards)."""
+        self.close_requests()
         self.client.close()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -184,12 +171,13 @@ class EdgeImpulseTarget(Target):
 
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> list[str]:
-        """The key reads the project ``project_id`` (FatalTargetError otherwise, naming both);
-        warns when the project's labeling method ignores what syncd would send (sample labels
-        in an object detection project, boxes in a classification project)."""
+        """The key reads the project ``project_id`` (FatalTargetError otherwise, naming both)
+        and the ingestion route exists (``_check_ingestion``); warns when the project's
+        labeling method ignores what syncd would send (sample labels in an object detection
+        project, boxes in a classification project)."""
         project_id = self.settings.project_id
         try:
-            body = self.client.call("GET", self.studio(""), context=f"reading project {project_id}")
+            body = self.client.call("GET", self.studio(""), context=f"reading project {project_id}", item=True)
         except (PermanentError, FatalTargetError) as exc:
             raise FatalTargetError(f"{exc} (is project_id {project_id} right, and does the key in "
                                    f"{self.settings.api_key_env} belong to that project?)") from exc
@@ -198,6 +186,7 @@ class EdgeImpulseTarget(Target):
         if project.get("id") not in (None, project_id):
             raise FatalTargetError(f"target {self.name!r}: the API key belongs to project {project.get('id')}, "
                                    f"not to project_id {project_id}")
+        self._check_ingestion()
         method = project.get("labelingMethod")
         if method == "object_detection" and self.settings.label_source != "none":
             warnings.append(f"target {self.name!r}: project {self.settings.project_id} labels bounding boxes; "
@@ -208,6 +197,27 @@ class EdgeImpulseTarget(Target):
                             f"(labeling method {method!r}); Edge Impulse keeps bounding boxes (box labels, masks) "
                             "only in projects labeled with 'Bounding boxes' (object detection)")
         return warnings
+
+    def _check_ingestion(self) -> None:
+        """The ingestion route answers: a POST without any file (it creates nothing; any
+        answer but a 404 or an auth error will do; a connection failure is transient).
+        Without this, a missing route (a wrong ``ingestion_url``, a service redeployed
+        elsewhere) would pause the target on the first upload, pass the Studio check,
+        resume, and pause again with every item."""
+        url = self.ingestion_url()
+        context = f"checking the ingestion service at {url}"
+        response = self.client.request("POST", url, context=context,
+                                       headers={"Content-Type": "multipart/form-data; boundary=syncd-check"},
+                                       data=b"--syncd-check--\r\n")
+        if response.status_code == 404:
+            raise FatalTargetError(f"{self.client.context(context)}: HTTP 404: there is no ingestion service at this "
+                                   "URL: check ingestion_url")
+        if response.status_code in (401, 403):
+            result(response, context=self.client.context(context), secrets=self.client.secrets)
+        # Any other answer (a 400 for the missing file, even a 5xx) proves the route is there.
+
+    def ingestion_url(self) -> str:
+        return f"{self.settings.ingestion_url}/api/{self.settings.category}/files"
 
     # -- deliver --------------------------------------------------------------------------------
     def wanted(self, upload: Upload) -> Wanted:
@@ -222,18 +232,22 @@ class EdgeImpulseTarget(Target):
         boxes: a new image is a new sample (uploaded first, then the superseded one deleted,
         so the item is never missing); the same image is updated in place through Studio.
         A sample refused as a duplicate is adopted when it holds this image. Superseded
-        samples that cannot be deleted make the outcome unknown (the next attempt does)."""
-        wanted = self.wanted(upload)
+        samples that cannot be deleted make the outcome unknown (the next attempt does).
+
+        One attempt is bounded: at most one upload, one lookup and one adoption (issue 10
+        item 14); a sample that is listed but cannot be updated is a TransientError."""
+        return self._deliver(upload, self.wanted(upload))
+
+    def _deliver(self, upload: Upload, wanted: Wanted) -> Receipt:
         previous = self._previous(upload)
         stale = [int(i) for i in (previous.extra.get("stale_ids") or [])] if previous else []
         if previous is not None and previous.extra.get("image_sha256") == upload.image_sha256:
             try:
                 receipt = self._update(int(previous.remote_id), upload, wanted)
             except RemoteNotFound:
-                receipt = None  # deleted in Studio meanwhile: upload the item again
-            if receipt is not None:
-                return self._cleanup(receipt, stale, upload)
-            return self._cleanup(self._create(upload, wanted), stale, upload)
+                # Deleted in Studio meanwhile: upload the item again; that sample is not adopted.
+                receipt = self._create(upload, wanted, gone=int(previous.remote_id))
+            return self._cleanup(receipt, stale, upload)
         receipt = self._create(upload, wanted)
         old = stale + ([int(previous.remote_id)] if previous is not None else [])
         return self._cleanup(receipt, old, upload)
@@ -251,69 +265,73 @@ class EdgeImpulseTarget(Target):
                                  "removed on the next attempt)") from exc
         return receipt
 
-    def _create(self, upload: Upload, wanted: Wanted, *, adopting: bool = False) -> Receipt:
+    def _ingest(self, form: Form, *, context: str) -> list[dict[str, Any] | None]:
+        """Send one ingestion request; the result of each of its files (None: not said)."""
+        body, content_type = ingest.encode(form.parts)
+        reply = self.client.post_form(self.ingestion_url(), context=context, headers=form.headers, body=body,
+                                      content_type=content_type)
+        return ingest.file_results(reply, form.names)
+
+    def _create(self, upload: Upload, wanted: Wanted, *, gone: int | None = None) -> Receipt:
         """Upload the image as a new sample with its label, metadata and boxes in one request;
-        adopt our own sample if it is refused as a duplicate."""
-        name = sample_name(upload.key)
-        suffix, data, mime = image_for_upload(upload)
-        header_metadata = json.dumps(wanted.metadata, sort_keys=True)
-        late_metadata = len(header_metadata) > METADATA_HEADER_LIMIT
-        if late_metadata:  # without the version marker, so a lookup never takes it for complete
-            header_metadata = json.dumps(desired_metadata(upload, with_version=False), sort_keys=True)
-            if len(header_metadata) > METADATA_HEADER_LIMIT:
-                header_metadata = json.dumps({IMAGE_KEY: upload.image_sha256})
-        headers = {"x-metadata": header_metadata, "x-upload-source": UPLOAD_SOURCE}
-        if wanted.label is None:
-            headers["x-no-label"] = "1"
-        else:
-            headers["x-label"] = quote(wanted.label, safe="")
-        if not self.settings.allow_duplicates:
-            headers["x-disallow-duplicates"] = "1"
-        files = [("data", (name + suffix, data, mime))]
-        if wanted.boxes:
-            boxes_header = wanted.annotations.bounding_boxes_header()
-            if len(boxes_header) <= BOXES_HEADER_LIMIT:
-                headers["x-bounding-boxes"] = boxes_header
-            else:
-                files.append(("data", ("bounding_boxes.labels", wanted.annotations.bounding_boxes_file(name + suffix),
-                                       "application/json")))
-        url = f"{self.settings.ingestion_url}/api/{self.settings.category}/files"
-        context = f"uploading {upload.key!r} as sample {name!r}"
-        body = self.client.call("POST", url, context=context, headers=headers, files=files)
-        results = body.get("files")
-        if not isinstance(results, list) or not results or not isinstance(results[0], dict):
-            raise TransientError(
-                f"{self.name}: {context}: the reply lists no file result; checking on the next attempt")
-        outcome = results[0]
+        adopt our own sample if it is refused as a duplicate (``_refused``)."""
+        form = ingest.single(upload, wanted, allow_duplicates=self.settings.allow_duplicates)
+        context = f"uploading {upload.key!r} as sample {form.names[0]!r}"
+        (outcome,) = self._ingest(form, context=context)
+        return self._outcome(outcome, upload, wanted, form, context=context, gone=gone)
+
+    def _outcome(self, outcome: dict[str, Any] | None, upload: Upload, wanted: Wanted, form: Form, *, context: str,
+                 gone: int | None) -> Receipt:
+        """The receipt for one file's result in an ingestion reply (see ``_refused``)."""
+        if outcome is None:
+            raise TransientError(f"{self.name}: {context}: the reply lists no result for this file; checking on the "
+                                 "next attempt")
         sample_id = outcome.get("sampleId")
         if outcome.get("success") is True and isinstance(sample_id, int):
-            if late_metadata:
+            if form.late_metadata:
                 return self._update(sample_id, upload, wanted)
             return self._receipt(sample_id, upload, version=upload.version, image_sha256=upload.image_sha256,
                                  label=wanted.label)
-        reason = str(outcome.get("error") or "no reason given")
-        if not adopting:
-            # Maybe a re-send of a sample that exists already (refused as a duplicate): adopt it.
-            found = self.lookup(upload)
-            if found is not None and found.extra.get("image_sha256") == upload.image_sha256:
-                try:
-                    return self.deliver(replace(upload, previous=found))
-                except RemoteNotFound as exc:
-                    raise TransientError(f"{self.name}: {context}: the sample found vanished: {exc}") from exc
+        return self._refused(upload, wanted, str(outcome.get("error") or "no reason given"), context=context, gone=gone)
+
+    def _refused(self, upload: Upload, wanted: Wanted, reason: str, *, context: str, gone: int | None) -> Receipt:
+        """The ingestion refused the file: maybe a re-send of a sample that exists already
+        (refused as a duplicate). Adopt it when a sample with this name holds this image
+        (never the sample ``gone`` that Studio just did not find); otherwise a PermanentError
+        with the platform's reason."""
+        found = self.lookup(upload)
+        if found is not None and found.extra.get("image_sha256") == upload.image_sha256:
+            if int(found.remote_id) == gone:
+                raise TransientError(f"{self.name}: {context}: Edge Impulse lists sample {gone} as holding this image "
+                                     "but answers \"not found\" when it is updated; retried later",
+                                     outcome_unknown=False)
+            return self._adopt(found, upload, wanted, context=context)
         hint = ""
         if "duplicate" in reason.lower() or "already" in reason.lower():
             hint = " (another sample holds an identical image; set allow_duplicates = true to upload it anyway)"
         raise PermanentError(f"{self.name}: {context}: Edge Impulse refused the file: {reason[:300]}{hint}")
+
+    def _adopt(self, found: Receipt, upload: Upload, wanted: Wanted, *, context: str) -> Receipt:
+        """Make the sample ``found`` (holding this image) carry ``wanted``, in place; its
+        leftovers (``stale_ids``) are deleted. Never uploads: a sample that vanished in
+        between is a TransientError (the next attempt starts over)."""
+        try:
+            receipt = self._update(int(found.remote_id), upload, wanted)
+        except RemoteNotFound as exc:
+            raise TransientError(f"{self.name}: {context}: the sample found vanished: {exc}",
+                                 outcome_unknown=False) from exc
+        return self._cleanup(receipt, [int(i) for i in found.extra.get("stale_ids") or []], upload)
 
     def _update(self, sample_id: int, upload: Upload, wanted: Wanted) -> Receipt:
         """Make sample ``sample_id`` carry ``wanted``; metadata verified by reading it back."""
         base = f"/raw-data/{sample_id}"
         context = f"updating sample {sample_id} of {upload.key!r}"
         desired = wanted.metadata
-        self.client.call("POST", self.studio(base + "/metadata"), context=context, json={"metadata": desired})
+        self.client.call("POST", self.studio(base + "/metadata"), context=context, item=True,
+                         json={"metadata": desired})
         sample = self._get_sample(sample_id)
         if _label_of(sample) != wanted.label:
-            self.client.call("POST", self.studio(base + "/edit-label"), context=context,
+            self.client.call("POST", self.studio(base + "/edit-label"), context=context, item=True,
                              json={"label": wanted.label or ""})
         metadata = sample.get("metadata") or {}
         extra_keys = sorted(k for k in metadata if k not in desired)
@@ -337,11 +355,12 @@ class EdgeImpulseTarget(Target):
         sets the complete list: removed boxes disappear, a re-send never duplicates)."""
         if same_boxes(sample.get("boundingBoxes"), wanted.boxes):
             return  # nothing changed (a metadata-only change): nothing to send
-        self.client.call("POST", self.studio(f"/raw-data/{sample_id}/bounding-boxes"), context=context,
+        self.client.call("POST", self.studio(f"/raw-data/{sample_id}/bounding-boxes"), context=context, item=True,
                   json={"boundingBoxes": wanted.boxes})
 
     def _get_sample(self, sample_id: int) -> dict[str, Any]:
         body = self.client.call("GET", self.studio(f"/raw-data/{sample_id}"), context=f"reading sample {sample_id}",
+                                item=True,
                          params={"limitPayloadValues": 1})
         sample = body.get("sample")
         if not isinstance(sample, dict):
@@ -351,7 +370,7 @@ class EdgeImpulseTarget(Target):
     def _delete_all(self, ids: list[int], *, keep: int, upload: Upload) -> None:
         for sample_id in sorted(set(ids) - {keep}):
             try:
-                self.client.call("DELETE", self.studio(f"/raw-data/{sample_id}"),
+                self.client.call("DELETE", self.studio(f"/raw-data/{sample_id}"), item=True,
                           context=f"deleting the superseded sample {sample_id} of {upload.key!r}")
             except RemoteNotFound:
                 pass  # already gone: that is what we wanted

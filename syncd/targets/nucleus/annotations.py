@@ -53,6 +53,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -60,7 +61,7 @@ from urllib.parse import quote
 from syncd.errors import PermanentError, TransientError
 from syncd.targets.base import Upload
 from syncd.targets.nucleus.client import NucleusClient
-from syncd.targets.nucleus.jobs import ItemJobs, classify
+from syncd.targets.nucleus.jobs import JobResult, classify
 from syncd.targets.nucleus.payload import NucleusAnnotations, to_nucleus
 
 log = logging.getLogger(__name__)
@@ -151,12 +152,13 @@ def syncd_made(remote: Any, taxonomy_name: str) -> bool:
 
 
 class AnnotationWriter:
-    """Writes items' annotations through the target's client and its item jobs (a deletion
-    job is waited for like an append's). Thread-safe."""
+    """Writes items' annotations through the target's client. ``wait_job(key, job_id,
+    what)`` waits for a deletion job in place (the target books it, so the item is not
+    appended again while it may still run). Thread-safe."""
 
-    def __init__(self, client: NucleusClient, jobs: ItemJobs, taxonomy_name: str):
+    def __init__(self, client: NucleusClient, wait_job: Callable[[str, str, str], JobResult], taxonomy_name: str):
         self.client = client
-        self.jobs = jobs
+        self.wait_job = wait_job
         self.taxonomy_name = taxonomy_name
         self._lock = threading.Lock()
         self._taxonomy_labels: set[tuple[str, str]] = set()  # added in this process
@@ -196,10 +198,12 @@ class AnnotationWriter:
 
     # -- requests -----------------------------------------------------------------------------
     def _refused(self, response, context: str) -> str | None:
-        """None for a 2xx; the server's message for a refusal (400, 409, 413, 422: the
-        payload); raises for credentials, a missing dataset and transient trouble."""
+        """None for a 2xx; the server's message for a refusal (400, 404, 409, 413, 422: the
+        payload, a route Nucleus does not serve); raises for credentials, a missing dataset
+        (a 404 after which the dataset itself answers 404: ``client.not_found``) and
+        transient trouble."""
         if response.status_code == 404:
-            raise self.client.missing_dataset()
+            return str(self.client.not_found(response, context))
         try:
             self.client.raise_for_status(response, context)
         except PermanentError as exc:
@@ -211,6 +215,8 @@ class AnnotationWriter:
         response = self.client.request("GET", f"{self.client.dataset_route}/refloc/{quote(key, safe='')}",
                                         context=context)
         if response.status_code == 404:
+            if not self.client.dataset_exists(f"{context} (after a 404: does the dataset exist?)"):
+                raise self.client.missing_dataset()
             raise TransientError(f"{what}: {context}: Nucleus does not have the item (yet); retrying")
         self.client.raise_for_status(response, context)
         reply = self.client.json(response, context)
@@ -232,7 +238,7 @@ class AnnotationWriter:
         job_id = reply.get("job_id") if isinstance(reply, dict) else None
         if not job_id:
             return  # answered synchronously: nothing to wait for
-        result = self.jobs.wait(key, str(job_id), f"{what} (deleting old annotations)")
+        result = self.wait_job(key, str(job_id), f"{what} (deleting old annotations)")
         try:
             classify(result, what=f"{what}: deleting old annotations")
         except PermanentError as exc:

@@ -29,6 +29,7 @@ import re
 from typing import Any
 
 from syncd.errors import FatalTargetError, PermanentError, TransientError
+from syncd.rate import is_throttle
 from syncd.targets.http import Credentials, HttpClient, parse_retry_after, redact
 
 DEFAULT_URL = "https://api.redbrickai.com"
@@ -121,7 +122,8 @@ class RedBrickClient(HttpClient):
             return self._execute(query, variables, context)
         except TransientError as exc:
             if idempotent and exc.outcome_unknown:
-                raise TransientError(str(exc), retry_after=exc.retry_after, outcome_unknown=False) from exc
+                raise TransientError(str(exc), retry_after=exc.retry_after, outcome_unknown=False,
+                                     throttled=exc.throttled) from exc
             raise
 
     def _execute(self, query: str, variables: dict[str, Any], what: str) -> dict:
@@ -166,14 +168,16 @@ class RedBrickClient(HttpClient):
             response = self.request("PUT", url, context=what, data=data,
                                     headers={"Content-Type": content_type, **(headers or {})})
         except TransientError as exc:
-            raise TransientError(str(exc), retry_after=exc.retry_after, outcome_unknown=False) from exc
+            raise TransientError(str(exc), retry_after=exc.retry_after, outcome_unknown=False,
+                                 throttled=exc.throttled) from exc
         if response.status_code in (200, 201):
             return
         if response.status_code in (400, 411, 413):
             raise PermanentError(f"{context}: the storage refused the file: {self.describe(response)}")
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         raise TransientError(f"{context}: the storage answered {self.describe(response)}; the file is sent again "
-                             "with a new upload URL", outcome_unknown=False,
-                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                             "with a new upload URL", outcome_unknown=False, retry_after=retry_after,
+                             throttled=is_throttle(response.status_code, retry_after))
 
 
 # -- operations (names and variables as the SDK sends them) -------------------------------------

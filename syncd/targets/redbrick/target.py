@@ -120,6 +120,15 @@ class RedBrickTarget(Target):
     platform = "redbrick"
     Settings = RedBrickSettings
     create_only = True  # createDatapoint is not idempotent: look up by name before re-sending
+    # One item per call. createDatapoint makes one task per mutation (the official SDK,
+    # redbrick-sdk 2.35.4 upload/interact.py, runs one per task, ten at a time), and it is
+    # where each item's outcome and the name-taken recovery live. The only call that takes
+    # several files, itemsUploadPresign, the SDK also makes per task; sharing it between
+    # items would save one small request of three per item (direct storage; none with public
+    # URLs) and tie the items to one presign. Aliasing several createDatapoint mutations in
+    # one GraphQL document is not something the SDK does; the server's answer to it is
+    # unknown. See docs/platforms/redbrick.md, "Known limits".
+    max_batch = 1
     label_types = payload.LABEL_TYPES
     single_classification = payload.SINGLE_CLASSIFICATION
 

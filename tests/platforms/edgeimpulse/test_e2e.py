@@ -7,9 +7,16 @@ what Edge Impulse cannot hold is shown in `syncd status`."""
 from __future__ import annotations
 
 import json
+import time
 
 from syncd.targets.edgeimpulse.payload import sample_name, string_value, user_metadata
-from tests.daemon_harness import write_config
+from tests.daemon_harness import (
+    DaemonProcess,
+    run_cli,
+    run_once,
+    wait_for,
+    write_config,
+)
 from tests.emulators.edgeimpulse import EdgeImpulseEmulator
 from tests.helpers import image_bytes, mask_bytes, write_atomic, write_item
 from tests.platforms.e2e import COUNT, FaultyRun
@@ -119,3 +126,108 @@ def test_faults_and_sigkill_converge_to_one_sample_each(tmp_path):
         notes = {n["key"]: n["note"] for n in counts["not_representable"]}
         assert list(notes) == ["cam2/f002"] and "polygon" in notes["cam2/f002"], notes
         assert key not in run.daemon.logs()
+
+
+def _config(tmp_path, emulator, project, **daemon):
+    return write_config(tmp_path, {"ei": {
+        "platform": "edgeimpulse", "project_id": project["id"], "ingestion_url": emulator.url,
+        "api_url": f"{emulator.url}/v1", "timeout": 5.0, "workers": 2}}, daemon=daemon)
+
+
+def test_a_lost_journal_ends_in_adoption_not_a_second_sample(tmp_path):
+    """Issue 10 item 14: deliver, delete the journal, `syncd once` again: each re-send is
+    refused as a duplicate and the sample found by name is adopted; a bounded number of
+    requests, one sample per item."""
+    with EdgeImpulseEmulator() as emulator:
+        project = emulator.add_project("Lost journal")
+        env = {"EI_API_KEY": emulator.make_key(project["id"])}
+        config = _config(tmp_path, emulator, project)
+        for i in range(3):
+            write_item(tmp_path / "inbox", f"f{i}", metadata={"i": i}, seed=i)
+        assert run_once(config, env=env).returncode == 0
+        for path in (tmp_path / "state").glob("syncd.db*"):
+            path.unlink()
+        emulator.record = True
+        result = run_once(config, env=env, args=("--max-wait", "10"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "3 delivered, 0 failed" in result.stdout
+        assert len(emulator.samples_in(project["id"])) == 3
+        uploads = [e for e in emulator.recorded("POST", r"^/api/split/files$") if e["headers"].get("x-metadata")]
+        assert len(uploads) == 3  # one refused re-send each (the other POST is the check's probe)
+        assert len(emulator.journal) < 30, [(e["method"], e["path"]) for e in emulator.journal]
+
+
+def test_ingestion_404_pauses_the_target_until_it_answers_again(tmp_path):
+    """Issue 10 item 15: while the ingestion route answers 404 the target is paused with the
+    reason and nothing fails; when it answers again everything is delivered."""
+    with EdgeImpulseEmulator() as emulator:
+        project = emulator.add_project("Route gone")
+        key = emulator.make_key(project["id"])
+        config = _config(tmp_path, emulator, project, target_recheck_seconds=0.5)
+        inbox = tmp_path / "inbox"
+        write_item(inbox, "first", seed=100)
+        with DaemonProcess(config, env={"EI_API_KEY": key}) as daemon:
+            wait_for(lambda: emulator.samples_in(project["id"]), message="the first delivery")
+            emulator.hide_routes(r"^/api/[^/]+/files$")
+            for i in range(4):
+                write_item(inbox, f"later{i}", seed=i)
+
+            def status() -> dict:
+                return json.loads(run_cli("status", "--json", "--config", str(config),
+                                          env={"EI_API_KEY": key}).stdout)
+
+            wait_for(lambda: status()["targets"][0]["paused"], timeout=30, interval=0.3, message="a pause")
+            reason = status()["targets"][0]["paused"]
+            assert "404" in reason and "ingestion" in reason, reason
+            time.sleep(2)  # several rechecks: still paused, nothing failed
+            now = status()
+            assert now["targets"][0]["paused"] and now["folders"][0]["targets"][0]["failed"] == 0, now
+            emulator.hide_routes(None)
+            wait_for(lambda: len(emulator.samples_in(project["id"])) == 5, timeout=30, message="every delivery")
+            wait_for(lambda: not status()["targets"][0]["paused"], timeout=10, message="the target resumed")
+            counts = status()["folders"][0]["targets"][0]
+            assert counts["delivered"] == 5 and counts["failed"] == 0, counts
+            assert daemon.stop() == 0
+
+
+def test_shared_requests_under_faults_and_sigkill_converge_to_one_sample_each(tmp_path):
+    """Items without sidecars, labelled by folder: a batch of one folder's new items shares
+    one ingestion request. Under random faults (lost replies of whole shared requests
+    included) and a SIGKILL, every item ends as exactly one sample holding its image and
+    label, and some requests did carry several files."""
+    with EdgeImpulseEmulator(seed=11) as emulator:
+        emulator.record = True
+        project = emulator.add_project("Shared E2E")
+        env = {"EI_API_KEY": emulator.make_key(project["id"])}
+        config = write_config(tmp_path, {"ei": {
+            "platform": "edgeimpulse", "project_id": project["id"], "ingestion_url": emulator.url,
+            "api_url": f"{emulator.url}/v1", "label_source": "folder", "timeout": 5.0, "workers": 2}},
+            daemon={"rescan_seconds": 30})
+        expected = {f"cam{i % 3}/f{i:03d}": i for i in range(COUNT)}
+        for item, seed in expected.items():
+            write_item(tmp_path / "inbox" / item.split("/")[0], item.split("/")[1], seed=seed)
+
+        def samples() -> dict[str, list[dict]]:
+            out: dict[str, list[dict]] = {}
+            for sample in emulator.samples_in(project["id"]):
+                out.setdefault(sample["filename"], []).append(sample)
+            return out
+
+        def converged() -> bool:
+            found = samples()
+            return len(found) == COUNT and all(
+                len(found.get(sample_name(item), [])) == 1
+                and emulator.sample_data[found[sample_name(item)][0]["id"]] == image_bytes(seed=seed)
+                and found[sample_name(item)][0]["label"] == item.split("/")[0]
+                for item, seed in expected.items())
+
+        emulator.faults.next("lost_reply", path=r"^/api/split/files$", times=2)
+        with FaultyRun(config, env, emulator) as run:
+            run.kill_when(lambda: len(samples()) >= 6, message="some deliveries")
+            run.converge(converged)
+        shared = [e for e in emulator.recorded("POST", r"^/api/split/files$")
+                  if len([p for p in e.get("parts") or [] if p["name"] == "data"]) > 1]
+        assert shared, "no ingestion request carried several files"
+        assert converged()
+        counts = run.status()
+        assert counts["delivered"] == COUNT and counts["failed"] == 0, counts

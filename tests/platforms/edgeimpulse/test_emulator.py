@@ -75,6 +75,28 @@ def test_per_file_results_duplicates_and_split(emu):
     assert len(emulator.samples_in(project["id"])) == 3
 
 
+def test_one_request_with_several_files_applies_its_headers_to_each(emu):
+    """Several data parts in one request (reference §2.1): x-label and x-metadata apply to
+    every file, one bounding_boxes.labels part gives each file its own boxes, results come
+    per file in the order of the parts, and a refused file fails alone."""
+    emulator, _, _, session = emu
+    project = emulator.add_project("Shared", labeling_method="object_detection")
+    session.headers["x-api-key"] = emulator.make_key(project["id"])
+    box = {"label": "car", "x": 1, "y": 2, "width": 3, "height": 4}
+    ingest(emulator, session, [("old.png", image_bytes(seed=9))])
+    labels = json.dumps({"version": 1, "type": "bounding-box-labels",
+                         "boundingBoxes": {"a.png": [box], "c.png": [box, {**box, "label": "bus"}]}})
+    reply = session.post(f"{emulator.url}/api/training/files", timeout=5, headers={
+        "x-label": "cat", "x-metadata": json.dumps({"site": "A"}), "x-disallow-duplicates": "1"}, files=[
+        ("data", ("a.png", image_bytes(seed=1), "image/png")), ("data", ("b.png", image_bytes(seed=9), "image/png")),
+        ("data", ("c.png", image_bytes(seed=3), "image/png")), ("data", ("bounding_boxes.labels", labels))]).json()
+    assert reply["success"] is True and [f["success"] for f in reply["files"]] == [True, False, True]
+    assert [f.get("fileName") for f in reply["files"]] == ["a", None, "c"]
+    a, c = (emulator.samples[reply["files"][i]["sampleId"]] for i in (0, 2))
+    assert (a["label"], a["metadata"], a["boundingBoxes"]) == ("cat", {"site": "A"}, [box])
+    assert (c["label"], c["metadata"], len(c["boundingBoxes"])) == ("cat", {"site": "A"}, 2)
+
+
 def test_list_matches_substrings_pages_and_parses_as_studio_models(emu):
     emulator, project, _, session = emu
     for name in ("f1", "f10", "f11", "g1"):

@@ -132,11 +132,12 @@ def test_lookup_with_two_items_keeps_the_one_holding_the_image(world):
 
 
 def test_errors_in_200_bodies(world):
+    """A missing dataset (here said inside an HTTP 200) pauses the target: not the item's fault."""
     target = world.target(dataset="missing")
     world.emulator.error_status = 200
-    with pytest.raises(PermanentError) as caught:
+    with pytest.raises(FatalTargetError) as caught:
         target.deliver(make_upload("e/1"))
-    assert "does not exist" in str(caught.value)
+    assert "does not exist" in str(caught.value) and "dataset" in str(caught.value)
     with pytest.raises(FatalTargetError, match="create the dataset"):
         target.check()
     assert world.target().check() == []

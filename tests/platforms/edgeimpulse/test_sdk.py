@@ -19,7 +19,9 @@ exercised: ``add_organization_data_item`` raises TypeError in 1.96.3
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 
 import edgeimpulse as ei
 import edgeimpulse_api as api
@@ -27,6 +29,7 @@ import pytest
 from edgeimpulse import data as ei_data
 from edgeimpulse.data import Sample
 
+from syncd.targets.base import Receipt
 from syncd.targets.edgeimpulse.org import EdgeImpulseOrgSettings, EdgeImpulseOrgTarget
 from syncd.targets.edgeimpulse.payload import sample_name, user_metadata
 from syncd.targets.edgeimpulse.target import EdgeImpulseSettings, EdgeImpulseTarget
@@ -99,6 +102,33 @@ def test_target_upload_matches_the_sdk_request(world):
     assert user_metadata(our_sample["metadata"]) == sdk_sample["metadata"] == {"site": "A"}
     # Every emulator sample is a valid Studio Sample.
     api.Sample.from_dict(our_sample)
+
+
+def test_a_shared_request_stores_what_the_sdk_stores_one_by_one(world):
+    """upload_samples sends one file per request, whatever the samples share; deliver_batch
+    sends the same three (same label, same metadata) in one request, and the project holds
+    the same samples either way."""
+    emulator, project, key = world
+    images = [image_bytes(seed=40 + i) for i in range(3)]
+    ei_data.upload_samples([Sample(filename=f"sdk__{i}.png", data=data, category="training", label="car",
+                                   metadata={"site": "A"}) for i, data in enumerate(images)])
+    target = EdgeImpulseTarget("ei", EdgeImpulseSettings(project_id=project["id"], category="training",
+                                                         ingestion_url=emulator.url, api_url=f"{emulator.url}/v1",
+                                                         allow_duplicates=True),
+                               env={"EI_API_KEY": key})
+    uploads = [replace(make_upload(f"ours/{i}", metadata={"site": "A"},
+                                   labels=[{"type": "classification", "label": "car"}]),
+                       image=data, image_sha256=hashlib.sha256(data).hexdigest()) for i, data in enumerate(images)]
+    assert all(isinstance(r, Receipt) for r in target.deliver_batch(uploads))
+    target.close()
+    requests = emulator.recorded("POST", INGEST)
+    assert [len(r["parts"]) for r in requests] == [1, 1, 1, 3]
+    stored = {s["filename"]: s for s in emulator.samples_in(project["id"])}
+    for i, data in enumerate(images):
+        sdk_sample, our_sample = stored[f"sdk__{i}"], stored[f"ours__{i}"]
+        assert (sdk_sample["label"], sdk_sample["category"], sdk_sample["metadata"]) == (
+            our_sample["label"], our_sample["category"], our_sample["metadata"]) == ("car", "training", {"site": "A"})
+        assert emulator.sample_data[sdk_sample["id"]] == emulator.sample_data[our_sample["id"]] == data
 
 
 def test_generated_studio_client_and_target_send_the_same_update(world):

@@ -330,3 +330,78 @@ def test_sample_uploaded_by_another_tool_with_our_name_and_bytes_is_adopted(worl
     after = world.only("pre/existing")
     assert receipt.remote_id == str(before["id"]) == str(after["id"])
     assert after["metadata"][IMAGE_KEY] == upload.image_sha256 and user_metadata(after["metadata"]) == {"a": "1"}
+
+
+def test_recovery_is_bounded_when_the_sample_found_cannot_be_updated(world):
+    """Issue 10 item 14: the journal lost, the re-send refused as a duplicate, the sample
+    found by name but Studio answering "not found" for it (here on every try): one upload per
+    attempt at most, ending in a clear transient error, never a recursion."""
+    target = world.target()
+    upload = make_upload("lost/journal", metadata={"a": "1"})
+    sample_id = target.deliver(upload).remote_id
+    world.emulator.journal.clear()
+    for _ in range(40):
+        world.emulator.reply_next(r"/raw-data/\d+/metadata$", 200,
+                                  {"success": False, "error": f"No sample found with ID {sample_id}"})
+    with pytest.raises(TransientError) as caught:
+        target.deliver(upload)  # no previous receipt: the journal was deleted
+    assert "vanished" in str(caught.value) or "not found" in str(caught.value).lower()
+    assert len(world.emulator.recorded("POST", INGEST)) == 1
+    assert len(world.emulator.recorded("POST", r"/metadata$")) == 1
+    # With the previous receipt the attempt is bounded too: the update, one upload, one lookup.
+    world.emulator.journal.clear()
+    with pytest.raises(TransientError):
+        target.deliver(replace(upload, previous=target.lookup(upload)))
+    assert len(world.emulator.recorded("POST", INGEST)) == 1
+    assert len(world.emulator.recorded("POST", r"/metadata$")) == 1
+    # Once Studio finds the sample again, the next attempt adopts it.
+    world.emulator.canned.clear()
+    receipt = target.deliver(upload)
+    assert receipt.remote_id == sample_id and receipt.extra["version"] == upload.version
+    assert len(world.samples("lost/journal")) == 1
+
+
+# -- a 404 on a route of the project or the service pauses; on a sample it means "gone" ------------
+def test_ingestion_404_pauses_the_target_and_check_sees_it(world):
+    """Issue 10 item 15: a 404 from the ingestion service (a wrong URL, the service moved) is
+    about the target, not the item: FatalTargetError (the daemon pauses the target and keeps
+    the item due); the check fails until the route answers again, then the item goes."""
+    target = world.target()
+    assert target.check()  # (a note about boxes) the project and the ingestion route answer
+    world.emulator.hide_routes(r"^/api/")
+    with pytest.raises(FatalTargetError) as caught:
+        target.deliver(make_upload("gone/1"))
+    assert "404" in str(caught.value) and world.key not in str(caught.value)
+    with pytest.raises(FatalTargetError, match="ingestion_url"):
+        target.check()
+    world.emulator.hide_routes(None)
+    target.check()
+    target.deliver(make_upload("gone/1"))
+    assert len(world.samples("gone/1")) == 1
+
+
+@pytest.mark.parametrize("error_status", [200, 404])
+def test_project_route_not_found_pauses_sample_route_not_found_is_gone(world, error_status):
+    target = world.target()
+    first = target.deliver(make_upload("nf/1"))
+    world.emulator.error_status = error_status
+    # The list route (a project route) answering "not found": the project is gone.
+    world.emulator.reply_next(r"/raw-data$", error_status, {"success": False, "error": "Project not found"})
+    with pytest.raises(FatalTargetError, match="Project not found"):
+        target.lookup(make_upload("nf/1"))
+    # A sample route answering "not found": that sample is gone (uploaded again).
+    with world.emulator.lock:
+        del world.emulator.samples[int(first.remote_id)]
+    receipt = target.deliver(make_upload("nf/1", metadata={"a": "b"}, previous=first))
+    assert receipt.remote_id != first.remote_id and len(world.samples("nf/1")) == 1
+
+
+def test_error_words_are_read_in_the_platforms_text_only(world):
+    """A Studio refusal of an item whose key contains "permission" / "not found" is that
+    item's failure, not an auth problem or a missing route."""
+    target = world.target()
+    first = target.deliver(make_upload("permission/not found"))
+    world.emulator.reply_next(r"/metadata$", 400, {"success": False, "error": "Metadata value too long"})
+    with pytest.raises(PermanentError) as caught:
+        target.deliver(make_upload("permission/not found", metadata={"a": "b"}, previous=first))
+    assert type(caught.value) is PermanentError and "too long" in str(caught.value)

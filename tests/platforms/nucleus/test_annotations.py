@@ -16,7 +16,7 @@ from syncd.errors import FatalTargetError, TransientError
 from syncd.targets.base import Receipt
 from syncd.targets.nucleus.annotations import plan
 from syncd.targets.nucleus.payload import to_nucleus
-from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget, created
+from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget, fresh_items
 from tests.emulators.nucleus import NucleusEmulator
 from tests.helpers import make_upload
 from tests.platforms.nucleus.test_payload import CLASS_MAP, LABELS, mask_png
@@ -142,10 +142,12 @@ def test_a_first_delivery_without_labels_removes_what_an_unacknowledged_attempt_
     assert len(annotation_requests(emulator)) == before
 
 
-def test_created_reads_the_counts():
-    assert created({"new_items": 1, "updated_items": 0, "ignored_items": 0, "upload_errors": 0})
-    assert not created({"new_items": 0, "updated_items": 1})
-    assert not created("Completed") and not created(None)  # unknown shapes: not known to be new
+def test_fresh_items_reads_the_counts():
+    assert fresh_items({"new_items": 1, "updated_items": 0, "ignored_items": 0, "upload_errors": 0}, 1)
+    assert fresh_items({"new_items": 9, "updated_items": 0, "ignored_items": 0, "upload_errors": 1}, 9)
+    assert not fresh_items({"new_items": 0, "updated_items": 1}, 1)
+    assert not fresh_items({"new_items": 8, "updated_items": 1}, 9)  # which one was updated is unknown
+    assert not fresh_items("Completed", 1) and not fresh_items(None, 1)  # unknown shapes: not known to be new
 
 
 # -- updates ----------------------------------------------------------------------------------
@@ -235,7 +237,8 @@ def test_a_deletion_job_still_pending_is_waited_for_before_the_item_is_touched_a
     target = make_target(emulator, dataset_id, job_timeout=0.2, job_poll_interval=0.05)
     first = target.deliver(upload(ALL[1:3]))
     with emulator.lock:
-        emulator.state.forced[:] = [("Completed", "", True), ("Running", "", False)]  # append ok, deletion hangs
+        # The append succeeds, the deletion hangs.
+        emulator.state.forced[:] = [("Completed", "", True, []), ("Running", "", False, [])]
     with pytest.raises(TransientError, match="deleting old annotations.*still Running"):
         target.deliver(upload(ALL[1:2], previous=first))
     appends = len(emulator.journal)
@@ -244,7 +247,7 @@ def test_a_deletion_job_still_pending_is_waited_for_before_the_item_is_touched_a
     assert len(emulator.journal) == appends  # nothing sent while the deletion is pending
     with emulator.lock:
         deletion = emulator.jobs()[-1]
-        assert deletion.job_type == "deleteAnnotations"
+        assert deletion.job_type == "annotationDeletion"  # the SDK's CustomerJobTypes name
         deletion.forced = None  # the server catches up
     target.deliver(upload(ALL[1:2], previous=first))
     assert deletion.status == "Completed"

@@ -7,12 +7,14 @@ labels and mask as annotations (once each), after label edits made while the dae
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 
 from syncd.targets.nucleus.payload import to_nucleus
-from tests.daemon_harness import write_config
+from tests.daemon_harness import run_cli, wait_for, write_config
 from tests.emulators.nucleus import NucleusEmulator
 from tests.helpers import image_bytes, make_upload, mask_bytes, write_atomic, write_item
-from tests.platforms.e2e import COUNT, FaultyRun
+from tests.platforms.e2e import COUNT, FAULT_RATE, FAULTS, FaultyRun
 
 CLASS_MAP = {"road": [255, 0, 0]}  # mask_bytes(): black background, a red right half
 MASK = mask_bytes()
@@ -129,3 +131,166 @@ def test_faults_and_sigkill_converge_to_one_item_each(tmp_path):
         notes = {note["key"]: note["note"] for note in counts["not_representable"]}
         assert "multiple classifications" in notes.get(TWO_CLASSES, ""), notes
         assert emulator.api_key not in run.daemon.logs()
+
+
+# -- batches and jobs (engine v2) -----------------------------------------------------------------
+def _batch_config(tmp_path, emulator, dataset_id, **target):
+    table = {"platform": "nucleus", "dataset_id": dataset_id, "base_url": emulator.endpoint, "timeout": 5.0,
+             "workers": 2, "job_poll_interval": 0.2, "job_timeout": 30.0}
+    table.update(target)
+    return write_config(tmp_path, {"nuc": table}, daemon={"rescan_seconds": 30})
+
+
+def _faults_on_job_reads(emulator) -> None:
+    """The harness's random faults, on job reads only: every append must be explained."""
+    emulator.faults.set_rate(FAULT_RATE, FAULTS, path=r"/job/")
+
+
+def _write_frames(inbox, count: int = COUNT, *, version: int = 1) -> dict[str, tuple[dict, int]]:
+    expected = {}
+    for i in range(count):
+        key = f"cam{i % 2}/f{i:03d}"
+        metadata, seed = {"i": i, "v": version}, i + 1000 * (version - 1)
+        write_item(inbox / key.split("/")[0], key.split("/")[1], metadata=metadata, seed=seed)
+        expected[key] = (metadata, seed)
+    return expected
+
+
+def _holds(emulator, dataset_id, expected, lagging: list[str]) -> bool:
+    for key, (metadata, seed) in expected.items():
+        item = emulator.item(dataset_id, key)
+        if item is None or item["metadata"] != metadata or emulator.image(dataset_id, key) != image_bytes(seed=seed):
+            lagging[:] = [f"{key}: {item and item['metadata']}"]
+            return False
+    return True
+
+
+def _journaled_jobs(state_dir) -> set[str]:
+    """The job ids the daemon's journal holds (its ``jobs`` table), read-only."""
+    path = state_dir / "syncd.db"
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return {row[0] for row in db.execute("SELECT job_id FROM jobs")}
+    except sqlite3.OperationalError:  # not created yet
+        return set()
+    finally:
+        db.close()
+
+
+def _appends_per_key(emulator) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in emulator.journal:
+        for row in entry["rows"]:
+            counts[row["payload"]["reference_id"]] = counts.get(row["payload"]["reference_id"], 0) + 1
+    return counts
+
+
+def test_a_kill_with_jobs_outstanding_polls_them_after_the_restart(tmp_path):
+    """SIGKILL while upload jobs are Running (1 s each, as real jobs take seconds): after the
+    restart the daemon reads those jobs instead of sending their items again, re-sends only
+    what changed meanwhile, and every key ends as one remote item holding its latest version."""
+    with NucleusEmulator(seed=21, job_seconds=1.0) as emulator:
+        emulator.record = True
+        dataset_id = emulator.add_dataset("frames")
+        env = {"NUCLEUS_API_KEY": emulator.api_key}
+        config = _batch_config(tmp_path, emulator, dataset_id)
+        inbox = tmp_path / "inbox"
+        expected = _write_frames(inbox)
+
+        state_dir = tmp_path / "state"
+
+        def running_journaled():
+            """Jobs still Running on Nucleus that the daemon journaled (their items in flight)."""
+            journaled = _journaled_jobs(state_dir)
+            with emulator.lock:
+                return [job for job in emulator.state.jobs.values() if job.status == "Running"
+                        and job.job_id in journaled]
+
+        with FaultyRun(config, env, emulator) as run:
+            _faults_on_job_reads(emulator)
+            run.kill_when(lambda: len(running_journaled()) >= 2, interval=0.02, message="journaled jobs running")
+            running = running_journaled()  # after the kill: what the journal says is outstanding
+            held = {row.payload["reference_id"] for job in running for row in job.rows}
+            sent_before = _appends_per_key(emulator)
+            assert held, "no job was running at the kill"
+            # While the daemon is down, one item of a running job changes: it must be sent again.
+            changed = sorted(held)[0]
+            metadata, seed = {"i": expected[changed][0]["i"], "v": 2}, expected[changed][1] + 500
+            write_item(inbox / changed.split("/")[0], changed.split("/")[1], metadata=metadata, seed=seed, old=False)
+            expected[changed] = (metadata, seed)
+            polls_from = len(emulator.requests)
+            lagging: list[str] = []
+            run.converge(lambda: _holds(emulator, dataset_id, expected, lagging), timeout=90,
+                         explain=lambda: f"{lagging}; status {run.status()}")
+        after = _appends_per_key(emulator)
+        # The jobs running at the kill were read after the restart, not their items sent again.
+        polled = {path.rsplit("/", 1)[-1] for method, path in emulator.requests[polls_from:]
+                  if method == "GET" and re.search(r"/job/[^/]+$", path)}
+        assert {job.job_id for job in running} <= polled
+        resent = {key for key in held if after[key] > sent_before.get(key, 0)}
+        assert resent == {changed}, resent
+        assert sorted(i["reference_id"] for i in emulator.items(dataset_id)) == sorted(expected)
+        assert all(job.status == "Completed" for job in emulator.jobs())
+        assert max(len(entry["rows"]) for entry in emulator.journal) > 1  # batches, not one item per request
+        counts = run.status()
+        assert counts["delivered"] == COUNT and counts["failed"] == 0, counts
+
+
+def test_one_refused_item_in_a_batch_fails_alone(tmp_path):
+    with NucleusEmulator(seed=22, job_seconds=0.3) as emulator:
+        emulator.record = True
+        dataset_id = emulator.add_dataset("frames")
+        env = {"NUCLEUS_API_KEY": emulator.api_key}
+        config = _batch_config(tmp_path, emulator, dataset_id)
+        expected = _write_frames(tmp_path / "inbox")
+        refused = "cam1/f007"
+        emulator.reject[refused] = "Image could not be processed: unsupported colour profile"
+        with FaultyRun(config, env, emulator) as run:
+            _faults_on_job_reads(emulator)
+            others = {k: v for k, v in expected.items() if k != refused}
+            lagging: list[str] = []
+            wait_for(lambda: _holds(emulator, dataset_id, others, lagging), timeout=60, interval=0.3,
+                     message="every other item delivered")
+            wait_for(lambda: run.status()["failed"] == 1 and run.status()["pending"] == 0, timeout=30,
+                     interval=0.3, message="the refused item failed")
+            counts = run.status()
+            assert run.daemon.stop() == 0
+        assert counts["delivered"] == COUNT - 1, counts
+        # It was refused inside a batch: the job carried other items, which were written.
+        [batch] = [e for e in emulator.journal if refused in [r["payload"]["reference_id"] for r in e["rows"]]][:1]
+        assert len(batch["rows"]) > 1
+        assert emulator.item(dataset_id, refused) is None
+        result = run_cli("status", "--json", "--config", str(config), env=env)
+        assert "unsupported colour profile" in result.stdout
+
+
+def test_a_lost_reply_for_a_whole_batch(tmp_path):
+    """The first append's reply is lost (its job was created and runs): every item of it is
+    sent again; the dataset ends with one item per key."""
+    with NucleusEmulator(seed=23, job_seconds=0.3) as emulator:
+        emulator.record = True
+        dataset_id = emulator.add_dataset("frames")
+        env = {"NUCLEUS_API_KEY": emulator.api_key}
+        config = _batch_config(tmp_path, emulator, dataset_id)
+        expected = _write_frames(tmp_path / "inbox")
+        emulator.faults.next("lost_reply", path=r"/append$")  # the first append
+        with FaultyRun(config, env, emulator) as run:
+            _faults_on_job_reads(emulator)
+            lagging: list[str] = []
+            wait_for(lambda: _holds(emulator, dataset_id, expected, lagging), timeout=60, interval=0.3,
+                     message="every item delivered")
+            wait_for(lambda: run.status()["pending"] == 0 and run.status()["in_flight"] == 0, timeout=60,
+                     interval=0.3, message="an idle journal")
+            counts = run.status()
+            assert run.daemon.stop() == 0
+        lost = emulator.journal[0]
+        assert ("lost_reply", "POST", f"/v1/nucleus/dataset/{dataset_id}/append") in emulator.faults.injected
+        lost_keys = [r["payload"]["reference_id"] for r in lost["rows"]]
+        assert len(lost_keys) > 1  # a whole batch lost its reply
+        after = _appends_per_key(emulator)
+        assert all(after[key] >= 2 for key in lost_keys)  # each sent again
+        assert sorted(i["reference_id"] for i in emulator.items(dataset_id)) == sorted(expected)
+        assert all(job.status == "Completed" for job in emulator.jobs())
+        assert counts["delivered"] == COUNT and counts["failed"] == 0, counts

@@ -197,3 +197,51 @@ def test_create_list_and_delete_datasets(emulator, http):
     assert http.post(url(emulator, "dataset/create"), json={}).status_code == 400
     assert http.delete(url(emulator, f"dataset/{created['dataset_id']}"), json={}).status_code == 200
     assert http.get(url(emulator, "dataset/details")).json() == []
+
+
+# -- batches ----------------------------------------------------------------------------------------
+def batch_request(n: int, bad: int | None = None):
+    items = [{"reference_id": f"b/{i}", "image_url": f"b/{i}.png", "metadata": {"i": i}, "update": True}
+             for i in range(n)]
+    images = [(f"b%2F{i}.png", b"broken" if i == bad else image_bytes(seed=i)) for i in range(n)]
+    return multipart(items, images)
+
+
+def test_a_batch_is_one_job_and_a_bad_item_fails_alone_with_its_row(emulator, dataset_id, http):
+    reply = http.post(url(emulator, f"dataset/{dataset_id}/append?async=1"), files=batch_request(10, bad=4))
+    job_id = reply.json()["job_id"]
+    assert len(emulator.jobs()) == 1 and emulator.items(dataset_id) == []
+    while poll(http, emulator, job_id) in ("Queued", "Running"):
+        pass
+    status = http.get(url(emulator, f"job/{job_id}")).json()
+    assert status["status"] == "Completed"  # a refused row does not fail the job
+    assert status["message"] == {"new_items": 9, "updated_items": 0, "ignored_items": 0, "upload_errors": 1}
+    [row] = http.get(url(emulator, f"job/{job_id}/errors")).json()
+    # The SDK's documented record shape: the payload under its kind, camelCase keys, and "error".
+    record = json.loads(row)
+    assert record["item"]["referenceId"] == "b/4" and record["item"]["imageUrl"] == "b/4.png"
+    assert "Could not decode" in record["error"]
+    assert sorted(i["reference_id"] for i in emulator.items(dataset_id)) == [f"b/{i}" for i in range(10) if i != 4]
+
+
+def test_a_lost_reply_on_a_batch_still_commits_its_job(emulator, dataset_id, http):
+    emulator.faults.next("lost_reply", path=r"/append$")
+    with pytest.raises(requests.ConnectionError):
+        http.post(url(emulator, f"dataset/{dataset_id}/append?async=1"), files=batch_request(3))
+    emulator.run_jobs()
+    assert len(emulator.jobs()) == 1 and len(emulator.items(dataset_id)) == 3
+
+
+def test_jobs_list_shows_unfinished_jobs_by_dataset_and_type(emulator, dataset_id, http):
+    other = emulator.add_dataset("other")
+    emulator.job_script = ["Running"] * 10
+    mine = http.post(url(emulator, f"dataset/{dataset_id}/append?async=1"), files=batch_request(2)).json()
+    http.post(url(emulator, f"dataset/{other}/append?async=1"), files=batch_request(2))
+    body = {"dataset_id": dataset_id, "job_types": ["uploadDatasetItems", "annotationDeletion"],
+            "from_date": None, "to_date": None, "limit": 1000, "show_completed": False}
+    listed = http.post(url(emulator, "jobs/"), json=body).json()
+    assert [(j["job_id"], j["job_last_known_status"], j["job_type"]) for j in listed] == [
+        (mine["job_id"], "Running", "uploadDatasetItems")]
+    emulator.run_jobs()
+    assert http.post(url(emulator, "jobs/"), json=body).json() == []
+    assert len(http.post(url(emulator, "jobs/"), json=dict(body, show_completed=True)).json()) == 1

@@ -25,6 +25,15 @@ def run_sdk(endpoint: str, key: str, image1: str, image2: str, phase: str) -> di
 
     nucleus.async_job.JOB_POLLING_INTERVAL = 0.01  # the SDK sleeps 5 s per poll otherwise
     client = NucleusClient(api_key=key, endpoint=endpoint)
+    if phase == "batch":  # image1 is a folder of 12 images: the SDK sends 10 + 2
+        import pathlib
+
+        dataset = client.get_dataset(client.datasets[0].id)
+        files = sorted(pathlib.Path(image1).iterdir())
+        items = [DatasetItem(image_location=str(f), reference_id=f"sdk/{f.stem}", metadata={"n": i})
+                 for i, f in enumerate(files)]
+        dataset.append(items, update=True).sleep_until_complete(verbose_std_out=False)
+        return {"dataset_id": dataset.id}
     if phase == "queued-quirk":
         dataset = client.get_dataset(client.datasets[0].id)
         job = dataset.append([DatasetItem(image_location=image1, reference_id="quirk/1", metadata={})])
@@ -80,7 +89,7 @@ from tests.helpers import image_bytes, make_upload  # noqa: E402
 SDK_PYTHON = REPO / ".venv-sdk-nucleus" / "bin" / "python"
 
 
-def sdk(emulator: NucleusEmulator, tmp_path: Path, phase: str = "main") -> dict:
+def sdk(emulator: NucleusEmulator, tmp_path: Path, phase: str = "main", image1: str | None = None) -> dict:
     assert SDK_PYTHON.exists(), (
         f"{SDK_PYTHON} is missing: python3 -m venv .venv-sdk-nucleus && "
         ".venv-sdk-nucleus/bin/pip install scale-nucleus==0.22.3 (tests/install.sh does it)"
@@ -90,6 +99,8 @@ def sdk(emulator: NucleusEmulator, tmp_path: Path, phase: str = "main") -> dict:
         path = tmp_path / f"img{seed}.png"
         path.write_bytes(image_bytes(seed=seed))
         images.append(str(path))
+    if image1 is not None:
+        images[0] = image1
     result = subprocess.run([str(SDK_PYTHON), __file__, emulator.endpoint, emulator.api_key, *images, phase],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -151,6 +162,45 @@ def test_sdk_round_trip_is_stored_as_sent(emulator, tmp_path):
     assert ours["parts"][1]["content_type"] == sdk_local["parts"][1]["content_type"] == "image/png"
     assert emulator.item(dataset_id, "cam 1/frame#1")["metadata"] == {"camera": "c3", "n": 5}
     assert target.lookup(upload).remote_id == receipt.remote_id == "cam 1/frame#1"
+    target.close()
+
+
+def test_a_batch_of_ten_has_the_sdks_wire_shape(emulator, tmp_path):
+    """The SDK sends local files 10 per request (``local_files_per_upload_request``); the
+    target's ``deliver_batch`` of 10 sends the same request: one ``items`` part listing the
+    10 payloads, then the 10 ``image`` parts in the same order, named and typed alike."""
+    dataset_id = emulator.add_dataset("batch")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"{i:02d}.png").write_bytes(image_bytes(seed=i))
+    sdk(emulator, tmp_path, phase="batch", image1=str(folder))
+    sdk_requests = [e for e in emulator.journal if e["content_type"].startswith("multipart/")]
+    assert sorted(len(e["rows"]) for e in sdk_requests) == [2, 10]  # 10 per request
+    theirs = next(e for e in sdk_requests if len(e["rows"]) == 10)
+
+    target = NucleusTarget("n", NucleusSettings(dataset_id=dataset_id, base_url=emulator.endpoint, timeout=5,
+                                                job_poll_interval=0.01), env={"NUCLEUS_API_KEY": emulator.api_key})
+    uploads = [make_upload(f"cam 1/f#{i:02d}", metadata={"n": i}, seed=i) for i in range(10)]
+    results = target.deliver_batch(uploads)
+    assert len({r.job_id for r in results}) == 1
+    ours = emulator.journal[-1]
+    assert ours["query"] == theirs["query"] == {"async": ["1"]}
+    assert [(p["name"], p["filename"] is None, p["content_type"]) for p in ours["parts"]] == [
+        (p["name"], p["filename"] is None, p["content_type"]) for p in theirs["parts"]]
+    assert [p["name"] for p in ours["parts"]] == ["items"] + ["image"] * 10
+    # Each image part is named after its item's image_url, percent-encoded, in the items' order.
+    for entry in (theirs, ours):
+        urls = [r["payload"]["image_url"] for r in entry["rows"]]
+        assert raw_filenames(entry["body"]) == [quote(u, safe="") for u in urls]
+        assert [p["size"] for p in entry["parts"][1:]] == [len(r["image"]) for r in entry["rows"]]
+    assert [set(r["payload"]) for r in ours["rows"]] == [set(r["payload"]) | {"width", "height"}
+                                                          for r in theirs["rows"]]
+    assert all(r["update"] is True for r in ours["rows"] + theirs["rows"])
+    emulator.run_jobs()
+    for upload in uploads:
+        assert emulator.image(dataset_id, upload.key) == upload.image
+    assert len(emulator.items(dataset_id)) == 22
     target.close()
 
 

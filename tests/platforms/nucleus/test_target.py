@@ -323,7 +323,7 @@ def test_job_error_rows_are_shown_briefly():
     assert error_message('{"message": "m"}') == "m"
     assert error_message("plain text, not JSON") == "plain text, not JSON"
     assert error_message({"error": "already decoded"}) == "already decoded"
-    result = JobResult(job_id="job_1", status="Completed", reply={}, errors=[f"e{n}" for n in range(5)])
+    result = JobResult(job_id="job_1", status="Completed", reply={}, rows=[f"e{n}" for n in range(5)])
     with pytest.raises(PermanentError, match=r"e0; e1; e2 \(and 2 more\)"):
         classify(result, what="item")
     classify(JobResult(job_id="job_2", status="Completed", reply={}), what="item")  # no errors: delivered

@@ -316,7 +316,9 @@ def test_transient_http_faults(rb, fault):
     rb.faults.next(fault, path=r"/createDatapointSDK$")
     with pytest.raises(TransientError) as caught:
         target.deliver(make_upload("f/1"))
-    assert caught.value.outcome_unknown
+    # A 429 was refused before anything was done (no lookup needed) and slows the target.
+    assert caught.value.outcome_unknown == (fault != "429")
+    assert caught.value.throttled == (fault == "429")
     if fault == "429":
         assert caught.value.retry_after == 7
     assert rb.key not in str(caught.value)
