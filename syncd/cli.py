@@ -74,6 +74,10 @@ def cmd_once(args) -> int:
         print(f"PENDING {key} -> {target}: {reason}")
     for target, reason in result.paused.items():
         print(f"PAUSED target {target}: {reason}")
+    for key, note in result.late:
+        print(f"LATE {key}: {note}")
+    for directory, reason in result.unreadable:
+        print(f"UNREADABLE {directory}: {reason} (skipped: nothing in it is delivered)")
     if result.interrupted:
         _say("syncd: interrupted: what was not delivered goes at the next run")
     return result.exit_code
@@ -93,6 +97,7 @@ def cmd_status(args) -> int:
 
 def cmd_check(args) -> int:
     from syncd.daemon import build_targets
+    from syncd.folders import Folders, unreadable_dirs
     from syncd.journal.inspect import inspect_journal
 
     config = _config(args)
@@ -121,9 +126,12 @@ def cmd_check(args) -> int:
     else:
         counts = ", ".join(f"{n} {name}" for name, n in journal.rows.items())
         print(f"journal {journal.path}: ok (schema {journal.version}; {counts})")
-    for folder in config.folders:
-        if folder.path.is_dir():
+    for folder, rules in zip(config.folders, (f.rules for f in Folders(list(config.folders), config.daemon.ignore))):
+        if os.path.isdir(folder.path):
             print(f"folder {folder.path}: ok -> {', '.join(folder.targets)}")
+            for path, reason in unreadable_dirs(folder.path, rules).items():
+                print(f"  warning: cannot read the directory {path}: {reason}; skipped, nothing in it is delivered: "
+                      "give the user syncd runs as read access to it, or add its name to the folder's exclude")
         elif folder.create:
             print(f"folder {folder.path}: missing, created at start-up")
         else:

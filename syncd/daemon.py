@@ -147,6 +147,8 @@ class Daemon:
         try:
             while self.store is not None and self.dispatcher.tasks_out() and time.monotonic() < deadline:
                 self._collect(time.time(), block=0.1)
+            if self.store is not None and self.dispatcher.unjournaled_deletions():
+                self._collect(time.time())  # files deleted after upload: counted as such
         except LocalError as exc:
             log.error("cannot record the last outcomes: %s", exc)
         held = sum(len(job.items) for jobs in self.dispatcher.jobs.jobs.values() for job in jobs.values())

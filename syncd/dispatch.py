@@ -17,7 +17,7 @@ Per target, each pass (inside the coordinator's pass transaction):
 - **Jobs.** An item a job holds stays in flight (``syncd.jobs``); one poll task per target
   reads the due jobs; a finished job is settled per item by a finish task in a worker.
 - **After upload.** With ``after_upload = "delete"``, an item every target acked at its
-  current version is deleted once the ack is committed.
+  current version is deleted once the ack is committed (syncd.after_upload).
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from collections.abc import Callable
 from functools import partial
 
 from syncd import delivery
+from syncd.after_upload import AfterUpload
 from syncd.config import DaemonSettings
 from syncd.delivery import FinishReport, Outcome, PollReport, SendReport
-from syncd.errors import FatalTargetError, ItemError, SyncdError, TransientError
+from syncd.errors import FatalTargetError, SyncdError, TransientError
 from syncd.folders import Folders
 from syncd.health import CheckReport, Health
 from syncd.inbox import Inbox
-from syncd.items.content import ContentCache, stat_signature
+from syncd.items.content import ContentCache
 from syncd.jobs import Job, JobBook
 from syncd.journal.store import DueDelivery, Store
 from syncd.settle import Settler
@@ -75,14 +76,15 @@ class Dispatcher:
         self.horizon = max(cfg.retry_max_seconds, delivery.MAX_RETRY_AFTER) + 60.0
         self._taken: list = []
         self._staged: list = []  # handed to the executors once the pass committed
-        self._acked: list[DueDelivery] = []  # for after_upload, once the pass committed
-        self._deleted: list[int] = []  # deleted after upload: journaled by the next pass
+        self.after_upload = AfterUpload(folders, cache, inbox.wake, settler.deleting)
         self._succeeded: set[str] = set()  # targets that acked something in this pass
+        settler.on_delivered = lambda folder, item_id, key: self.after_upload.delivered(item_id, folder.name, key)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, now: float) -> None:
         """Start the workers; take over the jobs the journal lists (polled, not re-sent)."""
         assert self.store is not None
+        self.after_upload.store = self.store
         for name, target in self.targets.items():
             self.executors[name] = Workers(target.settings.workers, f"upload-{name}")
         for job in self.store.outstanding_jobs():
@@ -100,8 +102,12 @@ class Dispatcher:
     def busy(self) -> bool:
         """Work out or unrecorded (items held by jobs of a paused target wait for its resumption)."""
         paused = self.health.paused
-        return (bool(self.jobs.polling or self.unrecorded) or any(self.tasks.values())
+        return (bool(self.jobs.polling or self.unrecorded or self.after_upload.deleted) or any(self.tasks.values())
                 or any(target not in paused for _, target in self.in_flight))
+
+    def unjournaled_deletions(self) -> bool:
+        """Files deleted after upload that the journal does not say so yet."""
+        return bool(self.after_upload.deleted)
 
     def tasks_out(self) -> bool:
         """Work handed to the workers and not reported yet (jobs are safe in the journal)."""
@@ -116,14 +122,14 @@ class Dispatcher:
         """A pass starts: what ``rolled_back`` puts back if it fails."""
         self._taken = []
         return (dict(self.in_flight), Counter(self.tasks), Counter(self.attempts), dict(self.next_due),
-                self.jobs.snapshot(), list(self._deleted))
+                self.jobs.snapshot(), list(self.after_upload.deleted))
 
     def rolled_back(self, saved) -> None:
         """The pass's transaction failed: its intents and outcomes are not journaled."""
-        self.in_flight, self.tasks, self.attempts, self.next_due, jobs, self._deleted = saved
+        self.in_flight, self.tasks, self.attempts, self.next_due, jobs, self.after_upload.deleted = saved
         self.jobs.restore(jobs)
         self.unrecorded = self._taken + self.unrecorded
-        self._taken, self._staged, self._acked = [], [], []
+        self._taken, self._staged, self.after_upload.acked = [], [], []
 
     def committed(self) -> None:
         """The pass's transaction committed: hand its batches over, delete what was acked."""
@@ -135,17 +141,13 @@ class Dispatcher:
                                             self.cache, self.read_options, self._files_for)
             else:
                 entry()
-        acked, self._acked = self._acked, []
-        for due in acked:
-            self._after_upload(due)
+        self.after_upload.committed()
 
     # -- recording reports --------------------------------------------------------------------
     def collect(self, now: float) -> None:
         """Record every report the workers and checks put on the inbox."""
         assert self.store is not None
-        deleted, self._deleted = self._deleted, []
-        for item_id in deleted:
-            self.store.gone(item_id, now, state="deleted")
+        self.after_upload.record(now)
         reports = self.unrecorded + self.inbox.drain()
         self.unrecorded = []
         self._taken = reports
@@ -164,6 +166,7 @@ class Dispatcher:
                 self.next_due.pop(report.target, None)
         for name in self._succeeded:
             self.store.target_succeeded(name, now)
+            self.health.succeeded(name)
 
     def _record(self, outcome: Outcome, now: float) -> None:
         assert self.store is not None
@@ -185,7 +188,7 @@ class Dispatcher:
                 self.store.add_note(due.item_id, name, "not sent: " + "; ".join(map(str, not_sent)))
             how = "found already delivered on" if outcome.adopted else "delivered to"
             log.info("%s %s %s as %s", due.key, how, name, outcome.receipt.remote_id)
-            self._acked.append(due)
+            self.after_upload.delivered(due.item_id, due.folder, due.key)
         elif kind == delivery.SUBMITTED:
             assert outcome.job_id is not None
             self.store.submitted(due.item_id, name, outcome.job_id, now)
@@ -372,37 +375,3 @@ class Dispatcher:
         """The item's files at the paths the journal has (in a worker: no journal access)."""
         folder = self.folders.named(due.folder)
         return folder.files(due.key, due.image, due.sidecar, due.mask) if folder is not None else None
-
-    # -- after upload ---------------------------------------------------------------------------
-    def _after_upload(self, due: DueDelivery) -> None:
-        folder = self.folders.named(due.folder)
-        if folder is None:
-            return
-        if len(folder.targets) == 1:
-            self.cache.drop(due.item_id)
-        if folder.settings.after_upload != "delete":
-            return
-        assert self.store is not None
-        if not self.store.fully_acked(due.item_id, folder.targets):
-            return
-        acked_sig = self.store.item_stat_sig(due.item_id)
-        files = folder.probe(due.key)
-        if files is None:
-            return
-        try:
-            sig, _ = stat_signature(files)
-        except (OSError, ItemError):
-            return
-        if sig != acked_sig:
-            return  # changed since the acked version: keep it, it will be delivered again
-        for path in files.paths():
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot delete %s after upload: %s", path, exc.strerror)
-                return
-        log.info("deleted local files of %s after every target acked it", due.key)
-        self._deleted.append(due.item_id)
-        self.inbox.wake.set()  # the next pass journals it

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.config import FolderSettings
-from syncd.items.convention import IgnoreRules, ItemFiles, make_key, probe_item
+from syncd.items.convention import IgnoreRules, ItemFiles, make_key, probe_item, walk
 from syncd.labels.classmap import find_class_map
 from syncd.watcher import FolderWatcher
 
@@ -28,6 +28,7 @@ class Folder:
     targets: list[str]
     missing: bool = False
     mount_point: bool | None = None  # whether the folder itself is a mount point (once seen)
+    unreadable: dict[str, str] = field(default_factory=dict)  # subdirectories that cannot be listed -> why
 
     @property
     def name(self) -> str:
@@ -37,12 +38,34 @@ class Folder:
         """The item key of ``stem`` in ``directory``."""
         return make_key(self.root, directory, stem, self.settings.key_prefix)
 
-    def probe(self, key: str) -> ItemFiles | None:
-        """The item ``key`` as it is on disk now (probing its possible names), or None."""
+    def note_unreadable(self, start: Path, found: dict[str, str]) -> bool:
+        """A scan below ``start`` could not list the directories ``found`` (path -> why): each
+        new one is named once in the log, one readable again too. True when ``unreadable``
+        changed."""
+        below = os.path.join(start, "")
+        known = self.unreadable
+        current = {path: why for path, why in known.items() if path != str(start) and not path.startswith(below)}
+        current.update(found)
+        for path, reason in found.items():
+            if path not in known:
+                log.warning("cannot read the directory %s: %s; skipped, nothing in it is delivered: give the user "
+                            "syncd runs as read access to it, or add its name to the folder's exclude", path, reason)
+        for path in known.keys() - current.keys():
+            log.info("the directory %s can be read again", path)
+        self.unreadable = current
+        return current != known
+
+    def locate(self, key: str) -> tuple[Path, str]:
+        """The directory and stem of the item ``key``."""
         prefix = self.settings.key_prefix
         rel = key[len(prefix.rstrip("/")) + 1:] if prefix else key
         directory, _, stem = rel.rpartition("/")
-        return probe_item(self.root, self.root / directory, stem, self.rules, prefix)
+        return self.root / directory, stem
+
+    def probe(self, key: str) -> ItemFiles | None:
+        """The item ``key`` as it is on disk now (probing its possible names), or None."""
+        directory, stem = self.locate(key)
+        return probe_item(self.root, directory, stem, self.rules, self.settings.key_prefix)
 
     def files(self, key: str, image: str | None, sidecar: str | None, mask: str | None) -> ItemFiles | None:
         """The item's files as the journal last saw them settle (no probing: what is read is
@@ -54,6 +77,31 @@ class Folder:
         if files.mask is not None:
             files.class_map = find_class_map(files.image.parent, self.root)
         return files
+
+
+def may_exist(path: str) -> bool:
+    """False only when ``path`` is certainly not there (a directory that cannot be read hides
+    its files: they are not gone)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def unreadable_dirs(root: Path, rules: IgnoreRules) -> dict[str, str]:
+    """``path -> reason`` of the directories below ``root`` that cannot be listed (``syncd
+    check``; the daemon's scans find the same). One listing per directory, no stat per file."""
+    found: dict[str, str] = {}
+
+    def note(path: Path, error: OSError) -> None:
+        found[str(path)] = error.strerror or str(error)
+
+    for _ in walk(root, rules, "", filter_listing=lambda directory, entries, export: [], unreadable=note):
+        pass
+    return found
 
 
 class Folders:
@@ -97,7 +145,7 @@ class Folders:
     def check_presence(self, watcher: FolderWatcher, *, watching: bool) -> None:
         """Notice folders that went missing or came back (a rescan is requested for those)."""
         for folder in self.all:
-            present = folder.root.is_dir()
+            present = os.path.isdir(folder.root)  # False, not an error, when it cannot be reached
             if present:
                 # An unmounted folder usually leaves its mount point behind: an empty directory
                 # that must not be read as "every item was deleted".

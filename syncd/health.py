@@ -5,6 +5,10 @@
   stalls the coordinator; its result comes back through the coordinator's inbox.
 - **Pause**: a ``FatalTargetError`` (from a check or an attempt) pauses the target
   (journaled, shown by ``status``); its deliveries stay due and go on when a check passes.
+  A target paused again right after a check resumed it, with nothing delivered between (a
+  cause its check cannot see), is re-checked with backoff: twice the wait each time, up to
+  ``MAX_RECHECK``, back to ``target_recheck_seconds`` after a delivery succeeds. So it never
+  flaps between paused and resumed every few seconds.
 - **Rate**: every request of a target is paced and held at the transport by its
   ``rate.RateController`` (``syncd.limits``: unlimited until the platform throttles, then
   adapted; a 429 or 503 with Retry-After holds every worker of the target). One ``RateGate``
@@ -36,6 +40,7 @@ log = logging.getLogger("syncd.health")
 
 FIRST_HOLD = 1.0  # seconds a throttled target is held when the server did not say how long
 MAX_HOLD = 3600.0
+MAX_RECHECK = 900.0  # the longest re-check backoff of a target that keeps failing right after resuming
 
 
 @dataclass
@@ -120,6 +125,9 @@ class Health:
         self.store: Store | None = None  # set by the daemon once the journal is open
         self.paused: dict[str, float] = {}  # target -> when to check it again
         self.checking: set[str] = set()
+        self.interval: dict[str, float] = {}  # target -> its re-check period now (backoff)
+        self._resumed: set[str] = set()  # resumed by a check, nothing delivered since
+        self._reasons: dict[str, str] = {}  # why each target was last paused
         self.gates = {name: RateGate(name, t.settings.workers, t.settings.rate_limit) for name, t in targets.items()}
         self._described: dict[str, tuple[float | None, str]] = {}
 
@@ -144,7 +152,7 @@ class Health:
         """Start the checks of paused targets whose time came."""
         for name, at in self.paused.items():
             recheck_in = at - now  # beyond the period: the clock was set back
-            if not 0 < recheck_in <= self.recheck_seconds and name not in self.checking:
+            if not 0 < recheck_in <= self.interval.get(name, self.recheck_seconds) and name not in self.checking:
                 self.start_check(name)
 
     def checked(self, report: CheckReport, now: float) -> None:
@@ -157,22 +165,39 @@ class Health:
                 log.warning("target %s: %s", name, warning)
             if name in self.paused:
                 log.info("target %s works again; resuming deliveries", name)
+                self._resumed.add(name)
             self.paused.pop(name, None)
             self.store.set_paused(name, None, now)
             return
         if isinstance(error, TransientError):
             log.warning("target %s is not reachable yet: %s", name, error)
             if name in self.paused:
-                self.paused[name] = now + self.recheck_seconds
+                self.paused[name] = now + self.interval.get(name, self.recheck_seconds)
             return
         self.pause(name, str(error), now)
 
     def pause(self, name: str, reason: str, now: float) -> None:
-        """Pause ``name`` (again: its next check is ``target_recheck_seconds`` away)."""
+        """Pause ``name`` (again: its next check is ``target_recheck_seconds`` away, or twice the
+        last wait when it failed right after a check resumed it)."""
         assert self.store is not None
-        log.error("target %s paused: %s (re-checked every %.0fs)", name, reason, self.recheck_seconds)
-        self.paused[name] = now + self.recheck_seconds
+        if name in self._resumed:  # failed again with nothing delivered since it resumed
+            self._resumed.discard(name)
+            interval = min(2 * self.interval.get(name, self.recheck_seconds), max(MAX_RECHECK, self.recheck_seconds))
+            log.error("target %s paused again right after resuming: %s (re-checked in %.0fs)", name, reason, interval)
+        else:
+            interval = self.interval.get(name, self.recheck_seconds)
+            # A re-check failing for the reason already logged is not news (one line a period).
+            level = logging.DEBUG if self._reasons.get(name) == reason and name in self.paused else logging.ERROR
+            log.log(level, "target %s paused: %s (re-checked every %.0fs)", name, reason, interval)
+        self._reasons[name] = reason
+        self.interval[name] = interval
+        self.paused[name] = now + interval
         self.store.set_paused(name, reason, now)
+
+    def succeeded(self, name: str) -> None:
+        """A delivery to ``name`` succeeded: its re-checks are back to ``target_recheck_seconds``."""
+        self._resumed.discard(name)
+        self.interval.pop(name, None)
 
     # -- rate -----------------------------------------------------------------------------------
     def slots(self, name: str, now: float) -> int:

@@ -124,6 +124,7 @@ class Metrics:
         self.text = text
         if self.settings.textfile is not None:
             try:
-                write_atomic(self.settings.textfile, text.encode(), fsync=False)
+                # 0644 whatever the umask: node_exporter reads it as another user; it holds no secret.
+                write_atomic(self.settings.textfile, text.encode(), fsync=False, mode=0o644)
             except Exception as exc:  # metrics must never stop deliveries
                 log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc)

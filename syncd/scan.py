@@ -66,10 +66,16 @@ class Scan:
         self.candidates: dict[str, int] = {}  # live journal items listed but not found unchanged: key -> id
         self.yielded: set[str] = set()  # keys of the items yielded
         self._save: list[tuple[str, str, str, int]] = []
+        self.unreadable: dict[str, str] = {}  # directories that could not be listed -> why
+        self.late: dict[str, tuple[Path, str, int]] = {}  # companions of deleted items: key -> (dir, stem, id)
+
+    def _unreadable(self, directory: Path, error: OSError) -> None:
+        self.unreadable[str(directory)] = error.strerror or str(error)
 
     # -- walking --------------------------------------------------------------------------
     def items(self, start: Path | None = None) -> Iterator[ItemFiles]:
-        for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter):
+        for files in walk(self.root, self.rules, self.prefix, start=start, filter_listing=self._filter,
+                          unreadable=self._unreadable):
             self.yielded.add(files.key)
             yield files
 
@@ -89,9 +95,11 @@ class Scan:
                 self.skipped[base] = stored[1]
                 self.accounted += stored[1]
                 return []
-        live = {key: row for key, row in self.store.dir_signatures(self.folder, base).items()
-                if row[2] not in ("gone", "deleted")}
+        rows = self.store.dir_signatures(self.folder, base)
+        live = {key: row for key, row in rows.items() if row[2] not in ("gone", "deleted")}
         self.accounted += len(live)
+        if export is None and len(rows) > len(live):
+            self._late_companions(directory, base, entries, rows)
         if export is not None:
             rest, accepted = [entry.name for entry in entries], set()
         else:
@@ -102,6 +110,20 @@ class Scan:
         if export is None and digest is not None and not rest and len(accepted) == len(live):
             self._save.append((dir_key, base, digest, len(accepted)))
         return rest
+
+    def _late_companions(self, directory: Path, base: str, entries: list[os.DirEntry],
+                         rows: dict[str, tuple[int, str | None, str]]) -> None:
+        """Note the companions without an image whose key is an item deleted after upload
+        (syncd.companions decides what to do with them)."""
+        stems: dict[str, bool] = {}  # stem -> has an image
+        for entry in entries:
+            found = role_of(entry.name)
+            if found is not None and not self.rules.ignored(entry.name):
+                stems[found[0]] = stems.get(found[0], False) or found[1] == "image"
+        for stem, has_image in stems.items():
+            row = None if has_image else rows.get(printable(base + stem))
+            if row is not None and row[2] == "deleted":
+                self.late[printable(base + stem)] = (directory, stem, row[0])
 
     def _digest(self, directory: Path, entries: list[os.DirEntry]) -> str | None:
         """The directory's digest (see the module docstring), or None when a file cannot be
@@ -135,14 +157,16 @@ class Scan:
         self._save = []
 
     def vanished(self) -> list[tuple[str, int]]:
-        """``(key, id)`` of live journal items this (full) scan did not find."""
+        """``(key, id)`` of live journal items this (full) scan did not find. Items below a
+        directory that could not be read are not among them: they may well be there."""
         missing = [(key, item_id) for key, item_id in self.candidates.items() if key not in self.yielded]
         if self.store.live_count(self.folder) == self.accounted:
             return missing  # every live item is in a directory that was listed
-        # Some live items are in directories that were not listed (removed, now ignored).
+        # Some live items are in directories that were not listed (removed, now ignored, unreadable).
         visited = self.visited
+        hidden = tuple(self._base(Path(path)) for path in self.unreadable)
         return missing + [(key, item_id) for key, item_id in self.store.live_items(self.folder)
-                          if key[: key.rfind("/") + 1] not in visited]
+                          if key[: key.rfind("/") + 1] not in visited and not key.startswith(hidden)]
 
 
 def _changed_names(root: Path, directory: Path, base: str, entries: list[os.DirEntry], rules: IgnoreRules,

@@ -127,13 +127,15 @@ class OnceResult:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, target, reason)
     pending: list[tuple[str, str, str]] = field(default_factory=list)
     paused: dict[str, str] = field(default_factory=dict)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (directory, reason): skipped
+    late: list[tuple[str, str]] = field(default_factory=list)  # (key, note): a companion not delivered
     interrupted: bool = False  # a stop signal (Ctrl-C, SIGTERM, SIGHUP) ended it early
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 0 if not (self.failed or self.pending or self.paused) else 1
+        return 0 if not (self.failed or self.pending or self.paused or self.unreadable or self.late) else 1
 
 
 def run_once(config: Config, *, max_wait: float = 600.0, progress=None) -> OnceResult:
@@ -194,6 +196,9 @@ def _once_result(daemon: Daemon) -> OnceResult:
         result.failed.append((key, "(labels)", f"delivered without labels/mask: {label_error}"))
     for key, error in daemon.store.settling_items():
         result.pending.append((key, "-", error or "still being written"))
+    for folder in daemon.folders:
+        result.unreadable += sorted(folder.unreadable.items())
+        result.late += daemon.store.late_companions(folder.name)
     paused = daemon.store.paused_targets()
     result.paused = {name: reason for name, reason in paused.items() if name in daemon.targets}
     return result

@@ -24,17 +24,18 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.companions import LateCompanions
 from syncd.config import DaemonSettings
 from syncd.errors import ItemError
-from syncd.folders import Folder, Folders
-from syncd.items.content import ContentCache, ItemContent, read_item, stat_signature
+from syncd.folders import Folder, Folders, may_exist
+from syncd.items.content import ContentCache, ItemContent, stat_signature
 from syncd.items.convention import ItemFiles, printable, probe_item, relative_path, role_of
 from syncd.journal.store import Store
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
+from syncd.readers import READERS, Readers
 from syncd.scan import Scan
 from syncd.targets import Target
 from syncd.watcher import FolderWatcher
@@ -42,7 +43,6 @@ from syncd.watcher import FolderWatcher
 log = logging.getLogger("syncd.settle")
 
 SETTLE_SLICE = 0.005  # seconds of reading per pass: the pass then dispatches, so sending keeps up with reading
-READERS = min(4, os.cpu_count() or 1)  # threads reading complete items in parallel
 READ_CHUNK = 4 * READERS  # complete items read together
 FRESH = 1.0  # seconds: an item stat'ed this recently (by the scan that found it) is not stat'ed again
 
@@ -60,6 +60,7 @@ class Settling:
     first: float  # when it started settling
     observed_at: float  # when its files were last stat'ed
     reported: bool = False  # "still being written" was reported
+    was_deleted: bool = False  # its key is that of an item delivered and deleted after upload
     check_at: float = field(default=0.0)  # its next look
     ticket: int = -1  # its live entry in the deadline heap (older ones are superseded)
 
@@ -87,7 +88,13 @@ class Settler:
         self.next_rescan = 0.0
         self.newly_due: set[str] = set()  # targets with deliveries made due since the dispatcher looked
         self.on_gone: Callable[[int], None] = lambda item_id: None  # the dispatcher forgets its cached content
-        self._readers: ThreadPoolExecutor | None = None
+        # An item settled at a version every target has (a file delivered and deleted came back
+        # the same): the dispatcher applies after_upload to it again.
+        self.on_delivered: Callable[[Folder, int, str], None] = lambda folder, item_id, key: None
+        self.deleting: set[int] = set()  # items whose files after_upload removed, not journaled yet
+        self.companions = LateCompanions(targets)
+        self.readers = Readers(read_options)
+        self._unreadable_unsaved = {folder.name for folder in folders}  # folder.unreadable not journaled yet
 
     # -- scans and hints --------------------------------------------------------------------
     def scan(self, now: float) -> None:
@@ -95,7 +102,7 @@ class Settler:
         self.watcher.rescan_needed.clear()
         self.next_rescan = now + self.cfg.rescan_seconds * self.rng.uniform(0.9, 1.1)
         for folder in self.folders:
-            if folder.missing or not folder.root.is_dir():
+            if folder.missing or not os.path.isdir(folder.root):
                 continue
             self._scan_tree(folder, folder.root, now, full=True)
 
@@ -113,24 +120,57 @@ class Settler:
         for files in scan.items(start):
             self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
         scan.finish()
+        self._unreadable(folder, start, scan.unreadable, now)
+        for key, (directory, stem, item_id) in scan.late.items():
+            self._late(folder, key, item_id, directory, stem, now)
         if not full:
             return
+        for key, _ in self.store.late_companions(folder.name):  # noted before: still there?
+            if key not in scan.late and (item_id := self.store.item_id(folder.name, key)) is not None:
+                self._late(folder, key, item_id, *folder.locate(key), now)
         for key, item_id in scan.vanished():
             if item_id not in self.settling:
                 self._vanished(folder, key, item_id, now)
 
-    def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
+    def _unreadable(self, folder: Folder, start: Path, found: dict[str, str], now: float) -> None:
+        """Journal the directories below ``start`` a scan could not list, when that changed."""
         assert self.store is not None
+        if folder.note_unreadable(start, found) or folder.name in self._unreadable_unsaved:
+            self.store.set_unreadable_dirs(folder.name, folder.unreadable, now)
+            self._unreadable_unsaved.discard(folder.name)
+
+    def _late(self, folder: Folder, key: str, item_id: int, directory: Path, stem: str, now: float) -> None:
+        """A companion of an item delivered and deleted after upload (syncd.companions)."""
+        assert self.store is not None
+        image = self.companions.arrived(self.store, folder, key, item_id, directory, stem)
+        files = image and probe_item(folder.root, image.parent, stem, folder.rules, folder.settings.key_prefix)
+        if files:
+            self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
+
+    def _vanished(self, folder: Folder, key: str, item_id: int, now: float) -> None:
+        """The live item ``key`` was not found: it is gone (once), unless its files are only
+        hidden (an unreadable directory) or after_upload removed them."""
+        assert self.store is not None
+        if item_id in self.deleting:
+            return  # after_upload removed its files: the dispatcher journals it as deleted
         image = self.store.item_image(item_id)
-        if image is not None and os.path.exists(image):
+        if image is not None and may_exist(image):
             rel = relative_path(folder.root, Path(image))
             if rel is None or not folder.rules.ignored_path(rel):
                 return  # unreadable directory or a race: not gone
             log.info("item %s is now ignored in %s (ignore/exclude); it stays where it was delivered", key, folder.root)
-        else:
-            log.info("item %s is gone from %s", key, folder.root)
-        self.store.gone(item_id, now)
+            self.on_gone(item_id)
+            self.store.gone(item_id, now)
+            return
         self.on_gone(item_id)
+        if folder.settings.after_upload == "delete" and self.store.fully_acked(item_id, folder.targets):
+            # Delivered everywhere and its files removed (by after_upload before a crash kept it
+            # from being journaled, or by the user): it counts as delivered and deleted.
+            log.info("item %s was delivered and its files are gone: counted as deleted after upload", key)
+            self.store.gone(item_id, now, state="deleted")
+            return
+        log.info("item %s is gone from %s", key, folder.root)
+        self.store.gone(item_id, now)
 
     def hint(self, path: Path, now: float) -> None:
         """A file event named ``path``: observe what it may have changed."""
@@ -140,7 +180,7 @@ class Settler:
         rel = relative_path(folder.root, path)
         if rel is None or folder.rules.ignored_path(rel):
             return  # the scans' rules: in .Trash-1000/, .git/, an excluded directory... (no stat even)
-        if path.is_dir():
+        if os.path.isdir(path):
             self._scan_tree(folder, path, now, full=False)
             return
         if path.name in (CLASS_MAP_NAME, DATAPOINT_MAP_NAME):
@@ -151,15 +191,18 @@ class Settler:
         found = role_of(path.name)
         if found is None:
             return
-        stem, _role = found
+        stem, role = found
         files = probe_item(folder.root, path.parent, stem, folder.rules, folder.settings.key_prefix)
         assert self.store is not None
         if files is None:
             key = folder.key_for(path.parent, stem)
-            item_id = self.store.item_id(folder.name, key)
-            if item_id is not None:
-                self.settling.pop(item_id, None)
-                self._vanished(folder, key, item_id, now)
+            known = self.store.observed_item(folder.name, key)
+            if known is not None:
+                self.settling.pop(known[0], None)
+                if known[2] == "deleted" and role != "image":
+                    self._late(folder, key, known[0], path.parent, stem, now)
+                elif known[2] not in ("gone", "deleted"):  # (one event per file: said once)
+                    self._vanished(folder, key, known[0], now)
             return
         self.observe(folder, files, now, self.store.observed_item(folder.name, files.key))
 
@@ -188,7 +231,8 @@ class Settler:
         assert self.store is not None
         item_id = self.store.observe(folder.name, files.key, str(files.image), _opt(files.sidecar), _opt(files.mask),
                                      sig, now)
-        entry = Settling(folder, item_id, files, sig, now, quiet, now, now)
+        entry = Settling(folder, item_id, files, sig, now, quiet, now, now,
+                         was_deleted=known is not None and known[2] == "deleted")
         self.settling[item_id] = entry
         self._schedule(entry, now)
 
@@ -209,6 +253,7 @@ class Settler:
         self.settling.clear()
         self._heap.clear()
         self.newly_due.clear()
+        self._unreadable_unsaved = {folder.name for folder in self.folders}  # journaled again by the next scans
 
     # -- deadlines ---------------------------------------------------------------------------
     def _schedule(self, entry: Settling, now: float) -> None:
@@ -315,27 +360,12 @@ class Settler:
         later.append(entry)
 
     def _read_all(self, ready: list[Settling], now: float) -> None:
-        """Read, validate and hash ``ready`` items (in parallel: decoding and hashing release the
-        GIL), then journal each one's outcome in order."""
-        if len(ready) == 1 or READERS < 2:
-            results = _load(ready, self.read_options)
-        else:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(READERS - 1, thread_name_prefix="read")
-            # One part per thread, this one included (not one task per item).
-            parts = [ready[i::READERS] for i in range(READERS)]
-            others = [self._readers.submit(_load, part, self.read_options) for part in parts[1:] if part]
-            loaded = [_load(parts[0], self.read_options)] + [future.result() for future in others]
-            by_entry = {id(entry): result for part, results in zip(parts, loaded)
-                        for entry, result in zip(part, results)}
-            results = [by_entry[id(entry)] for entry in ready]
-        for entry, result in zip(ready, results):
+        """Read, validate and hash ``ready`` items (in parallel), then journal each one's outcome in order."""
+        for entry, result in zip(ready, self.readers.read([entry.files for entry in ready])):
             self._settled(entry, result, now)
 
     def close(self) -> None:
-        if self._readers is not None:
-            self._readers.shutdown(wait=False, cancel_futures=True)
-            self._readers = None
+        self.readers.close()
 
     def _settled(self, entry: Settling, content: ItemContent | ItemError, now: float) -> None:
         assert self.store is not None
@@ -350,6 +380,14 @@ class Settler:
             log.warning("item %s is delivered without its labels/mask: %s", entry.files.key, label_error)
         self.store.settled(item_id, content.version, folder.targets, now, label_error=label_error,
                            notes=self._unrepresentable(folder, content), stat_sig=entry.sig)
+        restored = item_id in self.companions.restored  # its image put back for a late companion
+        self.companions.restored.discard(item_id)
+        if entry.was_deleted and not restored:  # a name used again after deletion
+            if self.store.fully_acked(item_id, folder.targets):
+                self.on_delivered(folder, item_id, entry.files.key)  # the same again: nothing to send
+                return
+            log.warning("%s was delivered and deleted before: this new file replaces it on %s (the same key); "
+                        "give new files new names to keep both", entry.files.key, ", ".join(folder.targets))
         self.cache.put(item_id, entry.sig, content, entry.files)
         self.newly_due.update(folder.targets)
         log.debug("item %s settled at version %s", entry.files.key, content.version)
@@ -362,17 +400,6 @@ class Settler:
             lost = target.unsupported_labels(content.sidecar.labels, has_mask=content.mask is not None)
             notes[name] = f"{target.platform} cannot represent: {', '.join(lost)}" if lost else None
         return notes
-
-
-def _load(entries: list[Settling], read_options: dict) -> list[ItemContent | ItemError]:
-    """Each entry's content, or the ItemError that makes it invalid."""
-    results: list[ItemContent | ItemError] = []
-    for entry in entries:
-        try:
-            results.append(read_item(entry.files, **read_options))
-        except ItemError as exc:
-            results.append(exc)
-    return results
 
 
 def _opt(path: Path | None) -> str | None:

@@ -56,6 +56,9 @@ def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX
                     "deleted_after_upload": item_states.get("deleted", 0),
                     "not_settling": [{"key": key, "note": error}
                                      for key, error in journal.slow_settling(name, failed_limit)],
+                    "unreadable": [{"path": path, "reason": reason} for path, reason in journal.unreadable_dirs(name)],
+                    "late_companions": [{"key": key, "note": note}
+                                        for key, note in journal.late_companions(name, failed_limit)],
                     "targets": per_target,
                 }
             )
@@ -97,6 +100,10 @@ def render(status: dict[str, Any]) -> str:
         deleted = folder["deleted_after_upload"]
         lines.append(f"{folder['folder']}: {folder['items']} items, {folder['settling']} settling"
                      + (f", {deleted} deleted after upload" if deleted else ""))
+        for entry in folder["unreadable"]:
+            lines.append(f"  UNREADABLE {entry['path']}: {entry['reason']} (skipped: nothing in it is delivered)")
+        for late in folder["late_companions"]:
+            lines.append(f"  LATE {late['key']}: {late['note']}")
         for note in folder["not_settling"]:
             lines.append(f"  settling {note['key']}: {note['note']}")
         for failed in folder["labels_failed"]:

@@ -74,12 +74,11 @@ def inotify_watch_count() -> int:
 
 
 def count_directories(path: Path) -> int:
-    """Directories an inotify watch of ``path`` needs: itself and every real subdirectory."""
-    count = 1
-    for _root, dirnames, _files in os.walk(path):
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(_root, d))]
-        count += len(dirnames)
-    return count
+    """Directories an inotify watch of ``path`` needs: itself and every real subdirectory it
+    can read. watchdog skips a directory it may not read (EACCES: a root-owned lost+found),
+    and so does this count (os.walk lists what it can and follows no symlink): such a
+    directory is the scan's to report, not a sign that the watch limit is reached."""
+    return sum(1 for _ in os.walk(path))
 
 
 class _Overflow(logging.Handler):
@@ -135,7 +134,7 @@ class FolderWatcher:
             self._start_one(path, poll, poll_seconds)
 
     def _start_one(self, path: Path, poll: bool, poll_seconds: float) -> None:
-        if not path.is_dir():
+        if not os.path.isdir(path):
             return  # the coordinator reports missing folders; started once they appear
         fs_type = filesystem_type(path)
         use_poll = poll or (fs_type in NETWORK_FILESYSTEMS)
@@ -192,7 +191,7 @@ class FolderWatcher:
                 except Exception:
                     pass
                 del self.observers[path]
-            elif not path.is_dir():
+            elif not os.path.isdir(path):
                 continue
             self._start_one(path, poll, poll_seconds)
             if path in self.observers:

@@ -18,6 +18,7 @@ the masks come from its datapoint map (``syncd.items.redbrick_export``).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -33,7 +34,9 @@ MASK_SUFFIX = ".mask.png"
 SIDECAR_SUFFIX = ".json"
 RESERVED_NAMES = frozenset({CLASS_MAP_NAME, DATAPOINT_MAP_NAME})
 # Temporary and hidden files of editors, browsers, rsync and friends are never items.
-DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", ".goutputstream-*", "4913", "#*#")
+# lost+found: what fsck recovered on a mounted drive (root's alone; never a drop).
+DEFAULT_IGNORES = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", ".goutputstream-*", "4913", "#*#",
+                   "lost+found")
 
 
 class IgnoreRules:
@@ -307,10 +310,11 @@ def probe_item(root: Path, image_dir: Path, stem: str, rules: IgnoreRules, prefi
 
 
 ListingFilter = Callable[[Path, list[os.DirEntry], "Export | None"], list[str]]
+Unreadable = Callable[[Path, OSError], None]
 
 
 def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = None, follow_symlinks: bool = False,
-         filter_listing: ListingFilter | None = None) -> Iterator[ItemFiles]:
+         filter_listing: ListingFilter | None = None, unreadable: Unreadable | None = None) -> Iterator[ItemFiles]:
     """All items below ``start`` (default ``root``), keyed relative to ``root``.
 
     Depth first; ignored directories (``IgnoreRules``: hidden ones, ``drafts/*``...) are
@@ -322,6 +326,9 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
     file entries (``os.DirEntry``, stat results cached on them) and returns the names still
     to group into items; the rescans of ``syncd.scan`` use it to drop unchanged items
     without building an ``ItemFiles`` for each.
+
+    A directory that cannot be listed (no permission: a root-owned ``lost+found``) is skipped;
+    ``unreadable(directory, error)`` hears about it. One that vanished is skipped silently.
     """
     first = start or root
     first_rel = relative_path(root, first)
@@ -342,7 +349,9 @@ def walk(root: Path, rules: IgnoreRules, prefix: str, *, start: Path | None = No
                             stack.append((entry.path, base + entry.name, export))
                     else:
                         entries.append(entry)
-        except OSError:
+        except OSError as exc:
+            if unreadable is not None and exc.errno in (errno.EACCES, errno.EPERM):
+                unreadable(path, exc)
             continue  # vanished or unreadable directory: the next scan sees it again
         if filter_listing is not None:
             names = filter_listing(path, entries, export)

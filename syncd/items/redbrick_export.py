@@ -52,7 +52,9 @@ class DatapointMap:
 
 def is_redbrick_export(directory: Path) -> bool:
     """True when ``directory`` holds both ``class_map.json`` and ``datapoint_map.json``."""
-    return (directory / DATAPOINT_MAP_NAME).is_file() and (directory / CLASS_MAP_NAME).is_file()
+    # os.path.isfile: False, never an error, for a directory that cannot be read (Path.is_file
+    # raises PermissionError there, which stopped whole scans at an unreadable lost+found).
+    return os.path.isfile(directory / DATAPOINT_MAP_NAME) and os.path.isfile(directory / CLASS_MAP_NAME)
 
 
 def _inside(directory: Path, relative: str) -> Path | None:

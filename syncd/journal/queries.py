@@ -11,6 +11,7 @@ and the metrics run them on journals of 100,000 items (bench/status_speed.py).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,29 @@ class JournalReader:
             "WHERE d.target=? AND d.note IS NOT NULL AND +i.folder=? AND i.state NOT IN ('gone') "
             "ORDER BY i.key LIMIT ?",
             (target, folder, limit)).fetchall()
+
+    def unreadable_dirs(self, folder: str) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the subdirectories of ``folder`` the daemon could not read, by path."""
+        return self.conn.execute("SELECT path, reason FROM unreadable_dirs WHERE folder=? ORDER BY path",
+                                 (folder,)).fetchall()
+
+    def late_companions(self, folder: str, limit: int = -1) -> list[tuple[str, str]]:
+        """``(key, note)`` of the items of ``folder`` deleted after upload whose companion came
+        later and was not delivered, by key."""
+        return self.conn.execute(
+            "SELECT key, error FROM items INDEXED BY items_late_companion "
+            "WHERE folder=? AND state='deleted' AND error IS NOT NULL ORDER BY key LIMIT ?",
+            (folder, limit)).fetchall()
+
+    def late_note(self, item_id: int) -> str | None:
+        """What ``note_late_companion`` last said about the item (None: nothing)."""
+        row = self.conn.execute("SELECT error FROM items WHERE id=? AND state='deleted'", (item_id,)).fetchone()
+        return row[0] if row else None
+
+    def receipts(self, item_id: int) -> dict[str, dict[str, Any]]:
+        """``target -> receipt`` of the item's acknowledged deliveries."""
+        return {target: json.loads(receipt) for target, receipt in self.conn.execute(
+            "SELECT target, receipt FROM deliveries WHERE item_id=? AND receipt IS NOT NULL", (item_id,))}
 
     def slow_settling(self, folder: str, limit: int) -> list[tuple[str, str]]:
         """``(key, note)`` of up to ``limit`` items of ``folder`` settling for longer than they should."""

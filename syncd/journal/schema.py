@@ -123,6 +123,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE targets ADD COLUMN rate REAL;                -- requests/s the target is held to (NULL: unlimited)
     ALTER TABLE targets ADD COLUMN rate_reason TEXT;         -- why: "configured limit", "slowed by 429 at ..."
     """,
+    # 6: subdirectories of a watched folder the daemon cannot read (skipped; `syncd status` names them);
+    # items deleted after upload with a companion that came later and was not delivered (items.error)
+    """
+    CREATE TABLE unreadable_dirs (
+        folder TEXT NOT NULL,
+        path TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since REAL NOT NULL,
+        PRIMARY KEY (folder, path)
+    );
+    CREATE INDEX items_late_companion ON items (folder) WHERE state='deleted' AND error IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)  # the user_version of an up-to-date journal
@@ -168,6 +180,7 @@ def connect(state_dir: Path) -> sqlite3.Connection:
     path = state_dir / DB_NAME
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
+        _private(path)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -184,6 +197,21 @@ def connect(state_dir: Path) -> sqlite3.Connection:
         raise LocalError(
             f"cannot open the journal {path}: {exc.strerror}; check state_dir and its permissions") from None
     return conn
+
+
+def _private(path: Path) -> None:
+    """Make the journal file (created empty if missing) and its WAL files readable by this
+    user only, whatever the umask: SQLite gives the WAL files the main file's mode."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if name == path else 0), 0o600)
+        except FileNotFoundError:
+            continue
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def damaged(exc: sqlite3.DatabaseError, path: Path) -> LocalError:

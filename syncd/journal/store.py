@@ -74,6 +74,22 @@ class Store(Deliveries, JournalReader):
         if dirs:
             self._tx([("DELETE FROM scanned_dirs WHERE folder=? AND dir=?", (folder, d)) for d in dirs])
 
+    def set_unreadable_dirs(self, folder: str, dirs: dict[str, str], now: float) -> None:
+        """The subdirectories of ``folder`` the daemon cannot read now (``path -> reason``);
+        the others are forgotten, those already known keep the time they were first seen."""
+        marks = ",".join("?" * len(dirs))
+        statements: list[tuple[str, tuple]] = [
+            (f"DELETE FROM unreadable_dirs WHERE folder=? AND path NOT IN ({marks})", (folder, *dirs))]
+        statements += [("INSERT INTO unreadable_dirs (folder, path, reason, since) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (folder, path) DO UPDATE SET reason=excluded.reason", (folder, path, reason, now))
+                       for path, reason in dirs.items()]
+        self._tx(statements)
+
+    def note_late_companion(self, item_id: int, note: str | None) -> None:
+        """An item deleted after upload has a companion that came later and was not delivered
+        (``note`` says which and what to do; None: no more)."""
+        self._tx([("UPDATE items SET error=? WHERE id=? AND state='deleted'", (note, item_id))])
+
     # -- items ----------------------------------------------------------------------------
     def observe(self, folder: str, key: str, image: str, sidecar: str | None, mask: str | None, sig: str,
                 now: float) -> int:

@@ -287,6 +287,15 @@ class Target(ABC):
         None (the daemon then simply sends again). Raises as ``deliver``."""
         return None
 
+    def stored_image(self, key: str, receipt: Receipt | None) -> bytes | None:
+        """The image bytes this target holds for ``key`` (``receipt``: of its last delivery), or
+        None when it cannot give them back cheaply. Only for targets that read them locally:
+        it is called on the coordinator, when a companion (sidecar, mask) of an item already
+        delivered and deleted after upload arrives (syncd.companions puts the image back
+        beside it, so the item is delivered again whole). Must return exactly the bytes
+        delivered (checked against the hash it stored) or None; never raises."""
+        return None
+
     def close(self) -> None:
         """Release sessions and other resources; the target may be used again afterwards."""
 

@@ -15,6 +15,8 @@ the exactly-once tests).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import threading
@@ -25,8 +27,8 @@ from typing import Any
 from pydantic import Field
 
 from syncd import limits
-from syncd.errors import FatalTargetError, PermanentError
-from syncd.fsutil import write_atomic
+from syncd.errors import FatalTargetError, LocalError, PermanentError
+from syncd.fsutil import NAME_MAX, write_atomic, write_error
 from syncd.labels.support import FEATURES
 from syncd.targets.base import Receipt, Target, TargetSettings, Upload
 
@@ -38,6 +40,13 @@ class LocalSettings(TargetSettings):
     path: Path = Field(description="directory of the dataset; created if missing")
     log_deliveries: bool = Field(False, description=f"append each delivery to {DELIVERY_LOG}")
     fsync: bool = Field(True, description="fsync each file before it is renamed into place")
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
 
 
 class LocalTarget(Target):
@@ -56,16 +65,29 @@ class LocalTarget(Target):
         self._parents: dict[str, str] = {}  # key's directory -> its resolved path
         self._ready: set[str] = set()  # directories made and swept of stale temp files
         self._sweep_lock = threading.Lock()
+        self._needs_bytes = 0  # what the write that failed for want of space needed (check() waits for it)
 
     def check(self) -> list[str]:
-        """The dataset directory exists (created if missing) and is writable; FatalTargetError
-        otherwise. No warnings: a directory holds everything."""
+        """The dataset directory exists (created if missing), is writable, and its filesystem
+        is not read-only nor full (has room for the write that last failed for want of it);
+        FatalTargetError otherwise. No warnings: a directory holds everything."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            info = os.statvfs(self.root)
         except OSError as exc:
-            raise FatalTargetError(f"target {self.name!r}: cannot create {self.root}: {exc.strerror}") from exc
+            error = write_error(exc, str(self.root / "x"))
+            raise FatalTargetError(f"target {self.name!r}: "
+                                   + (str(error) if error else f"cannot create {self.root}: {exc.strerror}")) from exc
+        if info.f_flag & os.ST_RDONLY:
+            raise FatalTargetError(f"target {self.name!r}: {self.root} is on a read-only filesystem: "
+                                   "remount it read-write")
         if not os.access(self.root, os.W_OK):
-            raise FatalTargetError(f"target {self.name!r}: {self.root} is not writable by this user")
+            raise FatalTargetError(f"target {self.name!r}: {self.root} is not writable by the user syncd runs as: "
+                                   "give it write access")
+        free = info.f_bavail * info.f_frsize
+        if free < max(1, self._needs_bytes) or (info.f_files and not info.f_favail):
+            raise FatalTargetError(f"target {self.name!r}: no space left on the device holding {self.root} "
+                                   f"({free} bytes free): free some space")
         return []
 
     def _paths(self, key: str, suffix: str) -> tuple[str, str, str]:
@@ -96,7 +118,36 @@ class LocalTarget(Target):
     def deliver(self, upload: Upload) -> Receipt:
         """Write the image, the mask (or remove an old one) and then the record, each
         atomically; the record is the commit point. A re-send overwrites the same files, so
-        it can never make a second item. A key escaping the directory is a PermanentError."""
+        it can never make a second item. A key escaping the directory, or a name too long for
+        its filesystem, is a PermanentError; a destination that is full, read-only or not
+        writable is a FatalTargetError naming the fix (the target pauses)."""
+        try:
+            receipt = self._write(upload)
+        except (OSError, LocalError) as exc:
+            raise self._write_failed(exc, upload) from None
+        self._needs_bytes = 0
+        return receipt
+
+    def _write_failed(self, exc: OSError | LocalError, upload: Upload) -> Exception:
+        """The error to raise for a write that failed (see ``deliver``)."""
+        cause = exc.__cause__ if isinstance(exc, LocalError) else exc
+        if isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG:
+            name = os.path.basename(cause.filename or "") or upload.key
+            if cause.filename and not os.path.basename(cause.filename).endswith(".tmp"):
+                size = len(os.fsencode(name))
+                return PermanentError(f"the name {name} is too long for {self.root} ({size} bytes; its filesystem "
+                                      f"takes {_name_max(self.root)}): rename {upload.image_name} to a shorter name")
+            return PermanentError(f"a name of {upload.key} is too long for {self.root}: rename "
+                                  f"{upload.image_name} to a shorter name")
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._needs_bytes = len(upload.image) + len(upload.mask or b"") + 64 * 1024  # + the record
+        if isinstance(exc, OSError):
+            exc = write_error(exc, exc.filename or str(self.root)) or exc
+        if isinstance(exc, LocalError):
+            return FatalTargetError(f"target {self.name!r}: {exc}")
+        return exc
+
+    def _write(self, upload: Upload) -> Receipt:
         image_path, mask_path, record_path = self._paths(upload.key, upload.image_suffix)
         directory = os.path.dirname(image_path)
         self._prepare(directory)
@@ -116,6 +167,9 @@ class LocalTarget(Target):
                 os.unlink(mask_path)  # of an earlier version
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:  # a name that cannot exist there
+                    raise
         record = {
             "key": upload.key,
             "version": upload.version,
@@ -159,6 +213,23 @@ class LocalTarget(Target):
             return None
         return Receipt(remote_id=self._remote_id(record_path), extra={"version": record.get("version")})
 
+
+    def stored_image(self, key: str, receipt: Receipt | None) -> bytes | None:
+        """The delivered image of ``key``, read back from the dataset and checked against the
+        record's ``image_sha256`` (None if there is none, or it is not that image any more)."""
+        try:
+            _, _, record_path = self._paths(key, "")
+        except PermanentError:
+            return None
+        record = self._read_record(Path(record_path))
+        if not record or record.get("key") != key or not isinstance(record.get("image"), str):
+            return None
+        try:
+            with open(os.path.join(os.path.dirname(record_path), os.path.basename(record["image"])), "rb") as image:
+                data = image.read()
+        except OSError:
+            return None
+        return data if hashlib.sha256(data).hexdigest() == record.get("image_sha256") else None
 
     def _prepare(self, directory: str) -> None:
         """Before the first delivery into ``directory`` (once per directory and process):

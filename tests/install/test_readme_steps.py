@@ -9,6 +9,7 @@ two cannot drift apart. Users, groups and files made here vanish with the sandbo
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -83,6 +84,9 @@ def test_the_readme_steps_make_a_service_that_delivers_what_a_camera_drops(tmp_p
         wait_for(delivered.exists, 60, f"not delivered:\n{services.logs['syncd'].read_text()}")
         assert delivered.read_bytes() == image.read_bytes()
         assert delivered.stat().st_uid == uid(machine, "syncd")  # delivered by the service user
+        assert stat.S_IMODE(delivered.stat().st_mode) == 0o640  # UMask=0027: group syncd reads the dataset
+        journal = machine.path("/srv/syncd/state/syncd.db")
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
 
         # By hand, as the service user: the same journal, the state directory writable.
         status = machine.run(f"runuser -u syncd -- {SYNCD} status --config {CONFIG}")

@@ -68,6 +68,12 @@ def test_the_unit_is_hardened_to_an_exposure_of_1_or_less(tmp_path):
     assert exposure(SHIPPED) <= 1.0
 
 
+def test_the_dataset_is_readable_by_the_service_group_never_by_others():
+    """Delivered files follow the umask (issue 10, item 7): 0640 under the unit, 0600 was too
+    private for a dataset other users read; the journal is 0600 whatever the umask."""
+    assert ("UMask", "0027") in settings(SHIPPED.read_text())
+
+
 def test_only_link_local_and_multicast_addresses_are_denied():
     values = settings(SHIPPED.read_text())
     assert ("IPAddressDeny", "any") in values
