@@ -99,7 +99,7 @@ def cmd_status(args) -> int:
     config = _config(args)
     data = status.collect(config, failed_limit=10**9 if args.all else status.MAX_FAILED_LISTED)
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(status.as_json(data))
     else:
         print(status.render(data))
     return EXIT_OK

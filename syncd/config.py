@@ -13,10 +13,9 @@ read from the file: targets name the environment variable that holds their key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
-import socket
-import string
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from syncd.errors import ConfigError
+from syncd.keyprefix import expand_key_prefix, normalise_key_prefix
 from syncd.overlap import overlap_problems
 from syncd.sizes import parse_size
 from syncd.targets import target_class
@@ -39,8 +39,6 @@ else:  # Python 3.10 (Ubuntu 22.04, JetPack 6): the same parser, published as to
 
 CONFIG_ENV = "SYNCD_CONFIG"
 ENV_PREFIX = "SYNCD_"
-MACHINE_ID = Path("/etc/machine-id")
-KEY_PREFIX_PLACEHOLDERS = ("hostname", "machine_id")
 
 
 class DaemonSettings(BaseModel):
@@ -77,23 +75,60 @@ class DaemonSettings(BaseModel):
         return parse_size(value)
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6) -> ``(host, port)``; ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('use "HOST:PORT", e.g. "127.0.0.1:9464"')
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): not reachable from
+    other machines."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _check_listen(value: str) -> str:
+    if value:
+        split_listen(value)
+    return value
+
+
+class HttpSettings(BaseModel):
+    """The ``[http]`` table: the read-only HTTP listener of ``syncd run`` (syncd.http)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = Field("", description='serve /, /healthz, /status.json, /history.json, /metrics on "HOST:PORT" '
+                                        '("" = off)')
+    sample_seconds: float = Field(15.0, ge=1, le=300,
+                                  description="one history sample (backlog, delivered, bytes) every this many seconds")
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
 class MetricsSettings(BaseModel):
     """The ``[metrics]`` table: Prometheus text format, opt-in."""
 
     model_config = ConfigDict(extra="forbid")
 
-    listen: str = Field("", description='serve /metrics on this address, e.g. "127.0.0.1:9464" ("" = off)')
+    listen: str = Field("", description="deprecated alias of [http] listen")
     textfile: Path | None = Field(None, description="write a node_exporter textfile here (None = off)")
     interval_seconds: float = Field(15.0, gt=0, description="how often the figures are refreshed")
 
     @field_validator("listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        if value:
-            host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError('use "HOST:PORT", e.g. "127.0.0.1:9464"')
-        return value
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
 
 
 class FolderSettings(BaseModel):
@@ -120,19 +155,6 @@ class FolderSettings(BaseModel):
         return normalise_key_prefix(value)
 
 
-def normalise_key_prefix(value: str) -> str:
-    """``value`` as one spelling: ``/`` between components (a backslash is one too), no empty
-    or ``.`` components, no trailing ``/`` (``"cam/"``, ``"./cam"`` and ``"cam"`` are the same
-    prefix; ``"a\\b"`` and ``"a/./b"`` are ``"a/b"``). Raises ValueError for an absolute
-    prefix, ``..``, or characters a key cannot hold."""
-    if not value.isprintable():
-        raise ValueError(f"key_prefix {value!r} holds a control character")
-    parts = value.replace("\\", "/").split("/")
-    if value.startswith(("/", "\\")) or ".." in parts:
-        raise ValueError(f"key_prefix {value!r} must be a relative path without '..'")
-    return "/".join(part for part in parts if part not in ("", "."))
-
-
 class Config(BaseSettings):
     """The whole configuration; build it with ``load_config``."""
 
@@ -140,6 +162,7 @@ class Config(BaseSettings):
 
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     folders: list[FolderSettings] = Field(min_length=1)
     targets: dict[str, dict[str, Any]] = Field(min_length=1)
 
@@ -245,46 +268,6 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def expand_key_prefix(template: str, *, machine_id_file: Path = MACHINE_ID) -> str:
-    """``template`` with ``{hostname}`` and ``{machine_id}`` replaced by this machine's values.
-
-    ``{hostname}`` is the host name (``socket.gethostname()``), ``{machine_id}`` the 32 hex
-    digits of ``machine_id_file`` (/etc/machine-id); ``{{`` and ``}}`` are literal braces.
-    Raises ``ValueError`` with a one-line reason for any other placeholder, for a format
-    specification, or when the machine id is missing or empty (an image not yet booted).
-    """
-    try:
-        fields = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"{exc} (write a literal brace as {{{{ or }}}})") from None
-    values: dict[str, str] = {}
-    for _, name, spec, conversion in fields:
-        if name is None:
-            continue
-        if name not in KEY_PREFIX_PLACEHOLDERS or spec or conversion:
-            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise ValueError(f"unknown placeholder {shown}; key_prefix knows {{hostname}} and {{machine_id}}")
-        if name == "hostname":
-            values[name] = socket.gethostname()
-        elif name not in values:
-            values[name] = _machine_id(machine_id_file)
-    return template.format(**values)
-
-
-def _machine_id(path: Path) -> str:
-    try:
-        value = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ValueError(f"{{machine_id}} needs {path}, which cannot be read ({reason}); "
-                         "create it with systemd-machine-id-setup, or use {hostname}") from None
-    if len(value) != 32 or not all(c in "0123456789abcdef" for c in value):
-        state = "empty" if not value else f"not a machine id ({value[:40]!r})"
-        raise ValueError(f"{{machine_id}} needs {path}, which is {state} (an image not booted yet?); "
-                         "run systemd-machine-id-setup, or use {hostname}")
-    return value
-
-
 def default_config_path(explicit: str | None) -> Path:
     value = explicit or os.environ.get(CONFIG_ENV)
     if not value:
@@ -338,6 +321,8 @@ def load_config(path: Path) -> Config:
     if config.metrics.textfile is not None:
         config.metrics.textfile = _resolve(base, config.metrics.textfile)
 
+    _http_listen(config, path, problems)
+
     for name, table in config.targets.items():
         if not isinstance(table, dict) or "platform" not in table:
             problems.append(f"{path}: targets.{name}.platform: required key is missing (e.g. platform = \"local\")")
@@ -380,3 +365,22 @@ def load_config(path: Path) -> Config:
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+def _http_listen(config: Config, path: Path, problems: list[str]) -> None:
+    """``[metrics] listen`` is the deprecated spelling of ``[http] listen`` (the one listener
+    serves /metrics with the other routes); a listener other machines can reach is a warning."""
+    old, new = config.metrics.listen, config.http.listen
+    if old and new and old != new:
+        problems.append(f"{path}: metrics.listen: {old!r} differs from http.listen {new!r}: there is one listener; "
+                        "remove [metrics] listen (it is the deprecated spelling of [http] listen)")
+    elif old:
+        config.http.listen = old
+        config.warnings.append(f"{path}: metrics.listen is deprecated: write [http] listen = {old!r} instead "
+                               "(the listener now serves /, /healthz, /status.json and /metrics)")
+    listen = config.http.listen
+    if listen and not is_loopback(split_listen(listen)[0]):
+        config.warnings.append(
+            f"{path}: http.listen: {listen} can be reached from other machines, and the listener has no "
+            "authentication: its page and /status.json show folder paths and failure reasons. Prefer "
+            "127.0.0.1 and an SSH tunnel (docs/operations.md#the-http-listener)")

@@ -99,7 +99,7 @@ class Daemon:
         self.local_retry_at = 0.0
         self._presence_at = float("-inf")
         self._operator_at = float("-inf")
-        self.metrics = Metrics(config.metrics)
+        self.metrics = Metrics(config, serving=watch and bool(config.http.listen))
         self.guard = DiskGuard(self.cfg.state_dir, self.cfg.min_free_space, self.folders)
         self.bandwidth = BandwidthPlan(self.cfg.bandwidth_limit, {
             name: getattr(t.settings, "bandwidth_limit", 0) for name, t in self.targets.items()})
@@ -169,7 +169,6 @@ class Daemon:
         self.folders.create_missing()
         if self.watch:
             self.watcher.start()
-            self.metrics.start()
         log.info("scanning %s", ", ".join(str(folder.root) for folder in self.folders))
         with self.store.transaction():
             self.guard.step(self.store, now)
@@ -183,7 +182,6 @@ class Daemon:
         """Stop watching, let batches on the wire finish (up to ``shutdown_seconds``), release.
         Deliveries held by remote jobs stay in flight in the journal: the next start polls them."""
         self.watcher.stop()
-        self.metrics.stop()
         deadline = time.monotonic() + (self.cfg.shutdown_seconds if wait_seconds is None else wait_seconds)
         try:
             while (self.store is not None and self.journal_lost is None and self.dispatcher.tasks_out()
@@ -372,7 +370,8 @@ class Daemon:
         throttles = Counter({name: c.throttles for name in self.targets if (c := limits.controller(name))})
         return metrics.render(self.store, targets=list(self.targets), paused=self.held,
                               in_flight=in_flight, attempts=self.attempts, now=now, throttles=throttles,
-                              disk_low=self.guard.low is not None)
+                              disk_low=self.guard.low is not None, sent=limits.sent_bytes(),
+                              filesystems=self.metrics.filesystems)
 
     def pending_total(self) -> int:
         """Deliveries pending or in flight plus items settling (the systemd STATUS line)."""

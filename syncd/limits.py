@@ -17,6 +17,10 @@ Bandwidth limits change while the daemon runs (a timetable, syncd.timetable):
 ``set_bandwidth`` puts a new bucket in place for the requests that come next; requests
 already waiting in a bucket whose limit was raised or lifted go at once, those waiting in a
 bucket whose limit was lowered finish their wait at the old rate.
+
+The same adapter counts the body bytes sent for each target (``sent_bytes``, since the
+process started: the metrics and the status page); targets that write instead of sending
+(the local directory) count what they wrote with ``count_sent``.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ _bandwidth: TokenBucket | None = None
 _target_bandwidth: dict[str, TokenBucket] = {}
 _bucket_time: tuple = (time.monotonic, None)  # (clock, sleep) of the bandwidth buckets
 _current: contextvars.ContextVar[Serving | None] = contextvars.ContextVar("syncd_serving", default=None)
+_sent: dict[str, int] = {}
+_sent_lock = threading.Lock()
 
 
 def configure(rate_limits: dict[str, float], bandwidth: float | None, *, clock=time.monotonic, sleep=None,
@@ -158,6 +164,20 @@ def serving(target: str) -> Iterator[Serving]:
         _current.reset(token)
 
 
+def count_sent(size: int) -> None:
+    """Add ``size`` bytes to what was sent for the target being served (see ``serving``)."""
+    record = _current.get()
+    if record is not None and size:
+        with _sent_lock:
+            _sent[record.target] = _sent.get(record.target, 0) + size
+
+
+def sent_bytes() -> dict[str, int]:
+    """``target -> bytes`` sent (request bodies, or written) since the process started."""
+    with _sent_lock:
+        return dict(_sent)
+
+
 class LimitedAdapter(HTTPAdapter):
     """A requests transport adapter applying the limits above around each request."""
 
@@ -174,6 +194,7 @@ class LimitedAdapter(HTTPAdapter):
             own = _target_bandwidth.get(record.target) if record is not None else None
             if own is not None:
                 own.acquire(size)
+        count_sent(size)
         try:
             response = super().send(request, *args, **kwargs)
         except BaseException:

@@ -1,21 +1,20 @@
-"""Opt-in metrics in the Prometheus text format: an HTTP endpoint and/or a textfile.
+"""Opt-in metrics in the Prometheus text format: served by the HTTP listener and/or a textfile.
 
 The coordinator refreshes the figures every ``interval_seconds`` (a few indexed aggregate
-queries) and keeps the rendered text; the HTTP thread only serves that text, so scrapes
-never touch the journal. The textfile (for node_exporter's textfile collector) is written
-atomically.
+queries, one ``statvfs`` per watched filesystem) and keeps the rendered text; the HTTP
+listener (syncd.http, ``GET /metrics``) only serves that text, so scrapes never touch the
+journal. The textfile (for node_exporter's textfile collector) is written atomically.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import threading
+import os
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from syncd import __version__
-from syncd.config import MetricsSettings
+from syncd.config import Config
 from syncd.fsutil import write_atomic
 from syncd.journal.queries import JournalReader
 
@@ -32,9 +31,12 @@ def _escape(value: str) -> str:
 
 
 def render(store: JournalReader, *, targets: list[str], paused: set[str], in_flight: Counter, attempts: Counter,
-           now: float, throttles: Counter | None = None, disk_low: bool = False) -> str:
+           now: float, throttles: Counter | None = None, disk_low: bool = False, sent: dict[str, int] | None = None,
+           filesystems: list[tuple[str, Path]] = ()) -> str:
     """The metrics text for the journal ``store`` plus the coordinator's in-memory counters
-    (``disk_low``: the disk guard holds new work, syncd.diskguard)."""
+    (``disk_low``: the disk guard holds new work, syncd.diskguard), the bytes sent per target
+    (``syncd.limits.sent_bytes``) and the free space of ``filesystems`` (``(role, path)``: the
+    state directory, the watched folders)."""
     lines = [
         "# HELP syncd_build_info syncd version.",
         "# TYPE syncd_build_info gauge",
@@ -90,55 +92,43 @@ def render(store: JournalReader, *, targets: list[str], paused: set[str], in_fli
     lines += ["# HELP syncd_retention_removed_bytes_total Bytes those files held.",
               "# TYPE syncd_retention_removed_bytes_total counter"]
     lines += [f"syncd_retention_removed_bytes_total{_labels(folder=f)} {b}" for f, (_, b, _, _) in removed]
+    sent = sent or {}
+    lines += ["# HELP syncd_sent_bytes_total Bytes sent to the target since start (request bodies; "
+              "the local target: bytes written).", "# TYPE syncd_sent_bytes_total counter"]
+    lines += [f"syncd_sent_bytes_total{_labels(target=t)} {sent.get(t, 0)}" for t in targets]
+    lines += ["# HELP syncd_filesystem_free_bytes Free space of the filesystem holding the state directory or a "
+              "watched folder.", "# TYPE syncd_filesystem_free_bytes gauge"]
+    for role, path in filesystems:
+        free = free_bytes(path)
+        if free is not None:
+            lines.append(f"syncd_filesystem_free_bytes{_labels(role=role, path=str(path))} {free}")
     return "\n".join(lines) + "\n"
 
 
-class Metrics:
-    """Holds the latest metrics text; serves it and/or writes it as configured."""
+def free_bytes(path: Path) -> int | None:
+    """Bytes this process may still write on the filesystem of ``path`` (None: cannot tell)."""
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return None  # a folder that is missing (unmounted) has no figure rather than a wrong one
+    return (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
 
-    def __init__(self, settings: MetricsSettings):
-        self.settings = settings
+
+class Metrics:
+    """Holds the latest metrics text; writes the textfile as configured. ``serving``: the
+    HTTP listener serves the text (``[http] listen``), so it is rendered even without a
+    textfile."""
+
+    def __init__(self, config: Config, *, serving: bool = False):
+        self.settings = config.metrics
+        self.serving = serving
+        self.filesystems = [("state", config.daemon.state_dir)] + [("folder", f.path) for f in config.folders]
         self.text = ""
         self.next_refresh = 0.0
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def enabled(self) -> bool:
-        return bool(self.settings.listen or self.settings.textfile)
-
-    def start(self) -> None:
-        if not self.settings.listen:
-            return
-        host, _, port = self.settings.listen.rpartition(":")
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404, "only /metrics is served")
-                    return
-                body = metrics.text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        try:
-            self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
-        except OSError as exc:  # in use, an address not on this machine, a port below 1024
-            # Metrics never stop deliveries: say why there are none and go on.
-            reason = exc.strerror or str(exc)
-            hint = " (another syncd or exporter?)" if exc.errno == errno.EADDRINUSE else ""
-            log.error("cannot serve metrics on %s: %s%s; deliveries go on without /metrics: free the port or "
-                      "change [metrics] listen, then restart", self.settings.listen, reason, hint)
-            return
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
-        log.info("serving metrics on http://%s/metrics", self.settings.listen)
+        return bool(self.serving or self.settings.textfile)
 
     def refresh(self, text: str) -> None:
         self.text = text
@@ -148,9 +138,3 @@ class Metrics:
                 write_atomic(self.settings.textfile, text.encode(), fsync=False, mode=0o644)
             except Exception as exc:  # metrics must never stop deliveries
                 log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

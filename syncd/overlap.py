@@ -10,7 +10,7 @@ and ``check`` refuse the same configurations. What is refused, and why:
   land in the folder and come back as items (equal: a record overwrites the user's sidecar).
   A destination inside a folder is accepted when the folder's globs ignore it (``.synced/``).
 - **Two folders feeding one target whose keys can meet**: their ``key_prefix``es (normalised,
-  see ``syncd.config.normalise_key_prefix``) are equal, or one is where the other's keys could
+  see ``syncd.keyprefix.normalise_key_prefix``) are equal, or one is where the other's keys could
   begin (``""`` and ``"sub"``: ``sub/x`` of the first is ``x`` of the second).
 
 Paths are compared after symlinks are resolved (``os.path.realpath``), so a symlinked alias of

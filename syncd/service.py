@@ -12,6 +12,10 @@ No polling: between passes both loops sleep until the coordinator is woken (a fi
 a worker's report, a check, a signal) or until its next deadline (``Daemon.next_deadline``:
 settling, a due retry, a job poll, a rescan, a re-check), the next watchdog ping or status
 line — at most ``MAX_SLEEP``, so folders and watches are looked at every second.
+
+With ``[http] listen`` the HTTP listener (syncd.http) starts before the first scan (its
+/healthz says "starting" until the first pass) and reads only its ``Provider``, which the
+loop feeds after every pass (``_report``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from syncd import sdnotify
+from syncd import limits, sdnotify
 from syncd.config import Config
 from syncd.daemon import Daemon
 from syncd.delivery import ACKED
@@ -105,7 +109,20 @@ def run_service(config: Config) -> int:
         systemd.status(lambda: daemon.journal_wait.describe() or "waiting for the journal")
 
     daemon.journal_wait.keepalive = waiting_for_the_journal
-    daemon.open(time.time())
+    provider = listener = None
+    if config.http.listen:
+        from syncd import http
+
+        provider = http.Provider(config)
+        listener = http.serve(config, provider)
+        if listener is None:  # it could not listen (said why); deliveries go on without it
+            provider = None
+    try:
+        daemon.open(time.time())
+    except BaseException:
+        if listener is not None:
+            listener.stop()
+        raise
     if not daemon.stop_event.is_set():  # else stopped during the first scan: never ready
         folders = ", ".join(str(f.root) for f in daemon.folders)
         log.info("watching %s; delivering to %s", folders, ", ".join(daemon.targets))
@@ -115,16 +132,33 @@ def run_service(config: Config) -> int:
             daemon.wake.clear()  # before the pass: a report put during it wakes the sleep below
             now = time.time()
             daemon.tick(now)
+            if provider is not None:
+                _report(provider, daemon, now)
             systemd.ping()
             systemd.status(lambda: _status_line(daemon))
-            _sleep(daemon, now, *systemd.deadlines())
+            _sleep(daemon, now, *systemd.deadlines(),
+                   *((provider.next_sample_at(),) if provider is not None else ()))
     finally:
         sdnotify.notify("STOPPING=1")
         log.info("stopping: waiting up to %.0fs for %d in-flight deliveries", config.daemon.shutdown_seconds,
                  len(daemon.in_flight))
+        if listener is not None:
+            listener.stop()
         daemon.close()
     log.info("stopped")
     return 0
+
+
+def _report(provider, daemon: Daemon, now: float) -> None:
+    """After a pass: tell the HTTP listener's ``Provider`` the pass happened (and whether the
+    journal could be written), hand it the metrics text, and add a history sample when one
+    is due (backlog, deliveries acknowledged and bytes sent since start)."""
+    provider.passed(journal_error=daemon.local_error)
+    provider.publish_metrics(daemon.metrics.text)
+    if provider.sample_due() and daemon.local_error is None:
+        delivered = sum(n for (_, kind), n in daemon.attempts.items() if kind == ACKED)
+        provider.sample(now, backlog=daemon.pending_total(), delivered=delivered,
+                        sent_bytes=sum(limits.sent_bytes().values()))
 
 
 @dataclass

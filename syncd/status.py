@@ -6,6 +6,7 @@ syncd.journal.queries), so it answers quickly on 100k items and can run while th
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -19,10 +20,12 @@ from syncd.sizes import format_size
 MAX_FAILED_LISTED = 50
 
 
-def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX_FAILED_LISTED) -> dict[str, Any]:
-    """The status as a JSON-serialisable dict (the shape ``status --json`` prints)."""
+def collect(config: Config, *, now: float | None = None, failed_limit: int = MAX_FAILED_LISTED,
+            migrate: bool = True) -> dict[str, Any]:
+    """The status as a JSON-serialisable dict (the shape ``status --json`` prints).
+    ``migrate``: see ``syncd.journal.schema.connect_readonly``."""
     now = time.time() if now is None else now
-    journal = JournalReader.open_readonly(config.daemon.state_dir)
+    journal = JournalReader.open_readonly(config.daemon.state_dir, migrate=migrate)
     try:
         with translated(config.daemon.state_dir / DB_NAME):  # damaged, or a lock held past the timeout
             return _collect(config, journal, now, failed_limit)
@@ -125,6 +128,11 @@ def _retention(policy: str, totals) -> dict[str, Any] | None:
     items, size, last_at, last_key = totals or (0, 0, None, None)
     return {"policy": policy, "removed_items": items, "removed_bytes": size, "last_removed_at": _iso(last_at),
             "last_removed_key": last_key}
+
+
+def as_json(status: dict[str, Any]) -> str:
+    """The JSON text ``status --json`` prints (and the HTTP listener's /status.json serves)."""
+    return json.dumps(status, indent=2)
 
 
 def _iso(ts: float | None) -> str | None:

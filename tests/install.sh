@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq systemd >/dev/null) || echo "warning: could not install systemd-analyze"
 fi
+# The status page is tested in a real browser (tests/http/test_page_browser.py): Debian's chromium,
+# driven by Playwright for Python (the [test] extra) with executable_path; Playwright never downloads
+# a browser of its own.
+if ! [ -x /usr/bin/chromium ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium: the status page's browser test will fail"
+fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]' -r tests/requirements-sdk.txt

@@ -28,9 +28,9 @@ class JournalReader:
         self.conn = conn
 
     @classmethod
-    def open_readonly(cls, state_dir: Path) -> "JournalReader":
+    def open_readonly(cls, state_dir: Path, *, migrate: bool = True) -> "JournalReader":
         """A reader on a read-only connection (see ``schema.connect_readonly``)."""
-        return cls(connect_readonly(state_dir))
+        return cls(connect_readonly(state_dir, migrate=migrate))
 
     def close(self) -> None:
         self.conn.close()

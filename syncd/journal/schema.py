@@ -311,12 +311,16 @@ def _has_log(path: Path) -> bool:
         return False
 
 
-def connect_readonly(state_dir: Path) -> sqlite3.Connection:
+def connect_readonly(state_dir: Path, *, migrate: bool = True) -> sqlite3.Connection:
     """A read-only connection to the journal (``syncd status``); ``LocalError`` when there is
     no journal yet, ``JournalLost`` when it was lost or is damaged. A journal from an older
     syncd (its daemon not restarted since the upgrade) is migrated first, so the queries find
     the tables and indexes they expect. Never waits long: a lock held elsewhere is an error
-    that names its holder."""
+    that names its holder.
+
+    ``migrate=False`` (the HTTP listener, inside the daemon's process) never writes: a journal
+    not at this schema yet is a ``LocalError`` instead, since the daemon is opening (and
+    migrating) it at that moment and a second migration would race with it."""
     path = state_dir / DB_NAME
     guard.check_before_open(state_dir, DB_NAME, LOCK_NAME)
     if not path.exists():
@@ -327,12 +331,14 @@ def connect_readonly(state_dir: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro{immutable}", uri=True, timeout=READ_TIMEOUT)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
+        if version == 0 and migrate:
             conn.close()  # every journal syncd made has its tables: this file lost them
             raise JournalLost(f"the journal {path} is damaged or not a syncd journal (it has no tables). "
                               + guard.ADVICE.format(dir=state_dir))
         if version < SCHEMA_VERSION:
             conn.close()
+            if not migrate:
+                raise LocalError(f"the journal {path} is being opened by the daemon: try again in a moment")
             connect(state_dir, busy_timeout=READ_TIMEOUT).close()
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=READ_TIMEOUT)
     except sqlite3.DatabaseError as exc:

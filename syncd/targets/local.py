@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import Field
 
+from syncd import limits
 from syncd.errors import FatalTargetError, LocalError, PermanentError
 from syncd.fsutil import NAME_MAX, write_atomic, write_error
 from syncd.labels.support import FEATURES
@@ -158,8 +159,10 @@ class LocalTarget(Target):
             self._ready.discard(directory)
             self._prepare(directory)
             write_atomic(image_path, upload.image, fsync=fsync, make_parents=False)
+        limits.count_sent(len(upload.image))
         if upload.mask is not None:
             write_atomic(mask_path, upload.mask, fsync=fsync, make_parents=False)
+            limits.count_sent(len(upload.mask))
         else:
             try:
                 os.unlink(mask_path)  # of an earlier version
@@ -187,7 +190,9 @@ class LocalTarget(Target):
         if self.settings.log_deliveries:
             record["log_offset"] = self._log_size()  # this delivery's line will be at or after it
         # Compact: json's indenting encoder is pure Python (several times the C one's cost).
-        write_atomic(record_path, json.dumps(record, sort_keys=True).encode(), fsync=fsync, make_parents=False)
+        encoded = json.dumps(record, sort_keys=True).encode()
+        write_atomic(record_path, encoded, fsync=fsync, make_parents=False)
+        limits.count_sent(len(encoded))
         if self.settings.log_deliveries:
             with self._log_lock:
                 self._log(upload.key, upload.version)

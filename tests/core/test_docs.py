@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from syncd.cli import build_parser
-from syncd.config import DaemonSettings, FolderSettings, MetricsSettings, load_config
+from syncd.config import DaemonSettings, FolderSettings, HttpSettings, MetricsSettings, load_config
 from syncd.targets import REGISTRY, target_class
 from syncd.targets.base import TargetSettings
 from tests.daemon_harness import REPO
@@ -165,7 +165,8 @@ def documented(section: str, key: str) -> bool:
 
 
 @pytest.mark.parametrize(("table", "model"), [
-    ("[daemon]", DaemonSettings), ("[metrics]", MetricsSettings), ("[[folders]]", FolderSettings),
+    ("[daemon]", DaemonSettings), ("[http]", HttpSettings), ("[metrics]", MetricsSettings),
+    ("[[folders]]", FolderSettings),
     ("[targets.NAME]", TargetSettings),
 ])
 def test_configuration_doc_names_every_key(table, model):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import expand_key_prefix, load_config
+from syncd.config import load_config
 from syncd.errors import ConfigError
+from syncd.keyprefix import expand_key_prefix
 from tests.daemon_harness import run_cli
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"

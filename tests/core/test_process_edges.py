@@ -273,8 +273,9 @@ def test_metrics_port_already_in_use(tmp_path):
         taken.close()
     logs = daemon.logs()
     assert "Traceback" not in logs
-    assert (f"cannot serve metrics on 127.0.0.1:{port}: Address already in use (another syncd or exporter?); "
-            "deliveries go on without /metrics") in logs
+    # [metrics] listen is the deprecated name of [http] listen: the listener says it.
+    assert (f"cannot serve HTTP on 127.0.0.1:{port}: Address already in use (another syncd or exporter?); "
+            "deliveries go on without the status page, /healthz and /metrics") in logs
 
 
 @pytest.mark.parametrize("value", ["nan", "-1", "inf", "soon"])
