@@ -136,13 +136,15 @@ class DaemonProcess:
             self.proc.wait(timeout=10)
 
 
-def wait_for(predicate, *, timeout: float = 60, interval: float = 0.1, message: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; AssertionError after ``timeout``."""
+def wait_for(predicate, *, timeout: float = 60, interval: float = 0.1, message: str = "condition", explain=None):
+    """Poll ``predicate`` until it returns something truthy; AssertionError after ``timeout``
+    (with what ``explain()`` says, e.g. the daemon's log, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
         time.sleep(interval)

@@ -116,7 +116,8 @@ def test_syncd_run_pauses_on_a_full_state_dir_and_resumes(tmp_path):
             wait_for(lambda: "watching" in daemon.logs(), timeout=20, message="daemon start")
             for i in range(10):
                 write_item(inbox, f"before{i:02d}", metadata={"i": i}, seed=i)
-            wait_for(lambda: len(delivered()) == 10, timeout=30, message="first deliveries")
+            wait_for(lambda: len(delivered()) == 10, timeout=30, message="first deliveries",
+                     explain=lambda: f"delivered {sorted(delivered())}; the daemon's log:\n{daemon.logs()[-4000:]}")
             filler = fill(state)
             for i in range(30):
                 write_item(inbox / "during", f"item{i:02d}", metadata={"i": i, "pad": "x" * 2000}, seed=100 + i)
