@@ -336,6 +336,7 @@ class Daemon:
             self.dispatcher.next_due.pop(name, None)
         self.settler.newly_due.clear()
         self.dispatcher.dispatch(now)
+        self.settler.after_dispatch(now)  # complete items the full content cache holds back
 
     def _collect(self, now: float, block: float = 0.0) -> None:
         """Record the reports on the inbox (waiting up to ``block`` seconds for one)."""

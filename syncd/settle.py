@@ -7,10 +7,8 @@ read validates it, hashes it into its version, journals ``settled`` and keeps th
 upload workers (read once). Bad files make it ``invalid``; a file still changing after ``max_settle_seconds`` is
 reported, not sent half-written.
 
-Cheap per item: each settling item has its own deadline (a heap), so a pass stats only the items whose deadline
-came, and an item observed less than ``FRESH`` ago (by the scan that found it, usually in the same pass) is not
-stat'ed again. Reading is bounded per pass (``SETTLE_SLICE``) so a burst is delivered while the rest of it is still
-being read.
+Cheap per item: a pass stats only the items whose deadline came (syncd.deadlines), not those a scan stat'ed less
+than ``FRESH`` ago; reading is bounded per pass (``SETTLE_SLICE``) and by the room in the content cache.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from syncd.config import DaemonSettings
 from syncd.deadlines import Deadlines, Settling
 from syncd.errors import ItemError
 from syncd.folders import Folder, Folders, may_exist
-from syncd.items.content import ContentCache, ItemContent, invalid_signature, stat_signature
+from syncd.items.content import ContentCache, ItemContent, cached_size, invalid_signature, stat_signature
 from syncd.items.convention import ItemFiles, printable, probe_item, relative_path, role_of
 from syncd.journal.store import Store
 from syncd.labels.classmap import CLASS_MAP_NAME, DATAPOINT_MAP_NAME
@@ -78,7 +76,7 @@ class Settler:
         # content cache is full, complete items wait to be read (``held``) -- read once, sent
         # from memory, instead of read ahead, pushed out of the cache and read again.
         self.sending: Callable[[], bool] = lambda: False
-        self.held = False
+        self.held, self.room_needed = False, 0  # room_needed: bytes the next complete item waits for
 
     # -- scans and hints --------------------------------------------------------------------
     def scan(self, now: float) -> None:
@@ -254,6 +252,7 @@ class Settler:
         the rescan that follows observes every unsettled item again."""
         self.deadlines.clear()
         self.newly_due.clear()
+        self.held, self.room_needed = False, 0
         self._unreadable_unsaved = {folder.name for folder in self.folders}  # journaled again by the next scans
 
     # -- deadlines ---------------------------------------------------------------------------
@@ -267,7 +266,8 @@ class Settler:
 
     # -- settling -----------------------------------------------------------------------------
     def settle(self, now: float) -> None:
-        """Look at the settling items whose deadline came; read those that are complete."""
+        """Look at the settling items whose deadline came; read those that are complete and
+        whose content fits in the content cache (``after_dispatch`` decides about the rest)."""
         assert self.store is not None
         if now < self._last_now - 1.0:  # the clock was set back: quiet from now on, every deadline again
             for entry in self.settling.values():
@@ -279,30 +279,44 @@ class Settler:
         # of it is still being read instead of after all of it.
         deadline = time.monotonic() + SETTLE_SLICE
         later: list[Settling] = []  # looked at again by the next pass
-        self.held = read = False
+        self.held, self.room_needed = False, 0
         while self.deadlines.due(now):
             if time.monotonic() > deadline:
                 self.wake.set()  # more is due: the next pass goes on right after dispatching
                 break
-            chunk = min(READ_CHUNK, self.cache.room())
-            if chunk <= 0:  # the content cache is full
-                if self.sending():
-                    self.held = self.cache.wanted = True  # a send that frees room wakes the coordinator
-                    break
-                if read:
-                    self.wake.set()  # what this pass read is dispatched first
-                    break
-                chunk = READ_CHUNK  # nothing is on its way (a paused target): read on, the oldest go
-            ready = self._complete(now, chunk, later)
+            ready = self._complete(now, READ_CHUNK, later, free=self.cache.free())
             if ready:
-                read = True
                 self._read_all(ready, now)
+            if self.room_needed:  # the content cache is full
+                break
         for entry in later:
             self.deadlines.push(entry, now)
 
-    def _complete(self, now: float, limit: int, later: list[Settling]) -> list[Settling]:
-        """Up to ``limit`` due items whose files are complete (no longer settling); the other
-        due items get their next deadline."""
+    def after_dispatch(self, now: float) -> None:
+        """A complete item waits for room in the content cache: while deliveries are on their
+        way it waits (``held``: a claim freeing room wakes the coordinator); if none is even
+        after this pass's dispatch (a paused target's content fills the cache), read on, the
+        oldest content goes. (Before dispatching, a batch done and the next not sent yet
+        would look like nothing on its way, and the read would push out what it sends.)"""
+        need, self.room_needed = self.room_needed, 0
+        if not need or self.stopping():
+            return
+        if self.sending():
+            if self.cache.want_room(need):
+                self.wake.set()  # a claim freed room since: read on in the next pass
+            else:
+                self.held = True
+            return
+        later: list[Settling] = []
+        self._read_all(self._complete(now, READ_CHUNK, later, free=None), now)
+        for entry in later:
+            self.deadlines.push(entry, now)
+        self.wake.set()  # what was read is dispatched by the next pass
+
+    def _complete(self, now: float, limit: int, later: list[Settling], *, free: int | None) -> list[Settling]:
+        """Up to ``limit`` due items whose files are complete (no longer settling) and whose
+        content fits in ``free`` bytes of the content cache (None: pushing the oldest out); the
+        other due items get their next deadline; one that does not fit stays due (``room_needed``)."""
         assert self.store is not None
         settle = self.cfg.settle_seconds
         ready: list[Settling] = []
@@ -327,6 +341,13 @@ class Settler:
             if entry.since > now:  # the clock was set back: quiet from now on
                 entry.since, entry.first = now, min(entry.first, now)
             if now - entry.since >= settle or (entry.quiet <= now and now - entry.quiet >= settle):
+                if free is not None:
+                    size = cached_size(entry.sig)
+                    if not self.cache.fits(size, free):
+                        self.deadlines.push(entry, entry.check_at)  # still due, first in line
+                        self.room_needed = size
+                        break
+                    free -= size if size <= self.cache.max_bytes else 0
                 del self.settling[item_id]
                 ready.append(entry)
                 continue

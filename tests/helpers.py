@@ -52,13 +52,15 @@ def write_item(
     fmt: str = "PNG",
     mask: bytes | None = None,
     old: bool = True,
+    size: tuple[int, int] = (32, 24),
 ) -> Path:
     """Write ``<stem>.<ext>`` (+ sidecar, + mask) under ``folder``; return the image path.
 
     With ``old`` the files' mtimes are set 1 hour back so they count as settled at once.
+    ``size``: the image's width and height.
     """
     ext = {"PNG": "png", "JPEG": "jpg"}[fmt]
-    image = write_atomic(folder / f"{stem}.{ext}", image_bytes(seed=seed, fmt=fmt))
+    image = write_atomic(folder / f"{stem}.{ext}", image_bytes(*size, seed=seed, fmt=fmt))
     paths = [image]
     if metadata is not None or labels is not None:
         sidecar = {"metadata": metadata or {}}

@@ -85,6 +85,18 @@ def stat_signature(files: ItemFiles) -> tuple[str, float]:
     return "|".join(sigs), quiet
 
 
+def cached_size(sig: str) -> int:
+    """The bytes an item's content will hold in the ``ContentCache`` (``ItemContent.size``:
+    image and mask), known from its ``stat_signature`` before it is read: at most the image's
+    and the mask's file sizes (a mask found invalid is left out). 0 when ``sig`` says nothing."""
+    parts = sig.split("|")
+    total = 0
+    for part in (parts[0], parts[2] if len(parts) > 2 else "-"):
+        size = part.split(":", 1)[0]
+        total += int(size) if size.isdigit() else 0
+    return total
+
+
 def invalid_signature(files: ItemFiles, sig: str) -> str:
     """``sig`` (the files' ``stat_signature``) with the ctimes of the image, sidecar and mask:
     what an invalid item is recorded at and compared with. A chmod, chown or ACL change
@@ -165,8 +177,11 @@ class ContentCache:
 
     Read once, sent once: an entry is put with the number of targets that will send it
     (``uses``) and leaves when the last of them claimed it, so what waits to be sent is what
-    the cache holds. Settling stops reading ahead while the cache is full and deliveries are
-    on their way (syncd.settle); ``on_room`` is called when a claim frees room then."""
+    the cache holds. Settling reads an item only when its content fits in what is ``free``
+    (its size is known from its stat signature before it is read: ``cached_size``), so
+    ``put`` pushes nothing out while deliveries are on their way; only when nothing is on its
+    way (a paused target) does settling read on and the oldest entries go. ``want_room``
+    asks for ``on_room`` to be called (from a worker's ``claim``) once an entry leaves."""
 
     def __init__(self, max_bytes: int = 64 << 20):
         self.max_bytes = max_bytes
@@ -174,7 +189,7 @@ class ContentCache:
         self._uses: dict[int, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        self.wanted = False  # settling waits for room: call on_room when a claim frees some
+        self.wanted = False  # settling waits for room: call on_room when an entry leaves
         self.hits = self.misses = 0  # claims that found the item's content, and that did not
         self.on_room: Callable[[], None] = lambda: None
 
@@ -191,14 +206,24 @@ class ContentCache:
             while self._bytes > self.max_bytes:
                 self._pop(next(iter(self._entries)))
 
-    def room(self) -> int:
-        """About how many more entries of the average size fit. Unbounded when empty: the
-        size of what is read is not known yet, and the first read of a burst must fill a whole
-        batch (a first batch of one item costs a remote job per item on Nucleus)."""
-        if not self._entries:
-            return self.max_bytes
-        average = self._bytes // len(self._entries) or 1
-        return max(0, (self.max_bytes - self._bytes) // average)
+    def free(self) -> int:
+        """Bytes that can be put without pushing anything out."""
+        with self._lock:
+            return max(0, self.max_bytes - self._bytes)
+
+    def fits(self, size: int, free: int) -> bool:
+        """Whether content of ``size`` bytes can be read now, ``free`` bytes being left: it
+        fits, or it is too large to be kept at all (``put`` ignores it: it takes no room)."""
+        return size <= free or size > self.max_bytes
+
+    def want_room(self, size: int) -> bool:
+        """True when ``size`` bytes fit now; else ``on_room`` is called when an entry leaves
+        (checked and asked for at once: a claim on a worker cannot slip in between)."""
+        with self._lock:
+            if self.fits(size, self.max_bytes - self._bytes):
+                return True
+            self.wanted = True
+            return False
 
     def claim(self, item_id: int) -> tuple[str, ItemContent, ItemFiles | None] | None:
         """``entry``, for a send: the last of its ``uses`` takes it out of the cache."""
@@ -224,13 +249,18 @@ class ContentCache:
 
     def drop(self, item_id: int) -> None:
         with self._lock:
-            self._pop(item_id)
+            wake = self._pop(item_id) and self.wanted
+            if wake:
+                self.wanted = False
+        if wake:
+            self.on_room()
 
-    def _pop(self, item_id: int) -> None:
+    def _pop(self, item_id: int) -> bool:
         entry = self._entries.pop(item_id, None)
         if entry is not None:
             self._bytes -= entry[1].size
             del self._uses[item_id]
+        return entry is not None
 
     def __len__(self) -> int:
         return len(self._entries)

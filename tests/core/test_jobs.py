@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from syncd.errors import PermanentError
+from syncd.errors import FatalTargetError, PermanentError
 from tests.conftest import ScriptedTarget, drive
 from tests.helpers import age_files, write_item
 
@@ -22,9 +22,10 @@ def jobs_table(daemon) -> list[dict]:
     return daemon.store.query("SELECT target, job_id, polls FROM jobs")
 
 
-def write_items(inbox, count: int) -> list[str]:
+def write_items(inbox, count: int, sizes=((32, 24),)) -> list[str]:
+    """``count`` items ``f0``, ``f1``...; their images' sizes taken in turn from ``sizes``."""
     for i in range(count):
-        write_item(inbox, f"f{i}", metadata={"i": i}, seed=i)
+        write_item(inbox, f"f{i}", metadata={"i": i}, seed=i, size=sizes[i % len(sizes)])
     return [f"f{i}" for i in range(count)]
 
 
@@ -198,3 +199,35 @@ def test_a_backlog_larger_than_the_content_cache_is_read_once(make_daemon, inbox
     assert {r["state"] for r in rows(daemon).values()} == {"acked"} and sorted(target.items) == sorted(keys)
     assert (daemon.cache.hits, daemon.cache.misses) == (40, 0)
     assert len(daemon.cache) == 0
+
+
+def test_a_backlog_of_items_of_different_sizes_is_read_once(make_daemon, inbox):
+    """What fits in the content cache is known before an item is read (its files' sizes), not
+    guessed from the average of what it holds: a larger item never pushes out one not sent."""
+    target = ScriptedTarget("fake", max_batch=2, workers=1, jobs=True, max_jobs=2)
+    target.job_polls = 3
+    keys = write_items(inbox, 40, sizes=[(16, 12), (64, 48), (24, 18), (48, 36), (32, 24)])
+    daemon = make_daemon({"fake": target})
+    daemon.cache.max_bytes = sum((inbox / f"f{i}.png").stat().st_size for i in range(5)) + 100
+    drive(daemon)
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and sorted(target.items) == sorted(keys)
+    assert (daemon.cache.hits, daemon.cache.misses) == (40, 0)
+    assert len(daemon.cache) == 0
+
+
+def test_a_paused_targets_backlog_is_read_past_a_full_content_cache(make_daemon, inbox):
+    """Nothing is on its way while the only target is paused: settling does not stop at a
+    full content cache, it reads on and the oldest content goes (read again when it is sent)."""
+    target = ScriptedTarget("fake", max_batch=2, workers=1)
+    target.check_error = FatalTargetError("HTTP 401: bad key")
+    keys = write_items(inbox, 20)
+    daemon = make_daemon({"fake": target}, daemon={"target_recheck_seconds": 30})
+    daemon.cache.max_bytes = 6 * (inbox / "f0.png").stat().st_size
+    daemon.health.pause("fake", "HTTP 401: bad key", time.time())  # before the first pass
+    clock = drive(daemon, until=lambda: not daemon.settling)
+    assert "fake" in daemon.paused and {r["state"] for r in rows(daemon).values()} == {"pending"}
+    assert len(rows(daemon)) == 20 and len(daemon.cache) == 6  # the last six read
+    target.check_error = None  # the key was fixed: the re-check resumes the target
+    drive(daemon, now=clock - 3600, step=40)
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and sorted(target.items) == sorted(keys)
+    assert (daemon.cache.hits, daemon.cache.misses) == (6, 14) and len(daemon.cache) == 0
