@@ -193,6 +193,7 @@ class NucleusTarget(Target):
             return results  # type: ignore[return-value]
         if job_id is not None:
             self.book.submitted(job_id, [u.key for u in batch])
+            self.startup.own(job_id)
             for i in send:
                 results[i] = Submitted(job_id)
         else:
@@ -343,6 +344,7 @@ class NucleusTarget(Target):
         """Wait in place for a job that writes ``key`` (an annotation deletion); while it may
         still run (timeout, failing reads), the item is not appended again."""
         self.book.submitted(job_id, [key])
+        self.startup.own(job_id)
         result = self.waiter.wait(job_id, what=what)
         self.book.ended(job_id)
         return result
