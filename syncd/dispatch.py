@@ -272,27 +272,39 @@ class Dispatcher:
             if isinstance(state, JobState):
                 gate.served(now)
                 if state.status == "running":
+                    if self.jobs.overdue(job, now, read=True):
+                        self._give_up(job, now, f"job {job_id} of {name} is still running after "
+                                                f"{now - job.timer_start:.0f}s: its items are sent again")
+                        continue
                     self.jobs.poll_later(job, now)
                     self.store.job_polled(name, job_id, job.next_poll_at, job.polls)
                 elif state.status == "done":
-                    if self.stopping():
-                        continue  # shutting down: the next start polls it again and finishes it
-                    job.finishing = True
-                    self.tasks[name] += 1
-                    self._staged.append(partial(self._submit, name, delivery.finish_task, self.inbox.put,
-                                                self.targets[name], job_id, state, list(job.items),
-                                                self.read_options))
+                    job.ended = state  # never given up now; its end is read until it can be
+                    if not self.stopping():  # shutting down: the next start polls it again and finishes it
+                        self._finish(job)
                 else:
                     self._give_up(job, now, f"job {job_id} of {name} was lost: its items are sent again")
             elif isinstance(state, FatalTargetError):
                 if name not in self.health.paused:
                     self.health.pause(name, str(state), now)
+            elif self.jobs.overdue(job, now, read=False):
+                self._give_up(job, now, f"job {job_id} of {name} could not be read for "
+                                        f"{now - max(job.timer_start, job.read_at or 0):.0f}s ({state}): "
+                                        "its items are sent again")
             else:
                 retry_after = state.retry_after if isinstance(state, TransientError) else None
                 if isinstance(state, TransientError) and state.throttled:
                     gate.throttled(now, retry_after)
                 log.warning("cannot read job %s of %s now: %s", job_id, name, state)
                 self.jobs.poll_later(job, now, at_least=retry_after or 0.0)
+
+    def _finish(self, job: Job) -> None:
+        """Stage the task reading the end of ``job`` (read as ended)."""
+        job.finishing = True
+        self.tasks[job.target] += 1
+        self._staged.append(partial(self._submit, job.target, delivery.finish_task, self.inbox.put,
+                                    self.targets[job.target], job.job_id, job.ended, list(job.items),
+                                    self.read_options))
 
     def _finished(self, report: FinishReport, now: float) -> None:
         assert self.store is not None
@@ -387,10 +399,9 @@ class Dispatcher:
         return handed
 
     def _jobs_step(self, name: str, now: float) -> None:
-        for job in self.jobs.timed_out(name, now):
-            self._give_up(job, now, f"job {job.job_id} of {name} is still running after "
-                                    f"{now - job.timer_start:.0f}s: its items are sent again")
-        ids = self.jobs.due_polls(name, now)
+        ids, ended = self.jobs.due(name, now)
+        for job in ended:  # their end could not be read last time
+            self._finish(job)
         if ids:
             self.jobs.polling.add(name)
             self._staged.append(partial(self._submit, name, delivery.poll_task, self.inbox.put, self.targets[name],

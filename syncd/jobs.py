@@ -4,10 +4,20 @@ A delivery a target answered ``Submitted`` for stays in flight, held by its job,
 job ends. ``JobBook`` is the coordinator's list of those jobs: each is polled by the one poll
 task of its target (syncd.dispatch) with a backoff of 0.2 s, 0.4 s, ... up to the target's
 ``job_poll_interval``; nothing is polled when no job is outstanding; a target holds at most
-``max_jobs`` jobs (new batches wait); a job running longer than ``job_timeout`` is given
-up (its items are sent again: the target guarantees an older job never overwrites a newer
-version). The journal lists the jobs (``jobs`` table) so a restart polls them instead of
-re-sending their items; their uploads are then read again when the job ends.
+``max_jobs`` jobs (new batches wait). The journal lists the jobs (``jobs`` table) so a
+restart polls them instead of re-sending their items; their uploads are then read again
+when the job ends.
+
+A job is given up (its items are sent again: the target guarantees an older job never
+overwrites a newer version) only on what a read of it says (``overdue``): read still
+running more than ``job_timeout`` after it was submitted (after a restart: after the first
+pass), or not readable at all for ``job_timeout``. Never on the coordinator's clock alone:
+a job whose read is under way, or whose reads waited for the target's rate, is not known
+to be running, and giving it up re-sent items a finished job had written (each re-send a
+new job to poll at the same throttled rate: under load, a cascade that left deliveries in
+flight for minutes). A job read as ended (``ended``) is never given up: when its end (its
+errors) cannot be read now, that read is tried again after the backoff, without reading
+the job again.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from dataclasses import dataclass, field
 from syncd.items.convention import ItemFiles
 from syncd.journal.store import DueDelivery
 from syncd.targets import Target
-from syncd.targets.base import Upload
+from syncd.targets.base import JobState, Upload
 
 FIRST_POLL = 0.2  # seconds before the first poll of a job; doubled after every poll
 DEFAULT_POLL_INTERVAL = 2.0  # the longest pause between polls, for targets without job_poll_interval
@@ -34,10 +44,12 @@ class Job:
     submitted_at: float
     timer_start: float | None  # job_timeout counts from here (None: from the next pass; a restart
     # gives a job its full time again)
-    next_poll_at: float
+    next_poll_at: float  # the next read of the job, or of its end once it ``ended``
     polls: int = 0
     items: list[tuple[DueDelivery, Upload | None, ItemFiles | None]] = field(default_factory=list)
     finishing: bool = False  # a finish task is out
+    ended: JobState | None = None  # read as ended: its end is read (again) at next_poll_at
+    read_at: float | None = None  # the last successful read (None: none since timer_start)
 
 
 class JobBook:
@@ -76,29 +88,34 @@ class JobBook:
         """How many more jobs ``target`` may hold (no new batch while there is no room)."""
         return int(self._setting(target, "max_jobs", DEFAULT_MAX_JOBS)) - len(self.jobs[target])
 
-    def due_polls(self, target: str, now: float) -> list[str]:
-        """Jobs of ``target`` to read now (none while its poll task is out)."""
-        if target in self.polling:
-            return []
+    def due(self, target: str, now: float) -> tuple[list[str], list[Job]]:
+        """``(jobs of target to read now, ended jobs whose end to read now)``; no reads while
+        its poll task is out."""
         interval = self._setting(target, "job_poll_interval", DEFAULT_POLL_INTERVAL)
-        due = []
-        for job in self.jobs[target].values():
-            if job.next_poll_at - now > interval:  # set under a clock since set back
-                job.next_poll_at = now
-            if not job.finishing and job.next_poll_at <= now:
-                due.append(job.job_id)
-        return due
-
-    def timed_out(self, target: str, now: float) -> list[Job]:
-        """Jobs of ``target`` running longer than its ``job_timeout``."""
-        timeout = self._setting(target, "job_timeout", DEFAULT_JOB_TIMEOUT)
-        out = []
+        polls, ends = [], []
         for job in self.jobs[target].values():
             if job.timer_start is None or job.timer_start > now:  # restored, or the clock was set back
                 job.timer_start = now
-            if not job.finishing and now - job.timer_start > timeout:
-                out.append(job)
-        return out
+            if job.next_poll_at - now > interval:  # set under a clock since set back
+                job.next_poll_at = now
+            if job.finishing or job.next_poll_at > now:
+                continue
+            if job.ended is not None:
+                ends.append(job)
+            elif target not in self.polling:
+                polls.append(job.job_id)
+        return polls, ends
+
+    def overdue(self, job: Job, now: float, *, read: bool) -> bool:
+        """After a read of ``job`` that did not find it ended (``read``: it answered, still
+        running; else it could not be read): give it up? (see the module docstring)"""
+        timeout = self._setting(job.target, "job_timeout", DEFAULT_JOB_TIMEOUT)
+        if job.timer_start is None or job.timer_start > now:
+            job.timer_start = now
+        if read:
+            job.read_at = now
+            return now - job.timer_start > timeout
+        return now - max(job.timer_start, job.read_at or job.timer_start) > timeout
 
     def poll_later(self, job: Job, now: float, *, at_least: float = 0.0) -> None:
         """The job is still running (or could not be read): read it again after a backoff."""
@@ -107,32 +124,26 @@ class JobBook:
         job.next_poll_at = now + max(min(FIRST_POLL * 2 ** job.polls, interval), min(at_least, 3600.0))
 
     def next_deadline(self, paused: dict[str, float]) -> float | None:
-        """The earliest poll or timeout of a target that is not paused (None: no job)."""
-        times = []
-        for target, jobs in self.jobs.items():
-            if not jobs or target in paused:
-                continue
-            timeout = self._setting(target, "job_timeout", DEFAULT_JOB_TIMEOUT)
-            for job in jobs.values():
-                if not job.finishing:
-                    times.append(job.timer_start + timeout if job.timer_start is not None else 0.0)
-                    if target not in self.polling:
-                        times.append(job.next_poll_at)
+        """The earliest read of a job (or of its end) of a target that is not paused (None:
+        none to make)."""
+        times = [job.next_poll_at for target, jobs in self.jobs.items() if target not in paused
+                 for job in jobs.values()
+                 if not job.finishing and (job.ended is not None or target not in self.polling)]
         return min(times) if times else None
 
     # -- a failed pass --------------------------------------------------------------------------
     def snapshot(self):
         """What a failed pass must put back: each job's fields a pass changes, as a tuple (a
         pass only appends to a job's items). Taken by every pass: kept cheap."""
-        return ({t: {i: (j, j.timer_start, j.next_poll_at, j.polls, j.finishing, len(j.items)) for i, j in jobs.items()}
-                 for t, jobs in self.jobs.items()}, set(self.polling))
+        return ({t: {i: (j, j.timer_start, j.next_poll_at, j.polls, j.finishing, j.ended, j.read_at, len(j.items))
+                     for i, j in jobs.items()} for t, jobs in self.jobs.items()}, set(self.polling))
 
     def restore(self, saved) -> None:
         jobs, self.polling = saved
         self.jobs = {target: {} for target in jobs}
         for target, kept in jobs.items():
-            for job_id, (job, timer_start, next_poll_at, polls, finishing, count) in kept.items():
+            for job_id, (job, timer_start, next_poll_at, polls, finishing, ended, read_at, count) in kept.items():
                 job.timer_start, job.next_poll_at, job.polls = timer_start, next_poll_at, polls
-                job.finishing = finishing
+                job.finishing, job.ended, job.read_at = finishing, ended, read_at
                 del job.items[count:]
                 self.jobs[target][job_id] = job

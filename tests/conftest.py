@@ -34,8 +34,11 @@ class ScriptedTarget(Target):
     job answers ``running`` to its first ``job_polls`` reads, then ``done``; its items are
     written when it is finished (``finish_job``), where ``script`` applies. ``job_script``
     maps a job number (1, 2, ...) to ``"lost"`` (the platform forgets it), ``"stuck"`` (it
-    runs for ever), ``"unpinned"`` (an error that names no item: every item gets SendAlone) or
-    ``"revoked"`` (its first read answers that the key was revoked: FatalTargetError).
+    runs for ever), ``"unpinned"`` (an error that names no item: every item gets SendAlone),
+    ``"revoked"`` (its first read answers that the key was revoked: FatalTargetError) or
+    ``"unreadable"`` (every read fails: TransientError). ``poll_gate`` (an Event) holds every
+    job read until set (``poll_entered`` is set when one waits); ``finish_script`` lists
+    exceptions raised by successive ``finish_job`` calls (its end cannot be read now).
     """
 
     platform = "scripted"
@@ -61,6 +64,9 @@ class ScriptedTarget(Target):
         self.jobs: dict[str, dict] = {}  # job id -> {"uploads", "reads", "fate"}
         self.finished: list[tuple[str, list[str]]] = []  # (job id, keys finish_job was given)
         self.handed: list[tuple[str, bool]] = []  # (key, outcome_unknown_at_start) of every batch's uploads
+        self.poll_gate: threading.Event | None = None
+        self.poll_entered = threading.Event()
+        self.finish_script: list[Exception] = []
 
     def check(self) -> list[str]:
         if self.check_error:
@@ -99,6 +105,9 @@ class ScriptedTarget(Target):
         return [Submitted(job_id) for _ in uploads]
 
     def job_state(self, job_id: str) -> JobState:
+        if self.poll_gate is not None:
+            self.poll_entered.set()
+            assert self.poll_gate.wait(10), "poll gate never opened"
         with self.lock:
             job = self.jobs.get(job_id)
             if job is None or job["fate"] == "lost":
@@ -107,10 +116,16 @@ class ScriptedTarget(Target):
                 job["fate"] = None
                 raise FatalTargetError("HTTP 401: the API key was revoked")
             job["reads"] += 1
+            if job["fate"] == "unreadable":
+                raise TransientError(f"HTTP 503 reading job {job_id}")
             return JobState("running" if job["reads"] <= self.job_polls or job["fate"] == "stuck" else "done")
 
     def finish_job(self, job_id: str, state: JobState, uploads):
         job = self.jobs[job_id]
+        with self.lock:
+            failure = self.finish_script.pop(0) if self.finish_script else None
+        if failure is not None:
+            raise failure
         self.finished.append((job_id, [upload.key for upload in uploads]))
         sent = {upload.key: upload for upload in job["uploads"]}  # the job holds the image bytes
         results: list = []

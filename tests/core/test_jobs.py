@@ -5,9 +5,10 @@ on outstanding jobs; a restart with jobs outstanding polls them instead of re-se
 from __future__ import annotations
 
 import json
+import threading
 import time
 
-from syncd.errors import FatalTargetError, PermanentError
+from syncd.errors import FatalTargetError, PermanentError, TransientError
 from tests.conftest import ScriptedTarget, drive
 from tests.helpers import age_files, write_item
 
@@ -109,6 +110,53 @@ def test_a_job_running_past_job_timeout_is_given_up_and_its_items_sent_again(mak
     daemon = make_daemon({"fake": target})
     drive(daemon)
     assert len(target.batches) == 2 and "job-1" not in [job for job, _ in target.finished]
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"}
+
+
+def test_a_job_whose_read_is_under_way_at_job_timeout_is_not_given_up(make_daemon, inbox):
+    """job_timeout passes while the job's read is out (the target's rate held it): the read's
+    answer decides. Given up on the coordinator's clock, the finished job's items were sent
+    again as a new job (under load, a cascade that left deliveries in flight for minutes)."""
+    target = ScriptedTarget("fake", max_batch=10, jobs=True, job_timeout=30)
+    target.job_polls = 0  # done at its first read
+    target.poll_gate = threading.Event()
+    keys = write_items(inbox, 2)
+    daemon = make_daemon({"fake": target})
+    clock = drive(daemon, until=lambda: sum(map(len, target.batches)) == 2 and not daemon.dispatcher.tasks["fake"])
+    assert daemon.dispatcher.jobs.count("fake") >= 1
+    daemon.tick(clock + 1)  # the reads go out, and wait
+    assert target.poll_entered.wait(5)
+    daemon.tick(clock + 40)
+    daemon._collect(clock + 40, block=0.2)
+    target.poll_gate.set()
+    drive(daemon, now=clock + 40 - 3600)
+    assert sorted(key for batch in target.batches for key in batch) == keys  # each sent once
+    assert sorted(key for _, finished in target.finished for key in finished) == keys
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and jobs_table(daemon) == []
+
+
+def test_a_job_read_as_ended_is_not_given_up_while_its_end_cannot_be_read(make_daemon, inbox):
+    """The job ended but its errors cannot be read for longer than job_timeout: that read is
+    tried again (not the job's), and its item is not sent again."""
+    target = ScriptedTarget("fake", max_batch=10, jobs=True, job_timeout=30, job_poll_interval=1.0)
+    target.job_polls = 0
+    target.finish_script = [TransientError("HTTP 503 reading the errors of job-1")] * 12  # a minute at 5 s a pass
+    keys = write_items(inbox, 1)
+    daemon = make_daemon({"fake": target})
+    drive(daemon, timeout=30)
+    assert target.batches == [keys] and target.finished == [("job-1", keys)] and not target.finish_script
+    assert target.jobs["job-1"]["reads"] == 1
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and jobs_table(daemon) == []
+
+
+def test_a_job_that_cannot_be_read_for_job_timeout_is_given_up(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, jobs=True, job_timeout=30)
+    target.job_script = {1: "unreadable"}
+    keys = write_items(inbox, 1)
+    daemon = make_daemon({"fake": target})
+    drive(daemon)
+    assert target.batches == [keys, keys] and [job for job, _ in target.finished] == ["job-2"]
+    assert target.jobs["job-1"]["reads"] >= 5  # read at every pass until then
     assert {r["state"] for r in rows(daemon).values()} == {"acked"}
 
 

@@ -83,6 +83,10 @@ def labels_digest(upload: Upload, taxonomy_name: str) -> str:
     return hashlib.sha256(json.dumps(source, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
+class ItemMissing(TransientError):
+    """Nucleus does not have the item (deleted since its append?): it is appended again."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one delivery does about annotations: ``converted`` is None when nothing is sent;
@@ -217,7 +221,7 @@ class AnnotationWriter:
         if response.status_code == 404:
             if not self.client.dataset_exists(f"{context} (after a 404: does the dataset exist?)"):
                 raise self.client.missing_dataset()
-            raise TransientError(f"{what}: {context}: Nucleus does not have the item (yet); retrying")
+            raise ItemMissing(f"{what}: {context}: Nucleus does not have the item (yet); retrying")
         self.client.raise_for_status(response, context)
         reply = self.client.json(response, context)
         if not isinstance(reply, dict) or not isinstance(reply.get("annotations", {}), dict):
@@ -292,5 +296,5 @@ class AnnotationWriter:
         for error in errors or []:
             if "Item with id" in str(error) and "does not exist" in str(error):
                 # The item vanished after its append (deleted meanwhile): append it again.
-                raise TransientError(f"{what}: {context}: {error}")
+                raise ItemMissing(f"{what}: {context}: {error}")
             not_sent.append(f"{context}: Nucleus refused: {error}")

@@ -188,6 +188,22 @@ def job_outcomes(result: JobResult, keys: Sequence[str], urls: Sequence[str], wh
     return outcomes
 
 
+def fresh_items(counts: Any, written: int) -> bool:
+    """Did the job create every item it wrote (its ``message`` counts, or a synchronous
+    reply's)? False when unknown: the shape of a job's message is not documented."""
+    return (isinstance(counts, dict) and written > 0 and counts.get("new_items") == written
+            and not counts.get("updated_items") and not counts.get("ignored_items"))
+
+
+def counted(counts: Any) -> int | None:
+    """How many items a finished job's ``message`` counts (None when it does not: its shape
+    is not documented)."""
+    if not isinstance(counts, dict):
+        return None
+    values = [counts.get(k) for k in ("new_items", "updated_items", "ignored_items", "upload_errors")]
+    return sum(values) if all(isinstance(v, int) for v in values) else None
+
+
 def classify(result: JobResult, *, what: str) -> None:
     """A job of one item (or an annotation deletion): return when it succeeded, raise the
     matching syncd error otherwise."""

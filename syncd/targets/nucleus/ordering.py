@@ -17,10 +17,13 @@ holds. So an item is never appended while an earlier job that may write it could
   the dataset's upload and annotation deletion jobs still Queued/Running (``POST jobs/``,
   the SDK's ``Dataset.jobs``) the first time one is delivered, and it is not appended
   until they ended or ``hold`` seconds (the target's ``job_timeout``) passed since they
-  were found. Every other item goes at once: a daemon started on a fresh journal, or one
-  whose previous run ended cleanly, lists nothing and waits for no one (in a fleet sharing
-  a dataset, not for the other devices' jobs). A deployment refusing the listing (4xx) has
-  nothing waited for, with a warning.
+  were found. The jobs this process started (``StartupJobs.own``) are not among them: the
+  listing comes after the first appends, and this process's own jobs are ordered by
+  ``JobBook`` (waiting for them held such items, and a worker each, for up to ``hold``
+  seconds behind jobs they cannot be in). Every other item goes at once: a daemon started
+  on a fresh journal, or one whose previous run ended cleanly, lists nothing and waits for
+  no one (in a fleet sharing a dataset, not for the other devices' jobs). A deployment
+  refusing the listing (4xx) has nothing waited for, with a warning.
 """
 
 from __future__ import annotations
@@ -96,6 +99,19 @@ class StartupJobs:
         self._lock = threading.Lock()  # one thread lists and reads them; the others wait for its answer
         self._found: dict[str, float] | None = None  # job id -> when found (None: not listed yet)
         self._read_at = -1e9
+        # Jobs this process started while the listing may still find them (the latest LIST_LIMIT).
+        self._own: dict[str, None] = {}
+        self._own_lock = threading.Lock()
+
+    def own(self, job_id: str) -> None:
+        """``job_id`` was started by this process: never waited for here."""
+        with self._own_lock:
+            if self._found is None:  # not listed yet: the listing leaves it out
+                self._own[job_id] = None
+                if len(self._own) > LIST_LIMIT:
+                    del self._own[next(iter(self._own))]
+                return
+        self._found.pop(job_id, None)  # listed while its append's reply was on its way
 
     def ended(self, job_id: str) -> None:
         if self._found:
@@ -118,7 +134,11 @@ class StartupJobs:
             return None  # the usual case, without a lock
         with self._lock:
             if self._found is None:
-                self._found = dict.fromkeys(self._list(), self._clock())
+                listed = self._list()
+                with self._own_lock:
+                    self._found = dict.fromkeys((job_id for job_id in listed if job_id not in self._own),
+                                                self._clock())
+                    self._own = {}
             deadline = self._clock() + min(STARTUP_WAIT, self.hold)
             delay = min(FIRST_POLL_DELAY, self.interval)
             while True:

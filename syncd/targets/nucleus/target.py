@@ -28,7 +28,11 @@ Idempotency and updates:
 ``upload.metadata`` is sent unchanged (any JSON). Labels and masks become ground-truth
 annotations once the append's job has ended (``_deliver_annotations``, see
 ``annotations`` for how they are replaced, never duplicated); the receipt keeps
-``annotations_sha256`` so that unchanged labels are not sent again.
+``annotations_sha256`` so that unchanged labels are not sent again. When writing them
+fails transiently after the job wrote the item, the process remembers that version as
+written (``_written_at``): its next attempt writes only the annotations (probing first, as
+every attempt does), without a new append and job, unless the item is appended again
+meanwhile, the annotations found it missing (``ItemMissing``) or the process restarted.
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ from pydantic import Field, field_validator
 from syncd.errors import FatalTargetError, PermanentError, SendAlone, SyncdError, TransientError
 from syncd.targets.base import ItemResult, JobState, Receipt, Submitted, Target, TargetSettings, Upload
 from syncd.targets.nucleus import payload
-from syncd.targets.nucleus.annotations import AnnotationWriter, Plan, plan
+from syncd.targets.nucleus.annotations import AnnotationWriter, ItemMissing, Plan, plan
 from syncd.targets.nucleus.append import MAX_FILES, item_json, multipart
 from syncd.targets.nucleus.client import NucleusClient
-from syncd.targets.nucleus.jobs import PENDING, JobResult, JobWaiter, job_outcomes, status_of
+from syncd.targets.nucleus.jobs import PENDING, JobResult, JobWaiter, counted, fresh_items, job_outcomes, status_of
 from syncd.targets.nucleus.ordering import JobBook, StartupJobs
 from syncd.targets.nucleus.payload import image_url
+
+MAX_REMEMBERED = 10_000  # versions written whose annotations are still to write (oldest forgotten)
 
 
 class NucleusSettings(TargetSettings):
@@ -78,22 +84,6 @@ class NucleusSettings(TargetSettings):
         return value
 
 
-def fresh_items(counts: Any, written: int) -> bool:
-    """Did the job create every item it wrote (its ``message`` counts, or a synchronous
-    reply's)? False when unknown: the shape of a job's message is not documented."""
-    return (isinstance(counts, dict) and written > 0 and counts.get("new_items") == written
-            and not counts.get("updated_items") and not counts.get("ignored_items"))
-
-
-def counted(counts: Any) -> int | None:
-    """How many items a finished job's ``message`` counts (None when it does not: its shape
-    is not documented)."""
-    if not isinstance(counts, dict):
-        return None
-    values = [counts.get(k) for k in ("new_items", "updated_items", "ignored_items", "upload_errors")]
-    return sum(values) if all(isinstance(v, int) for v in values) else None
-
-
 class NucleusTarget(Target):
     """Delivers items to one Nucleus dataset; see the module docstring."""
 
@@ -116,6 +106,9 @@ class NucleusTarget(Target):
         # key -> (version, plan) made when the item was appended, for finish_job (no masks:
         # their PNG would sit in memory while the job runs; they are converted again).
         self._plans: dict[str, tuple[str, Plan]] = {}
+        # key -> (version, job id): written by that job of this process, its annotations not (a
+        # transient failure): the next attempt at that version writes only the annotations.
+        self._written_at: dict[str, tuple[str, str | None]] = {}
         self.book = JobBook()
         self.startup = StartupJobs(settings.dataset_id, list_jobs=self._list_jobs, read_job=self._read_startup_job,
                                    hold=settings.job_timeout, interval=settings.job_poll_interval)
@@ -159,7 +152,10 @@ class NucleusTarget(Target):
         the start (``outcome_unknown_at_start``), the dataset's jobs from before the start
         (``ordering.StartupJobs``). The request as a whole: raises ``TransientError``/``FatalTargetError``
         when every upload was in it (else each sent item gets the error); a refusal (4xx) is
-        that item's ``PermanentError`` in a request of one, ``SendAlone`` for each otherwise."""
+        that item's ``PermanentError`` in a request of one, ``SendAlone`` for each otherwise.
+        An upload of a version a job of this process wrote, whose annotations failed since
+        (``_written_at``), is not appended: its annotations are written, and its result is
+        a ``Receipt`` or their error."""
         results: list[ItemResult | None] = [None] * len(uploads)
         # Only an item whose outcome was unknown at the start can be in a job of an earlier process.
         waiting = self.startup.wait() if any(u.outcome_unknown_at_start for u in uploads) else None
@@ -173,10 +169,20 @@ class NucleusTarget(Target):
                 items[i] = self._prepare(upload)
             except SyncdError as exc:
                 results[i] = exc
+                continue
+            with self._lock:
+                written = self._written_at.get(upload.key)
+                again = written is not None and written[0] == upload.version
+                cached = self._plans.pop(upload.key, None) if again else None
+            if again:  # a job of this process wrote this version: only its annotations are left
+                results[i] = self._annotated(upload, written[1], cached, fresh=False)
         send = [i for i, result in enumerate(results) if result is None]
         if not send:
             return results  # type: ignore[return-value]
         batch = [uploads[i] for i in send]
+        with self._lock:
+            for upload in batch:
+                self._written_at.pop(upload.key, None)
         try:
             job_id, counts = self._append(batch, [items[i] for i in send])
         except (TransientError, FatalTargetError) as exc:
@@ -193,6 +199,7 @@ class NucleusTarget(Target):
             return results  # type: ignore[return-value]
         if job_id is not None:
             self.book.submitted(job_id, [u.key for u in batch])
+            self.startup.own(job_id)
             for i in send:
                 results[i] = Submitted(job_id)
         else:
@@ -315,14 +322,27 @@ class NucleusTarget(Target):
         for upload, outcome in zip(uploads, outcomes):
             with self._lock:
                 cached = self._plans.pop(upload.key, None)
-            if outcome is not None:
-                results.append(outcome)
-                continue
-            try:
-                results.append(self._written(upload, job_id, cached, fresh=fresh))
-            except SyncdError as exc:
-                results.append(exc)
+            results.append(outcome if outcome is not None else self._annotated(upload, job_id, cached, fresh=fresh))
         return results
+
+    def _annotated(self, upload: Upload, job_id: str | None, cached: tuple[str, Plan] | None, *,
+                   fresh: bool) -> ItemResult:
+        """``_written``, or its error; after a transient one the version is remembered as
+        written (``_written_at``), unless the item was found missing."""
+        try:
+            receipt = self._written(upload, job_id, cached, fresh=fresh)
+        except SyncdError as exc:
+            with self._lock:
+                if isinstance(exc, TransientError) and not isinstance(exc, ItemMissing):
+                    self._written_at[upload.key] = (upload.version, job_id)
+                    if len(self._written_at) > MAX_REMEMBERED:
+                        del self._written_at[next(iter(self._written_at))]
+                else:
+                    self._written_at.pop(upload.key, None)
+            return exc
+        with self._lock:
+            self._written_at.pop(upload.key, None)
+        return receipt
 
     def _written(self, upload: Upload, job_id: str | None, cached: tuple[str, Plan] | None, *,
                  fresh: bool) -> Receipt:
@@ -343,6 +363,7 @@ class NucleusTarget(Target):
         """Wait in place for a job that writes ``key`` (an annotation deletion); while it may
         still run (timeout, failing reads), the item is not appended again."""
         self.book.submitted(job_id, [key])
+        self.startup.own(job_id)
         result = self.waiter.wait(job_id, what=what)
         self.book.ended(job_id)
         return result

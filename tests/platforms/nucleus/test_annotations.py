@@ -204,6 +204,41 @@ def test_lost_reply_then_retry_never_duplicates(emulator, dataset_id, path):
     assert [k for k, _, _ in emulator.faults.injected] == ["lost_reply"]
 
 
+@pytest.mark.parametrize("fault, path", [("503", r"/annotate$"), ("reset", r"/refloc/"),
+                                         ("lost_reply", r"/add_taxonomy$")])
+def test_annotations_failing_after_the_append_are_retried_without_appending_again(target, emulator, dataset_id,
+                                                                                 fault, path):
+    """The job wrote the item, its labels and mask failed transiently: the next attempt at
+    that version probes and writes them, without a new append and job (with faults on one
+    request in five, labelled items went round append, job, labels three or four times)."""
+    first = target.deliver(upload(ALL[2:4]))
+    changed = upload(ALL, mask=mask_png(), previous=first, metadata={"v": 2})
+    emulator.faults.next(fault, path=path)
+    with pytest.raises(TransientError):
+        target.deliver(changed)
+    assert len(emulator.journal) == 2
+    receipt = target.deliver(changed)
+    assert len(emulator.journal) == 2  # not appended again
+    stored_as_converted(emulator, dataset_id, changed)
+    assert receipt.extra["version"] == changed.version and receipt.extra["annotations_sha256"]
+    newer = upload(ALL, mask=mask_png(), previous=first, metadata={"v": 3})
+    target.deliver(newer)  # another version is appended, as always
+    assert len(emulator.journal) == 3 and emulator.item(dataset_id, KEY)["metadata"] == {"v": 3}
+
+
+def test_an_item_gone_before_its_annotations_are_retried_is_appended_again(target, emulator, dataset_id):
+    emulator.faults.next("503", path=r"/annotate$")
+    with pytest.raises(TransientError):
+        target.deliver(upload(ALL[2:4]))
+    with emulator.lock:  # deleted in Nucleus meanwhile
+        emulator.state.items[dataset_id].pop(KEY)
+    with pytest.raises(TransientError, match="does not have the item"):
+        target.deliver(upload(ALL[2:4]))
+    target.deliver(upload(ALL[2:4]))
+    assert len(emulator.journal) == 2  # appended again after the probe found it missing
+    stored_as_converted(emulator, dataset_id, upload(ALL[2:4]))
+
+
 def test_lost_reply_on_a_first_delivery_then_retry(target, emulator, dataset_id):
     emulator.faults.next("lost_reply", path=r"/annotate$", method="POST")
     with pytest.raises(TransientError):

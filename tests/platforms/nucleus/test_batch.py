@@ -356,6 +356,18 @@ def test_a_fresh_start_neither_lists_nor_waits_for_jobs_it_cannot_be_in(emulator
     assert listed_jobs(emulator) == 0 and clock.now == 1000.0  # no listing, no waiting
 
 
+def test_jobs_this_process_started_are_not_waited_for_as_jobs_from_before_the_start(emulator, dataset_id):
+    """The listing comes with the first item of unknown outcome, after this process's first
+    appends: those jobs are still running then, but they are not from before the start (the
+    item cannot be in one): the item goes at once."""
+    emulator.job_script = ["Running"] * 1000
+    target, clock = restarted_target(emulator, dataset_id, job_timeout=60, job_poll_interval=0.5)
+    assert all(isinstance(r, Submitted) for r in target.deliver_batch(batch(2, prefix="cam2/f")))
+    [result] = target.deliver_batch(unknown_at_start(batch(1, prefix="x/")))
+    assert isinstance(result, Submitted), result
+    assert listed_jobs(emulator) == 1 and clock.now == 1000.0  # listed, nothing waited for
+
+
 def test_jobs_from_before_the_start_are_given_up_after_job_timeout(emulator, dataset_id):
     emulator.job_script = ["Running"] * 1000
     make_target(emulator, dataset_id).deliver_batch(batch(1))
