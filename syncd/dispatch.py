@@ -272,9 +272,10 @@ class Dispatcher:
             if isinstance(state, JobState):
                 gate.served(now)
                 if state.status == "running":
-                    self.jobs.poll_later(job, now)
+                    self.jobs.poll_later(job, now, running=True)
                     self.store.job_polled(name, job_id, job.next_poll_at, job.polls)
                 elif state.status == "done":
+                    self.jobs.ended(job, now)
                     if self.stopping():
                         continue  # shutting down: the next start polls it again and finishes it
                     job.finishing = True
