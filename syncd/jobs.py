@@ -3,10 +3,13 @@
 A delivery a target answered ``Submitted`` for stays in flight, held by its job, until the
 job ends. ``JobBook`` is the coordinator's list of those jobs: each is polled by the one poll
 task of its target (syncd.dispatch) with a backoff of 0.2 s, 0.4 s, ... up to the target's
-``job_poll_interval``; nothing is polled when no job is outstanding; a target holds at most
-``max_jobs`` jobs (new batches wait). The journal lists the jobs (``jobs`` table) so a
-restart polls them instead of re-sending their items; their uploads are then read again
-when the job ends.
+``job_poll_interval``, until a job of the target was seen ending: from then on a job is first
+read at about when the target's jobs end (``EXPECT_LEAD`` of how long they took, learned),
+then soon after (``EXPECT_STEP`` of it, doubling; never more than ``job_poll_interval``
+apart), so its items are not left waiting for a backoff that overshot the job; nothing is
+polled when no job is outstanding; a target holds at most ``max_jobs`` jobs (new batches
+wait). The journal lists the jobs (``jobs`` table) so a restart polls them instead of
+re-sending their items; their uploads are then read again when the job ends.
 
 A job is given up (its items are sent again: the target guarantees an older job never
 overwrites a newer version) only on what a read of it says (``overdue``): read still
@@ -33,6 +36,16 @@ FIRST_POLL = 0.2  # seconds before the first poll of a job; doubled after every 
 DEFAULT_POLL_INTERVAL = 2.0  # the longest pause between polls, for targets without job_poll_interval
 DEFAULT_JOB_TIMEOUT = 600.0  # for targets without job_timeout
 DEFAULT_MAX_JOBS = 32  # outstanding jobs per target, for targets without max_jobs
+# Once a target's jobs were seen ending (how long they take: ``JobBook.typical``, learned from
+# each job of this run seen done, weight LEARN_WEIGHT per job), a job is first read at
+# EXPECT_LEAD of that time and, if still running, after EXPECT_STEP of it (at least MIN_STEP s),
+# doubling. Reading a little early lets the estimate follow jobs that got faster (a job found
+# done at the first read says it took at most that long); a doubling backoff from 0.2 s reads a
+# 1 s job at 1.4 s, and a cap of jobs outstanding then holds the next batches back that long.
+EXPECT_LEAD = 0.9
+EXPECT_STEP = 0.1
+MIN_STEP = 0.05
+LEARN_WEIGHT = 0.3
 
 
 @dataclass
@@ -50,6 +63,8 @@ class Job:
     finishing: bool = False  # a finish task is out
     ended: JobState | None = None  # read as ended: its end is read (again) at next_poll_at
     read_at: float | None = None  # the last successful read (None: none since timer_start)
+    restored: bool = False  # left by an earlier run (its submission time says nothing of its length)
+    running_at: float | None = None  # when it was last read still running
 
 
 class JobBook:
@@ -59,6 +74,7 @@ class JobBook:
         self.targets = targets
         self.jobs: dict[str, dict[str, Job]] = {name: {} for name in targets}
         self.polling: set[str] = set()  # targets with a poll task out
+        self.typical: dict[str, float] = {}  # target -> seconds its jobs take until seen done (learned)
 
     def _setting(self, target: str, name: str, default: float) -> float:
         return getattr(self.targets[target].settings, name, default)
@@ -68,12 +84,44 @@ class JobBook:
         """Record that ``job_id`` holds ``item`` (the job is created on its first item)."""
         job = self.jobs[target].get(job_id)
         if job is None:
-            delay = min(FIRST_POLL * 2 ** polls, self._setting(target, "job_poll_interval", DEFAULT_POLL_INTERVAL))
             restored = submitted_at is not None
-            job = Job(target, job_id, submitted_at if restored else now, None if restored else now, now + delay, polls)
+            delay = self._delay(target, polls, restored)
+            job = Job(target, job_id, submitted_at if restored else now, None if restored else now, now + delay, polls,
+                      restored=restored)
             self.jobs[target][job_id] = job
         job.items.append(item)
         return job
+
+    def _delay(self, target: str, polls: int, restored: bool = False) -> float:
+        """Seconds from now to the next read of a job of ``target`` read ``polls`` times so far."""
+        interval = self._setting(target, "job_poll_interval", DEFAULT_POLL_INTERVAL)
+        typical = self.typical.get(target)
+        if typical is None or restored:
+            return min(FIRST_POLL * 2 ** polls, interval)
+        if polls == 0:
+            return min(max(MIN_STEP, EXPECT_LEAD * typical), interval)
+        return min(max(MIN_STEP, EXPECT_STEP * typical) * 2 ** (polls - 1), interval)
+
+    def learn_end(self, job: Job, now: float) -> None:
+        """``job`` was read and found ended: learn how long the target's jobs take, and read its
+        other running jobs no later than that (the first jobs were scheduled without knowing)."""
+        if job.restored or not 0 < now - job.submitted_at < 3600.0:
+            return
+        # It ended between its last read that found it running and this one: the middle of
+        # that span (a read backing off from 0.2 s can come up to twice the job's time late).
+        took = now - job.submitted_at
+        if job.running_at is not None and job.submitted_at <= job.running_at <= now:
+            took = (job.running_at - job.submitted_at + took) / 2
+        before = self.typical.get(job.target)
+        typical = took if before is None else before + LEARN_WEIGHT * (took - before)
+        self.typical[job.target] = typical
+        interval = self._setting(job.target, "job_poll_interval", DEFAULT_POLL_INTERVAL)
+        for other in self.jobs[job.target].values():
+            if other.restored or other.finishing or other.ended is not None or other is job:
+                continue
+            expected = other.submitted_at + min(max(MIN_STEP, EXPECT_LEAD * typical), interval)
+            if now <= expected < other.next_poll_at:  # (an expected end already past: its read stays)
+                other.next_poll_at = expected
 
     def get(self, target: str, job_id: str) -> Job | None:
         return self.jobs[target].get(job_id)
@@ -117,11 +165,12 @@ class JobBook:
             return now - job.timer_start > timeout
         return now - max(job.timer_start, job.read_at or job.timer_start) > timeout
 
-    def poll_later(self, job: Job, now: float, *, at_least: float = 0.0) -> None:
+    def poll_later(self, job: Job, now: float, *, at_least: float = 0.0, running: bool = False) -> None:
         """The job is still running (or could not be read): read it again after a backoff."""
+        if running:
+            job.running_at = now
         job.polls += 1
-        interval = self._setting(job.target, "job_poll_interval", DEFAULT_POLL_INTERVAL)
-        job.next_poll_at = now + max(min(FIRST_POLL * 2 ** job.polls, interval), min(at_least, 3600.0))
+        job.next_poll_at = now + max(self._delay(job.target, job.polls, job.restored), min(at_least, 3600.0))
 
     def next_deadline(self, paused: dict[str, float]) -> float | None:
         """The earliest read of a job (or of its end) of a target that is not paused (None:

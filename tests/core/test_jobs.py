@@ -72,6 +72,42 @@ def test_polls_back_off_and_stop_when_no_job_is_left(make_daemon, inbox):
     assert daemon.dispatcher.jobs.next_deadline(daemon.paused) is None  # no polling without jobs
 
 
+def test_once_a_job_was_seen_ending_the_next_are_read_at_about_when_they_end(make_daemon, inbox):
+    """The first job is read with the backoff (0.2 s, 0.6 s, 1.4 s, ...: two "running", then
+    done, so it ended between 0.6 s and 1.4 s: 1.0 s learned); a later job is read first at
+    0.9 of that, then 0.1 of it later, not at 1.4 s."""
+    target = ScriptedTarget("fake", max_batch=1, jobs=True, job_poll_interval=2.0)
+    target.job_polls = 2
+    write_items(inbox, 1)
+    daemon = make_daemon({"fake": target})
+    book = daemon.dispatcher.jobs
+    now = time.time() + 3600
+
+    def reads_of(job_id: str) -> list[float]:
+        """Tick on the coordinator's deadlines until the job is gone; its reads, from its submission."""
+        nonlocal now
+        daemon.tick(now)
+        daemon._collect(now, block=5)
+        job = book.get("fake", job_id)
+        assert job is not None
+        reads = []
+        while book.get("fake", job_id) is not None and now < job.submitted_at + 60:
+            now = max(now + 0.001, daemon.next_deadline(now))
+            before = target.jobs[job_id]["reads"]
+            daemon.tick(now)
+            daemon._collect(now, block=1)
+            if target.jobs[job_id]["reads"] > before:
+                reads.append(round(now - job.submitted_at, 3))
+        return reads
+
+    assert reads_of("job-1") == [0.2, 0.6, 1.4]
+    assert round(book.typical["fake"], 3) == 1.0  # between the last "running" read and the one that found it done
+    write_item(inbox, "g0")
+    age_files(inbox)
+    daemon.settler.scan(now)
+    assert reads_of("job-2") == [0.9, 1.0, 1.2]
+
+
 def test_an_item_refused_in_a_job_fails_alone(make_daemon, inbox):
     target = ScriptedTarget("fake", max_batch=10, jobs=True)
     write_items(inbox, 3)
