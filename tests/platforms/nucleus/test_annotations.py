@@ -19,17 +19,11 @@ from syncd.targets.nucleus.payload import to_nucleus
 from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget, fresh_items
 from tests.emulators.nucleus import NucleusEmulator
 from tests.helpers import make_upload
+from tests.platforms.nucleus.harness import make_target
 from tests.platforms.nucleus.test_payload import CLASS_MAP, LABELS, mask_png
 
 KEY = "cam1/f1"
 ALL = LABELS[:6]  # one of each type (LABELS[6] is a second classification)
-
-
-def make_target(emulator, dataset_id, **overrides) -> NucleusTarget:
-    options = dict(dataset_id=dataset_id, base_url=emulator.endpoint, timeout=5, job_poll_interval=0.01,
-                   job_timeout=5)
-    options.update(overrides)
-    return NucleusTarget("nuc", NucleusSettings(**options), env={"NUCLEUS_API_KEY": emulator.api_key})
 
 
 @pytest.fixture
@@ -38,17 +32,6 @@ def emulator():
         emulator.record = True
         yield emulator
 
-
-@pytest.fixture
-def dataset_id(emulator):
-    return emulator.add_dataset("frames")
-
-
-@pytest.fixture
-def target(emulator, dataset_id):
-    target = make_target(emulator, dataset_id)
-    yield target
-    target.close()
 
 
 def upload(labels=(), *, mask=None, previous=None, metadata=None, key=KEY):

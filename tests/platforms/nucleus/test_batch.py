@@ -14,38 +14,14 @@ import pytest
 from syncd.errors import FatalTargetError, ItemError, PermanentError, SendAlone, TransientError
 from syncd.targets.base import JobState, Receipt, Submitted
 from syncd.targets.nucleus.jobs import pin_errors
-from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget
+from syncd.targets.nucleus.target import NucleusTarget
 from tests.emulators.base import Request, Response, json_response, route
 from tests.emulators.nucleus import API, DS, NucleusEmulator
 from tests.helpers import image_bytes, make_upload
+from tests.platforms.nucleus.harness import make_target
 
 CAR = [{"type": "classification", "label": "car"}]
 
-
-def make_target(emulator, dataset_id, **overrides) -> NucleusTarget:
-    options = dict(dataset_id=dataset_id, base_url=emulator.endpoint, timeout=5, job_poll_interval=0.01,
-                   job_timeout=5)
-    options.update(overrides)
-    return NucleusTarget("nuc", NucleusSettings(**options), env={"NUCLEUS_API_KEY": emulator.api_key})
-
-
-@pytest.fixture
-def emulator():
-    with NucleusEmulator() as emulator:
-        emulator.record = True
-        yield emulator
-
-
-@pytest.fixture
-def dataset_id(emulator):
-    return emulator.add_dataset("frames")
-
-
-@pytest.fixture
-def target(emulator, dataset_id):
-    target = make_target(emulator, dataset_id)
-    yield target
-    target.close()
 
 
 def batch(n: int = 10, *, prefix: str = "cam1/f", **kwargs):

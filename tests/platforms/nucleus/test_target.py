@@ -14,32 +14,7 @@ from syncd.targets.nucleus.target import NucleusSettings, NucleusTarget
 from tests.emulators.base import Request, Response, json_response, route
 from tests.emulators.nucleus import API, DS, NucleusEmulator
 from tests.helpers import image_bytes, make_upload
-
-
-def make_target(emulator, dataset_id, *, key=None, **overrides) -> NucleusTarget:
-    options = dict(dataset_id=dataset_id, base_url=emulator.endpoint, timeout=5, job_poll_interval=0.01,
-                   job_timeout=5)
-    options.update(overrides)
-    return NucleusTarget("nuc", NucleusSettings(**options), env={"NUCLEUS_API_KEY": key or emulator.api_key})
-
-
-@pytest.fixture
-def emulator():
-    with NucleusEmulator() as emulator:
-        emulator.record = True
-        yield emulator
-
-
-@pytest.fixture
-def dataset_id(emulator):
-    return emulator.add_dataset("frames")
-
-
-@pytest.fixture
-def target(emulator, dataset_id):
-    target = make_target(emulator, dataset_id)
-    yield target
-    target.close()
+from tests.platforms.nucleus.harness import make_target
 
 
 def job_polls(emulator) -> list[str]:
