@@ -30,7 +30,7 @@ from syncd.overlap import overlap_problems
 from syncd.sizes import parse_size
 from syncd.targets import target_class
 from syncd.targets.base import TargetSettings
-from syncd.timetable import parse_bandwidth
+from syncd.timetable import Bandwidth, parse_bandwidth
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,14 +56,8 @@ class DaemonSettings(BaseModel):
     shutdown_seconds: float = Field(20.0, ge=0, description="how long SIGTERM waits for in-flight deliveries")
     ignore: list[str] = Field(default_factory=list, description="extra ignore globs for every folder")
     max_image_pixels: int = Field(200_000_000, gt=0, description="larger images are refused (decompression bombs)")
-    bandwidth_limit: float | str = Field(0.0, description="upload bytes per second over all targets (0 = unlimited), "
-                                                         'or rclone\'s form: "1M", "07:00,1M 23:30,off"')
-
-    @field_validator("bandwidth_limit")
-    @classmethod
-    def _bandwidth(cls, value: float | str) -> float | str:
-        parse_bandwidth(value)  # one clear line for a mistake, at load
-        return value
+    bandwidth_limit: Bandwidth = Field(0.0, description="upload bytes per second over all targets (0 = unlimited), "
+                                                       'or rclone\'s form: "1M", "07:00,1M 23:30,off"')
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     min_free_space: int = Field(0, ge=0, description='keep this much free on the state directory\'s filesystem, '

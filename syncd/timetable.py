@@ -29,6 +29,9 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from syncd.sizes import parse_size
 
@@ -179,3 +182,12 @@ class BandwidthPlan:
     def next_change(self, now: float) -> float | None:
         times = [at for table in (self.overall, *self.targets.values()) if (at := table.next_change(now)) is not None]
         return min(times) if times else None
+
+
+def _valid_bandwidth(value: float | str) -> float | str:
+    parse_bandwidth(value)  # one clear line for a mistake, at load
+    return value
+
+
+# A ``bandwidth_limit`` setting ([daemon] and each target): a number or rclone's form, checked at load.
+Bandwidth = Annotated[float | str, AfterValidator(_valid_bandwidth)]

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from syncd.errors import FatalTargetError, SyncdError
 from syncd.labels.support import FEATURES, unsupported_labels, unsupported_types
-from syncd.timetable import parse_bandwidth
+from syncd.timetable import Bandwidth
 
 #: What ``api_key_env`` may be: a portable environment variable name, so also a plain file name.
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -45,14 +45,8 @@ class TargetSettings(BaseModel):
     timeout: float = Field(30.0, gt=0, description="seconds for each HTTP request")
     workers: int = Field(4, ge=1, le=64, description="concurrent deliveries to this target")
     rate_limit: float = Field(0.0, ge=0, description="requests per second to this target (0 = unlimited)")
-    bandwidth_limit: float | str = Field(0.0, description="upload bytes per second to this target (0 = unlimited), "
-                                                         'or rclone\'s form: "1M", "07:00,1M 23:30,off"')
-
-    @field_validator("bandwidth_limit")
-    @classmethod
-    def _check_bandwidth(cls, value: float | str) -> float | str:
-        parse_bandwidth(value)  # one clear line for a mistake, at load
-        return value
+    bandwidth_limit: Bandwidth = Field(0.0, description="upload bytes per second to this target (0 = unlimited), "
+                                                       'or rclone\'s form: "1M", "07:00,1M 23:30,off"')
 
     @field_validator("api_key_env", check_fields=False)
     @classmethod
