@@ -122,7 +122,9 @@ def test_a_crashed_daemons_wal_is_read_not_lost(tmp_path):
         wait_for(lambda: "watching" in daemon.logs(), timeout=30, message="daemon start")
         for i in range(3):
             write_item(tmp_path / "inbox", f"k{i}", seed=i, old=False)
-        wait_for(lambda: len(list((tmp_path / "synced").glob("k*.png"))) == 3, timeout=20, message="delivered")
+        # Delivered as the journal says (the files alone can be there before the acks are recorded).
+        wait_for(lambda: '"delivered": 3' in run_cli("status", "--json", "--config", str(config)).stdout,
+                 timeout=20, message="delivered")
     finally:
         daemon.kill()
     state = tmp_path / "state"
