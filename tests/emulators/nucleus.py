@@ -244,14 +244,25 @@ class NucleusEmulator(JobRoutes, AnnotationRoutes, Emulator):
     # -- append -------------------------------------------------------------------------------
     @route("POST", f"{API}/dataset/{DS}/append")
     def append(self, request: Request) -> Response:
+        content_type = request.header("content-type", "") or ""
+        parsed: list[Row] | BadRequest | None = None
+        if content_type.startswith("multipart/form-data"):
+            # Parsed and decoded before the lock, as a server handles requests side by side;
+            # a malformed body is answered after the dataset checks, as before.
+            try:
+                parsed = self._multipart_rows(request)
+            except BadRequest as exc:
+                parsed = exc
+
         def handle(request):
             dataset_id = self._dataset(request)
             if self.state.datasets[dataset_id]["is_scene"]:
                 raise BadRequest("This dataset holds scenes; append scenes, not dataset items")
             is_async = request.arg("async") == "1"
-            content_type = request.header("content-type", "") or ""
-            if content_type.startswith("multipart/form-data"):
-                rows = self._multipart_rows(request)
+            if isinstance(parsed, BadRequest):
+                raise parsed
+            if parsed is not None:
+                rows = parsed
             else:
                 body = json_object(request)
                 if "requestId" in body:
