@@ -108,6 +108,38 @@ def test_once_a_job_was_seen_ending_the_next_are_read_at_about_when_they_end(mak
     assert reads_of("job-2") == [0.9, 1.0, 1.2]
 
 
+def test_before_any_job_ended_a_younger_job_is_not_read_before_an_older_one_was_seen_running(make_daemon, inbox):
+    """Job 1 is read running at 0.2 s and 0.6 s; job 2, sent 0.5 s after it, is not read at
+    0.2 s (job 1 was running at that age already) but first at 0.6 s of its own."""
+    target = ScriptedTarget("fake", max_batch=1, jobs=True, job_poll_interval=2.0)
+    target.job_polls = 2
+    write_items(inbox, 1)
+    daemon = make_daemon({"fake": target})
+    book = daemon.dispatcher.jobs
+    start = time.time() + 3600
+    daemon.tick(start)
+    daemon._collect(start, block=5)
+    first = book.get("fake", "job-1")
+    now, second, reads = start, None, {"job-1": [], "job-2": []}
+    while (book.count("fake") or second is None) and now < start + 60:
+        now = max(now + 0.001, daemon.next_deadline(now) or now + 0.05)
+        if second is None and now >= start + 0.5:
+            now = start + 0.5
+            write_item(inbox, "g0")
+            age_files(inbox)
+            daemon.settler.scan(now)
+        before = {job_id: target.jobs[job_id]["reads"] for job_id in target.jobs}
+        daemon.tick(now)
+        daemon._collect(now, block=1)
+        second = second or book.get("fake", "job-2")
+        for job_id, job in (("job-1", first), ("job-2", second)):
+            if job is not None and target.jobs[job_id]["reads"] > before.get(job_id, 0):
+                reads[job_id].append(round(now - job.submitted_at, 3))
+    assert reads["job-1"] == [0.2, 0.6, 1.4]
+    assert second is not None and reads["job-2"][0] >= 0.6  # not 0.2: job 1 was running at that age
+    assert book.count("fake") == 0
+
+
 def test_an_item_refused_in_a_job_fails_alone(make_daemon, inbox):
     target = ScriptedTarget("fake", max_batch=10, jobs=True)
     write_items(inbox, 3)
