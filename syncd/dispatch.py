@@ -167,6 +167,8 @@ class Dispatcher(JobsSide):
         for report in reports:
             if isinstance(report, SendReport):
                 self.tasks[report.target] -= 1
+                if any(o.kind == delivery.TRANSIENT and not o.throttled for o in report.outcomes):
+                    self.health.gates[report.target].faulted()  # one request, whatever it carried
                 for outcome in report.outcomes:
                     self._record(outcome, now)
             elif isinstance(report, PollReport):
@@ -220,8 +222,9 @@ class Dispatcher(JobsSide):
             log.info("%s throttled %s: %s", name, due.key, outcome.message, extra=extra)
             self.store.retry_later(due.item_id, name, outcome.message, now, outcome.outcome_unknown, now, count=False)
         elif kind == delivery.TRANSIENT:
-            delay = delivery.backoff_delay(due.attempts + 1, outcome.retry_after, base=self.cfg.retry_base_seconds,
-                                           cap=self.cfg.retry_max_seconds, rng=self.rng)
+            delay = delivery.backoff_delay(gate.retry_attempts(due.attempts + 1), outcome.retry_after,
+                                           base=self.cfg.retry_base_seconds, cap=self.cfg.retry_max_seconds,
+                                           rng=self.rng)
             log.warning("retrying %s on %s in %.1fs: %s", due.key, name, delay, outcome.message, extra=extra)
             self.store.retry_later(due.item_id, name, outcome.message, now + delay, outcome.outcome_unknown, now)
         elif kind == delivery.ALONE:

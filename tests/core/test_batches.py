@@ -120,3 +120,38 @@ def test_throttled_batch_holds_the_target_not_the_items(make_daemon, inbox):
     drive(daemon, now=now + 31 - 3600)
     assert sorted(key for key, _, _ in target.sent) == keys
     assert daemon.store.target_rates()["fake"][1] == "unlimited"
+
+
+def test_a_fault_while_the_target_serves_others_is_retried_soon_not_after_the_items_own_backoff():
+    """The backoff of a faulted item follows its target's run of failed requests: while the
+    target answers others, even an item's fourth fault is retried after ``retry_base`` (its
+    own count would have waited up to 8x that); when every request fails, it doubles per
+    fault; an item that failed QUICK_RETRIES times backs off on its own count."""
+    from syncd.health import QUICK_RETRIES, RateGate
+
+    gate = RateGate("fake", workers=1, rate_limit=0)
+    for attempts in (1, 2, 4):
+        gate.faulted()
+        assert gate.retry_attempts(attempts) == 1
+        gate.served(0.0)
+    gate.faulted()
+    gate.faulted()
+    gate.faulted()
+    assert gate.retry_attempts(4) == 3 and gate.retry_attempts(2) == 2  # the target fails: doubling
+    assert gate.retry_attempts(QUICK_RETRIES + 1) == QUICK_RETRIES + 1
+
+
+def test_a_batch_that_fails_counts_as_one_fault_of_its_target(make_daemon, inbox):
+    target = ScriptedTarget("fake", max_batch=10, workers=1)
+    keys = write_items(inbox, 3)
+    target.batch_script = [TransientError("HTTP 500")]
+    daemon = make_daemon({"fake": target}, daemon={"retry_base_seconds": 50, "retry_max_seconds": 600})
+    now = time.time() + 3600
+    daemon.tick(now)
+    daemon._collect(now, block=5)
+    gate = daemon.dispatcher.health.gates["fake"]
+    assert gate.faults == 1  # one request failed, not three
+    states = rows(daemon)
+    assert all(r["attempts"] == 1 and now <= r["next_attempt_at"] <= now + 50 for r in states.values())
+    drive(daemon, now=now + 60 - 3600)
+    assert sorted(key for key, _, _ in target.sent) == keys and gate.faults == 0
