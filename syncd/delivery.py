@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd import limits
@@ -307,6 +307,7 @@ class PollReport:
 
     target: str
     states: list[tuple[str, JobState | SyncdError]]
+    asked: list[str] = field(default_factory=list)  # every job the task was given (read or not)
 
 
 @dataclass
@@ -340,7 +341,7 @@ def poll_task(put: Callable[[object], None], target: Target, job_ids: list[str])
     except Exception:  # a bug: the jobs are polled again later
         log.exception("unexpected error polling the jobs of %s", target.name)
         states = [(job_id, TransientError("internal error polling the job")) for job_id in job_ids]
-    put(PollReport(target.name, states))
+    put(PollReport(target.name, states, list(job_ids)))
 
 
 def finish_task(put: Callable[[object], None], target: Target, job_id: str, state: JobState, items: list,

@@ -1,6 +1,7 @@
 """The dispatcher's side of remote jobs (syncd.jobs holds the book of them).
 
-Each pass, per target: the jobs due for a read go to one poll task (``_jobs_step``); a job
+Each pass, per target: the jobs due for a read go to poll tasks, shared out over the ones
+the target may still have out (``_jobs_step``); a job
 read as running is read again later (or given up: ``JobBook.overdue``), a job read as done
 gets a finish task that reads its end and settles each of its items (``_finish``,
 ``_finished``), a job given up makes its items due again with their outcome unknown
@@ -29,15 +30,17 @@ class JobsSide:
         ids, ended = self.jobs.due(name, now)
         for job in ended:  # their end could not be read last time
             self._finish(job)
-        if ids:
-            self.jobs.polling.add(name)
+        tasks = min(len(ids), self.jobs.poll_tasks(name))
+        for share in (ids[i::tasks] for i in range(tasks)):
+            self.jobs.polls_out(name, [self.jobs.jobs[name][job_id] for job_id in share], 1)
             self._staged.append(partial(self._submit, name, delivery.poll_task, self.inbox.put, self.targets[name],
-                                        ids))
+                                        share))
 
     def _polled(self, report: PollReport, now: float) -> None:
         assert self.store is not None
         name = report.target
-        self.jobs.polling.discard(name)
+        self.jobs.polls_out(name, [job for job_id in report.asked if (job := self.jobs.get(name, job_id)) is not None],
+                            -1)
         gate = self.health.gates[name]
         for job_id, state in report.states:
             job = self.jobs.get(name, job_id)

@@ -1,8 +1,9 @@
 """Outstanding remote jobs (Nucleus' asynchronous appends), per target, and when to poll them.
 
 A delivery a target answered ``Submitted`` for stays in flight, held by its job, until the
-job ends. ``JobBook`` is the coordinator's list of those jobs: each is polled by the one poll
-task of its target (syncd.dispatch) with a backoff of 0.2 s, 0.4 s, ... up to the target's
+job ends. ``JobBook`` is the coordinator's list of those jobs: each is polled by a poll task
+of its target (syncd.dispatch; up to ``workers`` of them at once, each reading its share of
+the jobs due, as each read is a round trip) with a backoff of 0.2 s, 0.4 s, ... up to the target's
 ``job_poll_interval``, until a job of the target was seen ending: from then on a job is first
 read at about when the target's jobs end (``EXPECT_LEAD`` of how long they took, learned),
 then soon after (``EXPECT_STEP`` of it, doubling; never more than ``job_poll_interval``
@@ -67,6 +68,7 @@ class Job:
     read_at: float | None = None  # the last successful read (None: none since timer_start)
     restored: bool = False  # left by an earlier run (its submission time says nothing of its length)
     running_at: float | None = None  # when it was last read still running
+    reading: bool = False  # a poll task that reads it is out
 
 
 class JobBook:
@@ -75,7 +77,7 @@ class JobBook:
     def __init__(self, targets: dict[str, Target]):
         self.targets = targets
         self.jobs: dict[str, dict[str, Job]] = {name: {} for name in targets}
-        self.polling: set[str] = set()  # targets with a poll task out
+        self.polling: dict[str, int] = {}  # target -> poll tasks out (no entry: none)
         self.typical: dict[str, float] = {}  # target -> seconds its jobs take until seen done (learned)
         # target -> the greatest age at which a job of it was read still running, this run: until
         # ``typical`` is learned, no job is read younger than that (it would be running too: a
@@ -145,9 +147,23 @@ class JobBook:
         """How many more jobs ``target`` may hold (no new batch while there is no room)."""
         return int(self._setting(target, "max_jobs", DEFAULT_MAX_JOBS)) - len(self.jobs[target])
 
+    def poll_tasks(self, target: str) -> int:
+        """How many more poll tasks ``target`` may have out (one per worker)."""
+        return max(0, int(self._setting(target, "workers", 1)) - self.polling.get(target, 0))
+
+    def polls_out(self, target: str, jobs: list[Job], delta: int) -> None:
+        """A poll task reading ``jobs`` went out (``delta`` 1) or came back (-1)."""
+        count = self.polling.get(target, 0) + delta
+        if count > 0:
+            self.polling[target] = count
+        else:
+            self.polling.pop(target, None)
+        for job in jobs:
+            job.reading = delta > 0
+
     def due(self, target: str, now: float) -> tuple[list[str], list[Job]]:
-        """``(jobs of target to read now, ended jobs whose end to read now)``; no reads while
-        its poll task is out."""
+        """``(jobs of target to read now, ended jobs whose end to read now)``; no reads of a
+        job a poll task is reading, none while the target has all its poll tasks out."""
         interval = self._setting(target, "job_poll_interval", DEFAULT_POLL_INTERVAL)
         polls, ends = [], []
         for job in self.jobs[target].values():
@@ -159,7 +175,7 @@ class JobBook:
                 continue
             if job.ended is not None:
                 ends.append(job)
-            elif target not in self.polling:
+            elif not job.reading and self.poll_tasks(target):
                 polls.append(job.job_id)
         return polls, ends
 
@@ -202,22 +218,25 @@ class JobBook:
         none to make)."""
         times = [job.next_poll_at for target, jobs in self.jobs.items() if target not in paused
                  for job in jobs.values()
-                 if not job.finishing and (job.ended is not None or target not in self.polling)]
+                 if not job.finishing and (job.ended is not None
+                                           or (not job.reading and self.poll_tasks(target)))]
         return min(times) if times else None
 
     # -- a failed pass --------------------------------------------------------------------------
     def snapshot(self):
         """What a failed pass must put back: each job's fields a pass changes, as a tuple (a
         pass only appends to a job's items). Taken by every pass: kept cheap."""
-        return ({t: {i: (j, j.timer_start, j.next_poll_at, j.polls, j.finishing, j.ended, j.read_at, len(j.items))
-                     for i, j in jobs.items()} for t, jobs in self.jobs.items()}, set(self.polling))
+        return ({t: {i: (j, j.timer_start, j.next_poll_at, j.polls, j.finishing, j.ended, j.read_at, j.reading,
+                         len(j.items))
+                     for i, j in jobs.items()} for t, jobs in self.jobs.items()}, dict(self.polling))
 
     def restore(self, saved) -> None:
         jobs, self.polling = saved
         self.jobs = {target: {} for target in jobs}
         for target, kept in jobs.items():
-            for job_id, (job, timer_start, next_poll_at, polls, finishing, ended, read_at, count) in kept.items():
+            for job_id, (job, timer_start, next_poll_at, polls, finishing, ended, read_at, reading,
+                         count) in kept.items():
                 job.timer_start, job.next_poll_at, job.polls = timer_start, next_poll_at, polls
-                job.finishing, job.ended, job.read_at = finishing, ended, read_at
+                job.finishing, job.ended, job.read_at, job.reading = finishing, ended, read_at, reading
                 del job.items[count:]
                 self.jobs[target][job_id] = job

@@ -347,3 +347,34 @@ def test_a_paused_targets_backlog_is_read_past_a_full_content_cache(make_daemon,
     drive(daemon, now=clock - 3600, step=40)
     assert {r["state"] for r in rows(daemon).values()} == {"acked"} and sorted(target.items) == sorted(keys)
     assert (daemon.cache.hits, daemon.cache.misses) == (6, 14) and len(daemon.cache) == 0
+
+
+def test_jobs_due_together_are_read_by_up_to_one_poll_task_per_worker_never_twice_at_once(make_daemon, inbox):
+    """Each job read is a round trip: six jobs due at once are shared out over the target's
+    three workers (three reads under way together), and no job is read by two tasks."""
+    target = ScriptedTarget("fake", max_batch=1, workers=3, jobs=True)
+    target.job_polls = 1
+    keys = write_items(inbox, 6)
+    daemon = make_daemon({"fake": target})
+    reading: list[str] = []
+    most = [0]
+    lock = threading.Lock()
+    read_job = target.job_state
+
+    def job_state(job_id):
+        with lock:
+            assert job_id not in reading, f"{job_id} read by two poll tasks at once"
+            reading.append(job_id)
+            most[0] = max(most[0], len(reading))
+        try:
+            time.sleep(0.05)
+            return read_job(job_id)
+        finally:
+            with lock:
+                reading.remove(job_id)
+
+    target.job_state = job_state
+    drive(daemon)
+    assert most[0] == 3
+    assert target.finished and sorted(k for _, ks in target.finished for k in ks) == keys
+    assert {r["state"] for r in rows(daemon).values()} == {"acked"} and not daemon.dispatcher.jobs.polling
