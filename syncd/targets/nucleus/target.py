@@ -66,9 +66,7 @@ class NucleusSettings(TargetSettings):
     timeout: float = Field(120.0, gt=0, description="seconds for each HTTP request")
     job_poll_interval: float = Field(2.0, gt=0, description="longest pause between polls of an upload job")
     job_timeout: float = Field(600.0, gt=0, description="seconds to wait for an upload job before retrying later")
-    # The SDK (0.22.3) sends every batch of an append (10 files each) before it waits for any
-    # of their jobs: a backfill puts thousands of jobs in flight. 128 jobs of 10 items keep
-    # jobs of a few seconds from capping the rate (32 capped jobs of 1 s at ~120 frames/s).
+    # The SDK sends every batch's job before it waits for any; 32 jobs of 1 s capped us at ~120/s.
     max_jobs: int = Field(128, ge=1, le=1000, description="upload jobs outstanding at once (more batches wait)")
     taxonomy_name: str = Field("syncd", min_length=1,
                                description="category taxonomy that classification labels go to (created as needed)")
