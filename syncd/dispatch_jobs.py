@@ -1,12 +1,12 @@
 """The dispatcher's side of remote jobs (syncd.jobs holds the book of them).
 
 Each pass, per target: the jobs due for a read go to poll tasks, shared out over the ones
-the target may still have out (``_jobs_step``); a job
-read as running is read again later (or given up: ``JobBook.overdue``), a job read as done
-gets a finish task that reads its end and settles each of its items (``_finish``,
-``_finished``), a job given up makes its items due again with their outcome unknown
-(``_give_up``). ``Dispatcher`` inherits these: they share its bookkeeping (``tasks``,
-``in_flight``, ``next_due``, the staged work) and its pass transaction.
+the target may still have out (``_jobs_step``); a job read as running is read again later
+(or given up: ``JobBook.overdue``), a job read as done gets a finish task that reads its end
+and settles each of its items (``_finish``, ``_finished``), a job given up makes its items
+due again with their outcome unknown (``_give_up``). ``Dispatcher`` inherits these: they
+share its bookkeeping (``tasks``, ``in_flight``, ``next_due``, the staged work) and its pass
+transaction.
 """
 
 from __future__ import annotations

@@ -66,7 +66,6 @@ class NucleusSettings(TargetSettings):
     timeout: float = Field(120.0, gt=0, description="seconds for each HTTP request")
     job_poll_interval: float = Field(2.0, gt=0, description="longest pause between polls of an upload job")
     job_timeout: float = Field(600.0, gt=0, description="seconds to wait for an upload job before retrying later")
-    # The SDK sends every batch's job before it waits for any; 32 jobs of 1 s capped us at ~120/s.
     max_jobs: int = Field(128, ge=1, le=1000, description="upload jobs outstanding at once (more batches wait)")
     taxonomy_name: str = Field("syncd", min_length=1,
                                description="category taxonomy that classification labels go to (created as needed)")
