@@ -165,6 +165,7 @@ class JobBook:
         """``(jobs of target to read now, ended jobs whose end to read now)``; no reads of a
         job a poll task is reading, none while the target has all its poll tasks out."""
         interval = self._setting(target, "job_poll_interval", DEFAULT_POLL_INTERVAL)
+        can_poll = self.poll_tasks(target) > 0
         polls, ends = [], []
         for job in self.jobs[target].values():
             if job.timer_start is None or job.timer_start > now:  # restored, or the clock was set back
@@ -175,7 +176,7 @@ class JobBook:
                 continue
             if job.ended is not None:
                 ends.append(job)
-            elif not job.reading and self.poll_tasks(target):
+            elif can_poll and not job.reading:
                 polls.append(job.job_id)
         return polls, ends
 
@@ -216,10 +217,13 @@ class JobBook:
     def next_deadline(self, paused: dict[str, float]) -> float | None:
         """The earliest read of a job (or of its end) of a target that is not paused (None:
         none to make)."""
-        times = [job.next_poll_at for target, jobs in self.jobs.items() if target not in paused
-                 for job in jobs.values()
-                 if not job.finishing and (job.ended is not None
-                                           or (not job.reading and self.poll_tasks(target)))]
+        times = []
+        for target, jobs in self.jobs.items():
+            if target in paused:
+                continue
+            can_poll = self.poll_tasks(target) > 0
+            times += [job.next_poll_at for job in jobs.values()
+                      if not job.finishing and (job.ended is not None or (can_poll and not job.reading))]
         return min(times) if times else None
 
     # -- a failed pass --------------------------------------------------------------------------

@@ -72,15 +72,21 @@ def test_polls_back_off_and_stop_when_no_job_is_left(make_daemon, inbox):
     assert daemon.dispatcher.jobs.next_deadline(daemon.paused) is None  # no polling without jobs
 
 
-def test_once_a_job_was_seen_ending_the_next_are_read_at_about_when_they_end(make_daemon, inbox):
-    """The first job is read with the backoff (0.2 s, 0.6 s, 1.4 s, ...: two "running", then
-    done, so it ended between 0.6 s and 1.4 s: 1.0 s learned); a later job is read first at
-    0.9 of that, then 0.1 of it later, not at 1.4 s."""
+def one_job_daemon(make_daemon, inbox):
+    """A daemon with one item for a scripted job target whose jobs are read running twice,
+    then done (``job_poll_interval`` 2 s); returns ``(target, daemon, its JobBook)``."""
     target = ScriptedTarget("fake", max_batch=1, jobs=True, job_poll_interval=2.0)
     target.job_polls = 2
     write_items(inbox, 1)
     daemon = make_daemon({"fake": target})
-    book = daemon.dispatcher.jobs
+    return target, daemon, daemon.dispatcher.jobs
+
+
+def test_once_a_job_was_seen_ending_the_next_are_read_at_about_when_they_end(make_daemon, inbox):
+    """The first job is read with the backoff (0.2 s, 0.6 s, 1.4 s, ...: two "running", then
+    done, so it ended between 0.6 s and 1.4 s: 1.0 s learned); a later job is read first at
+    0.9 of that, then 0.1 of it later, not at 1.4 s."""
+    target, daemon, book = one_job_daemon(make_daemon, inbox)
     now = time.time() + 3600
 
     def reads_of(job_id: str) -> list[float]:
@@ -111,11 +117,7 @@ def test_once_a_job_was_seen_ending_the_next_are_read_at_about_when_they_end(mak
 def test_before_any_job_ended_a_younger_job_is_not_read_before_an_older_one_was_seen_running(make_daemon, inbox):
     """Job 1 is read running at 0.2 s and 0.6 s; job 2, sent 0.5 s after it, is not read at
     0.2 s (job 1 was running at that age already) but first at 0.6 s of its own."""
-    target = ScriptedTarget("fake", max_batch=1, jobs=True, job_poll_interval=2.0)
-    target.job_polls = 2
-    write_items(inbox, 1)
-    daemon = make_daemon({"fake": target})
-    book = daemon.dispatcher.jobs
+    target, daemon, book = one_job_daemon(make_daemon, inbox)
     start = time.time() + 3600
     daemon.tick(start)
     daemon._collect(start, block=5)
