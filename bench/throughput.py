@@ -9,9 +9,10 @@ sidecar of metadata (4 keys). The uploaders deliver the same set to a fresh data
 project of the same emulator, one after the other, ``--rounds`` times (interleaved, so
 machine noise hits all of them alike):
 
-- **syncd**: ``syncd once`` on the folder (scan, settle, read and verify each item, one
-  request per item through the platform adapter, journal every step), ``workers`` =
-  ``--workers``;
+- **syncd**: ``syncd once`` on the folder (scan, settle, read and verify each item, batched
+  and pipelined requests through the platform adapter, journal every step), ``workers`` =
+  ``--workers``; **syncd-structure** (opt-in in ``--contenders``) the same with
+  ``[daemon] image_check = "structure"``: markers checked instead of the 1/8-scale decode;
 - **hand loop**: a minimal hand-written ``requests`` loop at the same concurrency
   (``--workers`` threads, one Session each), one item per request: Nucleus a synchronous
   multipart append (no job), Edge Impulse one ingestion POST. It reads each image and
@@ -172,10 +173,11 @@ def run_contender(kind: str, platform: str, creds: dict, listing, images, workdi
 
     from bench.common import PYTHON, REPO, env_with_repo
 
-    if kind == "syncd":
+    if kind.startswith("syncd"):
         from bench.configs import API_KEY_ENV
 
-        config = syncd_config(platform, creds, images, workdir, workers)
+        daemon = {"image_check": "structure"} if kind == "syncd-structure" else {}
+        config = syncd_config(platform, creds, images, workdir, workers, daemon)
         command = [PYTHON, "-m", "syncd", "once", "--config", str(config)]
         env = env_with_repo({API_KEY_ENV[platform]: creds["api_key"]})
     elif kind == "hand":
@@ -199,7 +201,7 @@ def run_contender(kind: str, platform: str, creds: dict, listing, images, workdi
     return elapsed
 
 
-def syncd_config(platform: str, creds: dict, images, workdir, workers: int):
+def syncd_config(platform: str, creds: dict, images, workdir, workers: int, daemon: dict | None = None):
     import shutil
 
     from bench.configs import write_platform_config
@@ -207,7 +209,7 @@ def syncd_config(platform: str, creds: dict, images, workdir, workers: int):
     run_dir = workdir / f"syncd-{platform}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    return write_platform_config(run_dir, platform, creds, images, workers=workers)
+    return write_platform_config(run_dir, platform, creds, images, workers=workers, daemon=daemon)
 
 
 def main(argv: list[str] | None = None):
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="syncd workers = hand-loop threads (4: syncd's default)")
     parser.add_argument("--platforms", default="nucleus,edgeimpulse")
-    parser.add_argument("--contenders", default="syncd,hand,sdk")
+    parser.add_argument("--contenders", default="syncd,hand,sdk",
+                        help='add "syncd-structure" for syncd with [daemon] image_check = "structure"')
     parser.add_argument("--shipped-sdk-items", type=int, default=100,
                         help="frames for scale-nucleus as shipped (it sleeps 5 s per request of 10)")
     parser.add_argument("--job-seconds", type=float, default=1.0,

@@ -73,7 +73,7 @@ class Daemon:
         self.watch = watch
         self.rng = random.Random(seed)
         self.folders = Folders(list(config.folders), self.cfg.ignore)
-        self.read_options = read_options(self.cfg.max_image_pixels)
+        self.read_options = read_options(self.cfg.max_image_pixels, self.cfg.image_check)
         self.store: Store | None = None
         self.lock = StateLock(self.cfg.state_dir)
         self.watcher = FolderWatcher([(f.root, f.settings.poll, f.settings.poll_seconds) for f in self.folders])

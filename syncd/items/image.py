@@ -1,8 +1,11 @@
-"""An image's bytes -> its format and its size as displayed, decoded completely once.
+"""An image's bytes -> its format and its size as displayed, checked once.
 
-``decode_image`` fully decodes the bytes (a cut or corrupt file is an ``ItemError``), refuses
+``decode_image`` checks the bytes (a cut or corrupt file is an ``ItemError``), refuses
 images over ``max_pixels`` from the header before any pixel is decoded, and remembers the
 bytes (by SHA-256) that decoded, so the upload workers' re-read is not decoded again.
+How it checks is ``[daemon] image_check``: ``"decode"`` decodes every image completely
+(a JPEG at 1/8 scale); ``"structure"`` reads a JPEG's or PNG's structure only
+(``check_structure``), for boards where the decode is most of the CPU a frame costs.
 ``image_header`` reads the same answer from the header alone, for bytes validated before.
 The size is the one viewers show: a JPEG's EXIF orientation is applied (``displayed_size``).
 """
@@ -36,16 +39,26 @@ _decoded: OrderedDict[str, tuple[str, int, int, int]] = OrderedDict()
 _decoded_lock = threading.Lock()
 
 
+IMAGE_CHECKS = ("decode", "structure")
+
+
 def decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
-                 sha256: str | None = None) -> tuple[str, int, int, int]:
-    """Fully decode image bytes; return ``(format, width, height, orientation)`` or raise ItemError.
+                 sha256: str | None = None, check: str = "decode") -> tuple[str, int, int, int]:
+    """Check image bytes; return ``(format, width, height, orientation)`` or raise ItemError.
 
     ``width`` and ``height`` are as the image is displayed: a JPEG's EXIF orientation
     (``orientation``, 1-8, see ``displayed_size``) that turns it by 90 degrees swaps them.
 
+    ``check``: ``"decode"`` decodes the pixels completely; ``"structure"`` checks a JPEG's or
+    a PNG's structure instead (``check_structure``: a cut file fails, flipped bits inside
+    the compressed data may not) and decodes other formats.
+
     ``sha256`` (the hash of ``data``): bytes with this hash that decoded completely before
     in this process are not decoded again.
     """
+    if check == "structure":
+        return _decode_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels,
+                             structure_only=True)
     if sha256 is not None:
         with _decoded_lock:
             known = _decoded.get(sha256)
@@ -81,7 +94,8 @@ def displayed_size(image: Image.Image) -> tuple[int, int, int]:
     return width, height, orientation
 
 
-def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int) -> tuple[str, int, int, int]:
+def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
+                  structure_only: bool = False) -> tuple[str, int, int, int]:
     if not data:
         raise ItemError(f"{name}: the file is empty (0 bytes)")
     try:
@@ -94,13 +108,17 @@ def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: i
                 )
             fmt = image.format or "?"
             shown_width, shown_height, orientation = displayed_size(image)
-            if fmt == "JPEG":
+            if structure_only and fmt in STRUCTURE_CHECKS:
+                STRUCTURE_CHECKS[fmt](image, data, name)
+            elif fmt == "JPEG":
                 # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
                 # or corrupt file fails exactly as in a full decode: checked on 1,200
                 # fuzzed files) but skips most of the inverse DCT and colour work, which
                 # halves the cost of validating a camera frame.
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            image.load()
+                image.load()
+            else:
+                image.load()
     except ItemError:
         raise
     except UnidentifiedImageError:
@@ -123,6 +141,42 @@ def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: i
         raise ItemError(f"{name}: the image is truncated or corrupt: the PNG file has no end chunk (IEND); "
                         "it is cut short or still being written")
     return fmt, shown_width, shown_height, orientation
+
+
+def _jpeg_structure(image: Image.Image, data: bytes, name: str) -> None:
+    """A JPEG's segments up to its first scan are whole, and an end-of-image marker follows the
+    scan. Inside compressed data every 0xFF byte is followed by 0x00 or a restart marker, so an
+    FF D9 after the scan's start is the end marker: a file cut anywhere lacks it."""
+    at, end = 2, len(data)
+    while True:
+        if at + 4 > end or data[at] != 0xFF:
+            raise ItemError(f"{name}: the image is truncated or corrupt: the JPEG's headers are cut short "
+                            "or damaged; replace the file")
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            at += 2
+            continue
+        if marker == 0xD9:
+            raise ItemError(f"{name}: the image is truncated or corrupt: the JPEG ends before its image data")
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+        if marker == 0xDA:  # start of scan: the compressed data follows its header
+            break
+    if at > end or data.rfind(b"\xff\xd9", at) == -1:
+        raise ItemError(f"{name}: the image is truncated or corrupt: the JPEG has no end-of-image marker "
+                        "after its image data; it is cut short or still being written")
+
+
+def _png_structure(image: Image.Image, data: bytes, name: str) -> None:
+    """Every chunk of a PNG is whole and matches its CRC, up to the end chunk (pillow's verify:
+    no decompression)."""
+    image.verify()
+
+
+# image_check = "structure": what is checked per format; other formats are decoded.
+STRUCTURE_CHECKS = {"JPEG": _jpeg_structure, "PNG": _png_structure}
 
 
 def image_header(data: bytes, *, name: str) -> tuple[str, int, int, int]:
