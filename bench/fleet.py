@@ -14,7 +14,10 @@ doubling up to 600 s, with jitter).
 
 Reported: deliveries/s over the fleet's wall time (first start to last exit), requests
 served per second over the emulator's window (first to last request) and as a share of the
-limit, refused requests against served ones, whether every device delivered everything
+limit (and over the stretch in which every device had work: from the first request to the
+first device's exit, as the fleet's start-up runs 30 processes on this machine's cores and
+its end is the last devices alone), refused requests against served ones, the requests per
+route, whether every device delivered everything
 (its exit code, its own count, and the items the dataset holds under its prefix), the
 slowest device's wall time against the median device's, and the requests served and
 refused per 10 s since the fleet started (the emulator's counts, read once a second).
@@ -103,6 +106,17 @@ def per_interval(timeline: list[tuple[float, int, int]], step: float) -> list[tu
     return series
 
 
+def served_while_all_busy(timeline: list[tuple[float, int, int]], first_done: float) -> float | None:
+    """Requests served per second from the fleet's first served request (the last sample
+    before it) to the first device's exit: the stretch in which every device had work. None
+    when the samples do not span it."""
+    before = [sample for sample in timeline if sample[1] == 0]
+    upto = [sample for sample in timeline if sample[0] <= first_done]
+    if not before or not upto or upto[-1][0] <= before[-1][0]:
+        return None
+    return (upto[-1][1] - before[-1][1]) / (upto[-1][0] - before[-1][0])
+
+
 def run(args: argparse.Namespace) -> Report:
     workdir = BENCH_ROOT / "fleet"
     size = tuple(int(v) for v in args.size.split("x"))
@@ -148,6 +162,7 @@ def run(args: argparse.Namespace) -> Report:
             time.sleep(0.05)
         fleet_wall = time.perf_counter() - fleet_start
         window = emulator.call("window")
+        kinds = request_kinds(emulator.call("spans")["spans"])
         stats = emulator.call("stats")
         keys = emulator.call("keys", creds=creds)["keys"]
 
@@ -176,6 +191,10 @@ def run(args: argparse.Namespace) -> Report:
     report.add("fleet wall time, s", fleet_wall, "")
     report.add("requests served/s (emulator window)", served_rate, "")
     report.add("served, share of the limit", served_rate / args.rate_limit if args.rate_limit else "", ">= 0.8")
+    first_done = min(d.ended for d in devices) - fleet_start
+    busy = served_while_all_busy(timeline, first_done)
+    report.add(f"served share while every device had work (first request to {first_done:.0f} s)",
+               busy / args.rate_limit if busy is not None and args.rate_limit else "", "")
     report.add("requests served", served, "")
     report.add("requests refused (429)", refused, "")
     report.add("refused / served", refused / served if served else float("nan"), "<= 0.5")
@@ -193,6 +212,12 @@ def run(args: argparse.Namespace) -> Report:
         faults=stats["faults"], devices_detail=[
             {"device": d.name, "exit": d.code, "wall": round(d.wall, 2), "delivered": d.delivered,
              "failed": d.failed, "not_delivered": d.pending, "held": d.held} for d in devices])
+    report.facts["requests_by_kind"] = kinds
+    report.notes.append("requests by kind (served and refused): "
+                        + ", ".join(f"{kind} {count}" for kind, count in kinds.items()))
+    first = next((t for t, served, _ in timeline if served), None)
+    report.facts["first_request_served_by_s"] = first
+    report.facts["first_device_done_s"] = first_done
     series = per_interval(timeline, 10.0)
     report.facts["served_refused_per_10s"] = series
     report.notes.append("served/s (refused/s) per 10 s since the fleet started: "
@@ -204,6 +229,19 @@ def run(args: argparse.Namespace) -> Report:
         + f"; syncd once --max-wait {args.max_wait:g}, workers {args.workers}; faults injected: {stats['faults']}")
     report.finish()
     return report
+
+
+def request_kinds(spans: list) -> dict[str, int]:
+    """Requests per route, ids replaced by ``*`` (``GET job/*``, ``GET dataset/*/refloc/*``),
+    most frequent first."""
+    counts: dict[str, int] = {}
+    for _, _, request in spans:
+        method, _, path = request.partition(" ")
+        parts = [part for part in path.split("/") if part and part not in ("v1", "nucleus", "api")]
+        shape = "/".join("*" if any(c.isdigit() for c in part) or "%" in part else part for part in parts)
+        kind = f"{method} {shape}"
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def parser() -> argparse.ArgumentParser:
