@@ -11,8 +11,9 @@ machine noise hits all of them alike):
 
 - **syncd**: ``syncd once`` on the folder (scan, settle, read and verify each item, batched
   and pipelined requests through the platform adapter, journal every step), ``workers`` =
-  ``--workers``; **syncd-structure** (opt-in in ``--contenders``) the same with
-  ``[daemon] image_check = "structure"``: markers checked instead of the 1/8-scale decode;
+  ``--workers``; **syncd-decode** (opt-in in ``--contenders``) the same with
+  ``[daemon] image_check = "decode"``: each frame decoded at 1/8 scale instead of the
+  default check of its markers;
 - **hand loop**: a minimal hand-written ``requests`` loop at the same concurrency
   (``--workers`` threads, one Session each), one item per request: Nucleus a synchronous
   multipart append (no job), Edge Impulse one ingestion POST. It reads each image and
@@ -176,7 +177,7 @@ def run_contender(kind: str, platform: str, creds: dict, listing, images, workdi
     if kind.startswith("syncd"):
         from bench.configs import API_KEY_ENV
 
-        daemon = {"image_check": "structure"} if kind == "syncd-structure" else {}
+        daemon = {"image_check": "decode"} if kind == "syncd-decode" else {}
         config = syncd_config(platform, creds, images, workdir, workers, daemon)
         command = [PYTHON, "-m", "syncd", "once", "--config", str(config)]
         env = env_with_repo({API_KEY_ENV[platform]: creds["api_key"]})
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--workers", type=int, default=4, help="syncd workers = hand-loop threads (4: syncd's default)")
     parser.add_argument("--platforms", default="nucleus,edgeimpulse")
     parser.add_argument("--contenders", default="syncd,hand,sdk",
-                        help='add "syncd-structure" for syncd with [daemon] image_check = "structure"')
+                        help='add "syncd-decode" for syncd with [daemon] image_check = "decode"')
     parser.add_argument("--shipped-sdk-items", type=int, default=100,
                         help="frames for scale-nucleus as shipped (it sleeps 5 s per request of 10)")
     parser.add_argument("--job-seconds", type=float, default=1.0,

@@ -57,7 +57,7 @@ class DaemonSettings(BaseModel):
     ignore: list[str] = Field(default_factory=list, description="extra ignore globs for every folder")
     max_image_pixels: int = Field(200_000_000, gt=0, description="larger images are refused (decompression bombs)")
     image_check: Literal["decode", "structure"] = Field(
-        "decode", description='"decode" every image, or check only a JPEG\'s or PNG\'s "structure" (edge boards)')
+        "structure", description='check a JPEG\'s or PNG\'s "structure", or "decode" every image')
     bandwidth_limit: Bandwidth = Field(0.0, description="upload bytes per second over all targets (0 = unlimited), "
                                                        'or rclone\'s form: "1M", "07:00,1M 23:30,off"')
     log_format: Literal["text", "json"] = "text"

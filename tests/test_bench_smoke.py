@@ -89,10 +89,10 @@ def test_a_window_asked_after_the_last_reply_counts_that_request():
 
 
 def test_throughput_smoke(tmp_path):
-    report = run_bench(tmp_path, "bench.throughput", "--items", "6", "--rounds", "1", "--contenders", "syncd,hand",
-                       "--job-seconds", "0.2", "--taskset", "0", "--name", "t")
+    report = run_bench(tmp_path, "bench.throughput", "--items", "6", "--rounds", "1", "--contenders",
+                       "syncd,syncd-decode,hand", "--job-seconds", "0.2", "--taskset", "0", "--name", "t")
     rows = rows_by(report, 0, 1)
-    assert set(rows) == {(p, k) for p in ("nucleus", "edgeimpulse") for k in ("syncd", "hand")}
+    assert set(rows) == {(p, k) for p in ("nucleus", "edgeimpulse") for k in ("syncd", "syncd-decode", "hand")}
     for (platform, kind), row in rows.items():
         rate, requests_per_item = row[2], row[6]
         assert rate > 0, row
@@ -101,6 +101,16 @@ def test_throughput_smoke(tmp_path):
         assert uploader_ms > 0 and emulator_ms >= 0, row
     assert rows[("nucleus", "hand")][6] == 1  # one synchronous append per item, no job
     assert report["facts"]["job_seconds"] == 0.2 and report["facts"]["taskset"] == 0
+
+
+def test_image_check_smoke(tmp_path):
+    report = run_bench(tmp_path, "bench.image_check", "--copies", "4", "--name", "ic")
+    rows = rows_by(report, 0, 1)
+    assert set(rows) == {(f, c) for f in ("JPEG", "PNG") for c in ("structure", "decode")}
+    for row in rows.values():
+        assert row[2] > 0, row
+        assert row[3] == "100%", row  # every cut copy refused, by either check
+        assert row[8] == "100%" or row[1] == "decode", row  # a random tail: the structure check refuses it
 
 
 def test_local_copy_smoke(tmp_path):

@@ -36,7 +36,7 @@ from pathlib import Path
 from syncd.errors import ItemError
 from syncd.items.confined import NotRegular, OutsideFolder, read_inside
 from syncd.items.convention import ItemFiles, printable
-from syncd.items.image import decode_image, image_header
+from syncd.items.image import check_image, image_header
 from syncd.labels.sidecar import Sidecar, canonical, parse_sidecar
 from syncd.targets.base import Receipt, Upload
 
@@ -306,14 +306,14 @@ def _read(path: Path, files: ItemFiles) -> bytes:
         raise ItemError(f"{display_name(files, path)}: cannot read: {exc.strerror}") from None
 
 
-def read_item(files: ItemFiles, *, max_pixels: int, image_check: str = "decode", validate_labels=None,
+def read_item(files: ItemFiles, *, max_pixels: int, image_check: str = "structure", validate_labels=None,
               validate_mask=None, expect_version: str | None = None) -> ItemContent:
     """Read and validate every file of an item and compute its version.
 
     ``validate_labels(labels, width, height, name)`` and ``validate_mask(mask, class_map_bytes,
     width, height, name)`` hook the label and mask checks in; each raises ItemError.
 
-    ``image_check``: how the image is checked (``syncd.items.image.decode_image``).
+    ``image_check``: how the image is checked (``syncd.items.image.check_image``).
 
     ``expect_version``: the files must still be this (settled, so validated) version: raises
     ``Changed`` when they are not, and does not decode the image again when they are.
@@ -329,7 +329,7 @@ def read_item(files: ItemFiles, *, max_pixels: int, image_check: str = "decode",
     image_sha = hashlib.sha256(image).hexdigest()
     expected_format = FORMAT_BY_SUFFIX[files.image.suffix.lower()]
     if expect_version is None:
-        fmt, width, height, orientation = decode_image(image, name=image_name, expected_format=expected_format,
+        fmt, width, height, orientation = check_image(image, name=image_name, expected_format=expected_format,
                                                        max_pixels=max_pixels, sha256=image_sha, check=image_check)
     sidecar = Sidecar()
     if files.sidecar is not None:

@@ -110,7 +110,7 @@ def validate_labels(labels: list, width: int, height: int, name: str) -> list[di
     return parse_labels(labels, width=width, height=height, source=name)
 
 
-def read_options(max_pixels: int, image_check: str = "decode") -> dict[str, Any]:
+def read_options(max_pixels: int, image_check: str = "structure") -> dict[str, Any]:
     return {"max_pixels": max_pixels, "image_check": image_check, "validate_labels": validate_labels,
             "validate_mask": _check_mask}
 

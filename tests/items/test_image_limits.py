@@ -13,7 +13,7 @@ from PIL import Image
 from syncd.errors import ItemError
 from syncd.items.content import read_item
 from syncd.items.convention import IgnoreRules, walk
-from syncd.items.image import decode_image
+from syncd.items.image import check_image
 from tests.daemon_harness import run_once, write_config
 
 SIDE = 12000  # 144 MP: over pillow's 89.5 MP default, under syncd's default of 200 MP
@@ -51,7 +51,7 @@ def test_limits_are_per_call_in_concurrent_threads_and_leave_warnings_alone(big_
         out = verdicts.setdefault(index, [])
         for _ in range(3):
             try:
-                decode_image(big_jpeg, name="big.jpg", expected_format="JPEG", max_pixels=limit)
+                check_image(big_jpeg, name="big.jpg", expected_format="JPEG", max_pixels=limit, check="decode")
                 out.append("ok")
             except ItemError as exc:
                 out.append("refused" if "max_image_pixels=1000000" in str(exc) else str(exc))

@@ -14,7 +14,7 @@ from PIL import Image
 from syncd.errors import ItemError
 from syncd.items.content import read_item
 from syncd.items.convention import IgnoreRules, walk
-from syncd.items.image import decode_image
+from syncd.items.image import check_image
 from syncd.labels.validate import read_options
 from tests.daemon_harness import run_once, write_config
 from tests.helpers import mask_bytes
@@ -37,7 +37,7 @@ def rotated_jpeg(orientation: int, *, width: int = RAW_W, height: int = RAW_H) -
 ])
 def test_size_is_the_displayed_size(orientation, size):
     data = rotated_jpeg(orientation)
-    assert decode_image(data, name="a.jpg", expected_format="JPEG", max_pixels=10**8)[1:3] == size
+    assert check_image(data, name="a.jpg", expected_format="JPEG", max_pixels=10**8)[1:3] == size
     with Image.open(io.BytesIO(data)) as image:  # what viewers show: pillow's exif_transpose agrees
         from PIL import ImageOps
         assert ImageOps.exif_transpose(image).size == size
@@ -98,7 +98,7 @@ def test_the_orientation_is_not_read_from_other_formats(tmp_path):
     exif[0x0112] = 6
     buffer = io.BytesIO()
     Image.new("RGB", (RAW_W, RAW_H)).save(buffer, "PNG", exif=exif.tobytes())
-    assert decode_image(buffer.getvalue(), name="a.png", expected_format="PNG", max_pixels=10**8)[1:3] == \
+    assert check_image(buffer.getvalue(), name="a.png", expected_format="PNG", max_pixels=10**8)[1:3] == \
         (RAW_W, RAW_H)
 
 
@@ -107,7 +107,7 @@ def test_a_broken_exif_block_is_taken_as_stored(tmp_path):
     at = data.find(b"Exif\x00\x00")
     broken = data[: at + 6] + b"\xff" * 8 + data[at + 14:]  # the TIFF header of the EXIF block garbled
     try:
-        size = decode_image(broken, name="a.jpg", expected_format="JPEG", max_pixels=10**8)[1:3]
+        size = check_image(broken, name="a.jpg", expected_format="JPEG", max_pixels=10**8)[1:3]
     except ItemError as exc:  # refusing it is fine too, as long as it is a clear item error
         assert "a.jpg" in str(exc)
     else:
