@@ -50,6 +50,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None  # the fault injected on this request, if any (journals record it)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
@@ -310,6 +311,7 @@ class Emulator:
             )
         if fault == "slow":
             time.sleep(self.faults.slow_seconds)
+        request.fault = fault
         response = self._route(request)
         if fault == "lost_reply":
             return self._reset(http)

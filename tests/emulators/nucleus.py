@@ -31,7 +31,7 @@ Served:
 
 Test helpers: ``add_dataset``, ``items(dataset_id)``, ``item(dataset_id, ref)``,
 ``image(dataset_id, ref)``, ``run_jobs()``, ``fail_next_job(status, ...)``, ``reject``,
-``journal`` (every append as sent, raw body included, when ``record`` is on),
+``journal`` (every append as sent, raw body included, and the fault injected on it, when ``record`` is on),
 ``annotations(dataset_id, ref)``, ``mask(dataset_id, ref)``, ``taxonomies(dataset_id)``,
 ``annotation_journal`` (annotate and delete requests, when ``record`` is on).
 """
@@ -278,7 +278,7 @@ class NucleusEmulator(JobRoutes, AnnotationRoutes, Emulator):
                 sent = [{"payload": r.payload, "image": r.image, "update": r.update} for r in rows]
                 self.journal.append({"dataset_id": dataset_id, "query": request.query, "content_type": content_type,
                                      "rows": sent, "parts": getattr(request, "_parts_seen", None),
-                                     "body": request.body})
+                                     "body": request.body, "fault": request.fault})
             if is_async:
                 return json_response(self.state.new_job(dataset_id, rows).info_json())
             counts, errors = self.state.run_rows(dataset_id, rows)

@@ -285,7 +285,9 @@ def test_a_lost_reply_for_a_whole_batch(tmp_path):
                      interval=0.3, message="an idle journal")
             counts = run.status()
             assert run.daemon.stop() == 0
-        lost = emulator.journal[0]
+        # The append that lost its reply (not always the first recorded: another append may
+        # be recorded before it when both are under way).
+        [lost] = [append for append in emulator.journal if append["fault"] == "lost_reply"]
         assert ("lost_reply", "POST", f"/v1/nucleus/dataset/{dataset_id}/append") in emulator.faults.injected
         lost_keys = [r["payload"]["reference_id"] for r in lost["rows"]]
         assert len(lost_keys) > 1  # a whole batch lost its reply
