@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=4, help="syncd workers = hand-loop threads (4: syncd's default)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="syncd workers = hand-loop threads (4: syncd's default; Edge Impulse's is 8)")
     parser.add_argument("--platforms", default="nucleus,edgeimpulse")
     parser.add_argument("--contenders", default="syncd,hand,sdk",
                         help='add "syncd-decode" for syncd with [daemon] image_check = "decode"')

@@ -175,6 +175,10 @@ class EdgeImpulseClient(HttpClient):
 
 class EdgeImpulseSettingsBase(TargetSettings):
     api_url: str = Field("https://studio.edgeimpulse.com/v1", description="Edge Impulse Studio API base URL")
+    # Edge Impulse takes one image per request when metadata or labels differ (as its CLI and
+    # SDK send them), so a hosted API's round trip is what bounds a target: 8 requests in
+    # flight, as the SDK's upload_samples thread pool on a 4-core board (min(32, cores + 4)).
+    workers: int = Field(8, ge=1, le=64, description="concurrent deliveries to this target")
 
     @field_validator("api_url", check_fields=False)
     @classmethod
