@@ -330,7 +330,7 @@ def read_item(files: ItemFiles, *, max_pixels: int, image_check: str = "structur
     expected_format = FORMAT_BY_SUFFIX[files.image.suffix.lower()]
     if expect_version is None:
         fmt, width, height, orientation = check_image(image, name=image_name, expected_format=expected_format,
-                                                       max_pixels=max_pixels, sha256=image_sha, check=image_check)
+                                                      max_pixels=max_pixels, sha256=image_sha, check=image_check)
     sidecar = Sidecar()
     if files.sidecar is not None:
         sidecar = parse_sidecar(_read(files.sidecar, files), name=display_name(files, files.sidecar))

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from syncd.errors import ItemError
 
 # syncd applies its own limit, [daemon] max_image_pixels, to every image it decodes: per call,
-# from the header, before any pixel is decoded (_decode_image; a mask must have its image's
+# from the header, before any pixel is decoded (_check_image; a mask must have its image's
 # size). pillow's own limit is one number for the whole process (89.5 MP: a warning above it,
 # an error above twice that) that cannot be changed per call without a race between threads,
 # and it refused every frame between 89.5 MP and the configured limit, so it is off.
@@ -62,14 +62,14 @@ def check_image(data: bytes, *, name: str, expected_format: str, max_pixels: int
     in this process are not decoded again.
     """
     if check == "structure":
-        return _decode_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels,
-                             structure_only=True)
+        return _check_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels,
+                            structure_only=True)
     if sha256 is not None:
         with _decoded_lock:
             known = _decoded.get(sha256)
         if known is not None and known[0] == expected_format and known[1] * known[2] <= max_pixels:
             return known
-    result = _decode_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels)
+    result = _check_image(data, name=name, expected_format=expected_format, max_pixels=max_pixels)
     if sha256 is not None:
         with _decoded_lock:
             _decoded[sha256] = result
@@ -99,8 +99,8 @@ def displayed_size(image: Image.Image) -> tuple[int, int, int]:
     return width, height, orientation
 
 
-def _decode_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
-                  structure_only: bool = False) -> tuple[str, int, int, int]:
+def _check_image(data: bytes, *, name: str, expected_format: str, max_pixels: int,
+                 structure_only: bool = False) -> tuple[str, int, int, int]:
     if not data:
         raise ItemError(f"{name}: the file is empty (0 bytes)")
     try:
