@@ -24,7 +24,7 @@ import io
 import random
 import time
 
-from bench.common import Report, base_jpeg
+from bench.common import Report, base_jpeg, median
 
 DAMAGE = ("cut", "1 bit", "16 bits", "zeroed 512 B", "zeroed 4 KB", "garbage tail")
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> Report:
             for kind in DAMAGE:
                 copies = [damaged(data, kind, rng, start=min(1000, len(data) // 4)) for _ in range(args.copies)]
                 shares.append(f"{sum(refused(copy, check) for copy in copies) / len(copies):.0%}")
-            report.add(fmt, check, sorted(times)[len(times) // 2] * 1000, *shares)
+            report.add(fmt, check, median(times) * 1000, *shares)
     report.facts.update(copies=args.copies, seed=args.seed, jpeg_bytes=len(frames["JPEG"]),
                         png_bytes=len(frames["PNG"]))
     report.notes.append(f"{args.copies} damaged copies per kind, seed {args.seed}; JPEG {len(frames['JPEG'])} B, "

@@ -115,14 +115,13 @@ def _check_image(data: bytes, *, name: str, expected_format: str, max_pixels: in
             shown_width, shown_height, orientation = displayed_size(image)
             if structure_only and fmt in STRUCTURE_CHECKS:
                 STRUCTURE_CHECKS[fmt](image, data, name)
-            elif fmt == "JPEG":
-                # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
-                # or corrupt file fails exactly as in a full decode: checked on 1,200
-                # fuzzed files) but skips most of the inverse DCT and colour work, which
-                # halves the cost of validating a camera frame.
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-                image.load()
             else:
+                if fmt == "JPEG":
+                    # Decode at 1/8 scale: libjpeg still entropy-decodes every block (so a cut
+                    # or corrupt file fails exactly as in a full decode: checked on 1,200
+                    # fuzzed files) but skips most of the inverse DCT and colour work, which
+                    # halves the cost of validating a camera frame.
+                    image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
                 image.load()
     except ItemError:
         raise
